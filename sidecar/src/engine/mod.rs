@@ -1,0 +1,812 @@
+//! The imperative shell around the core: runs turns, commits them, dispatches work.
+//!
+//! Flow of one turn: an inbox commit makes an instance ready in the [`Scheduler`]; `pump`
+//! leases it to a worker stream (or to the sidecar for control turns); the turn is built
+//! from the history cache (or the store) and sent; the worker's response goes through the
+//! pure [`crate::core::turn::decide`]; the outcome commits in one transaction; only then
+//! are activities, timers and messages handed to the scheduler and waiters notified.
+
+pub mod scheduler;
+pub mod waiters;
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duro_proto::history_event::EventType;
+use duro_proto::*;
+use lru::LruCache;
+use parking_lot::Mutex;
+use prost::Message as _;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::core::time::now_ms;
+use crate::core::turn::{self, TurnError, TurnInput, WorkerDecision};
+use crate::core::{self, control, events, is_terminal, InstanceInfo, Message, NewInstance, TurnOutcome};
+use crate::store::*;
+use scheduler::*;
+use waiters::Waiters;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub scheduler: SchedulerOptions,
+    /// In-flight cap per stream and kind when the worker sends none.
+    pub default_stream_cap: usize,
+    /// Instances whose history stays cached in memory.
+    pub cache_instances: usize,
+    /// Largest orchestrator work item sent; larger ones fail the instance.
+    pub max_work_item_bytes: usize,
+    /// Interval of health pings on an idle work-item stream.
+    pub ping_interval: Duration,
+    /// Longest a `WaitFor*` call blocks before answering DEADLINE_EXCEEDED.
+    pub max_wait: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            scheduler: SchedulerOptions::default(),
+            default_stream_cap: 1000,
+            cache_instances: 10_000,
+            max_work_item_bytes: 4 * 1024 * 1024 - 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+            max_wait: Duration::from_secs(3600),
+        }
+    }
+}
+
+struct Cached {
+    info: InstanceInfo,
+    history: Vec<HistoryEvent>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    sched: Mutex<Scheduler>,
+    cache: Mutex<LruCache<String, Cached>>,
+    waiters: Waiters,
+    opts: EngineOptions,
+    timer: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Rebuilds dispatch state from the store and starts the timer loop.
+    pub async fn start(store: Arc<dyn Store>, opts: EngineOptions) -> Result<Engine, EngineError> {
+        let recovered = store.recover().await?;
+        let cap = NonZeroUsize::new(opts.cache_instances.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let mut sched = Scheduler::new(opts.scheduler.clone());
+        let now = now_ms();
+        let (inbox, activities) = (recovered.inbox.len(), recovered.activities.len());
+        for d in recovered.inbox {
+            sched.add_event(d, now);
+        }
+        for a in recovered.activities {
+            sched.add_activity(a);
+        }
+        tracing::info!(inbox, activities, "recovered pending work from the store");
+        let (shutdown, _) = watch::channel(false);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                sched: Mutex::new(sched),
+                cache: Mutex::new(LruCache::new(cap)),
+                waiters: Waiters::default(),
+                opts,
+                timer: Notify::new(),
+                shutdown,
+            }),
+        };
+        tokio::spawn(engine.clone().timer_loop());
+        Ok(engine)
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Tells streams and waiters to end (streams end with UNAVAILABLE).
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        self.inner.sched.lock().stats()
+    }
+
+    // ----- dispatch loop ---------------------------------------------------------------
+
+    async fn timer_loop(self) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let next = self.inner.sched.lock().next_wakeup_ms();
+            let sleep = match next {
+                Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.inner.timer.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            let poisoned = self.inner.sched.lock().fire_due(now_ms());
+            self.run_assignments(poisoned);
+            self.pump();
+        }
+    }
+
+    /// Hands out every lease that can start now.
+    fn pump(&self) {
+        let now = now_ms();
+        let assignments = {
+            let mut s = self.inner.sched.lock();
+            let all = s.assign(now);
+            let mut rest = Vec::new();
+            for a in all {
+                match a {
+                    Assignment::Activity { token, stream, request, .. } => {
+                        let item = WorkItem {
+                            request: Some(work_item::Request::ActivityRequest(request)),
+                            completion_token: token.clone(),
+                        };
+                        // A dead stream's removal releases this lease; nothing to do here.
+                        s.send(&token, stream, item);
+                    }
+                    other => rest.push(other),
+                }
+            }
+            rest
+        };
+        self.inner.timer.notify_one();
+        self.run_assignments(assignments);
+    }
+
+    fn run_assignments(&self, assignments: Vec<Assignment>) {
+        for a in assignments {
+            let engine = self.clone();
+            match a {
+                Assignment::Turn(lease) => {
+                    tokio::spawn(async move { engine.run_turn(lease).await });
+                }
+                Assignment::PoisonActivity { activity_id, request, attempts } => {
+                    tokio::spawn(async move { engine.fail_activity(activity_id, request, attempts).await });
+                }
+                Assignment::Activity { .. } => {}
+            }
+        }
+    }
+
+    async fn fail_activity(&self, activity_id: i64, request: ActivityRequest, attempts: u32) {
+        let instance = request.orchestration_instance.clone().unwrap_or_default();
+        let now = now_ms();
+        let failure = events::failure(
+            "DuroPoisonWorkItem",
+            format!(
+                "activity '{}' (task {}) was delivered {attempts} times without a result (abandoned or its worker \
+                 disconnected each time); Duro gave up on it",
+                request.name, request.task_id
+            ),
+            true,
+        );
+        tracing::warn!(instance = %instance.instance_id, activity = %request.name, attempts, "poison activity failed");
+        let msg = Message::now(
+            instance.instance_id.clone(),
+            instance.execution_id.clone(),
+            events::task_failed(now, request.task_id, failure),
+            now,
+        );
+        match self.inner.store.complete_activity(activity_id, msg).await {
+            Ok(Some(d)) => {
+                self.inner.sched.lock().add_event(d, now);
+                self.pump();
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not fail a poison activity; it stays queued until restart"),
+        }
+    }
+
+    // ----- instance state and cache -----------------------------------------------------
+
+    /// The instance's current execution and history, from the cache or the store.
+    async fn instance_state(&self, instance_id: &str) -> Result<Option<(InstanceInfo, Vec<HistoryEvent>)>, StoreError> {
+        if let Some(c) = self.inner.cache.lock().get(instance_id) {
+            return Ok(Some((c.info.clone(), c.history.clone())));
+        }
+        let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(None) };
+        let history = self.inner.store.load_history(instance_id).await?;
+        let info = rec.info();
+        self.inner
+            .cache
+            .lock()
+            .put(instance_id.to_string(), Cached { info: info.clone(), history: history.clone() });
+        Ok(Some((info, history)))
+    }
+
+    fn invalidate(&self, instance_id: &str) {
+        self.inner.cache.lock().pop(instance_id);
+    }
+
+    /// Applies a committed outcome to the cached state (or drops it when unsure).
+    fn update_cache(&self, info: &InstanceInfo, history_len: usize, outcome: &TurnOutcome) {
+        let mut cache = self.inner.cache.lock();
+        let fits = matches!(cache.peek(&info.instance_id),
+            Some(c) if c.info.execution_id == info.execution_id && c.history.len() == history_len);
+        if !fits || outcome.is_terminal() {
+            // Finished instances are rarely read again by turns; free the memory.
+            cache.pop(&info.instance_id);
+            return;
+        }
+        let Some(c) = cache.get_mut(&info.instance_id) else { return };
+        if let Some(next) = &outcome.continue_as_new {
+            c.info.execution_id = next.spec.execution_id.clone();
+            c.info.version = next.spec.version.clone();
+            c.info.input = next.spec.input.clone();
+            c.info.tags = next.spec.tags.clone();
+            c.info.status = OrchestrationStatus::Running;
+            c.history.clear();
+        } else {
+            c.info.status = outcome.status;
+            c.history.extend(outcome.append.iter().cloned());
+        }
+    }
+
+    // ----- turns ---------------------------------------------------------------------------
+
+    async fn run_turn(&self, lease: TurnLease) {
+        let now = now_ms();
+        let state = match self.instance_state(&lease.instance_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(instance = %lease.instance_id, error = %e, "could not load instance for a turn");
+                self.release(&lease.token, Release::Failed);
+                return;
+            }
+        };
+        let Some((info, history)) = state else {
+            // Purged or replaced meanwhile: nothing to run.
+            self.inner.sched.lock().finish_turn(&lease.token, Vec::new(), false, true);
+            return;
+        };
+        if is_terminal(info.status) {
+            self.inner.sched.lock().finish_turn(&lease.token, Vec::new(), false, true);
+            self.pump();
+            return;
+        }
+        // Events for another execution (results and timers of a previous generation) and
+        // wake-up markers are consumed without being shown.
+        let mut always_consumed = Vec::new();
+        let mut live = Vec::new();
+        let mut has_marker = false;
+        for (key, p) in lease.events {
+            if p.execution_id.as_ref().is_some_and(|e| *e != info.execution_id) {
+                always_consumed.push(p.inbox_id);
+            } else if matches!(p.event.event_type, Some(EventType::OrchestratorStarted(_))) {
+                has_marker = true;
+                always_consumed.push(p.inbox_id);
+            } else {
+                live.push((key, p));
+            }
+        }
+        match lease.kind {
+            TurnKind::Control => {
+                let control: Vec<HistoryEvent> = live.iter().map(|(_, p)| p.event.clone()).collect();
+                let outcome = control::apply_control(&info, &history, &control, now);
+                let mut consumed = always_consumed;
+                consumed.extend(live.iter().map(|(_, p)| p.inbox_id));
+                self.commit(&lease.token, &info, history.len(), outcome, consumed, Vec::new(), now).await;
+            }
+            TurnKind::Poison => {
+                let failure = events::failure(
+                    "DuroPoisonWorkItem",
+                    format!(
+                        "the orchestration's turn was delivered {} times without being completed (abandoned, rejected, \
+                         or its worker disconnected each time); Duro failed the instance instead of retrying forever",
+                        lease.attempts
+                    ),
+                    true,
+                );
+                tracing::warn!(instance = %info.instance_id, attempts = lease.attempts, "poison orchestration failed");
+                self.fail_turn(&lease.token, &info, history.len(), failure, now).await;
+            }
+            TurnKind::Worker(stream) => {
+                if live.is_empty() && !has_marker {
+                    // Only stale rows: consume them without running the orchestrator.
+                    let outcome = TurnOutcome::unchanged(info.status, 0);
+                    self.commit(&lease.token, &info, history.len(), outcome, always_consumed, Vec::new(), now).await;
+                    return;
+                }
+                let mut new_events = Vec::with_capacity(live.len() + 1);
+                new_events.push(events::orchestrator_started(now));
+                new_events.extend(live.iter().map(|(_, p)| p.event.clone()));
+                let request = OrchestratorRequest {
+                    instance_id: info.instance_id.clone(),
+                    execution_id: Some(info.execution_id.clone()),
+                    past_events: history,
+                    new_events,
+                    entity_parameters: None,
+                    requires_history_streaming: false,
+                    properties: Default::default(),
+                    orchestration_trace_context: None,
+                };
+                let size = request.encoded_len();
+                if size > self.inner.opts.max_work_item_bytes {
+                    let failure = events::failure(
+                        "DuroWorkItemTooLarge",
+                        format!(
+                            "the orchestration's work item is {size} bytes, above the limit of {} bytes \
+                             (--max-work-item-bytes); its history or payloads are too large",
+                            self.inner.opts.max_work_item_bytes
+                        ),
+                        true,
+                    );
+                    let history_len = request.past_events.len();
+                    self.fail_turn(&lease.token, &info, history_len, failure, now).await;
+                    return;
+                }
+                let ctx = TurnContext {
+                    info,
+                    history_len: request.past_events.len(),
+                    shown: live.iter().map(|(k, _)| *k).collect(),
+                    new_events: request.new_events.clone(),
+                    always_consumed,
+                };
+                let item = WorkItem {
+                    request: Some(work_item::Request::OrchestratorRequest(request)),
+                    completion_token: lease.token.clone(),
+                };
+                self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
+            }
+        }
+    }
+
+    async fn fail_turn(&self, token: &str, info: &InstanceInfo, history_len: usize, failure: TaskFailureDetails, now: i64) {
+        if !self.inner.sched.lock().begin_internal_completion(token) {
+            return;
+        }
+        let outcome = control::fail(info, failure, now);
+        self.commit_owned(token, info, history_len, outcome, Vec::new(), Vec::new(), now).await;
+    }
+
+    async fn commit(
+        &self,
+        token: &str,
+        info: &InstanceInfo,
+        history_len: usize,
+        outcome: TurnOutcome,
+        consumed: Vec<i64>,
+        unconsumed: Vec<(EventKey, PendingEvent)>,
+        now: i64,
+    ) {
+        if !self.inner.sched.lock().begin_internal_completion(token) {
+            return;
+        }
+        self.commit_owned(token, info, history_len, outcome, consumed, unconsumed, now).await;
+    }
+
+    /// Commits a turn whose lease is already marked completing.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_owned(
+        &self,
+        token: &str,
+        info: &InstanceInfo,
+        history_len: usize,
+        outcome: TurnOutcome,
+        consumed: Vec<i64>,
+        unconsumed: Vec<(EventKey, PendingEvent)>,
+        now: i64,
+    ) -> bool {
+        let terminal = outcome.is_terminal();
+        let suspended = outcome.status == OrchestrationStatus::Suspended && outcome.continue_as_new.is_none();
+        let commit = TurnCommit {
+            instance_id: info.instance_id.clone(),
+            execution_id: info.execution_id.clone(),
+            consumed,
+            outcome,
+            now_ms: now,
+        };
+        match self.inner.store.commit_turn(commit.clone()).await {
+            Ok(result) => {
+                self.update_cache(info, history_len, &commit.outcome);
+                {
+                    let mut s = self.inner.sched.lock();
+                    s.finish_turn(token, unconsumed, suspended, terminal);
+                    for a in result.activities {
+                        s.add_activity(a);
+                    }
+                    for d in result.delivered {
+                        s.add_event(d, now);
+                    }
+                }
+                self.inner.waiters.notify(&info.instance_id);
+                self.pump();
+                true
+            }
+            Err(StoreError::Conflict(_)) => {
+                tracing::info!(instance = %info.instance_id, "instance changed during its turn; the turn is dropped");
+                self.invalidate(&info.instance_id);
+                self.inner.sched.lock().finish_turn(token, Vec::new(), false, false);
+                self.pump();
+                false
+            }
+            Err(e) => {
+                tracing::error!(instance = %info.instance_id, error = %e, "turn commit failed; the turn will be retried");
+                self.invalidate(&info.instance_id);
+                self.release(token, Release::Failed);
+                false
+            }
+        }
+    }
+
+    fn release(&self, token: &str, why: Release) {
+        let poisoned = self.inner.sched.lock().release(token, why, now_ms());
+        self.run_assignments(poisoned);
+        self.pump();
+    }
+
+    // ----- worker API ------------------------------------------------------------------------
+
+    /// Registers a work-item stream; work for it arrives on the receiver.
+    pub fn open_stream(&self, rules: StreamRules) -> (StreamId, mpsc::UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self.inner.sched.lock().add_stream(rules, tx);
+        tracing::info!(stream = id, "work-item stream connected");
+        self.pump();
+        (id, rx)
+    }
+
+    /// Removes a stream; its leases go back to the queues for other streams.
+    pub fn close_stream(&self, id: StreamId) {
+        let poisoned = self.inner.sched.lock().remove_stream(id, now_ms());
+        tracing::info!(stream = id, "work-item stream disconnected; its work is redelivered");
+        self.run_assignments(poisoned);
+        self.pump();
+    }
+
+    pub async fn complete_orchestration(&self, resp: OrchestratorResponse) -> Result<(), EngineError> {
+        let token = if resp.completion_token.is_empty() {
+            self.inner.sched.lock().turn_token_of(&resp.instance_id)
+        } else {
+            Some(resp.completion_token.clone())
+        };
+        let Some(token) = token else {
+            return Err(EngineError::NotFound(format!("no orchestration work item in flight for '{}'", resp.instance_id)));
+        };
+        let is_partial = resp.is_partial;
+        let requires_history = resp.requires_history;
+        let decision = WorkerDecision {
+            actions: Vec::new(),
+            custom_status: resp.custom_status,
+            num_events_processed: resp.num_events_processed,
+            trace_context: resp.orchestration_trace_context,
+        };
+        let completion = self.inner.sched.lock().begin_turn_completion(&token, resp.actions, is_partial);
+        let flight = match completion {
+            None => {
+                return Err(EngineError::NotFound(
+                    "unknown or stale completion token: the work item was completed, abandoned or redelivered".into(),
+                ))
+            }
+            Some(Completion::Partial) => return Ok(()),
+            Some(Completion::Complete(f)) => f,
+        };
+        let Some(ctx) = flight.context else {
+            return Err(EngineError::NotFound("the work item was not dispatched yet".into()));
+        };
+        if requires_history {
+            // We always send full history; release and redeliver it.
+            self.release(&token, Release::Retry);
+            return Ok(());
+        }
+        let now = now_ms();
+        let decision = WorkerDecision { actions: flight.actions, ..decision };
+        let mut new_id = || uuid::Uuid::new_v4().to_string();
+        let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
+        let outcome = match turn::decide(input, decision, &mut new_id) {
+            Ok(o) => o,
+            Err(TurnError::Invalid(msg)) => {
+                tracing::warn!(instance = %ctx.info.instance_id, error = %msg, "rejected an orchestrator response");
+                self.release(&token, Release::Failed);
+                return Err(EngineError::InvalidArgument(format!("invalid orchestrator response: {msg}")));
+            }
+            Err(TurnError::Unsupported(msg)) => {
+                let failure = events::failure("DuroUnsupportedAction", msg, true);
+                let mut o = control::fail(&ctx.info, failure, now);
+                o.consumed_new_events = ctx.shown.len();
+                o
+            }
+        };
+        let n = outcome.consumed_new_events.min(ctx.shown.len());
+        let by_key: std::collections::HashMap<EventKey, PendingEvent> = flight.events.into_iter().collect();
+        let mut consumed = ctx.always_consumed.clone();
+        let mut unconsumed = Vec::new();
+        for (i, key) in ctx.shown.iter().enumerate() {
+            let Some(p) = by_key.get(key) else { continue };
+            if i < n {
+                consumed.push(p.inbox_id);
+            } else {
+                unconsumed.push((*key, p.clone()));
+            }
+        }
+        self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
+        Ok(())
+    }
+
+    pub async fn complete_activity(&self, resp: ActivityResponse) -> Result<(), EngineError> {
+        let token = if resp.completion_token.is_empty() {
+            self.inner.sched.lock().activity_token_of(&resp.instance_id, resp.task_id)
+        } else {
+            Some(resp.completion_token.clone())
+        };
+        let Some(token) = token else {
+            return Err(EngineError::NotFound(format!(
+                "no activity work item in flight for '{}' task {}",
+                resp.instance_id, resp.task_id
+            )));
+        };
+        let (activity_id, request) = {
+            let mut s = self.inner.sched.lock();
+            let Some(id) = s.begin_activity_completion(&token) else {
+                return Err(EngineError::NotFound(
+                    "unknown or stale completion token: the activity was completed, abandoned or redelivered".into(),
+                ));
+            };
+            let request = s.activity_request(id).cloned();
+            (id, request)
+        };
+        let Some(request) = request else {
+            self.inner.sched.lock().finish_activity(&token, true, now_ms());
+            return Ok(());
+        };
+        let now = now_ms();
+        let instance = request.orchestration_instance.clone().unwrap_or_default();
+        let event = match resp.failure_details {
+            Some(f) => events::task_failed(now, request.task_id, f),
+            None => events::task_completed(now, request.task_id, resp.result),
+        };
+        let msg = Message::now(instance.instance_id, instance.execution_id, event, now);
+        match self.inner.store.complete_activity(activity_id, msg).await {
+            Ok(delivered) => {
+                {
+                    let mut s = self.inner.sched.lock();
+                    s.finish_activity(&token, true, now);
+                    if let Some(d) = delivered {
+                        s.add_event(d, now);
+                    }
+                }
+                self.pump();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.sched.lock().finish_activity(&token, false, now);
+                self.pump();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Gives a work item back for redelivery after a back-off. Unknown tokens are fine.
+    pub fn abandon(&self, token: &str) {
+        self.release(token, Release::Failed);
+    }
+
+    // ----- client API ---------------------------------------------------------------------------
+
+    pub async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, EngineError> {
+        let id = new.spec.instance_id.clone();
+        let result = self.inner.store.create_instance(new, reuse).await?;
+        if let CreateResult::Created(d) = &result {
+            self.invalidate(&id);
+            let mut s = self.inner.sched.lock();
+            s.forget_instance(&id);
+            s.add_event((**d).clone(), now_ms());
+        }
+        self.inner.waiters.notify(&id);
+        self.pump();
+        Ok(result)
+    }
+
+    pub async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, EngineError> {
+        Ok(self.inner.store.load_instance(instance_id).await?)
+    }
+
+    pub async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, EngineError> {
+        Ok(self.inner.store.load_history(instance_id).await?)
+    }
+
+    /// Blocks until `done(status)` holds, the instance is missing (`None`), or the
+    /// sidecar shuts down. Woken by commits, never by polling.
+    pub async fn wait_for(
+        &self,
+        instance_id: &str,
+        done: impl Fn(OrchestrationStatus) -> bool,
+    ) -> Result<Option<InstanceRecord>, EngineError> {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let notify = self.inner.waiters.subscribe(instance_id);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.inner.store.load_instance(instance_id).await? {
+                None => return Ok(None),
+                Some(r) if done(r.status) => return Ok(Some(r)),
+                Some(_) => {}
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = shutdown.changed() => return Err(EngineError::ShuttingDown),
+            }
+        }
+    }
+
+    /// Delivers an event to a live instance; finished instances drop it.
+    pub async fn send_message(&self, message: Message) -> Result<bool, EngineError> {
+        let target = message.target.clone();
+        match self.inner.store.enqueue(message).await? {
+            Some(d) => {
+                self.inner.sched.lock().add_event(d, now_ms());
+                self.pump();
+                Ok(true)
+            }
+            None => {
+                if self.inner.store.load_instance(&target).await?.is_none() {
+                    return Err(EngineError::NotFound(format!("no orchestration instance '{target}'")));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    pub async fn raise_event(&self, instance_id: &str, name: String, input: Option<String>) -> Result<bool, EngineError> {
+        let now = now_ms();
+        self.send_message(Message::now(instance_id, None, events::event_raised(now, name, input), now)).await
+    }
+
+    pub async fn terminate(&self, instance_id: &str, output: Option<String>, recursive: bool) -> Result<(), EngineError> {
+        let now = now_ms();
+        let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(()) };
+        if is_terminal(rec.status) {
+            if recursive {
+                // Children of a finished parent may still run (durabletask-go#25).
+                let history = self.inner.store.load_history(instance_id).await?;
+                for m in control::terminate_children(&history, output.clone(), now) {
+                    let child = m.target.clone();
+                    if let Err(e) = self.send_message(m).await {
+                        tracing::debug!(child = %child, error = %e, "child not terminated");
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let msg = Message::now(instance_id, None, events::execution_terminated(now, output, recursive), now);
+        match self.send_message(msg).await {
+            Ok(_) | Err(EngineError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn suspend(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
+        let now = now_ms();
+        self.control(instance_id, events::execution_suspended(now, reason), now).await
+    }
+
+    pub async fn resume(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
+        let now = now_ms();
+        self.control(instance_id, events::execution_resumed(now, reason), now).await
+    }
+
+    async fn control(&self, instance_id: &str, event: HistoryEvent, now: i64) -> Result<(), EngineError> {
+        let Some(rec) = self.inner.store.load_instance(instance_id).await? else {
+            return Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'")));
+        };
+        if is_terminal(rec.status) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "instance '{instance_id}' has finished ({})",
+                rec.status.as_str_name()
+            )));
+        }
+        self.send_message(Message::now(instance_id, None, event, now)).await.map(|_| ())
+    }
+
+    pub async fn query(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>, EngineError> {
+        Ok(self.inner.store.query_instances(filter).await?)
+    }
+
+    pub async fn list_completed(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, EngineError> {
+        Ok(self.inner.store.list_completed_ids(filter).await?)
+    }
+
+    pub async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, EngineError> {
+        if let PurgeSelection::Ids(ids) = &selection {
+            for id in ids {
+                self.invalidate(id);
+            }
+        }
+        let n = self.inner.store.purge(selection, recursive).await?;
+        if n > 0 {
+            self.inner.cache.lock().clear();
+        }
+        Ok(n)
+    }
+
+    pub async fn restart(&self, instance_id: &str, new_id: Option<String>) -> Result<String, EngineError> {
+        let now = now_ms();
+        match self.inner.store.restart(instance_id, new_id, now).await? {
+            RestartResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
+            RestartResult::NotTerminal(s) => Err(EngineError::FailedPrecondition(format!(
+                "instance '{instance_id}' is {} and can only be restarted once it has finished",
+                s.as_str_name()
+            ))),
+            RestartResult::Restarted(d) => {
+                let id = d.instance_id.clone();
+                self.invalidate(&id);
+                {
+                    let mut s = self.inner.sched.lock();
+                    s.forget_instance(&id);
+                    s.add_event(*d, now);
+                }
+                self.inner.waiters.notify(&id);
+                self.pump();
+                Ok(id)
+            }
+        }
+    }
+
+    pub async fn rewind(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
+        let now = now_ms();
+        match self.inner.store.rewind(instance_id, reason.clone(), now).await? {
+            RewindResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
+            RewindResult::NotFailed(s) => Err(EngineError::FailedPrecondition(format!(
+                "instance '{instance_id}' is {}; only FAILED instances can be rewound",
+                s.as_str_name()
+            ))),
+            RewindResult::Rewound { wake } => {
+                // Failed children are not rewound in place: replay re-creates them, and a
+                // finished child's id is reused for its new run.
+                self.invalidate(instance_id);
+                self.inner.sched.lock().add_event(*wake, now);
+                self.inner.waiters.notify(instance_id);
+                self.pump();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The status a waiter for "started" waits for.
+pub fn is_started(status: OrchestrationStatus) -> bool {
+    status != OrchestrationStatus::Pending
+}
+
+pub use core::is_terminal as is_finished;

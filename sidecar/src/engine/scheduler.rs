@@ -1,0 +1,1119 @@
+//! Dispatch state: which instances and activities are ready, which worker stream holds
+//! which lease, and what wakes up when. Pure bookkeeping with no I/O and no clock of its
+//! own, so it is tested directly.
+//!
+//! Invariants:
+//! - an instance has at most one turn leased at a time;
+//! - an event is either pending on its instance, held by exactly one lease, or scheduled
+//!   to become visible later; never two of these at once;
+//! - a lease's token is unique and unguessable, and dies when completed or released.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use duro_proto::{ActivityRequest, GetWorkItemsRequest, HistoryEvent, OrchestratorAction, WorkItemFilters};
+use tokio::sync::mpsc;
+
+use crate::core::{is_control_event, Priority};
+use crate::store::{Delivered, QueuedActivity, Target};
+
+pub type StreamId = u64;
+pub type EventKey = (Priority, i64);
+
+/// An inbox event in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    pub inbox_id: i64,
+    pub execution_id: Option<String>,
+    pub event: HistoryEvent,
+}
+
+/// What a stream task sends to its worker.
+#[derive(Debug)]
+pub enum Outgoing {
+    Item(Box<duro_proto::WorkItem>),
+}
+
+/// A worker stream's routing rules.
+#[derive(Debug, Clone, Default)]
+pub struct StreamRules {
+    pub max_orchestrations: usize,
+    pub max_activities: usize,
+    pub filters: Option<WorkItemFilters>,
+}
+
+impl StreamRules {
+    /// Reads a stream request; `0` (unspecified) caps become `default_cap`.
+    pub fn from_request(req: &GetWorkItemsRequest, default_cap: usize) -> StreamRules {
+        let cap = |v: i32| if v > 0 { v as usize } else { default_cap };
+        StreamRules {
+            max_orchestrations: cap(req.max_concurrent_orchestration_work_items),
+            max_activities: cap(req.max_concurrent_activity_work_items),
+            filters: req.work_item_filters.clone(),
+        }
+    }
+
+    pub fn accepts_orchestration(&self, name: &str, version: Option<&str>) -> bool {
+        match &self.filters {
+            None => true,
+            Some(f) => f.orchestrations.iter().any(|o| o.name == name && version_ok(&o.versions, version)),
+        }
+    }
+
+    pub fn accepts_activity(&self, name: &str, version: Option<&str>) -> bool {
+        match &self.filters {
+            None => true,
+            Some(f) => f.activities.iter().any(|a| a.name == name && version_ok(&a.versions, version)),
+        }
+    }
+}
+
+fn version_ok(versions: &[String], version: Option<&str>) -> bool {
+    versions.is_empty() || versions.iter().any(|v| v == version.unwrap_or(""))
+}
+
+struct StreamSlot {
+    rules: StreamRules,
+    sender: mpsc::UnboundedSender<Outgoing>,
+    orchestrations: usize,
+    activities: usize,
+}
+
+#[derive(Default)]
+struct InstanceSlot {
+    name: String,
+    version: Option<String>,
+    pending: BTreeMap<EventKey, PendingEvent>,
+    leased: Option<String>,
+    suspended: bool,
+    attempts: u32,
+    not_before_ms: i64,
+    queued: bool,
+}
+
+impl InstanceSlot {
+    fn has_control(&self) -> bool {
+        self.pending.values().any(|p| is_control_event(&p.event))
+    }
+
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.leased.is_none() && !self.suspended
+    }
+}
+
+struct ActivitySlot {
+    request: ActivityRequest,
+    leased: Option<String>,
+    attempts: u32,
+}
+
+/// Who runs a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnKind {
+    /// A worker runs the orchestrator code.
+    Worker(StreamId),
+    /// The sidecar applies terminate/suspend/resume itself.
+    Control,
+    /// The sidecar fails the instance: its turns kept failing.
+    Poison,
+}
+
+/// A lease handed out by [`Scheduler::assign`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assignment {
+    Turn(TurnLease),
+    Activity { token: String, stream: StreamId, activity_id: i64, request: ActivityRequest },
+    /// An activity that keeps failing; the engine fails its task.
+    PoisonActivity { activity_id: i64, request: ActivityRequest, attempts: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnLease {
+    pub token: String,
+    pub instance_id: String,
+    pub kind: TurnKind,
+    /// The events of the turn in order (for control turns: only control events).
+    pub events: Vec<(EventKey, PendingEvent)>,
+    pub attempts: u32,
+}
+
+/// What the engine remembers about a turn between dispatch and completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnContext {
+    pub info: crate::core::InstanceInfo,
+    /// History length when the turn was built.
+    pub history_len: usize,
+    /// The new events as sent, `orchestratorStarted` first.
+    pub new_events: Vec<HistoryEvent>,
+    /// Keys of the events shown to the worker, aligned with `new_events[1..]`.
+    pub shown: Vec<EventKey>,
+    /// Inbox rows consumed whatever the worker answers (stale results, wake-ups).
+    pub always_consumed: Vec<i64>,
+}
+
+enum Lease {
+    Turn {
+        instance_id: String,
+        stream: Option<StreamId>,
+        events: Vec<(EventKey, PendingEvent)>,
+        completing: bool,
+        partial: Vec<OrchestratorAction>,
+        expires: Option<(i64, u64)>,
+        context: Option<Box<TurnContext>>,
+    },
+    Activity { activity_id: i64, stream: StreamId, completing: bool },
+}
+
+/// Something due at a point in time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    Event { instance_id: String, target: Target, key: EventKey, event: PendingEvent },
+    Instance(String),
+    Activity(i64),
+    LeaseExpiry(String),
+}
+
+/// Why a lease is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The worker asked for it (abandon) or answered wrongly: counts as a failed attempt
+    /// and is retried after a back-off.
+    Failed,
+    /// The stream carrying it closed or the lease timed out: counts as a failed attempt,
+    /// retried at once.
+    Lost,
+    /// Retry at once, no attempt counted (e.g. the worker asked for full history).
+    Retry,
+}
+
+/// Dispatch configuration.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    pub max_attempts: u32,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    pub turn_lease_ms: i64,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions { max_attempts: 10, backoff_base_ms: 1000, backoff_max_ms: 60_000, turn_lease_ms: 300_000 }
+    }
+}
+
+pub struct Scheduler {
+    opts: SchedulerOptions,
+    streams: BTreeMap<StreamId, StreamSlot>,
+    next_stream: StreamId,
+    rr: StreamId,
+    instances: HashMap<String, InstanceSlot>,
+    ready: VecDeque<String>,
+    parked: Vec<String>,
+    activities: HashMap<i64, ActivitySlot>,
+    ready_activities: VecDeque<i64>,
+    parked_activities: Vec<i64>,
+    leases: HashMap<String, Lease>,
+    wakeups: BTreeMap<(i64, u64), Wake>,
+    wake_seq: u64,
+    token_seq: u64,
+    token_secret: u128,
+}
+
+/// A completion that matched a live lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnInFlight {
+    pub instance_id: String,
+    pub events: Vec<(EventKey, PendingEvent)>,
+    pub actions: Vec<OrchestratorAction>,
+    pub context: Option<Box<TurnContext>>,
+}
+
+/// What happens to a partial (chunked) orchestrator response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    /// More chunks follow; nothing to commit yet.
+    Partial,
+    /// The whole response is in: commit it.
+    Complete(TurnInFlight),
+}
+
+impl Scheduler {
+    pub fn new(opts: SchedulerOptions) -> Scheduler {
+        Scheduler {
+            opts,
+            streams: BTreeMap::new(),
+            next_stream: 1,
+            rr: 0,
+            instances: HashMap::new(),
+            ready: VecDeque::new(),
+            parked: Vec::new(),
+            activities: HashMap::new(),
+            ready_activities: VecDeque::new(),
+            parked_activities: Vec::new(),
+            leases: HashMap::new(),
+            wakeups: BTreeMap::new(),
+            wake_seq: 0,
+            token_seq: 0,
+            token_secret: rand::random(),
+        }
+    }
+
+    fn new_token(&mut self) -> String {
+        self.token_seq += 1;
+        let salt: u64 = rand::random();
+        format!("{:032x}{:016x}{:016x}", self.token_secret ^ u128::from(salt), self.token_seq, salt)
+    }
+
+    // ----- streams -------------------------------------------------------------------
+
+    pub fn add_stream(&mut self, rules: StreamRules, sender: mpsc::UnboundedSender<Outgoing>) -> StreamId {
+        let id = self.next_stream;
+        self.next_stream += 1;
+        self.streams.insert(id, StreamSlot { rules, sender, orchestrations: 0, activities: 0 });
+        self.unpark();
+        id
+    }
+
+    /// Removes a stream and releases every lease it held.
+    pub fn remove_stream(&mut self, id: StreamId, now_ms: i64) -> Vec<Assignment> {
+        self.streams.remove(&id);
+        let tokens: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| match l {
+                Lease::Turn { stream, completing, .. } => *stream == Some(id) && !completing,
+                Lease::Activity { stream, completing, .. } => *stream == id && !completing,
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut poisoned = Vec::new();
+        for t in tokens {
+            poisoned.extend(self.release(&t, Release::Lost, now_ms));
+        }
+        poisoned
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn unpark(&mut self) {
+        for id in self.parked.drain(..) {
+            if let Some(slot) = self.instances.get_mut(&id) {
+                if !slot.queued {
+                    slot.queued = true;
+                    self.ready.push_back(id);
+                }
+            }
+        }
+        self.ready_activities.extend(self.parked_activities.drain(..));
+    }
+
+    // ----- arrivals ------------------------------------------------------------------
+
+    /// Adds a committed inbox row: pending now, or a wake-up at its visible time.
+    pub fn add_event(&mut self, d: Delivered, now_ms: i64) {
+        let key = (d.priority, d.inbox_id);
+        let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, event: d.event };
+        if d.visible_at_ms > now_ms {
+            self.schedule(d.visible_at_ms, Wake::Event { instance_id: d.instance_id, target: d.target, key, event: pending });
+            return;
+        }
+        self.add_visible(d.instance_id, &d.target, key, pending);
+    }
+
+    fn add_visible(&mut self, instance_id: String, target: &Target, key: EventKey, event: PendingEvent) {
+        let slot = self.instances.entry(instance_id.clone()).or_default();
+        if slot.name.is_empty() {
+            slot.name = target.name.clone();
+            slot.version = target.version.clone();
+            slot.suspended = target.status == duro_proto::OrchestrationStatus::Suspended;
+        }
+        slot.pending.insert(key, event);
+        self.enqueue_instance(&instance_id);
+    }
+
+    pub fn add_activity(&mut self, a: QueuedActivity) {
+        self.activities.insert(a.id, ActivitySlot { request: a.request, leased: None, attempts: 0 });
+        self.ready_activities.push_back(a.id);
+    }
+
+    fn enqueue_instance(&mut self, instance_id: &str) {
+        if let Some(slot) = self.instances.get_mut(instance_id) {
+            if !slot.queued && slot.leased.is_none() && !slot.pending.is_empty() {
+                slot.queued = true;
+                self.ready.push_back(instance_id.to_string());
+            }
+        }
+    }
+
+    fn schedule(&mut self, at_ms: i64, wake: Wake) -> u64 {
+        self.wake_seq += 1;
+        self.wakeups.insert((at_ms, self.wake_seq), wake);
+        self.wake_seq
+    }
+
+    /// When the next wake-up is due, if any.
+    pub fn next_wakeup_ms(&self) -> Option<i64> {
+        self.wakeups.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Moves everything due by `now_ms` into the ready queues. Returns assignments for
+    /// work that became poison (expired leases past the attempt limit).
+    pub fn fire_due(&mut self, now_ms: i64) -> Vec<Assignment> {
+        let mut poisoned = Vec::new();
+        while let Some(entry) = self.wakeups.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            match entry.remove() {
+                Wake::Event { instance_id, target, key, event } => self.add_visible(instance_id, &target, key, event),
+                Wake::Instance(id) => self.enqueue_instance(&id),
+                Wake::Activity(id) => {
+                    if self.activities.contains_key(&id) {
+                        self.ready_activities.push_back(id);
+                    }
+                }
+                Wake::LeaseExpiry(token) => {
+                    if matches!(self.leases.get(&token), Some(Lease::Turn { completing: false, .. })) {
+                        poisoned.extend(self.release(&token, Release::Lost, now_ms));
+                    }
+                }
+            }
+        }
+        poisoned
+    }
+
+    // ----- dispatch ------------------------------------------------------------------
+
+    /// Hands out every lease that can start now.
+    pub fn assign(&mut self, now_ms: i64) -> Vec<Assignment> {
+        let mut out = Vec::new();
+        self.assign_turns(now_ms, &mut out);
+        self.assign_activities(&mut out);
+        out
+    }
+
+    fn pick_stream(&mut self, mut accepts: impl FnMut(&StreamSlot) -> bool) -> Option<StreamId> {
+        let after = self.streams.range(self.rr + 1..).find(|(_, s)| accepts(s)).map(|(id, _)| *id);
+        let found = after.or_else(|| self.streams.range(..=self.rr).find(|(_, s)| accepts(s)).map(|(id, _)| *id));
+        if let Some(id) = found {
+            self.rr = id;
+        }
+        found
+    }
+
+    fn any_orchestration_capacity(&self) -> bool {
+        self.streams.values().any(|s| s.orchestrations < s.rules.max_orchestrations)
+    }
+
+    fn assign_turns(&mut self, now_ms: i64, out: &mut Vec<Assignment>) {
+        let mut rounds = self.ready.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some(id) = self.ready.pop_front() else { break };
+            let Some(slot) = self.instances.get_mut(&id) else { continue };
+            slot.queued = false;
+            if slot.leased.is_some() || slot.pending.is_empty() {
+                continue;
+            }
+            if slot.not_before_ms > now_ms {
+                let at = slot.not_before_ms;
+                self.schedule(at, Wake::Instance(id));
+                continue;
+            }
+            let poison = slot.attempts >= self.opts.max_attempts;
+            let control = slot.has_control();
+            let suspended = slot.suspended;
+            let (name, version) = (slot.name.clone(), slot.version.clone());
+            let kind = if poison {
+                TurnKind::Poison
+            } else if control {
+                TurnKind::Control
+            } else if suspended {
+                // Held until resumed; the resume event re-queues it.
+                continue;
+            } else {
+                if !self.any_orchestration_capacity() {
+                    if let Some(slot) = self.instances.get_mut(&id) {
+                        slot.queued = true;
+                    }
+                    self.ready.push_front(id);
+                    break;
+                }
+                match self.pick_stream(|s| {
+                    s.orchestrations < s.rules.max_orchestrations
+                        && s.rules.accepts_orchestration(&name, version.as_deref())
+                }) {
+                    Some(stream) => TurnKind::Worker(stream),
+                    None => {
+                        self.parked.push(id);
+                        continue;
+                    }
+                }
+            };
+            out.push(Assignment::Turn(self.lease_turn(id, kind, now_ms)));
+        }
+    }
+
+    fn lease_turn(&mut self, instance_id: String, kind: TurnKind, now_ms: i64) -> TurnLease {
+        let token = self.new_token();
+        let lease_ms = self.opts.turn_lease_ms;
+        let Some(slot) = self.instances.get_mut(&instance_id) else {
+            unreachable_slot();
+            return TurnLease { token, instance_id, kind, events: Vec::new(), attempts: 0 };
+        };
+        let events: Vec<(EventKey, PendingEvent)> = match kind {
+            TurnKind::Control => {
+                let keys: Vec<EventKey> =
+                    slot.pending.iter().filter(|(_, p)| is_control_event(&p.event)).map(|(k, _)| *k).collect();
+                keys.into_iter().filter_map(|k| slot.pending.remove(&k).map(|p| (k, p))).collect()
+            }
+            TurnKind::Worker(_) | TurnKind::Poison => std::mem::take(&mut slot.pending).into_iter().collect(),
+        };
+        slot.leased = Some(token.clone());
+        let attempts = slot.attempts;
+        let stream = match kind {
+            TurnKind::Worker(s) => {
+                if let Some(st) = self.streams.get_mut(&s) {
+                    st.orchestrations += 1;
+                }
+                Some(s)
+            }
+            _ => None,
+        };
+        let expires = stream.map(|_| (now_ms + lease_ms, self.schedule(now_ms + lease_ms, Wake::LeaseExpiry(token.clone()))));
+        self.leases.insert(
+            token.clone(),
+            Lease::Turn { instance_id: instance_id.clone(), stream, events: events.clone(), completing: false, partial: Vec::new(), expires, context: None },
+        );
+        TurnLease { token, instance_id, kind, events, attempts }
+    }
+
+    fn assign_activities(&mut self, out: &mut Vec<Assignment>) {
+        let mut rounds = self.ready_activities.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some(id) = self.ready_activities.pop_front() else { break };
+            let Some(slot) = self.activities.get(&id) else { continue };
+            if slot.leased.is_some() {
+                continue;
+            }
+            if slot.attempts >= self.opts.max_attempts {
+                let Some(slot) = self.activities.remove(&id) else { continue };
+                out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
+                continue;
+            }
+            if !self.streams.values().any(|s| s.activities < s.rules.max_activities) {
+                self.ready_activities.push_front(id);
+                break;
+            }
+            let (name, version) = (slot.request.name.clone(), slot.request.version.clone());
+            let Some(stream) = self.pick_stream(|s| {
+                s.activities < s.rules.max_activities && s.rules.accepts_activity(&name, version.as_deref())
+            }) else {
+                self.parked_activities.push(id);
+                continue;
+            };
+            let token = self.new_token();
+            let Some(slot) = self.activities.get_mut(&id) else { continue };
+            slot.leased = Some(token.clone());
+            if let Some(st) = self.streams.get_mut(&stream) {
+                st.activities += 1;
+            }
+            self.leases.insert(token.clone(), Lease::Activity { activity_id: id, stream, completing: false });
+            out.push(Assignment::Activity { token, stream, activity_id: id, request: slot.request.clone() });
+        }
+    }
+
+    /// Attaches a built turn to its lease and sends it; `false` if the lease or the stream
+    /// is gone (the stream's removal released the lease).
+    pub fn send_turn(&mut self, token: &str, stream: StreamId, ctx: TurnContext, item: duro_proto::WorkItem) -> bool {
+        match self.leases.get_mut(token) {
+            Some(Lease::Turn { context, .. }) => *context = Some(Box::new(ctx)),
+            _ => return false,
+        }
+        self.send(token, stream, item)
+    }
+
+    /// Sends an item on a stream if the lease is still live; `false` if the lease or the
+    /// stream is gone (the lease is then released by the stream's removal).
+    pub fn send(&self, token: &str, stream: StreamId, item: duro_proto::WorkItem) -> bool {
+        if !self.leases.contains_key(token) {
+            return false;
+        }
+        match self.streams.get(&stream) {
+            Some(s) => s.sender.send(Outgoing::Item(Box::new(item))).is_ok(),
+            None => false,
+        }
+    }
+
+    // ----- completion ----------------------------------------------------------------
+
+    /// Matches an orchestrator response to its live lease. `None`: unknown, stale or
+    /// already completing. Chunks (`is_partial`) accumulate until the last one.
+    pub fn begin_turn_completion(
+        &mut self,
+        token: &str,
+        actions: Vec<OrchestratorAction>,
+        is_partial: bool,
+    ) -> Option<Completion> {
+        let Some(Lease::Turn { instance_id, events, completing, partial, context, .. }) = self.leases.get_mut(token)
+        else {
+            return None;
+        };
+        if *completing || context.is_none() {
+            return None;
+        }
+        partial.extend(actions);
+        if is_partial {
+            return Some(Completion::Partial);
+        }
+        *completing = true;
+        Some(Completion::Complete(TurnInFlight {
+            instance_id: instance_id.clone(),
+            events: events.clone(),
+            actions: std::mem::take(partial),
+            context: context.take(),
+        }))
+    }
+
+    /// Marks a control or poison turn as completing (the sidecar commits it itself).
+    pub fn begin_internal_completion(&mut self, token: &str) -> bool {
+        match self.leases.get_mut(token) {
+            Some(Lease::Turn { completing, .. }) if !*completing => {
+                *completing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a committed turn. `unconsumed` events return to pending (they come first,
+    /// by key order); `status_suspended` is the instance's state after the commit;
+    /// `terminal` drops the instance's in-memory state altogether.
+    pub fn finish_turn(
+        &mut self,
+        token: &str,
+        unconsumed: Vec<(EventKey, PendingEvent)>,
+        suspended: bool,
+        terminal: bool,
+    ) {
+        let Some(Lease::Turn { instance_id, stream, expires, .. }) = self.leases.remove(token) else { return };
+        self.free_stream_turn(stream);
+        if let Some(key) = expires {
+            self.wakeups.remove(&key);
+        }
+        if let Some(slot) = self.instances.get_mut(&instance_id) {
+            slot.leased = None;
+        }
+        if terminal {
+            self.forget_instance(&instance_id);
+            return;
+        }
+        if let Some(slot) = self.instances.get_mut(&instance_id) {
+            slot.attempts = 0;
+            slot.suspended = suspended;
+            slot.pending.extend(unconsumed);
+            if slot.idle() {
+                self.instances.remove(&instance_id);
+            } else {
+                self.enqueue_instance(&instance_id);
+            }
+        }
+    }
+
+    fn free_stream_turn(&mut self, stream: Option<StreamId>) {
+        if let Some(st) = stream.and_then(|s| self.streams.get_mut(&s)) {
+            st.orchestrations = st.orchestrations.saturating_sub(1);
+            if !self.parked.is_empty() {
+                self.unpark();
+            }
+        }
+    }
+
+    /// Drops an instance's pending work, its timers and its queued activities (it ended,
+    /// was purged or was replaced). A lease in flight stays; its commit will fail.
+    pub fn forget_instance(&mut self, instance_id: &str) {
+        if let Some(slot) = self.instances.get_mut(instance_id) {
+            if slot.leased.is_some() {
+                slot.pending.clear();
+                return;
+            }
+        }
+        self.instances.remove(instance_id);
+        self.wakeups.retain(|_, w| !matches!(w, Wake::Event { instance_id: i, .. } if i == instance_id));
+        let gone: Vec<i64> = self
+            .activities
+            .iter()
+            .filter(|(_, a)| {
+                a.leased.is_none()
+                    && a.request.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) == Some(instance_id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.activities.remove(&id);
+        }
+    }
+
+    /// Gives a lease back. Returns a poison assignment when an activity ran out of
+    /// attempts (instances are handled by their next assignment).
+    pub fn release(&mut self, token: &str, why: Release, now_ms: i64) -> Vec<Assignment> {
+        let Some(lease) = self.leases.remove(token) else { return Vec::new() };
+        let counted = matches!(why, Release::Failed | Release::Lost);
+        let delay = |attempts: u32, base: i64, max: i64| -> i64 {
+            if why != Release::Failed || attempts == 0 {
+                0
+            } else {
+                base.saturating_mul(i64::from(attempts)).min(max)
+            }
+        };
+        match lease {
+            Lease::Turn { instance_id, stream, events, expires, .. } => {
+                self.free_stream_turn(stream);
+                if let Some(key) = expires {
+                    self.wakeups.remove(&key);
+                }
+                let (base, max) = (self.opts.backoff_base_ms, self.opts.backoff_max_ms);
+                if let Some(slot) = self.instances.get_mut(&instance_id) {
+                    slot.leased = None;
+                    slot.pending.extend(events);
+                    if counted {
+                        slot.attempts += 1;
+                    }
+                    slot.not_before_ms = now_ms + delay(slot.attempts, base, max);
+                    self.enqueue_instance(&instance_id);
+                }
+                Vec::new()
+            }
+            Lease::Activity { activity_id, stream, .. } => {
+                if let Some(st) = self.streams.get_mut(&stream) {
+                    st.activities = st.activities.saturating_sub(1);
+                }
+                let (base, max) = (self.opts.backoff_base_ms, self.opts.backoff_max_ms);
+                let Some(slot) = self.activities.get_mut(&activity_id) else { return Vec::new() };
+                slot.leased = None;
+                if counted {
+                    slot.attempts += 1;
+                }
+                let wait = delay(slot.attempts, base, max);
+                if wait > 0 {
+                    self.schedule(now_ms + wait, Wake::Activity(activity_id));
+                } else {
+                    self.ready_activities.push_back(activity_id);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Matches an activity result to its live lease; returns the activity id.
+    pub fn begin_activity_completion(&mut self, token: &str) -> Option<i64> {
+        match self.leases.get_mut(token) {
+            Some(Lease::Activity { activity_id, completing, .. }) if !*completing => {
+                *completing = true;
+                Some(*activity_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends an activity lease after its result committed (or failed to).
+    pub fn finish_activity(&mut self, token: &str, committed: bool, now_ms: i64) {
+        if !committed {
+            self.release(token, Release::Retry, now_ms);
+            return;
+        }
+        if let Some(Lease::Activity { activity_id, stream, .. }) = self.leases.remove(token) {
+            if let Some(st) = self.streams.get_mut(&stream) {
+                st.activities = st.activities.saturating_sub(1);
+            }
+            self.activities.remove(&activity_id);
+            if !self.parked_activities.is_empty() {
+                self.unpark();
+            }
+        }
+    }
+
+    /// The live turn token of an instance (for workers that send no completion token).
+    pub fn turn_token_of(&self, instance_id: &str) -> Option<String> {
+        self.instances.get(instance_id).and_then(|s| s.leased.clone())
+    }
+
+    /// The live activity token for (instance, task id), for workers without tokens.
+    pub fn activity_token_of(&self, instance_id: &str, task_id: i32) -> Option<String> {
+        self.activities
+            .values()
+            .find(|a| {
+                a.leased.is_some()
+                    && a.request.task_id == task_id
+                    && a.request.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) == Some(instance_id)
+            })
+            .and_then(|a| a.leased.clone())
+    }
+
+    /// The request of a leased activity.
+    pub fn activity_request(&self, activity_id: i64) -> Option<&ActivityRequest> {
+        self.activities.get(&activity_id).map(|a| &a.request)
+    }
+
+    /// Counters for logs and tests.
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            streams: self.streams.len(),
+            instances_in_memory: self.instances.len(),
+            ready_instances: self.ready.len(),
+            parked_instances: self.parked.len(),
+            queued_activities: self.activities.len(),
+            leases: self.leases.len(),
+            wakeups: self.wakeups.len(),
+        }
+    }
+
+    /// Instance ids with pending events that no connected stream accepts.
+    pub fn parked_instances(&self) -> HashSet<String> {
+        self.parked.iter().cloned().collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedulerStats {
+    pub streams: usize,
+    pub instances_in_memory: usize,
+    pub ready_instances: usize,
+    pub parked_instances: usize,
+    pub queued_activities: usize,
+    pub leases: usize,
+    pub wakeups: usize,
+}
+
+fn unreachable_slot() {
+    tracing::error!("scheduler lost track of an instance it was leasing; this is a bug");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::events;
+    use duro_proto::{OrchestrationFilter, OrchestrationInstance, OrchestrationStatus};
+
+    const NOW: i64 = 1_000_000;
+
+    fn opts() -> SchedulerOptions {
+        SchedulerOptions { max_attempts: 3, backoff_base_ms: 100, backoff_max_ms: 1000, turn_lease_ms: 5000 }
+    }
+
+    fn target(name: &str) -> Target {
+        Target { name: name.into(), version: None, status: OrchestrationStatus::Running }
+    }
+
+    fn delivered(id: i64, instance: &str, name: &str, visible_at: i64, event: HistoryEvent) -> Delivered {
+        Delivered {
+            inbox_id: id,
+            instance_id: instance.into(),
+            execution_id: None,
+            priority: Priority::Normal,
+            visible_at_ms: visible_at,
+            event,
+            target: target(name),
+        }
+    }
+
+    fn raised(id: i64, instance: &str) -> Delivered {
+        delivered(id, instance, "Orch", NOW, events::event_raised(NOW, "e".into(), None))
+    }
+
+    fn stream(s: &mut Scheduler, rules: StreamRules) -> (StreamId, mpsc::UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (s.add_stream(rules, tx), rx)
+    }
+
+    fn rules(cap: usize) -> StreamRules {
+        StreamRules { max_orchestrations: cap, max_activities: cap, filters: None }
+    }
+
+    fn turns(a: &[Assignment]) -> Vec<&TurnLease> {
+        a.iter()
+            .filter_map(|x| match x {
+                Assignment::Turn(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn activity(id: i64, name: &str) -> QueuedActivity {
+        QueuedActivity {
+            id,
+            request: ActivityRequest {
+                name: name.into(),
+                task_id: id as i32,
+                orchestration_instance: Some(OrchestrationInstance { instance_id: "i".into(), execution_id: None }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn no_stream_no_dispatch_and_work_waits() {
+        let mut s = Scheduler::new(opts());
+        s.add_event(raised(1, "a"), NOW);
+        assert!(s.assign(NOW).is_empty());
+        let (_id, _rx) = stream(&mut s, rules(10));
+        let a = s.assign(NOW);
+        assert_eq!(turns(&a).len(), 1);
+        assert_eq!(turns(&a)[0].instance_id, "a");
+    }
+
+    #[test]
+    fn one_turn_per_instance_and_later_events_wait_for_the_next_turn() {
+        let mut s = Scheduler::new(opts());
+        let (sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let lease = turns(&a)[0].clone();
+        assert_eq!(lease.kind, TurnKind::Worker(sid));
+        s.add_event(raised(2, "a"), NOW);
+        assert!(s.assign(NOW).is_empty(), "a turn is in flight");
+        s.finish_turn(&lease.token, Vec::new(), false, false);
+        let a = s.assign(NOW);
+        let next = turns(&a)[0];
+        assert_eq!(next.events.len(), 1);
+        assert_eq!(next.events[0].1.inbox_id, 2);
+        assert_ne!(next.token, lease.token, "every dispatch gets a fresh token");
+    }
+
+    #[test]
+    fn events_are_ordered_start_then_carryover_then_arrival() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(5, "a"), NOW);
+        let mut carry = raised(9, "a");
+        carry.priority = Priority::Carryover;
+        s.add_event(carry, NOW);
+        let mut start = raised(7, "a");
+        start.priority = Priority::Start;
+        s.add_event(start, NOW);
+        let a = s.assign(NOW);
+        let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
+        assert_eq!(ids, [7, 9, 5]);
+    }
+
+    #[test]
+    fn future_events_wait_for_their_time() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(delivered(1, "a", "Orch", NOW + 500, events::event_raised(NOW, "t".into(), None)), NOW);
+        assert!(s.assign(NOW).is_empty());
+        assert_eq!(s.next_wakeup_ms(), Some(NOW + 500));
+        s.fire_due(NOW + 499);
+        assert!(s.assign(NOW + 499).is_empty());
+        s.fire_due(NOW + 500);
+        assert_eq!(turns(&s.assign(NOW + 500)).len(), 1);
+    }
+
+    #[test]
+    fn stream_caps_are_honoured() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(2));
+        for i in 0..5 {
+            s.add_event(raised(i, &format!("i{i}")), NOW);
+        }
+        let first = s.assign(NOW);
+        assert_eq!(turns(&first).len(), 2);
+        s.finish_turn(&turns(&first)[0].token, Vec::new(), false, true);
+        assert_eq!(turns(&s.assign(NOW)).len(), 1);
+    }
+
+    #[test]
+    fn filters_route_by_name_and_version() {
+        let mut s = Scheduler::new(opts());
+        let only_b = StreamRules {
+            max_orchestrations: 10,
+            max_activities: 10,
+            filters: Some(WorkItemFilters {
+                orchestrations: vec![OrchestrationFilter { name: "B".into(), versions: vec!["2".into()] }],
+                activities: vec![],
+                entities: vec![],
+            }),
+        };
+        let (sid, _rx) = stream(&mut s, only_b);
+        s.add_event(delivered(1, "a", "A", NOW, events::event_raised(NOW, "e".into(), None)), NOW);
+        let mut b = delivered(2, "b", "B", NOW, events::event_raised(NOW, "e".into(), None));
+        b.target.version = Some("2".into());
+        s.add_event(b, NOW);
+        let mut b1 = delivered(3, "b1", "B", NOW, events::event_raised(NOW, "e".into(), None));
+        b1.target.version = Some("1".into());
+        s.add_event(b1, NOW);
+        let a = s.assign(NOW);
+        let got: Vec<_> = turns(&a).iter().map(|t| (t.instance_id.clone(), t.kind)).collect();
+        assert_eq!(got, [("b".to_string(), TurnKind::Worker(sid))]);
+        assert_eq!(s.parked_instances().len(), 2);
+        s.add_activity(activity(1, "Anything"));
+        assert!(s.assign(NOW).is_empty(), "an empty activity filter list accepts no activity");
+        // A stream that takes everything picks up what was parked.
+        let (all, _rx2) = stream(&mut s, rules(10));
+        let a = s.assign(NOW);
+        assert_eq!(turns(&a).len(), 2);
+        assert!(turns(&a).iter().all(|t| t.kind == TurnKind::Worker(all)));
+        assert!(a.iter().any(|x| matches!(x, Assignment::Activity { stream, .. } if *stream == all)));
+    }
+
+    #[test]
+    fn lost_stream_redelivers_its_leases_to_another() {
+        let mut s = Scheduler::new(opts());
+        let (one, _rx1) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        s.add_activity(activity(1, "Act"));
+        let a = s.assign(NOW);
+        assert_eq!(a.len(), 2);
+        let (two, _rx2) = stream(&mut s, rules(10));
+        assert!(s.assign(NOW).is_empty());
+        s.remove_stream(one, NOW);
+        let a = s.assign(NOW);
+        assert_eq!(a.len(), 2);
+        for x in &a {
+            match x {
+                Assignment::Turn(t) => {
+                    assert_eq!(t.kind, TurnKind::Worker(two));
+                    assert_eq!(t.attempts, 1);
+                    assert_eq!(t.events[0].1.inbox_id, 1, "the same events come back");
+                }
+                Assignment::Activity { stream, activity_id, .. } => assert_eq!((*stream, *activity_id), (two, 1)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn stale_tokens_are_rejected() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let token = turns(&a)[0].token.clone();
+        assert!(s.begin_turn_completion(&token, vec![], false).is_none(), "not dispatched yet");
+        s.release(&token, Release::Lost, NOW);
+        assert!(s.begin_turn_completion(&token, vec![], false).is_none());
+        assert!(s.begin_turn_completion("forged", vec![], false).is_none());
+    }
+
+    fn dispatch(s: &mut Scheduler, lease: &TurnLease, sid: StreamId) {
+        let ctx = TurnContext {
+            info: crate::core::InstanceInfo {
+                instance_id: lease.instance_id.clone(),
+                execution_id: "e".into(),
+                name: "Orch".into(),
+                version: None,
+                status: OrchestrationStatus::Running,
+                input: None,
+                parent: None,
+                tags: Default::default(),
+            },
+            history_len: 0,
+            new_events: vec![],
+            shown: vec![],
+            always_consumed: vec![],
+        };
+        assert!(s.send_turn(&lease.token, sid, ctx, duro_proto::WorkItem::default()));
+    }
+
+    #[test]
+    fn completion_is_accepted_once_and_chunks_accumulate() {
+        let mut s = Scheduler::new(opts());
+        let (sid, mut rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let lease = turns(&a)[0].clone();
+        dispatch(&mut s, &lease, sid);
+        assert!(rx.try_recv().is_ok(), "the work item went out on the stream");
+        let action = |id| OrchestratorAction { id, ..Default::default() };
+        assert_eq!(s.begin_turn_completion(&lease.token, vec![action(1)], true), Some(Completion::Partial));
+        match s.begin_turn_completion(&lease.token, vec![action(2)], false) {
+            Some(Completion::Complete(f)) => {
+                assert_eq!(f.actions.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2]);
+                assert!(f.context.is_some());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.begin_turn_completion(&lease.token, vec![], false).is_none(), "second completion refused");
+        // A stream loss while completing does not take the turn away.
+        s.remove_stream(sid, NOW);
+        assert_eq!(s.stats().leases, 1);
+    }
+
+    #[test]
+    fn abandoned_turns_back_off_then_become_poison() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let mut now = NOW;
+        for attempt in 0..3 {
+            let a = s.assign(now);
+            let t = turns(&a);
+            assert_eq!(t.len(), 1, "attempt {attempt}");
+            assert_eq!(t[0].kind, TurnKind::Worker(1));
+            let token = t[0].token.clone();
+            s.release(&token, Release::Failed, now);
+            assert!(s.assign(now).is_empty(), "backs off after a failure");
+            now += 1000;
+            s.fire_due(now);
+        }
+        let a = s.assign(now);
+        assert_eq!(turns(&a)[0].kind, TurnKind::Poison);
+    }
+
+    #[test]
+    fn poison_activity_is_reported_not_redelivered() {
+        let mut s = Scheduler::new(opts());
+        s.add_activity(activity(9, "Crashy"));
+        let mut now = NOW;
+        for _ in 0..3 {
+            let (sid, _rx) = stream(&mut s, rules(10));
+            let a = s.assign(now);
+            assert!(matches!(&a[..], [Assignment::Activity { activity_id: 9, .. }]));
+            s.remove_stream(sid, now);
+            now += 1;
+        }
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let a = s.assign(now);
+        assert!(matches!(&a[..], [Assignment::PoisonActivity { activity_id: 9, attempts: 3, .. }]));
+    }
+
+    #[test]
+    fn control_events_run_without_a_worker_and_suspension_holds_events() {
+        let mut s = Scheduler::new(opts());
+        s.add_event(raised(1, "a"), NOW);
+        s.add_event(delivered(2, "a", "Orch", NOW, events::execution_suspended(NOW, None)), NOW);
+        let a = s.assign(NOW);
+        let t = turns(&a)[0].clone();
+        assert_eq!(t.kind, TurnKind::Control);
+        assert_eq!(t.events.iter().map(|(_, p)| p.inbox_id).collect::<Vec<_>>(), [2], "only control events");
+        assert!(s.begin_internal_completion(&t.token));
+        s.finish_turn(&t.token, Vec::new(), true, false);
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        assert!(s.assign(NOW).is_empty(), "suspended: event 1 is held");
+        s.add_event(delivered(3, "a", "Orch", NOW, events::execution_resumed(NOW, None)), NOW);
+        let a = s.assign(NOW);
+        let t = turns(&a)[0].clone();
+        assert_eq!(t.kind, TurnKind::Control);
+        assert!(s.begin_internal_completion(&t.token));
+        s.finish_turn(&t.token, Vec::new(), false, false);
+        let a = s.assign(NOW);
+        assert!(matches!(turns(&a)[0].kind, TurnKind::Worker(_)));
+        assert_eq!(turns(&a)[0].events[0].1.inbox_id, 1, "the held event is delivered after resume");
+    }
+
+    #[test]
+    fn finished_instances_are_forgotten_with_their_timers_and_activities() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "i"), NOW);
+        s.add_event(delivered(2, "i", "Orch", NOW + 10_000, events::event_raised(NOW, "t".into(), None)), NOW);
+        let a = s.assign(NOW);
+        let t = turns(&a)[0].clone();
+        s.add_activity(activity(4, "Queued"));
+        s.finish_turn(&t.token, Vec::new(), false, true);
+        let st = s.stats();
+        assert_eq!((st.instances_in_memory, st.wakeups, st.queued_activities, st.leases), (0, 0, 0, 0));
+    }
+}

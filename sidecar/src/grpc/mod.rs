@@ -1,0 +1,553 @@
+//! The `TaskHubSidecarService` gRPC adapter: validates requests, calls the engine, maps
+//! results and errors to the wire. No orchestration logic lives here.
+
+pub mod validate;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use duro_proto::task_hub_sidecar_service_server::TaskHubSidecarService;
+use duro_proto::*;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::core::time::{from_ms, now_ms, to_ms};
+use crate::core::{events::StartSpec, is_terminal, NewInstance};
+use crate::engine::scheduler::{Outgoing, StreamRules};
+use crate::engine::{is_finished, is_started, Engine, EngineError};
+use crate::store::*;
+
+/// Default and largest page of QueryInstances / ListInstanceIds.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// Events per StreamInstanceHistory chunk.
+const HISTORY_CHUNK: usize = 100;
+/// Prefix that makes continuation tokens distinct from the values SDKs treat as "done".
+const TOKEN_PREFIX: &str = "k:";
+
+/// gRPC service options.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub validate_json: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions { validate_json: true }
+    }
+}
+
+pub struct SidecarService {
+    engine: Engine,
+    opts: ServiceOptions,
+}
+
+impl SidecarService {
+    pub fn new(engine: Engine, opts: ServiceOptions) -> Self {
+        SidecarService { engine, opts }
+    }
+}
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        match e {
+            EngineError::NotFound(m) => Status::not_found(m),
+            EngineError::InvalidArgument(m) => Status::invalid_argument(m),
+            EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
+            EngineError::AlreadyExists(m) => Status::already_exists(m),
+            EngineError::ShuttingDown => Status::unavailable("the Duro sidecar is shutting down"),
+            EngineError::Store(StoreError::Closed) => Status::unavailable("the Duro store is shutting down"),
+            EngineError::Store(e) => {
+                tracing::error!(error = %e, "store error");
+                Status::internal(format!("store error: {e}"))
+            }
+        }
+    }
+}
+
+fn statuses(values: &[i32]) -> Result<Vec<OrchestrationStatus>, Status> {
+    values
+        .iter()
+        .map(|v| {
+            OrchestrationStatus::try_from(*v)
+                .map_err(|_| Status::invalid_argument(format!("unknown orchestration status {v}")))
+        })
+        .collect()
+}
+
+/// The wire form of an instance.
+pub fn state_of(r: &InstanceRecord, with_payloads: bool) -> OrchestrationState {
+    OrchestrationState {
+        instance_id: r.instance_id.clone(),
+        name: r.name.clone(),
+        version: r.version.clone(),
+        orchestration_status: r.status as i32,
+        scheduled_start_timestamp: r.scheduled_start_at_ms.map(from_ms),
+        created_timestamp: Some(from_ms(r.created_at_ms)),
+        last_updated_timestamp: Some(from_ms(r.updated_at_ms)),
+        input: if with_payloads { r.input.clone() } else { None },
+        output: if with_payloads { r.output.clone() } else { None },
+        custom_status: if with_payloads { r.custom_status.clone() } else { None },
+        failure_details: r.failure.clone(),
+        execution_id: Some(r.execution_id.clone()),
+        completed_timestamp: r.completed_at_ms.map(from_ms),
+        parent_instance_id: r.parent_instance_id.clone(),
+        tags: r.tags.clone(),
+    }
+}
+
+fn instance_response(r: Option<InstanceRecord>, with_payloads: bool) -> GetInstanceResponse {
+    match r {
+        Some(r) => GetInstanceResponse { exists: true, orchestration_state: Some(state_of(&r, with_payloads)) },
+        None => GetInstanceResponse { exists: false, orchestration_state: None },
+    }
+}
+
+fn reuse_policy(p: Option<&OrchestrationIdReusePolicy>) -> Result<IdReuse, Status> {
+    let Some(p) = p else { return Ok(IdReuse::terminal()) };
+    let listed = statuses(&p.replaceable_status)?;
+    Ok(match p.legacy_action {
+        0 => IdReuse::Replace(listed),
+        1 => IdReuse::Legacy { statuses: listed, action: LegacyReuseAction::Ignore },
+        2 => IdReuse::Legacy { statuses: listed, action: LegacyReuseAction::Terminate },
+        other => return Err(Status::invalid_argument(format!("unknown orchestration id reuse action {other}"))),
+    })
+}
+
+fn decode_token(token: Option<&String>) -> Result<Option<String>, Status> {
+    match token.map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .strip_prefix(TOKEN_PREFIX)
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| Status::invalid_argument("continuationToken was not issued by this sidecar")),
+    }
+}
+
+async fn wait_with_cap(
+    engine: &Engine,
+    instance_id: &str,
+    done: impl Fn(OrchestrationStatus) -> bool,
+) -> Result<Option<InstanceRecord>, Status> {
+    let cap = engine.options().max_wait;
+    match tokio::time::timeout(cap, engine.wait_for(instance_id, done)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "instance '{instance_id}' did not reach the awaited state within the server's limit of {}s",
+            cap.as_secs()
+        ))),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn entities_unimplemented() -> Status {
+    Status::unimplemented("durable entities are not supported by this version of Duro yet")
+}
+
+#[tonic::async_trait]
+impl TaskHubSidecarService for SidecarService {
+    async fn hello(&self, _request: Request<()>) -> Result<Response<()>, Status> {
+        Ok(Response::new(()))
+    }
+
+    async fn start_instance(
+        &self,
+        request: Request<CreateInstanceRequest>,
+    ) -> Result<Response<CreateInstanceResponse>, Status> {
+        let r = request.into_inner();
+        let instance_id = if r.instance_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { r.instance_id };
+        validate::instance_id(&instance_id)?;
+        validate::name("name", &r.name)?;
+        validate::json("input", r.input.as_deref(), self.opts.validate_json)?;
+        let reuse = reuse_policy(r.orchestration_id_reuse_policy.as_ref())?;
+        let now = now_ms();
+        // A start time at or before now (JS sends the epoch when unset) means "now".
+        let scheduled = r.scheduled_start_timestamp.as_ref().map(to_ms).filter(|t| *t > now);
+        let new = NewInstance {
+            spec: StartSpec {
+                instance_id: instance_id.clone(),
+                execution_id: r.execution_id.filter(|e| !e.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                name: r.name,
+                version: r.version,
+                input: r.input,
+                parent: None,
+                scheduled_start_ms: scheduled,
+                parent_trace_context: r.parent_trace_context,
+                tags: r.tags,
+            },
+            created_at_ms: now,
+            visible_at_ms: scheduled.unwrap_or(now),
+            parent_task: None,
+        };
+        match self.engine.create_instance(new, reuse).await? {
+            CreateResult::Created(_) | CreateResult::Kept => Ok(Response::new(CreateInstanceResponse { instance_id })),
+            CreateResult::AlreadyExists(status) => Err(Status::already_exists(format!(
+                "an orchestration instance with id '{instance_id}' already exists and is {}",
+                status.as_str_name()
+            ))),
+        }
+    }
+
+    async fn get_instance(&self, request: Request<GetInstanceRequest>) -> Result<Response<GetInstanceResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        let rec = self.engine.get_instance(&r.instance_id).await?;
+        Ok(Response::new(instance_response(rec, r.get_inputs_and_outputs)))
+    }
+
+    async fn wait_for_instance_start(
+        &self,
+        request: Request<GetInstanceRequest>,
+    ) -> Result<Response<GetInstanceResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        let rec = wait_with_cap(&self.engine, &r.instance_id, is_started).await?;
+        Ok(Response::new(instance_response(rec, r.get_inputs_and_outputs)))
+    }
+
+    async fn wait_for_instance_completion(
+        &self,
+        request: Request<GetInstanceRequest>,
+    ) -> Result<Response<GetInstanceResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        let rec = wait_with_cap(&self.engine, &r.instance_id, is_finished).await?;
+        Ok(Response::new(instance_response(rec, r.get_inputs_and_outputs)))
+    }
+
+    async fn raise_event(&self, request: Request<RaiseEventRequest>) -> Result<Response<RaiseEventResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        validate::name("name", &r.name)?;
+        validate::json("input", r.input.as_deref(), self.opts.validate_json)?;
+        self.engine.raise_event(&r.instance_id, r.name, r.input).await?;
+        Ok(Response::new(RaiseEventResponse {}))
+    }
+
+    async fn terminate_instance(
+        &self,
+        request: Request<TerminateRequest>,
+    ) -> Result<Response<TerminateResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        validate::json("output", r.output.as_deref(), self.opts.validate_json)?;
+        self.engine.terminate(&r.instance_id, r.output, r.recursive).await?;
+        Ok(Response::new(TerminateResponse {}))
+    }
+
+    async fn suspend_instance(&self, request: Request<SuspendRequest>) -> Result<Response<SuspendResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        self.engine.suspend(&r.instance_id, r.reason).await?;
+        Ok(Response::new(SuspendResponse {}))
+    }
+
+    async fn resume_instance(&self, request: Request<ResumeRequest>) -> Result<Response<ResumeResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        self.engine.resume(&r.instance_id, r.reason).await?;
+        Ok(Response::new(ResumeResponse {}))
+    }
+
+    async fn rewind_instance(
+        &self,
+        request: Request<RewindInstanceRequest>,
+    ) -> Result<Response<RewindInstanceResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        self.engine.rewind(&r.instance_id, r.reason).await?;
+        Ok(Response::new(RewindInstanceResponse {}))
+    }
+
+    async fn restart_instance(
+        &self,
+        request: Request<RestartInstanceRequest>,
+    ) -> Result<Response<RestartInstanceResponse>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        let new_id = r.restart_with_new_instance_id.then(|| uuid::Uuid::new_v4().to_string());
+        let instance_id = self.engine.restart(&r.instance_id, new_id).await?;
+        Ok(Response::new(RestartInstanceResponse { instance_id }))
+    }
+
+    async fn query_instances(
+        &self,
+        request: Request<QueryInstancesRequest>,
+    ) -> Result<Response<QueryInstancesResponse>, Status> {
+        let q = request.into_inner().query.unwrap_or_default();
+        let page = match q.max_instance_count {
+            n if n <= 0 => DEFAULT_PAGE,
+            n => (n as u32).min(MAX_PAGE),
+        };
+        let filter = InstanceFilter {
+            statuses: statuses(&q.runtime_status)?,
+            created_from_ms: q.created_time_from.as_ref().map(to_ms),
+            created_to_ms: q.created_time_to.as_ref().map(to_ms),
+            instance_id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
+            page_size: page,
+            after_instance_id: decode_token(q.continuation_token.as_ref())?,
+        };
+        let records = self.engine.query(&filter).await?;
+        let continuation_token = if records.len() as u32 == page {
+            records.last().map(|r| format!("{TOKEN_PREFIX}{}", r.instance_id))
+        } else {
+            None
+        };
+        Ok(Response::new(QueryInstancesResponse {
+            orchestration_state: records.iter().map(|r| state_of(r, q.fetch_inputs_and_outputs)).collect(),
+            continuation_token,
+        }))
+    }
+
+    async fn list_instance_ids(
+        &self,
+        request: Request<ListInstanceIdsRequest>,
+    ) -> Result<Response<ListInstanceIdsResponse>, Status> {
+        let r = request.into_inner();
+        let page = match r.page_size {
+            n if n <= 0 => DEFAULT_PAGE,
+            n => (n as u32).min(MAX_PAGE),
+        };
+        let after = match decode_token(r.last_instance_key.as_ref())? {
+            None => None,
+            Some(k) => {
+                let (t, id) = k
+                    .split_once(':')
+                    .ok_or_else(|| Status::invalid_argument("lastInstanceKey was not issued by this sidecar"))?;
+                let t: i64 =
+                    t.parse().map_err(|_| Status::invalid_argument("lastInstanceKey was not issued by this sidecar"))?;
+                Some((t, id.to_string()))
+            }
+        };
+        let filter = CompletedFilter {
+            statuses: statuses(&r.runtime_status)?,
+            completed_from_ms: r.completed_time_from.as_ref().map(to_ms),
+            completed_to_ms: r.completed_time_to.as_ref().map(to_ms),
+            page_size: page,
+            after,
+        };
+        let ids = self.engine.list_completed(&filter).await?;
+        let last_instance_key = if ids.len() as u32 == page {
+            ids.last().map(|(t, id)| format!("{TOKEN_PREFIX}{t}:{id}"))
+        } else {
+            None
+        };
+        Ok(Response::new(ListInstanceIdsResponse {
+            instance_ids: ids.into_iter().map(|(_, id)| id).collect(),
+            last_instance_key,
+        }))
+    }
+
+    async fn purge_instances(
+        &self,
+        request: Request<PurgeInstancesRequest>,
+    ) -> Result<Response<PurgeInstancesResponse>, Status> {
+        use purge_instances_request::Request as P;
+        let r = request.into_inner();
+        let selection = match r.request {
+            Some(P::InstanceId(id)) => {
+                validate::instance_id(&id)?;
+                PurgeSelection::Ids(vec![id])
+            }
+            Some(P::PurgeInstanceFilter(f)) => PurgeSelection::Filter {
+                created_from_ms: f.created_time_from.as_ref().map(to_ms),
+                created_to_ms: f.created_time_to.as_ref().map(to_ms),
+                statuses: statuses(&f.runtime_status)?,
+            },
+            Some(P::InstanceBatch(b)) => {
+                if b.instance_ids.len() > 500 {
+                    return Err(Status::invalid_argument("instanceBatch holds more than 500 ids"));
+                }
+                for id in &b.instance_ids {
+                    validate::instance_id(id)?;
+                }
+                PurgeSelection::Ids(b.instance_ids)
+            }
+            None => return Err(Status::invalid_argument("purge needs an instanceId, a filter or an instance batch")),
+        };
+        let deleted = self.engine.purge(selection, r.recursive).await?;
+        Ok(Response::new(PurgeInstancesResponse {
+            deleted_instance_count: i32::try_from(deleted).unwrap_or(i32::MAX),
+            is_complete: Some(true),
+        }))
+    }
+
+    type GetWorkItemsStream = BoxStream<WorkItem>;
+
+    async fn get_work_items(
+        &self,
+        request: Request<GetWorkItemsRequest>,
+    ) -> Result<Response<Self::GetWorkItemsStream>, Status> {
+        let r = request.into_inner();
+        let rules = StreamRules::from_request(&r, self.engine.options().default_stream_cap);
+        let (id, mut items) = self.engine.open_stream(rules);
+        let (out, out_rx) = mpsc::channel::<Result<WorkItem, Status>>(64);
+        let engine = self.engine.clone();
+        let ping_every = engine.options().ping_interval;
+        let mut shutdown = engine.shutdown_signal();
+        tokio::spawn(async move {
+            let ping = tokio::time::sleep(ping_every);
+            tokio::pin!(ping);
+            loop {
+                tokio::select! {
+                    item = items.recv() => match item {
+                        Some(Outgoing::Item(w)) => {
+                            if out.send(Ok(*w)).await.is_err() { break; }
+                            ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
+                        }
+                        None => break,
+                    },
+                    _ = &mut ping => {
+                        let item = WorkItem { request: Some(work_item::Request::HealthPing(HealthPing {})), completion_token: String::new() };
+                        if out.send(Ok(item)).await.is_err() { break; }
+                        ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
+                    }
+                    _ = out.closed() => break,
+                    _ = shutdown.changed() => {
+                        let _ = out.send(Err(Status::unavailable("the Duro sidecar is shutting down; reconnect"))).await;
+                        break;
+                    }
+                }
+            }
+            engine.close_stream(id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn complete_activity_task(
+        &self,
+        request: Request<ActivityResponse>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        self.engine.complete_activity(request.into_inner()).await?;
+        Ok(Response::new(CompleteTaskResponse {}))
+    }
+
+    async fn complete_orchestrator_task(
+        &self,
+        request: Request<OrchestratorResponse>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        self.engine.complete_orchestration(request.into_inner()).await?;
+        Ok(Response::new(CompleteTaskResponse {}))
+    }
+
+    async fn complete_entity_task(
+        &self,
+        _request: Request<EntityBatchResult>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        Err(entities_unimplemented())
+    }
+
+    type StreamInstanceHistoryStream = BoxStream<HistoryChunk>;
+
+    async fn stream_instance_history(
+        &self,
+        request: Request<StreamInstanceHistoryRequest>,
+    ) -> Result<Response<Self::StreamInstanceHistoryStream>, Status> {
+        let r = request.into_inner();
+        validate::instance_id(&r.instance_id)?;
+        let Some(rec) = self.engine.get_instance(&r.instance_id).await? else {
+            return Err(Status::not_found(format!("no orchestration instance '{}'", r.instance_id)));
+        };
+        if let Some(exec) = r.execution_id.as_ref().filter(|e| !e.is_empty()) {
+            if *exec != rec.execution_id {
+                return Err(Status::not_found(format!(
+                    "execution '{exec}' of instance '{}' is no longer current",
+                    r.instance_id
+                )));
+            }
+        }
+        let history = self.engine.history(&r.instance_id).await?;
+        let chunks: Vec<Result<HistoryChunk, Status>> = history
+            .chunks(HISTORY_CHUNK)
+            .map(|c| Ok(HistoryChunk { events: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn create_task_hub(
+        &self,
+        _request: Request<CreateTaskHubRequest>,
+    ) -> Result<Response<CreateTaskHubResponse>, Status> {
+        Err(Status::unimplemented("Duro creates its store on start-up; CreateTaskHub is not needed"))
+    }
+
+    async fn delete_task_hub(
+        &self,
+        _request: Request<DeleteTaskHubRequest>,
+    ) -> Result<Response<DeleteTaskHubResponse>, Status> {
+        Err(Status::unimplemented("Duro does not delete its store over the API; remove the database file instead"))
+    }
+
+    async fn signal_entity(&self, _r: Request<SignalEntityRequest>) -> Result<Response<SignalEntityResponse>, Status> {
+        Err(entities_unimplemented())
+    }
+
+    async fn get_entity(&self, _r: Request<GetEntityRequest>) -> Result<Response<GetEntityResponse>, Status> {
+        Err(entities_unimplemented())
+    }
+
+    async fn query_entities(
+        &self,
+        _r: Request<QueryEntitiesRequest>,
+    ) -> Result<Response<QueryEntitiesResponse>, Status> {
+        Err(entities_unimplemented())
+    }
+
+    async fn clean_entity_storage(
+        &self,
+        _r: Request<CleanEntityStorageRequest>,
+    ) -> Result<Response<CleanEntityStorageResponse>, Status> {
+        Err(entities_unimplemented())
+    }
+
+    async fn abandon_task_activity_work_item(
+        &self,
+        request: Request<AbandonActivityTaskRequest>,
+    ) -> Result<Response<AbandonActivityTaskResponse>, Status> {
+        self.engine.abandon(&request.into_inner().completion_token);
+        Ok(Response::new(AbandonActivityTaskResponse {}))
+    }
+
+    async fn abandon_task_orchestrator_work_item(
+        &self,
+        request: Request<AbandonOrchestrationTaskRequest>,
+    ) -> Result<Response<AbandonOrchestrationTaskResponse>, Status> {
+        self.engine.abandon(&request.into_inner().completion_token);
+        Ok(Response::new(AbandonOrchestrationTaskResponse {}))
+    }
+
+    async fn abandon_task_entity_work_item(
+        &self,
+        _request: Request<AbandonEntityTaskRequest>,
+    ) -> Result<Response<AbandonEntityTaskResponse>, Status> {
+        Err(entities_unimplemented())
+    }
+
+    async fn skip_graceful_orchestration_terminations(
+        &self,
+        request: Request<SkipGracefulOrchestrationTerminationsRequest>,
+    ) -> Result<Response<SkipGracefulOrchestrationTerminationsResponse>, Status> {
+        let r = request.into_inner();
+        let ids = r.instance_batch.map(|b| b.instance_ids).unwrap_or_default();
+        if ids.len() > 500 {
+            return Err(Status::invalid_argument("instanceBatch holds more than 500 ids"));
+        }
+        let mut unterminated = Vec::new();
+        for id in ids {
+            validate::instance_id(&id)?;
+            match self.engine.get_instance(&id).await? {
+                Some(rec) if !is_terminal(rec.status) => {
+                    self.engine.terminate(&id, r.reason.clone(), false).await?;
+                }
+                _ => unterminated.push(id),
+            }
+        }
+        Ok(Response::new(SkipGracefulOrchestrationTerminationsResponse { unterminated_instance_ids: unterminated }))
+    }
+}
+
+/// How long the server waits for in-flight calls on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

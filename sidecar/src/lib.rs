@@ -1,0 +1,14 @@
+//! Duro: a durable-execution sidecar that speaks Microsoft's Durable Task sidecar protocol.
+//!
+//! Layers, from the inside out:
+//! - [`core`]: the pure orchestration state machine (no I/O);
+//! - [`store`]: the durable history store behind a small trait (SQLite by default);
+//! - [`engine`]: the imperative shell that runs turns, commits them and dispatches work;
+//! - [`grpc`]: the `TaskHubSidecarService` adapter;
+//! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
+
+pub mod core;
+pub mod engine;
+pub mod grpc;
+pub mod server;
+pub mod store;

@@ -1,0 +1,117 @@
+//! The `duro` binary: command line, logging, signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use duro::engine::scheduler::SchedulerOptions;
+use duro::engine::EngineOptions;
+use duro::grpc::ServiceOptions;
+use duro::server::{self, Config};
+use duro::store::sqlite::SqliteOptions;
+
+/// Duro: a durable-execution sidecar for the Durable Task SDKs.
+#[derive(Debug, Parser)]
+#[command(name = "duro", version, about)]
+struct Cli {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "DURO_LISTEN", default_value = "127.0.0.1:4001")]
+    listen: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "DURO_DB", default_value = "duro.db")]
+    db: PathBuf,
+    /// Log filter, e.g. `info`, `duro=debug`.
+    #[arg(long, env = "DURO_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "DURO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "DURO_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Largest orchestrator work item sent to a worker; a larger one fails its instance
+    /// (most SDKs receive at most 4 MiB by default).
+    #[arg(long, env = "DURO_MAX_WORK_ITEM_BYTES", default_value_t = 4 * 1024 * 1024 - 64 * 1024)]
+    max_work_item_bytes: usize,
+    /// Deliveries of one work item without a result before it is failed as poison.
+    #[arg(long, env = "DURO_MAX_DELIVERY_ATTEMPTS", default_value_t = 10)]
+    max_delivery_attempts: u32,
+    /// Seconds between health pings on an idle work-item stream.
+    #[arg(long, env = "DURO_PING_SECONDS", default_value_t = 30)]
+    ping_seconds: u64,
+    /// Instances whose history is cached in memory.
+    #[arg(long, env = "DURO_CACHE_INSTANCES", default_value_t = 10_000)]
+    cache_instances: usize,
+    /// Accept inputs, outputs and event payloads that are not JSON.
+    #[arg(long, env = "DURO_ALLOW_NON_JSON_PAYLOADS")]
+    allow_non_json_payloads: bool,
+    /// SQLite `synchronous=NORMAL` instead of `FULL` (survives a crash of Duro, not of the machine).
+    #[arg(long, env = "DURO_SQLITE_RELAXED_SYNC")]
+    sqlite_relaxed_sync: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .with_context(|| format!("invalid --log-level '{}'", cli.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli)?;
+    let config = Config {
+        listen: cli.listen,
+        db: cli.db.clone(),
+        sqlite: SqliteOptions { synchronous_full: !cli.sqlite_relaxed_sync, ..Default::default() },
+        engine: EngineOptions {
+            scheduler: SchedulerOptions { max_attempts: cli.max_delivery_attempts.max(1), ..Default::default() },
+            cache_instances: cli.cache_instances,
+            max_work_item_bytes: cli.max_work_item_bytes,
+            ping_interval: Duration::from_secs(cli.ping_seconds.max(1)),
+            ..Default::default()
+        },
+        service: ServiceOptions { validate_json: !cli.allow_non_json_payloads },
+        max_message_bytes: cli.max_message_bytes,
+    };
+    let running = server::start(config).await.context("duro failed to start")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await.context("duro failed to shut down cleanly")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Wires store, engine and gRPC service together and runs them until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duro_proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
+use thiserror::Error;
+
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::grpc::{ServiceOptions, SidecarService};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::StoreError;
+
+/// Everything the `duro` binary can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub sqlite: SqliteOptions,
+    pub engine: EngineOptions,
+    pub service: ServiceOptions,
+    /// Largest gRPC message accepted and sent.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running sidecar, bound and serving.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub engine: Engine,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Stops accepting work, ends streams with UNAVAILABLE and waits for the server.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.engine.shutdown();
+        let _ = self.stop.send(());
+        match tokio::time::timeout(crate::grpc::SHUTDOWN_GRACE, self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "server task ended abnormally");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within the shutdown grace period");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens the store, recovers pending work and starts serving.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let store = SqliteStore::open(&config.db, config.sqlite.clone())
+        .await
+        .map_err(|source| ServerError::Store { path: config.db.clone(), source })?;
+    let engine = Engine::start(Arc::new(store), config.engine.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let service = TaskHubSidecarServiceServer::new(SidecarService::new(engine.clone(), config.service.clone()))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await?;
+        Ok(())
+    });
+    tracing::info!(address = %local_addr, db = %config.db.display(), "duro is serving the Durable Task sidecar protocol");
+    Ok(Running { local_addr, engine, task, stop })
+}

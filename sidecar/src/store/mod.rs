@@ -1,0 +1,247 @@
+//! The history store: the durable truth about every instance.
+//!
+//! [`Store`] is the small contract the engine needs. Each write method is one atomic
+//! transaction (an implementation may group several callers' writes into one commit, but
+//! each caller's write is all-or-nothing). Reads may run concurrently with writes.
+//! Implementations: [`sqlite::SqliteStore`] (embedded, default). A PostgreSQL backend
+//! implements the same trait; the engine does not change.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use duro_proto::{
+    ActivityRequest, HistoryEvent, OrchestrationStatus, OrchestrationTraceContext, ParentInstanceInfo,
+    TaskFailureDetails,
+};
+use thiserror::Error;
+
+use crate::core::{Message, NewInstance, Priority, TurnOutcome};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database failed; retrying may succeed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored bytes could not be decoded (corruption or a foreign writer).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The instance changed under the caller (purged, restarted, replaced).
+    #[error("instance '{0}' changed during the operation")]
+    Conflict(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// One instance's stored row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub status: OrchestrationStatus,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+    pub scheduled_start_at_ms: Option<i64>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub custom_status: Option<String>,
+    pub failure: Option<TaskFailureDetails>,
+    pub parent_instance_id: Option<String>,
+    pub parent: Option<ParentInstanceInfo>,
+    pub tags: HashMap<String, String>,
+    pub trace_context: Option<OrchestrationTraceContext>,
+}
+
+impl InstanceRecord {
+    pub fn info(&self) -> crate::core::InstanceInfo {
+        crate::core::InstanceInfo {
+            instance_id: self.instance_id.clone(),
+            execution_id: self.execution_id.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            status: self.status,
+            input: self.input.clone(),
+            parent: self.parent.clone(),
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+/// The name, version and status of an instance that received an event, so dispatch can
+/// route it without reading the store again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub version: Option<String>,
+    pub status: OrchestrationStatus,
+}
+
+/// An inbox row that was committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub inbox_id: i64,
+    pub instance_id: String,
+    pub execution_id: Option<String>,
+    pub priority: Priority,
+    pub visible_at_ms: i64,
+    pub event: HistoryEvent,
+    pub target: Target,
+}
+
+/// An activity row that was committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedActivity {
+    pub id: i64,
+    pub request: ActivityRequest,
+}
+
+/// What to do when an instance id is already taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdReuse {
+    /// Replace the existing instance if its status is listed; otherwise `AlreadyExists`.
+    Replace(Vec<OrchestrationStatus>),
+    /// The old form still sent by the Go SDK: if the existing status is listed apply the
+    /// action, otherwise replace.
+    Legacy { statuses: Vec<OrchestrationStatus>, action: LegacyReuseAction },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyReuseAction {
+    Error,
+    Ignore,
+    Terminate,
+}
+
+impl IdReuse {
+    /// The default when a client sends no policy: reuse finished ids, refuse live ones.
+    pub fn terminal() -> IdReuse {
+        IdReuse::Replace(vec![
+            OrchestrationStatus::Completed,
+            OrchestrationStatus::Failed,
+            OrchestrationStatus::Terminated,
+            OrchestrationStatus::Canceled,
+        ])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateResult {
+    Created(Box<Delivered>),
+    /// The id exists and the policy said to keep the existing instance.
+    Kept,
+    AlreadyExists(OrchestrationStatus),
+}
+
+/// One turn's changes for [`Store::commit_turn`].
+#[derive(Debug, Clone)]
+pub struct TurnCommit {
+    pub instance_id: String,
+    /// The execution the turn ran against; the commit fails with `Conflict` otherwise.
+    pub execution_id: String,
+    /// Inbox rows the turn consumed (or dropped as stale).
+    pub consumed: Vec<i64>,
+    pub outcome: TurnOutcome,
+    pub now_ms: i64,
+}
+
+/// What a committed turn produced, for dispatch.
+#[derive(Debug, Clone, Default)]
+pub struct CommitResult {
+    pub activities: Vec<QueuedActivity>,
+    pub delivered: Vec<Delivered>,
+}
+
+/// Filters of a query; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub statuses: Vec<OrchestrationStatus>,
+    pub created_from_ms: Option<i64>,
+    pub created_to_ms: Option<i64>,
+    pub instance_id_prefix: Option<String>,
+    pub page_size: u32,
+    /// Exclusive lower bound on the instance id.
+    pub after_instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CompletedFilter {
+    pub statuses: Vec<OrchestrationStatus>,
+    pub completed_from_ms: Option<i64>,
+    pub completed_to_ms: Option<i64>,
+    pub page_size: u32,
+    /// Exclusive cursor (completed time, instance id).
+    pub after: Option<(i64, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PurgeSelection {
+    Ids(Vec<String>),
+    Filter { created_from_ms: Option<i64>, created_to_ms: Option<i64>, statuses: Vec<OrchestrationStatus> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestartResult {
+    NotFound,
+    NotTerminal(OrchestrationStatus),
+    Restarted(Box<Delivered>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RewindResult {
+    NotFound,
+    NotFailed(OrchestrationStatus),
+    /// History rewritten; the wake-up row makes the instance run a turn.
+    Rewound { wake: Box<Delivered> },
+}
+
+/// Work found in the store at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub inbox: Vec<Delivered>,
+    pub activities: Vec<QueuedActivity>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an instance (client start) and its `executionStarted` inbox row.
+    async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError>;
+
+    /// Adds an event to a live instance's inbox; `None` when the target is missing or
+    /// finished (the event is dropped).
+    async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError>;
+
+    /// Commits one turn atomically.
+    async fn commit_turn(&self, commit: TurnCommit) -> Result<CommitResult, StoreError>;
+
+    /// Deletes a finished activity and delivers its result in the same transaction.
+    /// `None` when the activity is gone (duplicate or its instance moved on).
+    async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError>;
+
+    async fn load_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+
+    async fn load_history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
+
+    async fn query_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    async fn list_completed_ids(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Deletes finished instances (and, if `recursive`, their finished descendants);
+    /// returns how many were deleted. Live instances are never deleted.
+    async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, StoreError>;
+
+    /// Starts a finished instance again from its stored name, version and input.
+    async fn restart(&self, instance_id: &str, new_instance_id: Option<String>, now_ms: i64)
+        -> Result<RestartResult, StoreError>;
+
+    /// Rewinds a failed instance: removes its failures from history and sets it running.
+    async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError>;
+
+    /// All pending inbox rows and activities, for rebuilding dispatch state at start-up.
+    async fn recover(&self) -> Result<Recovered, StoreError>;
+}
