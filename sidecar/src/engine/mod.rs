@@ -176,7 +176,8 @@ impl Engine {
             let mut rest = Vec::new();
             for a in all {
                 match a {
-                    Assignment::Activity { token, stream, request, .. } => {
+                    Assignment::Activity { token, stream, request, activity_id } => {
+                        tracing::debug!(activity_id, stream, name = %request.name, "dispatching activity");
                         let item = WorkItem {
                             request: Some(work_item::Request::ActivityRequest(request)),
                             completion_token: token.clone(),
@@ -198,6 +199,7 @@ impl Engine {
             let engine = self.clone();
             match a {
                 Assignment::Turn(lease) => {
+                    tracing::debug!(instance = %lease.instance_id, kind = ?lease.kind, events = lease.events.len(), "dispatching turn");
                     tokio::spawn(async move { engine.run_turn(lease).await });
                 }
                 Assignment::PoisonActivity { activity_id, request, attempts } => {

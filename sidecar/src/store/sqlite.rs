@@ -83,7 +83,8 @@ impl SqliteStore {
         MIGRATOR.run(&mut conn).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
-            .connect_with(connect.clone().read_only(true))
+            .min_connections(1)
+            .connect_with(connect.clone())
             .await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer_loop(conn, rx));
