@@ -151,7 +151,7 @@ impl Engine {
     async fn timer_loop(self) {
         let mut shutdown = self.shutdown_signal();
         loop {
-            let next = self.inner.sched.lock().next_wakeup_ms();
+            let next = self.inner.sched.lock().arm_timer();
             let sleep = match next {
                 Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
                 None => Duration::from_secs(3600),
@@ -170,7 +170,7 @@ impl Engine {
     /// Hands out every lease that can start now.
     fn pump(&self) {
         let now = now_ms();
-        let assignments = {
+        let (assignments, rearm) = {
             let mut s = self.inner.sched.lock();
             let all = s.assign(now);
             let mut rest = Vec::new();
@@ -188,9 +188,11 @@ impl Engine {
                     other => rest.push(other),
                 }
             }
-            rest
+            (rest, s.take_timer_dirty())
         };
-        self.inner.timer.notify_one();
+        if rearm {
+            self.inner.timer.notify_one();
+        }
         self.run_assignments(assignments);
     }
 
@@ -388,7 +390,8 @@ impl Engine {
                     request: Some(work_item::Request::OrchestratorRequest(request)),
                     completion_token: lease.token.clone(),
                 };
-                self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
+                let sent = self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
+                tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
             }
         }
     }
@@ -505,6 +508,7 @@ impl Engine {
         let Some(token) = token else {
             return Err(EngineError::NotFound(format!("no orchestration work item in flight for '{}'", resp.instance_id)));
         };
+        tracing::debug!(instance = %resp.instance_id, actions = resp.actions.len(), "orchestrator response received");
         let is_partial = resp.is_partial;
         let requires_history = resp.requires_history;
         let decision = WorkerDecision {
@@ -566,6 +570,7 @@ impl Engine {
     }
 
     pub async fn complete_activity(&self, resp: ActivityResponse) -> Result<(), EngineError> {
+        tracing::debug!(instance = %resp.instance_id, task = resp.task_id, failed = resp.failure_details.is_some(), "activity response received");
         let token = if resp.completion_token.is_empty() {
             self.inner.sched.lock().activity_token_of(&resp.instance_id, resp.task_id)
         } else {

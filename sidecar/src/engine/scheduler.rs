@@ -214,6 +214,10 @@ pub struct Scheduler {
     leases: HashMap<String, Lease>,
     wakeups: BTreeMap<(i64, u64), Wake>,
     wake_seq: u64,
+    /// The wake-up time the timer task sleeps until (`i64::MAX`: none).
+    armed_ms: i64,
+    /// A wake-up earlier than `armed_ms` was scheduled: the timer task must re-arm.
+    timer_dirty: bool,
     token_seq: u64,
     token_secret: u128,
 }
@@ -252,6 +256,8 @@ impl Scheduler {
             leases: HashMap::new(),
             wakeups: BTreeMap::new(),
             wake_seq: 0,
+            armed_ms: i64::MAX,
+            timer_dirty: false,
             token_seq: 0,
             token_secret: rand::random(),
         }
@@ -347,6 +353,9 @@ impl Scheduler {
     }
 
     fn schedule(&mut self, at_ms: i64, wake: Wake) -> u64 {
+        if at_ms < self.armed_ms {
+            self.timer_dirty = true;
+        }
         self.wake_seq += 1;
         self.wakeups.insert((at_ms, self.wake_seq), wake);
         self.wake_seq
@@ -355,6 +364,19 @@ impl Scheduler {
     /// When the next wake-up is due, if any.
     pub fn next_wakeup_ms(&self) -> Option<i64> {
         self.wakeups.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Called by the timer task before it sleeps: records what it sleeps until.
+    pub fn arm_timer(&mut self) -> Option<i64> {
+        let next = self.next_wakeup_ms();
+        self.armed_ms = next.unwrap_or(i64::MAX);
+        self.timer_dirty = false;
+        next
+    }
+
+    /// Whether the timer task must wake up to re-arm (an earlier wake-up appeared).
+    pub fn take_timer_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.timer_dirty)
     }
 
     /// Moves everything due by `now_ms` into the ready queues. Returns assignments for
@@ -1115,5 +1137,39 @@ mod tests {
         s.finish_turn(&t.token, Vec::new(), false, true);
         let st = s.stats();
         assert_eq!((st.instances_in_memory, st.wakeups, st.queued_activities, st.leases), (0, 0, 0, 0));
+    }
+}
+
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+    use crate::core::events;
+    use duro_proto::OrchestrationStatus;
+
+    fn future_event(id: i64, at: i64) -> Delivered {
+        Delivered {
+            inbox_id: id,
+            instance_id: "i".into(),
+            execution_id: None,
+            priority: Priority::Normal,
+            visible_at_ms: at,
+            event: events::event_raised(0, "t".into(), None),
+            target: Target { name: "O".into(), version: None, status: OrchestrationStatus::Running },
+        }
+    }
+
+    #[test]
+    fn timer_task_is_woken_only_for_an_earlier_wakeup() {
+        let mut s = Scheduler::new(SchedulerOptions::default());
+        assert_eq!(s.arm_timer(), None);
+        assert!(!s.take_timer_dirty(), "nothing scheduled, nothing to wake");
+        s.add_event(future_event(1, 5_000), 0);
+        assert!(s.take_timer_dirty(), "first wake-up needs the timer");
+        assert_eq!(s.arm_timer(), Some(5_000));
+        s.add_event(future_event(2, 9_000), 0);
+        assert!(!s.take_timer_dirty(), "a later wake-up does not disturb the armed timer");
+        s.add_event(future_event(3, 1_000), 0);
+        assert!(s.take_timer_dirty(), "an earlier wake-up re-arms");
+        assert_eq!(s.arm_timer(), Some(1_000));
     }
 }

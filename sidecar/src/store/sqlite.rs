@@ -84,6 +84,7 @@ impl SqliteStore {
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
             .connect_with(connect.clone())
             .await?;
         let (tx, rx) = mpsc::channel(4096);
