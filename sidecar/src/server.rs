@@ -69,7 +69,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store = SqliteStore::open(&config.db, config.sqlite.clone())
         .await
         .map_err(|source| ServerError::Store { path: config.db.clone(), source })?;
-    let engine = Engine::start(Arc::new(store), config.engine.clone()).await?;
+    let engine = Engine::start(Arc::new(store), config.engine.clone(), Vec::new()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;

@@ -6,6 +6,7 @@
 //! pure [`crate::core::turn::decide`]; the outcome commits in one transaction; only then
 //! are activities, timers and messages handed to the scheduler and waiters notified.
 
+pub mod builtin;
 pub mod scheduler;
 pub mod waiters;
 
@@ -80,6 +81,7 @@ struct Cached {
 
 struct Inner {
     store: Arc<dyn Store>,
+    builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>>,
     sched: Mutex<Scheduler>,
     cache: Mutex<LruCache<String, Cached>>,
     waiters: Waiters,
@@ -96,10 +98,19 @@ pub struct Engine {
 
 impl Engine {
     /// Rebuilds dispatch state from the store and starts the timer loop.
-    pub async fn start(store: Arc<dyn Store>, opts: EngineOptions) -> Result<Engine, EngineError> {
+    ///
+    /// `builtins` are activities the sidecar runs itself; they are never sent to workers.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        opts: EngineOptions,
+        builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
+    ) -> Result<Engine, EngineError> {
         let recovered = store.recover().await?;
         let cap = NonZeroUsize::new(opts.cache_instances.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>> =
+            builtins.into_iter().map(|b| (b.name().to_string(), b)).collect();
         let mut sched = Scheduler::new(opts.scheduler.clone());
+        sched.set_builtin_names(builtins.keys().cloned());
         let now = now_ms();
         let (inbox, activities) = (recovered.inbox.len(), recovered.activities.len());
         for d in recovered.inbox {
@@ -113,6 +124,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
+                builtins,
                 sched: Mutex::new(sched),
                 cache: Mutex::new(LruCache::new(cap)),
                 waiters: Waiters::default(),
@@ -204,11 +216,48 @@ impl Engine {
                     tracing::debug!(instance = %lease.instance_id, kind = ?lease.kind, events = lease.events.len(), "dispatching turn");
                     tokio::spawn(async move { engine.run_turn(lease).await });
                 }
+                Assignment::Builtin { token, activity_id, request, progress } => {
+                    tokio::spawn(async move { engine.run_builtin(token, activity_id, request, progress).await });
+                }
                 Assignment::PoisonActivity { activity_id, request, attempts } => {
                     tokio::spawn(async move { engine.fail_activity(activity_id, request, attempts).await });
                 }
                 Assignment::Activity { .. } => {}
             }
+        }
+    }
+
+    async fn run_builtin(&self, token: String, activity_id: i64, request: ActivityRequest, progress: Option<String>) {
+        let Some(b) = self.inner.builtins.get(&request.name).cloned() else {
+            self.release(&token, Release::Failed);
+            return;
+        };
+        let sched = Arc::downgrade(&self.inner);
+        let checkpoint = builtin::Checkpoint {
+            store: self.inner.store.clone(),
+            activity_id,
+            on_saved: Arc::new(move |id, p| {
+                if let Some(inner) = sched.upgrade() {
+                    inner.sched.lock().set_activity_progress(id, p);
+                }
+            }),
+        };
+        let instance = request.orchestration_instance.clone().unwrap_or_default();
+        let task_id = request.task_id;
+        let outcome = b.run(builtin::BuiltinCall { request, progress, checkpoint }).await;
+        let (result, failure_details) = match outcome {
+            Ok(r) => (r, None),
+            Err(f) => (None, Some(f)),
+        };
+        let resp = ActivityResponse {
+            instance_id: instance.instance_id,
+            task_id,
+            result,
+            failure_details,
+            completion_token: token.clone(),
+        };
+        if let Err(e) = self.complete_activity(resp).await {
+            tracing::warn!(error = %e, "built-in activity result not recorded; it will run again");
         }
     }
 

@@ -104,7 +104,11 @@ struct ActivitySlot {
     request: ActivityRequest,
     leased: Option<String>,
     attempts: u32,
+    progress: Option<String>,
 }
+
+/// The pseudo-stream of activities the sidecar runs itself (real streams start at 1).
+pub const BUILTIN_STREAM: StreamId = 0;
 
 /// Who runs a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +126,8 @@ pub enum TurnKind {
 pub enum Assignment {
     Turn(TurnLease),
     Activity { token: String, stream: StreamId, activity_id: i64, request: ActivityRequest },
+    /// An activity the sidecar runs itself (never sent to a worker).
+    Builtin { token: String, activity_id: i64, request: ActivityRequest, progress: Option<String> },
     /// An activity that keeps failing; the engine fails its task.
     PoisonActivity { activity_id: i64, request: ActivityRequest, attempts: u32 },
 }
@@ -211,6 +217,8 @@ pub struct Scheduler {
     activities: HashMap<i64, ActivitySlot>,
     ready_activities: VecDeque<i64>,
     parked_activities: Vec<i64>,
+    builtin_names: HashSet<String>,
+    ready_builtin: VecDeque<i64>,
     leases: HashMap<String, Lease>,
     wakeups: BTreeMap<(i64, u64), Wake>,
     wake_seq: u64,
@@ -253,6 +261,8 @@ impl Scheduler {
             activities: HashMap::new(),
             ready_activities: VecDeque::new(),
             parked_activities: Vec::new(),
+            builtin_names: HashSet::new(),
+            ready_builtin: VecDeque::new(),
             leases: HashMap::new(),
             wakeups: BTreeMap::new(),
             wake_seq: 0,
@@ -338,9 +348,23 @@ impl Scheduler {
         self.enqueue_instance(&instance_id);
     }
 
+    /// Names of activities the sidecar runs itself instead of dispatching them.
+    pub fn set_builtin_names(&mut self, names: impl IntoIterator<Item = String>) {
+        self.builtin_names = names.into_iter().collect();
+    }
+
     pub fn add_activity(&mut self, a: QueuedActivity) {
-        self.activities.insert(a.id, ActivitySlot { request: a.request, leased: None, attempts: 0 });
-        self.ready_activities.push_back(a.id);
+        self.activities.insert(a.id, ActivitySlot { request: a.request, leased: None, attempts: 0, progress: a.progress });
+        self.requeue_activity(a.id);
+    }
+
+    fn requeue_activity(&mut self, id: i64) {
+        let Some(slot) = self.activities.get(&id) else { return };
+        if self.builtin_names.contains(&slot.request.name) {
+            self.ready_builtin.push_back(id);
+        } else {
+            self.ready_activities.push_back(id);
+        }
     }
 
     fn enqueue_instance(&mut self, instance_id: &str) {
@@ -390,11 +414,7 @@ impl Scheduler {
             match entry.remove() {
                 Wake::Event { instance_id, target, key, event } => self.add_visible(instance_id, &target, key, event),
                 Wake::Instance(id) => self.enqueue_instance(&id),
-                Wake::Activity(id) => {
-                    if self.activities.contains_key(&id) {
-                        self.ready_activities.push_back(id);
-                    }
-                }
+                Wake::Activity(id) => self.requeue_activity(id),
                 Wake::LeaseExpiry(token) => {
                     if matches!(self.leases.get(&token), Some(Lease::Turn { completing: false, .. })) {
                         poisoned.extend(self.release(&token, Release::Lost, now_ms));
@@ -412,7 +432,32 @@ impl Scheduler {
         let mut out = Vec::new();
         self.assign_turns(now_ms, &mut out);
         self.assign_activities(&mut out);
+        self.assign_builtin(&mut out);
         out
+    }
+
+    fn assign_builtin(&mut self, out: &mut Vec<Assignment>) {
+        while let Some(id) = self.ready_builtin.pop_front() {
+            let Some(slot) = self.activities.get(&id) else { continue };
+            if slot.leased.is_some() {
+                continue;
+            }
+            if slot.attempts >= self.opts.max_attempts {
+                let Some(slot) = self.activities.remove(&id) else { continue };
+                out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
+                continue;
+            }
+            let token = self.new_token();
+            let Some(slot) = self.activities.get_mut(&id) else { continue };
+            slot.leased = Some(token.clone());
+            self.leases.insert(token.clone(), Lease::Activity { activity_id: id, stream: BUILTIN_STREAM, completing: false });
+            out.push(Assignment::Builtin {
+                token,
+                activity_id: id,
+                request: slot.request.clone(),
+                progress: slot.progress.clone(),
+            });
+        }
     }
 
     fn pick_stream(&mut self, mut accepts: impl FnMut(&StreamSlot) -> bool) -> Option<StreamId> {
@@ -722,7 +767,7 @@ impl Scheduler {
                 if wait > 0 {
                     self.schedule(now_ms + wait, Wake::Activity(activity_id));
                 } else {
-                    self.ready_activities.push_back(activity_id);
+                    self.requeue_activity(activity_id);
                 }
                 Vec::new()
             }
@@ -772,6 +817,13 @@ impl Scheduler {
                     && a.request.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) == Some(instance_id)
             })
             .and_then(|a| a.leased.clone())
+    }
+
+    /// Remembers a built-in activity's latest checkpoint (already persisted).
+    pub fn set_activity_progress(&mut self, activity_id: i64, progress: String) {
+        if let Some(slot) = self.activities.get_mut(&activity_id) {
+            slot.progress = Some(progress);
+        }
     }
 
     /// The request of a leased activity.
@@ -872,6 +924,7 @@ mod tests {
                 orchestration_instance: Some(OrchestrationInstance { instance_id: "i".into(), execution_id: None }),
                 ..Default::default()
             },
+            progress: None,
         }
     }
 
@@ -1123,6 +1176,29 @@ mod tests {
         let a = s.assign(NOW);
         assert!(matches!(turns(&a)[0].kind, TurnKind::Worker(_)));
         assert_eq!(turns(&a)[0].events[0].1.inbox_id, 1, "the held event is delivered after resume");
+    }
+
+    #[test]
+    fn builtin_activities_never_reach_a_worker() {
+        let mut s = Scheduler::new(opts());
+        s.set_builtin_names(["BuiltIn::HttpActivity".to_string()]);
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let mut a = activity(1, "BuiltIn::HttpActivity");
+        a.progress = Some("{\"poll\":1}".into());
+        s.add_activity(a);
+        s.add_activity(activity(2, "Normal"));
+        let got = s.assign(NOW);
+        assert_eq!(got.len(), 2);
+        let builtin = got.iter().find_map(|x| match x {
+            Assignment::Builtin { activity_id, progress, token, .. } => Some((*activity_id, progress.clone(), token.clone())),
+            _ => None,
+        });
+        let (id, progress, token) = builtin.expect("the built-in activity is run by the sidecar");
+        assert_eq!((id, progress.as_deref()), (1, Some("{\"poll\":1}")));
+        assert!(got.iter().any(|x| matches!(x, Assignment::Activity { activity_id: 2, .. })));
+        // A failed run goes back to the built-in queue, never to a stream.
+        s.release(&token, Release::Retry, NOW);
+        assert!(matches!(&s.assign(NOW)[..], [Assignment::Builtin { activity_id: 1, .. }]));
     }
 
     #[test]

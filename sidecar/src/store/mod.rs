@@ -99,6 +99,8 @@ pub struct Delivered {
 pub struct QueuedActivity {
     pub id: i64,
     pub request: ActivityRequest,
+    /// Checkpoint of a built-in activity run by the sidecar (see [`Store::save_activity_progress`]).
+    pub progress: Option<String>,
 }
 
 /// What to do when an instance id is already taken.
@@ -222,6 +224,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a finished activity and delivers its result in the same transaction.
     /// `None` when the activity is gone (duplicate or its instance moved on).
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError>;
+
+    /// Records how far a built-in activity got, so a restart resumes from there.
+    /// `false` when the activity is gone (completed or its instance moved on).
+    async fn save_activity_progress(&self, activity_id: i64, progress: String) -> Result<bool, StoreError>;
 
     async fn load_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
 

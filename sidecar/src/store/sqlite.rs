@@ -55,6 +55,7 @@ enum WriteOp {
     Enqueue(Message),
     Commit(TurnCommit),
     CompleteActivity(i64, Message),
+    SaveProgress(i64, String),
     Purge(PurgeSelection, bool),
     Restart(String, Option<String>, i64),
     Rewind(String, Option<String>, i64),
@@ -65,6 +66,7 @@ enum WriteResult {
     Enqueue(Option<Delivered>),
     Commit(CommitResult),
     Purge(u32),
+    Saved(bool),
     Restart(RestartResult),
     Rewind(RewindResult),
 }
@@ -155,6 +157,14 @@ async fn run_op(c: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, S
             } else {
                 WriteResult::Enqueue(deliver(c, m).await?)
             }
+        }
+        WriteOp::SaveProgress(id, progress) => {
+            let r = sqlx::query("UPDATE activities SET progress = ? WHERE id = ?")
+                .bind(progress)
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+            WriteResult::Saved(r.rows_affected() > 0)
         }
         WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive).await?),
         WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now).await?),
@@ -470,7 +480,7 @@ async fn insert_activity(c: &mut SqliteConnection, a: &ActivityRequest) -> Resul
     .bind(a.encode_to_vec())
     .fetch_one(&mut *c)
     .await?;
-    Ok(QueuedActivity { id, request: a.clone() })
+    Ok(QueuedActivity { id, request: a.clone(), progress: None })
 }
 
 async fn continue_as_new(
@@ -706,6 +716,13 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn save_activity_progress(&self, activity_id: i64, progress: String) -> Result<bool, StoreError> {
+        match self.write(WriteOp::SaveProgress(activity_id, progress)).await? {
+            WriteResult::Saved(r) => Ok(r),
+            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
+        }
+    }
+
     async fn load_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"))
             .bind(instance_id)
@@ -807,13 +824,14 @@ impl Store for SqliteStore {
         .fetch_all(&self.reads)
         .await?;
         let inbox = rows.iter().map(delivered_from_row).collect::<Result<Vec<_>, _>>()?;
-        let rows = sqlx::query("SELECT id, request FROM activities ORDER BY id").fetch_all(&self.reads).await?;
+        let rows =
+            sqlx::query("SELECT id, request, progress FROM activities ORDER BY id").fetch_all(&self.reads).await?;
         let mut activities = Vec::with_capacity(rows.len());
         for r in rows {
             let bytes: Vec<u8> = r.try_get("request")?;
             let request =
                 ActivityRequest::decode(&bytes[..]).map_err(|e| StoreError::Corrupt(format!("activity request: {e}")))?;
-            activities.push(QueuedActivity { id: r.try_get("id")?, request });
+            activities.push(QueuedActivity { id: r.try_get("id")?, request, progress: r.try_get("progress")? });
         }
         Ok(Recovered { inbox, activities })
     }
