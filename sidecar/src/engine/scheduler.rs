@@ -85,6 +85,9 @@ struct InstanceSlot {
     pending: BTreeMap<EventKey, PendingEvent>,
     leased: Option<String>,
     suspended: bool,
+    /// Whether the current execution has started (its `executionStarted` was consumed).
+    /// Until then only a pending start event, or control events, let a turn run.
+    started: bool,
     attempts: u32,
     not_before_ms: i64,
     queued: bool,
@@ -93,6 +96,10 @@ struct InstanceSlot {
 impl InstanceSlot {
     fn has_control(&self) -> bool {
         self.pending.values().any(|p| is_control_event(&p.event))
+    }
+
+    fn has_start(&self) -> bool {
+        self.pending.keys().any(|(p, _)| *p == Priority::Start)
     }
 
     fn idle(&self) -> bool {
@@ -343,6 +350,7 @@ impl Scheduler {
             slot.name = target.name.clone();
             slot.version = target.version.clone();
             slot.suspended = target.status == duro_proto::OrchestrationStatus::Suspended;
+            slot.started = target.status != duro_proto::OrchestrationStatus::Pending;
         }
         slot.pending.insert(key, event);
         self.enqueue_instance(&instance_id);
@@ -491,13 +499,14 @@ impl Scheduler {
             let poison = slot.attempts >= self.opts.max_attempts;
             let control = slot.has_control();
             let suspended = slot.suspended;
+            let waiting_for_start = !slot.started && !slot.has_start();
             let (name, version) = (slot.name.clone(), slot.version.clone());
             let kind = if poison {
                 TurnKind::Poison
             } else if control {
                 TurnKind::Control
-            } else if suspended {
-                // Held until resumed; the resume event re-queues it.
+            } else if suspended || waiting_for_start {
+                // Held until resumed, or until the scheduled start; that event re-queues it.
                 continue;
             } else {
                 if !self.any_orchestration_capacity() {
@@ -665,7 +674,8 @@ impl Scheduler {
         suspended: bool,
         terminal: bool,
     ) {
-        let Some(Lease::Turn { instance_id, stream, expires, .. }) = self.leases.remove(token) else { return };
+        let Some(Lease::Turn { instance_id, stream, expires, events, .. }) = self.leases.remove(token) else { return };
+        let started = events.iter().any(|((p, _), _)| *p == Priority::Start);
         self.free_stream_turn(stream);
         if let Some(key) = expires {
             self.wakeups.remove(&key);
@@ -680,6 +690,7 @@ impl Scheduler {
         if let Some(slot) = self.instances.get_mut(&instance_id) {
             slot.attempts = 0;
             slot.suspended = suspended;
+            slot.started |= started;
             slot.pending.extend(unconsumed);
             if slot.idle() {
                 self.instances.remove(&instance_id);
@@ -1176,6 +1187,29 @@ mod tests {
         let a = s.assign(NOW);
         assert!(matches!(turns(&a)[0].kind, TurnKind::Worker(_)));
         assert_eq!(turns(&a)[0].events[0].1.inbox_id, 1, "the held event is delivered after resume");
+    }
+
+    #[test]
+    fn events_for_an_instance_not_yet_started_wait_for_its_start() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let mut start = raised(1, "a");
+        start.priority = Priority::Start;
+        start.visible_at_ms = NOW + 1000;
+        start.target.status = OrchestrationStatus::Pending;
+        s.add_event(start, NOW);
+        let mut early = raised(2, "a");
+        early.target.status = OrchestrationStatus::Pending;
+        s.add_event(early, NOW);
+        assert!(s.assign(NOW).is_empty(), "no turn without executionStarted");
+        s.fire_due(NOW + 1000);
+        let a = s.assign(NOW + 1000);
+        let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
+        assert_eq!(ids, [1, 2], "start first, then the early event");
+        let token = turns(&a)[0].token.clone();
+        s.finish_turn(&token, Vec::new(), false, false);
+        s.add_event(raised(3, "a"), NOW + 1000);
+        assert_eq!(turns(&s.assign(NOW + 1000)).len(), 1, "started: later events run at once");
     }
 
     #[test]
