@@ -30,21 +30,17 @@ pub fn apply_control(
             Some(EventType::ExecutionTerminated(t)) => {
                 return terminate(info, history, t.input.clone(), t.recurse, out, now_ms);
             }
-            Some(EventType::ExecutionSuspended(s)) => {
-                if out.status != OrchestrationStatus::Suspended {
-                    if started {
-                        out.append.push(events::execution_suspended(now_ms, s.input.clone()));
-                    }
-                    out.status = OrchestrationStatus::Suspended;
+            Some(EventType::ExecutionSuspended(s)) if out.status != OrchestrationStatus::Suspended => {
+                if started {
+                    out.append.push(events::execution_suspended(now_ms, s.input.clone()));
                 }
+                out.status = OrchestrationStatus::Suspended;
             }
-            Some(EventType::ExecutionResumed(r)) => {
-                if out.status == OrchestrationStatus::Suspended {
-                    if started {
-                        out.append.push(events::execution_resumed(now_ms, r.input.clone()));
-                    }
-                    out.status = if started { OrchestrationStatus::Running } else { OrchestrationStatus::Pending };
+            Some(EventType::ExecutionResumed(r)) if out.status == OrchestrationStatus::Suspended => {
+                if started {
+                    out.append.push(events::execution_resumed(now_ms, r.input.clone()));
                 }
+                out.status = if started { OrchestrationStatus::Running } else { OrchestrationStatus::Pending };
             }
             _ => {}
         }

@@ -189,7 +189,7 @@ pub fn decide(
                 out.append.push(events::event(
                     id,
                     now,
-                    EventType::TimerCreated(TimerCreatedEvent { fire_at: Some(fire_at), ..Default::default() }),
+                    EventType::TimerCreated(TimerCreatedEvent { fire_at: Some(fire_at) }),
                 ));
             }
             OrchestratorActionType::SendEvent(a) => {
@@ -343,7 +343,7 @@ mod tests {
     }
 
     fn action(id: i32, kind: OrchestratorActionType) -> OrchestratorAction {
-        OrchestratorAction { id, orchestrator_action_type: Some(kind), ..Default::default() }
+        OrchestratorAction { id, orchestrator_action_type: Some(kind) }
     }
 
     fn complete(status: OrchestrationStatus, result: Option<&str>) -> OrchestratorActionType {
@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn timer_becomes_message_to_own_execution_at_fire_time() {
         let fire_at = crate::core::time::from_ms(NOW - 5_000);
-        let a = OrchestratorActionType::CreateTimer(CreateTimerAction { fire_at: Some(fire_at), ..Default::default() });
+        let a = OrchestratorActionType::CreateTimer(CreateTimerAction { fire_at: Some(fire_at) });
         let out = run(&info(), vec![action(2, a)]).unwrap();
         let m = &out.messages[0];
         assert_eq!(m.target, "order-1");
@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn action_without_type_is_rejected() {
-        let a = OrchestratorAction { id: 1, orchestrator_action_type: None, ..Default::default() };
+        let a = OrchestratorAction { id: 1, orchestrator_action_type: None };
         assert!(matches!(run(&info(), vec![a]), Err(TurnError::Invalid(_))));
     }
 
@@ -564,7 +564,6 @@ mod tests {
         let task = OrchestratorActionType::ScheduleTask(ScheduleTaskAction { name: "X".into(), ..Default::default() });
         let timer = OrchestratorActionType::CreateTimer(CreateTimerAction {
             fire_at: Some(crate::core::time::from_ms(NOW + 1000)),
-            ..Default::default()
         });
         let carry = events::event_raised(NOW, "late".into(), Some("9".into()));
         let can = OrchestratorActionType::CompleteOrchestration(CompleteOrchestrationAction {

@@ -179,7 +179,7 @@ enum Lease {
 /// Something due at a point in time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wake {
-    Event { instance_id: String, target: Target, key: EventKey, event: PendingEvent },
+    Event(Box<(String, Target, EventKey, PendingEvent)>),
     Instance(String),
     Activity(i64),
     LeaseExpiry(String),
@@ -338,7 +338,7 @@ impl Scheduler {
         let key = (d.priority, d.inbox_id);
         let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, event: d.event };
         if d.visible_at_ms > now_ms {
-            self.schedule(d.visible_at_ms, Wake::Event { instance_id: d.instance_id, target: d.target, key, event: pending });
+            self.schedule(d.visible_at_ms, Wake::Event(Box::new((d.instance_id, d.target, key, pending))));
             return;
         }
         self.add_visible(d.instance_id, &d.target, key, pending);
@@ -420,7 +420,10 @@ impl Scheduler {
                 break;
             }
             match entry.remove() {
-                Wake::Event { instance_id, target, key, event } => self.add_visible(instance_id, &target, key, event),
+                Wake::Event(e) => {
+                    let (instance_id, target, key, event) = *e;
+                    self.add_visible(instance_id, &target, key, event)
+                }
                 Wake::Instance(id) => self.enqueue_instance(&id),
                 Wake::Activity(id) => self.requeue_activity(id),
                 Wake::LeaseExpiry(token) => {
@@ -719,7 +722,7 @@ impl Scheduler {
             }
         }
         self.instances.remove(instance_id);
-        self.wakeups.retain(|_, w| !matches!(w, Wake::Event { instance_id: i, .. } if i == instance_id));
+        self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id));
         let gone: Vec<i64> = self
             .activities
             .iter()

@@ -50,6 +50,8 @@ struct WriteJob {
     reply: oneshot::Sender<Result<WriteResult, StoreError>>,
 }
 
+// One value per write crosses the channel; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 enum WriteOp {
     Create(NewInstance, IdReuse),
     Enqueue(Message),
@@ -61,6 +63,7 @@ enum WriteOp {
     Rewind(String, Option<String>, i64),
 }
 
+#[allow(clippy::large_enum_variant)]
 enum WriteResult {
     Create(CreateResult),
     Enqueue(Option<Delivered>),

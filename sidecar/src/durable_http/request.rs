@@ -1,0 +1,479 @@
+//! The JSON of durable HTTP as Durable Functions defines it: parsing a `DurableHttpRequest`
+//! (leniently, accepting what the .NET in-proc/isolated, JS, Python and our Rust SDK send)
+//! and writing a `DurableHttpResponse`. Pure: no I/O.
+//!
+//! Accepted input: the request object, or a one-element JSON array holding it (in-proc .NET
+//! passes activity parameters as an array). Keys match case-insensitively. `headers` values
+//! are a string or an array of strings. `timeout` is a .NET `TimeSpan` string
+//! (`[d.]hh:mm:ss[.fffffff]`) or a number of seconds. `asynchronousPatternEnabled` defaults
+//! to `true` when absent (Python omits it). `retryOptions` is accepted and ignored: the
+//! orchestration's activity retry policy is the way to retry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+use url::Url;
+
+/// Header names mapped to their values, lower-case names, in order.
+pub type Headers = BTreeMap<String, Vec<String>>;
+
+/// Headers whose values are secrets: masked wherever Duro writes them down itself.
+pub const SECRET_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "x-functions-key", "cookie", "set-cookie"];
+
+/// What replaces a secret header value.
+pub const REDACTED: &str = "[redacted]";
+
+/// A bad durable HTTP request, naming the field.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("invalid durable HTTP request: field '{field}': {problem}")]
+pub struct InvalidRequest {
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidRequest {
+    InvalidRequest { field: field.into(), problem: problem.into() }
+}
+
+/// Where the bearer token comes from (`tokenSource`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenSourceSpec {
+    /// A resource (`https://management.core.windows.net`) or v2 scope (`…/.default`).
+    pub resource: String,
+    /// `options.tenantid`: tenant for the Entra ID token endpoint flows.
+    pub tenant_id: Option<String>,
+    /// `options.authorityhost`: authority for the Entra ID token endpoint flows.
+    pub authority_host: Option<String>,
+}
+
+/// A parsed `DurableHttpRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequestSpec {
+    pub method: reqwest::Method,
+    pub uri: Url,
+    pub headers: Headers,
+    pub content: Option<String>,
+    pub token_source: Option<TokenSourceSpec>,
+    pub asynchronous_pattern_enabled: bool,
+    /// Timeout of each HTTP attempt (the initial request and every poll).
+    pub timeout: Option<Duration>,
+}
+
+/// Parses the activity input.
+pub fn parse_input(input: Option<&str>) -> Result<HttpRequestSpec, InvalidRequest> {
+    let text = input.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| invalid("input", "missing"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| invalid("input", format!("not JSON: {e}")))?;
+    let value = match value {
+        Value::Array(mut items) if items.len() == 1 => items.remove(0),
+        Value::Array(items) => {
+            return Err(invalid("input", format!("an array must hold exactly one request, it holds {}", items.len())))
+        }
+        v => v,
+    };
+    let Value::Object(obj) = value else {
+        return Err(invalid("input", "expected a JSON object (DurableHttpRequest)"));
+    };
+    parse_request(&obj)
+}
+
+fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v).filter(|v| !v.is_null())
+}
+
+fn parse_request(obj: &Map<String, Value>) -> Result<HttpRequestSpec, InvalidRequest> {
+    let method = match get(obj, "method") {
+        None => reqwest::Method::GET,
+        Some(Value::String(m)) if !m.trim().is_empty() => reqwest::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid("method", format!("'{m}' is not an HTTP method")))?,
+        Some(other) => return Err(invalid("method", format!("expected a method name string, got {}", kind(other)))),
+    };
+    let uri = match get(obj, "uri") {
+        None => return Err(invalid("uri", "missing")),
+        Some(Value::String(u)) => parse_http_url(u).map_err(|p| invalid("uri", p))?,
+        Some(other) => return Err(invalid("uri", format!("expected an absolute URL string, got {}", kind(other)))),
+    };
+    let headers = match get(obj, "headers") {
+        None => Headers::new(),
+        Some(v) => parse_headers(v, "headers")?,
+    };
+    let content = match get(obj, "content") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => return Err(invalid("content", format!("expected a string or null, got {}", kind(other)))),
+    };
+    let token_source = match get(obj, "tokenSource") {
+        None => None,
+        Some(Value::Object(t)) => Some(parse_token_source(t)?),
+        Some(other) => return Err(invalid("tokenSource", format!("expected an object or null, got {}", kind(other)))),
+    };
+    let asynchronous_pattern_enabled = match get(obj, "asynchronousPatternEnabled") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid("asynchronousPatternEnabled", format!("expected true or false, got {}", kind(other))))
+        }
+    };
+    let timeout = match get(obj, "timeout") {
+        None => None,
+        Some(Value::String(s)) => Some(parse_timespan(s).ok_or_else(|| {
+            invalid("timeout", format!("'{s}' is not a TimeSpan such as \"00:01:30\" (hh:mm:ss) or \"1.00:00:00\""))
+        })?),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e12 => Some(Duration::from_secs_f64(secs)),
+            _ => return Err(invalid("timeout", format!("{n} is not a number of seconds"))),
+        },
+        Some(other) => return Err(invalid("timeout", format!("expected a TimeSpan string, got {}", kind(other)))),
+    };
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid("timeout", "must be greater than zero"));
+    }
+    if let Some(ct) = content_type(&headers) {
+        if ct.to_ascii_lowercase().starts_with("multipart/") {
+            return Err(invalid("headers.Content-Type", "multipart content is not supported by durable HTTP"));
+        }
+    }
+    Ok(HttpRequestSpec { method, uri, headers, content, token_source, asynchronous_pattern_enabled, timeout })
+}
+
+/// Parses an absolute `http`/`https` URL; the problem otherwise.
+pub fn parse_http_url(s: &str) -> Result<Url, String> {
+    let u = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not an absolute URL ({e})"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!("scheme '{}' is not supported (http or https)", u.scheme()));
+    }
+    if u.host().is_none() {
+        return Err(format!("'{s}' has no host"));
+    }
+    Ok(u)
+}
+
+fn parse_headers(v: &Value, field: &str) -> Result<Headers, InvalidRequest> {
+    let Value::Object(map) = v else {
+        return Err(invalid(field, format!("expected an object of header names to values, got {}", kind(v))));
+    };
+    let mut out = Headers::new();
+    for (name, value) in map {
+        let f = || format!("{field}.{name}");
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(f(), "not a valid header name"));
+        }
+        let values: Vec<String> = match value {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(invalid(f(), format!("expected strings in the array, got {}", kind(other)))),
+                })
+                .collect::<Result<_, _>>()?,
+            Value::Null => continue,
+            other => return Err(invalid(f(), format!("expected a string or an array of strings, got {}", kind(other)))),
+        };
+        for s in &values {
+            if reqwest::header::HeaderValue::from_str(s).is_err() {
+                return Err(invalid(f(), "value contains characters not allowed in a header"));
+            }
+        }
+        out.entry(name.to_ascii_lowercase()).or_default().extend(values);
+    }
+    Ok(out)
+}
+
+fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, InvalidRequest> {
+    match get(t, "kind") {
+        Some(Value::String(k)) if k.eq_ignore_ascii_case("AzureManagedIdentity") => {}
+        Some(Value::String(k)) => {
+            return Err(invalid("tokenSource.kind", format!("'{k}' is not supported (only AzureManagedIdentity)")))
+        }
+        None if get(t, "$type").is_some() => {
+            return Err(invalid("tokenSource.kind", "custom token sources ($type) are not supported"))
+        }
+        // Older SDKs send only the resource.
+        None => {}
+        Some(other) => return Err(invalid("tokenSource.kind", format!("expected a string, got {}", kind(other)))),
+    }
+    let resource = match get(t, "resource") {
+        Some(Value::String(r)) if !r.trim().is_empty() => r.trim().to_string(),
+        Some(Value::String(_)) | None => return Err(invalid("tokenSource.resource", "missing")),
+        Some(other) => return Err(invalid("tokenSource.resource", format!("expected a string, got {}", kind(other)))),
+    };
+    let mut spec = TokenSourceSpec { resource, tenant_id: None, authority_host: None };
+    match get(t, "options") {
+        None => {}
+        Some(Value::Object(o)) => {
+            let opt = |key: &str| -> Result<Option<String>, InvalidRequest> {
+                match get(o, key) {
+                    None => Ok(None),
+                    Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+                    Some(other) => {
+                        Err(invalid(format!("tokenSource.options.{key}"), format!("expected a string, got {}", kind(other))))
+                    }
+                }
+            };
+            spec.tenant_id = opt("tenantid")?;
+            spec.authority_host = opt("authorityhost")?;
+            if let Some(a) = &spec.authority_host {
+                parse_http_url(a).map_err(|p| invalid("tokenSource.options.authorityhost", p))?;
+            }
+        }
+        Some(other) => {
+            return Err(invalid("tokenSource.options", format!("expected an object, got {}", kind(other))));
+        }
+    }
+    Ok(spec)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The first `Content-Type` value.
+pub fn content_type(headers: &Headers) -> Option<&str> {
+    headers.get("content-type").and_then(|v| v.first()).map(String::as_str)
+}
+
+/// Parses a .NET `TimeSpan` string: `[-][d.]hh:mm[:ss[.fffffff]]`. Negative spans are refused.
+pub fn parse_timespan(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.starts_with('-') {
+        return None;
+    }
+    let (days, rest) = match s.split_once(':') {
+        Some((head, _)) => match head.split_once('.') {
+            Some((d, _)) => (d.parse::<u64>().ok()?, &s[d.len() + 1..]),
+            None => (0, s),
+        },
+        // A bare integer is a number of days in .NET.
+        None => return s.parse::<u64>().ok().map(|d| Duration::from_secs(d.checked_mul(86_400)?)),
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return None;
+    }
+    let hours: u64 = parts[0].parse().ok()?;
+    let minutes: u64 = parts[1].parse().ok()?;
+    let (secs, nanos) = match parts.get(2) {
+        None => (0, 0),
+        Some(sec) => match sec.split_once('.') {
+            None => (sec.parse::<u64>().ok()?, 0),
+            Some((whole, frac)) => {
+                if frac.is_empty() || frac.len() > 7 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let padded = format!("{frac:0<9}");
+                (whole.parse::<u64>().ok()?, padded.parse::<u32>().ok()?)
+            }
+        },
+    };
+    if hours > 23 || minutes > 59 || secs > 59 {
+        return None;
+    }
+    let total = days.checked_mul(86_400)?.checked_add(hours * 3600 + minutes * 60 + secs)?;
+    Some(Duration::new(total, nanos))
+}
+
+/// Masks the values of [`SECRET_HEADERS`].
+pub fn redact(headers: &Headers) -> Headers {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            if SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                (k.clone(), v.iter().map(|_| REDACTED.to_string()).collect())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+/// A `DurableHttpResponse`: `{statusCode, headers, content}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponseOut {
+    pub status_code: u16,
+    pub headers: Headers,
+    /// Body as text (UTF-8, lossy); `None` for an empty body.
+    pub content: Option<String>,
+}
+
+impl HttpResponseOut {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).and_then(|v| v.first()).map(String::as_str)
+    }
+
+    /// The JSON the orchestration sees; secret headers (`Set-Cookie`, …) masked.
+    pub fn to_json(&self) -> String {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Out<'a> {
+            status_code: u16,
+            headers: Map<String, Value>,
+            content: Option<&'a str>,
+        }
+        let headers = redact(&self.headers)
+            .into_iter()
+            .map(|(k, mut v)| {
+                let value = if v.len() == 1 { Value::String(v.remove(0)) } else { Value::from(v) };
+                (k, value)
+            })
+            .collect();
+        let out = Out { status_code: self.status_code, headers, content: self.content.as_deref() };
+        // A struct of strings and numbers always serializes.
+        serde_json::to_string(&out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<HttpRequestSpec, InvalidRequest> {
+        parse_input(Some(s))
+    }
+
+    #[test]
+    fn parses_in_proc_dotnet_shape() {
+        let r = parse(
+            r#"{"method":"GET","uri":"https://example.org/x","headers":{"Accept":"application/json"},"content":null,
+               "tokenSource":{"kind":"AzureManagedIdentity","resource":"https://management.core.windows.net/.default"},
+               "asynchronousPatternEnabled":true,"retryOptions":null,"timeout":null}"#,
+        )
+        .expect("parse");
+        assert_eq!(r.method, reqwest::Method::GET);
+        assert_eq!(r.uri.as_str(), "https://example.org/x");
+        assert_eq!(r.headers["accept"], vec!["application/json"]);
+        assert_eq!(r.content, None);
+        let t = r.token_source.expect("token source");
+        assert_eq!(t.resource, "https://management.core.windows.net/.default");
+        assert!(r.asynchronous_pattern_enabled);
+        assert_eq!(r.timeout, None);
+    }
+
+    #[test]
+    fn parses_array_wrapped_and_other_sdk_shapes() {
+        // In-proc passes activity parameters as a one-element array.
+        let r = parse(r#"[{"method":"POST","uri":"http://127.0.0.1:1/a","content":"{}","headers":{"X-Multi":["a","b"]}}]"#)
+            .expect("array");
+        assert_eq!(r.method, reqwest::Method::POST);
+        assert_eq!(r.content.as_deref(), Some("{}"));
+        assert_eq!(r.headers["x-multi"], vec!["a", "b"]);
+        // Python omits asynchronousPatternEnabled and timeout; method may be lower-case.
+        let r = parse(r#"{"method":"get","uri":"https://a.example/","tokenSource":{"resource":"https://r","kind":"AzureManagedIdentity"}}"#)
+            .expect("python");
+        assert_eq!(r.method, reqwest::Method::GET);
+        assert!(r.asynchronous_pattern_enabled);
+        // .NET isolated: opt-out of polling, TimeSpan timeout, options.
+        let r = parse(
+            r#"{"Method":"DELETE","Uri":"https://a.example/","AsynchronousPatternEnabled":false,"Timeout":"1.02:03:04.5",
+               "TokenSource":{"Kind":"AzureManagedIdentity","Resource":"https://r/.default","Options":{"tenantid":"t1","authorityhost":"https://login.example/"}}}"#,
+        )
+        .expect("isolated");
+        assert!(!r.asynchronous_pattern_enabled);
+        assert_eq!(r.timeout, Some(Duration::from_millis(((26 * 60 + 3) * 60 + 4) * 1000 + 500)));
+        let t = r.token_source.expect("ts");
+        assert_eq!(t.tenant_id.as_deref(), Some("t1"));
+        assert_eq!(t.authority_host.as_deref(), Some("https://login.example/"));
+        // Missing method reads as GET; number timeout is seconds.
+        let r = parse(r#"{"uri":"https://a.example/","timeout":2.5}"#).expect("min");
+        assert_eq!(r.method, reqwest::Method::GET);
+        assert_eq!(r.timeout, Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |s: &str| parse(s).expect_err(s).field;
+        assert_eq!(parse_input(None).expect_err("none").field, "input");
+        assert_eq!(field("not json"), "input");
+        assert_eq!(field("[1,2]"), "input");
+        assert_eq!(field("42"), "input");
+        assert_eq!(field(r#"{"method":"GET"}"#), "uri");
+        assert_eq!(field(r#"{"uri":"relative/path"}"#), "uri");
+        assert_eq!(field(r#"{"uri":"ftp://a.example/x"}"#), "uri");
+        assert_eq!(field(r#"{"uri":42}"#), "uri");
+        assert_eq!(field(r#"{"uri":"https://a","method":"BAD METHOD"}"#), "method");
+        assert_eq!(field(r#"{"uri":"https://a","method":7}"#), "method");
+        assert_eq!(field(r#"{"uri":"https://a","headers":[]}"#), "headers");
+        assert_eq!(field(r#"{"uri":"https://a","headers":{"X-A":1}}"#), "headers.X-A");
+        assert_eq!(field(r#"{"uri":"https://a","headers":{"bad name":"v"}}"#), "headers.bad name");
+        assert_eq!(field(r#"{"uri":"https://a","headers":{"X-A":"line\nbreak"}}"#), "headers.X-A");
+        assert_eq!(field(r#"{"uri":"https://a","content":{}}"#), "content");
+        assert_eq!(field(r#"{"uri":"https://a","timeout":"soon"}"#), "timeout");
+        assert_eq!(field(r#"{"uri":"https://a","timeout":"00:00:00"}"#), "timeout");
+        assert_eq!(field(r#"{"uri":"https://a","asynchronousPatternEnabled":"yes"}"#), "asynchronousPatternEnabled");
+        assert_eq!(field(r#"{"uri":"https://a","tokenSource":{"kind":"Other","resource":"r"}}"#), "tokenSource.kind");
+        assert_eq!(field(r#"{"uri":"https://a","tokenSource":{"kind":"AzureManagedIdentity"}}"#), "tokenSource.resource");
+        assert_eq!(
+            field(r#"{"uri":"https://a","tokenSource":{"resource":"r","options":{"authorityhost":"nope"}}}"#),
+            "tokenSource.options.authorityhost"
+        );
+        assert_eq!(
+            field(r#"{"uri":"https://a","headers":{"Content-Type":"multipart/form-data"},"content":"x"}"#),
+            "headers.Content-Type"
+        );
+        let e = parse(r#"{"method":"GET"}"#).expect_err("uri");
+        assert!(e.to_string().contains("'uri'"), "{e}");
+    }
+
+    #[test]
+    fn parses_timespans() {
+        assert_eq!(parse_timespan("00:00:05"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timespan("01:02"), Some(Duration::from_secs(3720)));
+        assert_eq!(parse_timespan("6.00:00:00"), Some(Duration::from_secs(6 * 86_400)));
+        assert_eq!(parse_timespan("00:00:01.25"), Some(Duration::from_millis(1250)));
+        assert_eq!(parse_timespan("00:00:00.0000001"), Some(Duration::from_nanos(100)));
+        assert_eq!(parse_timespan("2"), Some(Duration::from_secs(2 * 86_400)));
+        for bad in ["", "-00:00:05", "24:00:00", "00:60:00", "00:00:60", "a:b:c", "00:00:01.", "1:2:3:4", "00:00:01.12345678"] {
+            assert_eq!(parse_timespan(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn redacts_secret_headers() {
+        let mut h = Headers::new();
+        h.insert("authorization".into(), vec!["Bearer abc".into()]);
+        h.insert("x-functions-key".into(), vec!["k".into()]);
+        h.insert("set-cookie".into(), vec!["a=1".into(), "b=2".into()]);
+        h.insert("cookie".into(), vec!["c=3".into()]);
+        h.insert("proxy-authorization".into(), vec!["Basic x".into()]);
+        h.insert("accept".into(), vec!["*/*".into()]);
+        let r = redact(&h);
+        assert_eq!(r["authorization"], vec![REDACTED]);
+        assert_eq!(r["set-cookie"], vec![REDACTED, REDACTED]);
+        assert_eq!(r["x-functions-key"], vec![REDACTED]);
+        assert_eq!(r["cookie"], vec![REDACTED]);
+        assert_eq!(r["proxy-authorization"], vec![REDACTED]);
+        assert_eq!(r["accept"], vec!["*/*"]);
+    }
+
+    #[test]
+    fn response_json_shape() {
+        let mut headers = Headers::new();
+        headers.insert("content-type".into(), vec!["application/json".into()]);
+        headers.insert("vary".into(), vec!["a".into(), "b".into()]);
+        headers.insert("set-cookie".into(), vec!["session=secret".into()]);
+        let r = HttpResponseOut { status_code: 200, headers, content: Some("{\"ok\":true}".into()) };
+        let v: Value = serde_json::from_str(&r.to_json()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "statusCode": 200,
+                "headers": {"content-type": "application/json", "vary": ["a", "b"], "set-cookie": REDACTED},
+                "content": "{\"ok\":true}"
+            })
+        );
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        let empty = HttpResponseOut { status_code: 204, headers: Headers::new(), content: None };
+        assert_eq!(empty.to_json(), r#"{"statusCode":204,"headers":{},"content":null}"#);
+    }
+}
