@@ -5,10 +5,14 @@
 //! - [`store`]: the durable history store behind a small trait (SQLite by default);
 //! - [`engine`]: the imperative shell that runs turns, commits them and dispatches work;
 //! - [`grpc`]: the `TaskHubSidecarService` adapter;
+//! - [`durable_http`]: the built-in activity `BuiltIn::HttpActivity` (durable HTTP, 202 polling, tokens);
+//! - [`http`]: the Durable Functions HTTP management API (webhook routes, signed status links);
 //! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
 
 pub mod core;
+pub mod durable_http;
 pub mod engine;
 pub mod grpc;
+pub mod http;
 pub mod server;
 pub mod store;

@@ -50,6 +50,10 @@ struct Cli {
     /// SQLite `synchronous=NORMAL` instead of `FULL` (survives a crash of Duro, not of the machine).
     #[arg(long, env = "DURO_SQLITE_RELAXED_SYNC")]
     sqlite_relaxed_sync: bool,
+    #[command(flatten)]
+    http: duro::http::HttpArgs,
+    #[command(flatten)]
+    durable_http: duro::durable_http::DurableHttpArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -107,6 +111,8 @@ async fn main() -> anyhow::Result<()> {
         },
         service: ServiceOptions { validate_json: !cli.allow_non_json_payloads },
         max_message_bytes: cli.max_message_bytes,
+        http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
+        durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };
     let running = server::start(config).await.context("duro failed to start")?;
     shutdown_signal().await;

@@ -23,6 +23,10 @@ pub struct Config {
     pub service: ServiceOptions,
     /// Largest gRPC message accepted and sent.
     pub max_message_bytes: usize,
+    /// The HTTP management API; `None`: not served.
+    pub http: Option<crate::http::HttpOptions>,
+    /// Durable HTTP (`BuiltIn::HttpActivity`), run by the sidecar itself.
+    pub durable_http: crate::durable_http::DurableHttpOptions,
 }
 
 #[derive(Debug, Error)]
@@ -35,12 +39,18 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    DurableHttp(#[from] crate::durable_http::DurableHttpError),
 }
 
 /// A running sidecar, bound and serving.
 pub struct Running {
     pub local_addr: SocketAddr,
     pub engine: Engine,
+    /// The HTTP management API, when served.
+    pub http: Option<crate::http::HttpServer>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -50,6 +60,9 @@ impl Running {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.engine.shutdown();
         let _ = self.stop.send(());
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
         match tokio::time::timeout(crate::grpc::SHUTDOWN_GRACE, self.task).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) => {
@@ -69,7 +82,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store = SqliteStore::open(&config.db, config.sqlite.clone())
         .await
         .map_err(|source| ServerError::Store { path: config.db.clone(), source })?;
-    let engine = Engine::start(Arc::new(store), config.engine.clone(), Vec::new()).await?;
+    let durable_http = crate::durable_http::HttpActivity::new(config.durable_http.clone())?;
+    let engine = Engine::start(Arc::new(store), config.engine.clone(), vec![Arc::new(durable_http)]).await?;
+    // Served before the gRPC port opens, so a client that sees gRPC up finds HTTP up too.
+    let http = match config.http.clone() {
+        Some(opts) => crate::http::start(engine.clone(), opts).await?,
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
@@ -91,5 +110,5 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Ok(())
     });
     tracing::info!(address = %local_addr, db = %config.db.display(), "duro is serving the Durable Task sidecar protocol");
-    Ok(Running { local_addr, engine, task, stop })
+    Ok(Running { local_addr, engine, http, task, stop })
 }

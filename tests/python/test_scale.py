@@ -6,6 +6,8 @@ import collections
 import threading
 import time
 
+import pytest
+
 from durabletask import task
 from durabletask.client import OrchestrationStatus
 
@@ -15,6 +17,7 @@ N_INSTANCES = 50
 N_STEPS = 5
 
 
+@pytest.mark.timeout(300)
 def test_many_instances_two_workers(client, run_worker):
     lock = threading.Lock()
     executed = collections.Counter()  # (instance_id, step) -> executions

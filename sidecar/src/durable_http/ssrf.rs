@@ -82,24 +82,38 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
 /// Why host name `host` is refused, if it is.
 pub fn blocked_host_name(host: &str) -> Option<&'static str> {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
-    METADATA_HOSTS.contains(&h.as_str()).then_some("cloud metadata host name")
+    METADATA_HOSTS
+        .contains(&h.as_str())
+        .then_some("cloud metadata host name")
 }
 
 /// Checks what can be checked without DNS: scheme, IP-literal hosts and metadata names.
 pub fn check_url(url: &Url) -> Result<(), Blocked> {
     let target = || display_url(url);
     match url.host() {
-        None => Err(Blocked { target: target(), reason: "URL has no host" }),
+        None => Err(Blocked {
+            target: target(),
+            reason: "URL has no host",
+        }),
         Some(Host::Ipv4(ip)) => match blocked_ip(IpAddr::V4(ip)) {
-            Some(reason) => Err(Blocked { target: target(), reason }),
+            Some(reason) => Err(Blocked {
+                target: target(),
+                reason,
+            }),
             None => Ok(()),
         },
         Some(Host::Ipv6(ip)) => match blocked_ip(IpAddr::V6(ip)) {
-            Some(reason) => Err(Blocked { target: target(), reason }),
+            Some(reason) => Err(Blocked {
+                target: target(),
+                reason,
+            }),
             None => Ok(()),
         },
         Some(Host::Domain(name)) => match blocked_host_name(name) {
-            Some(reason) => Err(Blocked { target: target(), reason }),
+            Some(reason) => Err(Blocked {
+                target: target(),
+                reason,
+            }),
             None => Ok(()),
         },
     }
@@ -109,7 +123,10 @@ pub fn check_url(url: &Url) -> Result<(), Blocked> {
 pub fn check_resolved(host: &str, addrs: &[SocketAddr]) -> Result<(), Blocked> {
     for a in addrs {
         if let Some(reason) = blocked_ip(a.ip()) {
-            return Err(Blocked { target: format!("{host} (resolves to {})", a.ip()), reason });
+            return Err(Blocked {
+                target: format!("{host} (resolves to {})", a.ip()),
+                reason,
+            });
         }
     }
     Ok(())
@@ -140,9 +157,14 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             if let Some(reason) = blocked_host_name(&host) {
-                return Err(Box::new(Blocked { target: host, reason }) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(Blocked {
+                    target: host,
+                    reason,
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             check_resolved(&host, &addrs).map_err(Box::new)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -161,7 +183,12 @@ pub fn redirect_policy(max_hops: usize) -> reqwest::redirect::Policy {
             let msg = format!("redirect to unsupported scheme '{}'", next.scheme());
             return attempt.error(msg);
         }
-        if attempt.previous().last().is_some_and(|p| p.scheme() == "https") && next.scheme() == "http" {
+        if attempt
+            .previous()
+            .last()
+            .is_some_and(|p| p.scheme() == "https")
+            && next.scheme() == "http"
+        {
             return attempt.error("redirect from https to http refused");
         }
         match check_url(next) {
@@ -249,7 +276,8 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let b: SocketAddr = "169.254.169.254:0".parse().expect("addr");
         assert!(check_resolved("ok.example", &[a]).is_ok());
-        let e = check_resolved("rebind.example", &[a, b]).expect_err("one bad address refuses the host");
+        let e = check_resolved("rebind.example", &[a, b])
+            .expect_err("one bad address refuses the host");
         assert!(e.target.contains("rebind.example") && e.target.contains("169.254.169.254"));
     }
 
@@ -266,7 +294,10 @@ mod tests {
         #[derive(Debug, Error)]
         #[error("outer")]
         struct Outer(#[source] Blocked);
-        let b = Blocked { target: "x".into(), reason: "r" };
+        let b = Blocked {
+            target: "x".into(),
+            reason: "r",
+        };
         assert_eq!(find_blocked(&Outer(b.clone())), Some(b));
         assert_eq!(find_blocked(&std::io::Error::other("no")), None);
     }

@@ -220,6 +220,9 @@ pub struct Scheduler {
     rr: StreamId,
     instances: HashMap<String, InstanceSlot>,
     ready: VecDeque<String>,
+    /// Instances with a control event or out of attempts: the sidecar runs their turn
+    /// itself, so worker capacity must never hold them back.
+    ready_control: VecDeque<String>,
     parked: Vec<String>,
     activities: HashMap<i64, ActivitySlot>,
     ready_activities: VecDeque<i64>,
@@ -264,6 +267,7 @@ impl Scheduler {
             rr: 0,
             instances: HashMap::new(),
             ready: VecDeque::new(),
+            ready_control: VecDeque::new(),
             parked: Vec::new(),
             activities: HashMap::new(),
             ready_activities: VecDeque::new(),
@@ -376,7 +380,11 @@ impl Scheduler {
     }
 
     fn enqueue_instance(&mut self, instance_id: &str) {
+        let max_attempts = self.opts.max_attempts;
         if let Some(slot) = self.instances.get_mut(instance_id) {
+            if slot.leased.is_none() && (slot.has_control() || slot.attempts >= max_attempts) {
+                self.ready_control.push_back(instance_id.to_string());
+            }
             if !slot.queued && slot.leased.is_none() && !slot.pending.is_empty() {
                 slot.queued = true;
                 self.ready.push_back(instance_id.to_string());
@@ -484,7 +492,30 @@ impl Scheduler {
         self.streams.values().any(|s| s.orchestrations < s.rules.max_orchestrations)
     }
 
+    fn assign_control_turns(&mut self, now_ms: i64, out: &mut Vec<Assignment>) {
+        while let Some(id) = self.ready_control.pop_front() {
+            let Some(slot) = self.instances.get(&id) else { continue };
+            if slot.leased.is_some() || slot.pending.is_empty() {
+                continue;
+            }
+            let kind = if slot.attempts >= self.opts.max_attempts {
+                TurnKind::Poison
+            } else if slot.has_control() {
+                TurnKind::Control
+            } else {
+                continue;
+            };
+            if slot.not_before_ms > now_ms {
+                let at = slot.not_before_ms;
+                self.schedule(at, Wake::Instance(id));
+                continue;
+            }
+            out.push(Assignment::Turn(self.lease_turn(id, kind, now_ms)));
+        }
+    }
+
     fn assign_turns(&mut self, now_ms: i64, out: &mut Vec<Assignment>) {
+        self.assign_control_turns(now_ms, out);
         let mut rounds = self.ready.len();
         while rounds > 0 {
             rounds -= 1;
@@ -1213,6 +1244,20 @@ mod tests {
         s.finish_turn(&token, Vec::new(), false, false);
         s.add_event(raised(3, "a"), NOW + 1000);
         assert_eq!(turns(&s.assign(NOW + 1000)).len(), 1, "started: later events run at once");
+    }
+
+    #[test]
+    fn control_turns_are_not_held_back_by_missing_worker_capacity() {
+        let mut s = Scheduler::new(opts());
+        for i in 0..3 {
+            s.add_event(raised(i, &format!("waiting{i}")), NOW);
+        }
+        assert!(s.assign(NOW).is_empty(), "no worker: nothing to run");
+        s.add_event(delivered(9, "waiting2", "Orch", NOW, events::execution_terminated(NOW, None, false)), NOW);
+        let a = s.assign(NOW);
+        let t = turns(&a);
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].instance_id.as_str(), t[0].kind), ("waiting2", TurnKind::Control));
     }
 
     #[test]

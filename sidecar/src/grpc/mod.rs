@@ -126,17 +126,39 @@ fn decode_token(token: Option<&String>) -> Result<Option<String>, Status> {
     }
 }
 
+/// The client's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+pub fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Margin by which a wait answers before the client's deadline, so the client gets
+/// DEADLINE_EXCEEDED from us rather than a CANCELLED from the transport racing it.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
 async fn wait_with_cap(
     engine: &Engine,
     instance_id: &str,
+    client_deadline: Option<Duration>,
     done: impl Fn(OrchestrationStatus) -> bool,
 ) -> Result<Option<InstanceRecord>, Status> {
     let cap = engine.options().max_wait;
-    match tokio::time::timeout(cap, engine.wait_for(instance_id, done)).await {
+    let limit = client_deadline.map(|d| d.saturating_sub(DEADLINE_MARGIN).min(cap)).unwrap_or(cap);
+    match tokio::time::timeout(limit, engine.wait_for(instance_id, done)).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Status::deadline_exceeded(format!(
-            "instance '{instance_id}' did not reach the awaited state within the server's limit of {}s",
-            cap.as_secs()
+            "instance '{instance_id}' did not reach the awaited state within {:.1}s",
+            limit.as_secs_f64()
         ))),
     }
 }
@@ -202,9 +224,10 @@ impl TaskHubSidecarService for SidecarService {
         &self,
         request: Request<GetInstanceRequest>,
     ) -> Result<Response<GetInstanceResponse>, Status> {
+        let deadline = client_deadline(&request);
         let r = request.into_inner();
         validate::instance_id(&r.instance_id)?;
-        let rec = wait_with_cap(&self.engine, &r.instance_id, is_started).await?;
+        let rec = wait_with_cap(&self.engine, &r.instance_id, deadline, is_started).await?;
         Ok(Response::new(instance_response(rec, r.get_inputs_and_outputs)))
     }
 
@@ -212,9 +235,10 @@ impl TaskHubSidecarService for SidecarService {
         &self,
         request: Request<GetInstanceRequest>,
     ) -> Result<Response<GetInstanceResponse>, Status> {
+        let deadline = client_deadline(&request);
         let r = request.into_inner();
         validate::instance_id(&r.instance_id)?;
-        let rec = wait_with_cap(&self.engine, &r.instance_id, is_finished).await?;
+        let rec = wait_with_cap(&self.engine, &r.instance_id, deadline, is_finished).await?;
         Ok(Response::new(instance_response(rec, r.get_inputs_and_outputs)))
     }
 
@@ -546,6 +570,28 @@ impl TaskHubSidecarService for SidecarService {
             }
         }
         Ok(Response::new(SkipGracefulOrchestrationTerminationsResponse { unterminated_instance_ids: unterminated }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(v: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn reads_grpc_timeout_units() {
+        assert_eq!(client_deadline(&with_timeout("30S")), Some(Duration::from_secs(30)));
+        assert_eq!(client_deadline(&with_timeout("1500m")), Some(Duration::from_millis(1500)));
+        assert_eq!(client_deadline(&with_timeout("2M")), Some(Duration::from_secs(120)));
+        assert_eq!(client_deadline(&with_timeout("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(client_deadline(&with_timeout("x")), None);
+        assert_eq!(client_deadline(&with_timeout("10Q")), None);
+        assert_eq!(client_deadline(&Request::new(())), None);
     }
 }
 
