@@ -4,6 +4,7 @@ failures, retries, payload round-trips and history."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import durabletask.history as history
@@ -234,18 +235,29 @@ def test_activity_retry_policy_exhausted(client, run_worker):
     assert len(attempts) == 3
 
 
-def test_unregistered_activity_fails_orchestration(client, run_worker):
-    def unreg_orch(ctx: task.OrchestrationContext, _):
-        yield ctx.call_activity("unreg_activity_that_does_not_exist")
+def test_activity_no_worker_serves_waits_for_one(client, run_worker):
+    """A worker that sends no work-item filters answers "not registered" for an activity it
+    lacks; Duro routes the activity away from it and it waits for a worker that serves it,
+    instead of failing the orchestration."""
+    def elsewhere_activity(_: task.ActivityContext, x: int) -> int:
+        return x * 10
 
-    with run_worker(orchestrators=[unreg_orch]):
-        iid = client.schedule_new_orchestration(unreg_orch)
-        state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    def elsewhere_orch(ctx: task.OrchestrationContext, x: int):
+        return (yield ctx.call_activity("elsewhere_activity", input=x))
+
+    with run_worker(orchestrators=[elsewhere_orch]):
+        iid = client.schedule_new_orchestration(elsewhere_orch, input=4)
+        client.wait_for_orchestration_start(iid, timeout=TIMEOUT)
+        time.sleep(2)
+        state = client.get_orchestration_state(iid)
+        assert state is not None
+        assert state.runtime_status == OrchestrationStatus.RUNNING, state.failure_details
+        with run_worker(activities=[elsewhere_activity]):
+            state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
 
     assert state is not None
-    assert state.runtime_status == OrchestrationStatus.FAILED
-    assert state.failure_details is not None
-    assert "unreg_activity_that_does_not_exist" in state.failure_details.message
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert state.serialized_output == "40"
 
 
 def test_orchestrator_exception_fails_orchestration(client, run_worker):
@@ -326,3 +338,26 @@ def test_wait_for_status_helper_sanity(client, run_worker):
         state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
 
     assert state is not None and state.get_output() == "went"
+
+
+def test_orchestrator_no_worker_serves_waits_for_one(client, run_worker):
+    """Same routing rule for orchestrators: a filterless worker lacking the orchestrator
+    does not fail it; the turn waits for a worker that has it."""
+    def unrelated_orch(ctx: task.OrchestrationContext, _):
+        return "unrelated"
+
+    def served_later_orch(ctx: task.OrchestrationContext, x: int):
+        return x + 1
+
+    with run_worker(orchestrators=[unrelated_orch]):
+        iid = client.schedule_new_orchestration("served_later_orch", input=1)
+        time.sleep(2)
+        state = client.get_orchestration_state(iid)
+        assert state is not None
+        assert state.runtime_status == OrchestrationStatus.PENDING, state.failure_details
+        with run_worker(orchestrators=[served_later_orch]):
+            state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+
+    assert state is not None
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert state.serialized_output == "2"

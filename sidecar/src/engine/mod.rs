@@ -579,6 +579,13 @@ impl Engine {
         let Some(ctx) = flight.context else {
             return Err(EngineError::NotFound("the work item was not dispatched yet".into()));
         };
+        if rejects_as_unregistered(&flight.actions, &ctx.info.name)
+            && self.inner.sched.lock().reject_and_release(&token, now_ms())
+        {
+            tracing::info!(orchestration = %ctx.info.name, "a worker without filters does not serve this orchestration; routing it elsewhere");
+            self.pump();
+            return Ok(());
+        }
         if requires_history {
             // We always send full history; release and redeliver it.
             self.release(&token, Release::Retry);
@@ -645,6 +652,13 @@ impl Engine {
             self.inner.sched.lock().finish_activity(&token, true, now_ms());
             return Ok(());
         };
+        if resp.failure_details.as_ref().is_some_and(|f| not_registered(f, &request.name))
+            && self.inner.sched.lock().reject_and_release(&token, now_ms())
+        {
+            tracing::info!(activity = %request.name, "a worker without filters does not serve this activity; routing it elsewhere");
+            self.pump();
+            return Ok(());
+        }
         let now = now_ms();
         let instance = request.orchestration_instance.clone().unwrap_or_default();
         let event = match resp.failure_details {
@@ -857,6 +871,26 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether a failure says the worker has no function of that name (SDKs that send no
+/// work-item filters answer this way: Python `...ActivityNotRegisteredError`,
+/// `...OrchestratorNotRegisteredError`; others say "not registered" in the message).
+fn not_registered(f: &TaskFailureDetails, name: &str) -> bool {
+    f.error_type.ends_with("NotRegisteredError")
+        || (f.error_message.to_ascii_lowercase().contains("not registered") && f.error_message.contains(name))
+}
+
+/// Whether a turn's only answer is "this orchestrator is not registered here".
+fn rejects_as_unregistered(actions: &[OrchestratorAction], name: &str) -> bool {
+    use duro_proto::orchestrator_action::OrchestratorActionType as A;
+    match actions {
+        [OrchestratorAction { orchestrator_action_type: Some(A::CompleteOrchestration(c)), .. }] => {
+            c.orchestration_status == OrchestrationStatus::Failed as i32
+                && c.failure_details.as_ref().is_some_and(|f| not_registered(f, name))
+        }
+        _ => false,
     }
 }
 

@@ -76,6 +76,23 @@ struct StreamSlot {
     sender: mpsc::UnboundedSender<Outgoing>,
     orchestrations: usize,
     activities: usize,
+    /// Names this stream (which sent no filters) answered "not registered" for.
+    rejected_orchestrations: HashSet<String>,
+    rejected_activities: HashSet<String>,
+}
+
+impl StreamSlot {
+    fn takes_orchestration(&self, name: &str, version: Option<&str>) -> bool {
+        self.orchestrations < self.rules.max_orchestrations
+            && self.rules.accepts_orchestration(name, version)
+            && !self.rejected_orchestrations.contains(name)
+    }
+
+    fn takes_activity(&self, name: &str, version: Option<&str>) -> bool {
+        self.activities < self.rules.max_activities
+            && self.rules.accepts_activity(name, version)
+            && !self.rejected_activities.contains(name)
+    }
 }
 
 #[derive(Default)]
@@ -295,7 +312,17 @@ impl Scheduler {
     pub fn add_stream(&mut self, rules: StreamRules, sender: mpsc::UnboundedSender<Outgoing>) -> StreamId {
         let id = self.next_stream;
         self.next_stream += 1;
-        self.streams.insert(id, StreamSlot { rules, sender, orchestrations: 0, activities: 0 });
+        self.streams.insert(
+            id,
+            StreamSlot {
+                rules,
+                sender,
+                orchestrations: 0,
+                activities: 0,
+                rejected_orchestrations: HashSet::new(),
+                rejected_activities: HashSet::new(),
+            },
+        );
         self.unpark();
         id
     }
@@ -550,10 +577,7 @@ impl Scheduler {
                     self.ready.push_front(id);
                     break;
                 }
-                match self.pick_stream(|s| {
-                    s.orchestrations < s.rules.max_orchestrations
-                        && s.rules.accepts_orchestration(&name, version.as_deref())
-                }) {
+                match self.pick_stream(|s| s.takes_orchestration(&name, version.as_deref())) {
                     Some(stream) => TurnKind::Worker(stream),
                     None => {
                         self.parked.push(id);
@@ -618,9 +642,7 @@ impl Scheduler {
                 break;
             }
             let (name, version) = (slot.request.name.clone(), slot.request.version.clone());
-            let Some(stream) = self.pick_stream(|s| {
-                s.activities < s.rules.max_activities && s.rules.accepts_activity(&name, version.as_deref())
-            }) else {
+            let Some(stream) = self.pick_stream(|s| s.takes_activity(&name, version.as_deref())) else {
                 self.parked_activities.push(id);
                 continue;
             };
@@ -845,6 +867,38 @@ impl Scheduler {
                 self.unpark();
             }
         }
+    }
+
+    /// A worker without filters answered "not registered" for this lease: remember that
+    /// its stream does not serve the name, and give the work back for another stream (no
+    /// attempt counted). `false` when the stream declared filters (then the answer is a
+    /// real failure) or the lease is unknown.
+    pub fn reject_and_release(&mut self, token: &str, now_ms: i64) -> bool {
+        let (stream, name, is_activity) = match self.leases.get(token) {
+            Some(Lease::Turn { stream: Some(s), instance_id, .. }) => {
+                let Some(slot) = self.instances.get(instance_id) else { return false };
+                (*s, slot.name.clone(), false)
+            }
+            Some(Lease::Activity { stream, activity_id, .. }) if *stream != BUILTIN_STREAM => {
+                let Some(a) = self.activities.get(activity_id) else { return false };
+                (*stream, a.request.name.clone(), true)
+            }
+            _ => return false,
+        };
+        let Some(st) = self.streams.get_mut(&stream) else { return false };
+        if st.rules.filters.is_some() {
+            return false;
+        }
+        if is_activity {
+            st.rejected_activities.insert(name);
+        } else {
+            st.rejected_orchestrations.insert(name);
+        }
+        if let Some(Lease::Turn { completing, .. } | Lease::Activity { completing, .. }) = self.leases.get_mut(token) {
+            *completing = false;
+        }
+        self.release(token, Release::Retry, now_ms);
+        true
     }
 
     /// The live turn token of an instance (for workers that send no completion token).
@@ -1258,6 +1312,49 @@ mod tests {
         let t = turns(&a);
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].instance_id.as_str(), t[0].kind), ("waiting2", TurnKind::Control));
+    }
+
+    #[test]
+    fn unregistered_names_are_routed_away_from_filterless_streams() {
+        let mut s = Scheduler::new(opts());
+        let (first, _rx1) = stream(&mut s, rules(10));
+        s.add_activity(activity(1, "OnlyElsewhere"));
+        let a = s.assign(NOW);
+        let token = match &a[..] {
+            [Assignment::Activity { token, stream, .. }] => {
+                assert_eq!(*stream, first);
+                token.clone()
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(s.begin_activity_completion(&token).is_some());
+        assert!(s.reject_and_release(&token, NOW));
+        assert!(s.assign(NOW).is_empty(), "the only stream does not serve it: the activity waits");
+        let (second, _rx2) = stream(&mut s, rules(10));
+        match &s.assign(NOW)[..] {
+            [Assignment::Activity { stream, activity_id: 1, .. }] => assert_eq!(*stream, second),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_with_filters_cannot_reject_what_it_declared() {
+        let mut s = Scheduler::new(opts());
+        let declared = StreamRules {
+            max_orchestrations: 10,
+            max_activities: 10,
+            filters: Some(WorkItemFilters {
+                orchestrations: vec![],
+                activities: vec![duro_proto::ActivityFilter { name: "A".into(), versions: vec![] }],
+                entities: vec![],
+            }),
+        };
+        let (_sid, _rx) = stream(&mut s, declared);
+        s.add_activity(activity(1, "A"));
+        let a = s.assign(NOW);
+        let Assignment::Activity { token, .. } = &a[0] else { panic!("expected an activity") };
+        assert!(s.begin_activity_completion(token).is_some());
+        assert!(!s.reject_and_release(token, NOW));
     }
 
     #[test]
