@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests (which start the real
-# duro binary), then the compatibility suite driven by the official Python SDK.
-# Sets up what it needs itself (a Python venv with the pinned SDK) on a fresh machine.
+# duro binary), the compatibility suite driven by the official Python SDK, the schema-based
+# fuzz run of the HTTP API, and the per-component suites that exist (SDKs, samples, bench
+# smoke). Sets up what it needs itself (a Python venv with the pinned SDK, npm packages,
+# Go modules) on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +20,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet -r tests/python/requirements.txt
 DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
+
+echo "==> HTTP API fuzz (schemathesis, bounded)"
+bash tests/http/fuzz.sh
+
+# Suites of other components, each self-contained.
+for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/run_tests.sh bench/smoke.sh; do
+  if [ -f "$suite" ]; then
+    echo "==> $suite"
+    bash "$suite"
+  fi
+done
+echo "==> all tests passed"
