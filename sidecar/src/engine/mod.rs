@@ -378,7 +378,7 @@ impl Engine {
                 let outcome = control::apply_control(&info, &history, &control, now);
                 let mut consumed = always_consumed;
                 consumed.extend(live.iter().map(|(_, p)| p.inbox_id));
-                self.commit(&lease.token, &info, history.len(), outcome, consumed, Vec::new(), now).await;
+                self.commit(&lease.token, &info, history.len(), outcome, consumed, now).await;
             }
             TurnKind::Poison => {
                 let failure = events::failure(
@@ -397,7 +397,7 @@ impl Engine {
                 if live.is_empty() && !has_marker {
                     // Only stale rows: consume them without running the orchestrator.
                     let outcome = TurnOutcome::unchanged(info.status, 0);
-                    self.commit(&lease.token, &info, history.len(), outcome, always_consumed, Vec::new(), now).await;
+                    self.commit(&lease.token, &info, history.len(), outcome, always_consumed, now).await;
                     return;
                 }
                 let mut new_events = Vec::with_capacity(live.len() + 1);
@@ -446,13 +446,11 @@ impl Engine {
     }
 
     async fn fail_turn(&self, token: &str, info: &InstanceInfo, history_len: usize, failure: TaskFailureDetails, now: i64) {
-        if !self.inner.sched.lock().begin_internal_completion(token) {
-            return;
-        }
         let outcome = control::fail(info, failure, now);
-        self.commit_owned(token, info, history_len, outcome, Vec::new(), Vec::new(), now).await;
+        self.commit(token, info, history_len, outcome, Vec::new(), now).await;
     }
 
+    /// Commits a turn the sidecar decided itself (control, poison, stale rows).
     async fn commit(
         &self,
         token: &str,
@@ -460,13 +458,12 @@ impl Engine {
         history_len: usize,
         outcome: TurnOutcome,
         consumed: Vec<i64>,
-        unconsumed: Vec<(EventKey, PendingEvent)>,
         now: i64,
     ) {
         if !self.inner.sched.lock().begin_internal_completion(token) {
             return;
         }
-        self.commit_owned(token, info, history_len, outcome, consumed, unconsumed, now).await;
+        self.commit_owned(token, info, history_len, outcome, consumed, Vec::new(), now).await;
     }
 
     /// Commits a turn whose lease is already marked completing.
@@ -480,7 +477,7 @@ impl Engine {
         consumed: Vec<i64>,
         unconsumed: Vec<(EventKey, PendingEvent)>,
         now: i64,
-    ) -> bool {
+    ) {
         let terminal = outcome.is_terminal();
         let suspended = outcome.status == OrchestrationStatus::Suspended && outcome.continue_as_new.is_none();
         let commit = TurnCommit {
@@ -505,20 +502,17 @@ impl Engine {
                 }
                 self.inner.waiters.notify(&info.instance_id);
                 self.pump();
-                true
             }
             Err(StoreError::Conflict(_)) => {
                 tracing::info!(instance = %info.instance_id, "instance changed during its turn; the turn is dropped");
                 self.invalidate(&info.instance_id);
                 self.inner.sched.lock().finish_turn(token, Vec::new(), false, false);
                 self.pump();
-                false
             }
             Err(e) => {
                 tracing::error!(instance = %info.instance_id, error = %e, "turn commit failed; the turn will be retried");
                 self.invalidate(&info.instance_id);
                 self.release(token, Release::Failed);
-                false
             }
         }
     }

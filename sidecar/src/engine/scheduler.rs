@@ -482,15 +482,25 @@ impl Scheduler {
         out
     }
 
+    /// Whether a queued activity may be leased now; one out of attempts becomes a poison
+    /// assignment instead.
+    fn activity_assignable(&mut self, id: i64, out: &mut Vec<Assignment>) -> bool {
+        let Some(slot) = self.activities.get(&id) else { return false };
+        if slot.leased.is_some() {
+            return false;
+        }
+        if slot.attempts >= self.opts.max_attempts {
+            if let Some(slot) = self.activities.remove(&id) {
+                out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
+            }
+            return false;
+        }
+        true
+    }
+
     fn assign_builtin(&mut self, out: &mut Vec<Assignment>) {
         while let Some(id) = self.ready_builtin.pop_front() {
-            let Some(slot) = self.activities.get(&id) else { continue };
-            if slot.leased.is_some() {
-                continue;
-            }
-            if slot.attempts >= self.opts.max_attempts {
-                let Some(slot) = self.activities.remove(&id) else { continue };
-                out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
+            if !self.activity_assignable(id, out) {
                 continue;
             }
             let token = self.new_token();
@@ -628,19 +638,14 @@ impl Scheduler {
         while rounds > 0 {
             rounds -= 1;
             let Some(id) = self.ready_activities.pop_front() else { break };
-            let Some(slot) = self.activities.get(&id) else { continue };
-            if slot.leased.is_some() {
-                continue;
-            }
-            if slot.attempts >= self.opts.max_attempts {
-                let Some(slot) = self.activities.remove(&id) else { continue };
-                out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
+            if !self.activity_assignable(id, out) {
                 continue;
             }
             if !self.streams.values().any(|s| s.activities < s.rules.max_activities) {
                 self.ready_activities.push_front(id);
                 break;
             }
+            let Some(slot) = self.activities.get(&id) else { continue };
             let (name, version) = (slot.request.name.clone(), slot.request.version.clone());
             let Some(stream) = self.pick_stream(|s| s.takes_activity(&name, version.as_deref())) else {
                 self.parked_activities.push(id);

@@ -573,6 +573,9 @@ impl TaskHubSidecarService for SidecarService {
     }
 }
 
+/// How long the server waits for in-flight calls on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,5 +598,3 @@ mod tests {
     }
 }
 
-/// How long the server waits for in-flight calls on shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

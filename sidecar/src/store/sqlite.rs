@@ -672,6 +672,19 @@ where
     rows.iter().map(|b| decode_event(b)).collect()
 }
 
+/// ` AND status IN (...)` when any statuses are given.
+fn push_status_filter(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, statuses: &[OrchestrationStatus]) {
+    if statuses.is_empty() {
+        return;
+    }
+    qb.push(" AND status IN (");
+    let mut sep = qb.separated(", ");
+    for s in statuses {
+        sep.push_bind(*s as i32);
+    }
+    qb.push(")");
+}
+
 fn delivered_from_row(row: &SqliteRow) -> Result<Delivered, StoreError> {
     let event: Vec<u8> = row.try_get("event")?;
     Ok(Delivered {
@@ -740,14 +753,7 @@ impl Store for SqliteStore {
 
     async fn query_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut qb = sqlx::QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"));
-        if !f.statuses.is_empty() {
-            qb.push(" AND status IN (");
-            let mut sep = qb.separated(", ");
-            for s in &f.statuses {
-                sep.push_bind(*s as i32);
-            }
-            qb.push(")");
-        }
+        push_status_filter(&mut qb, &f.statuses);
         if let Some(from) = f.created_from_ms {
             qb.push(" AND created_at >= ").push_bind(from);
         }
@@ -771,14 +777,7 @@ impl Store for SqliteStore {
         let mut qb = sqlx::QueryBuilder::new(
             "SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL",
         );
-        if !f.statuses.is_empty() {
-            qb.push(" AND status IN (");
-            let mut sep = qb.separated(", ");
-            for s in &f.statuses {
-                sep.push_bind(*s as i32);
-            }
-            qb.push(")");
-        }
+        push_status_filter(&mut qb, &f.statuses);
         if let Some(from) = f.completed_from_ms {
             qb.push(" AND completed_at >= ").push_bind(from);
         }
