@@ -25,7 +25,8 @@ echo "==> HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh
 
 # Suites of other components, each self-contained.
-for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/run_tests.sh bench/smoke.sh; do
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/run_tests.sh bench/smoke.sh; do
   if [ -f "$suite" ]; then
     echo "==> $suite"
     bash "$suite"
