@@ -110,7 +110,9 @@ impl Api {
 }
 
 fn new_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+    // No connection reuse: after a 413 the server may close a connection the pool would
+    // otherwise hand to the next request (IncompleteMessage).
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(0).build().expect("client")
 }
 
 #[derive(Debug)]
