@@ -97,10 +97,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle off on every accepted connection: small work items and completions must not
+    // wait for delayed ACKs (the builder's `tcp_nodelay` does not apply to a custom incoming).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {

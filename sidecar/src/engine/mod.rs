@@ -480,6 +480,8 @@ impl Engine {
     ) {
         let terminal = outcome.is_terminal();
         let suspended = outcome.status == OrchestrationStatus::Suspended && outcome.continue_as_new.is_none();
+        // Waiters only care about status changes; waking them on every turn costs a read each.
+        let status_changed = outcome.status != info.status || outcome.continue_as_new.is_some();
         let commit = TurnCommit {
             instance_id: info.instance_id.clone(),
             execution_id: info.execution_id.clone(),
@@ -500,7 +502,9 @@ impl Engine {
                         s.add_event(d, now);
                     }
                 }
-                self.inner.waiters.notify(&info.instance_id);
+                if status_changed {
+                    self.inner.waiters.notify(&info.instance_id);
+                }
                 self.pump();
             }
             Err(StoreError::Conflict(_)) => {
