@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# CI smoke of the benchmark suite: every scenario against Duro only, tiny sizes, correctness only.
+# Exits non-zero if any orchestration's result is wrong or missing. Well under 60 s once built
+# (a fresh machine first downloads the Go modules from the proxy and builds Duro).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+cargo build --release -p duro
+build_bench ./driver
+
+work=$(mktemp -d)
+trap 'stop_sidecar; rm -rf "$work"' EXIT
+port=$(free_port)
+start_sidecar duro "$work" "$port"
+
+passed=0 failed=0
+for args in "sequence -n 5 -m 3" "fanout -n 5 -m 3" "timers -n 5 -m 3" "events -n 5" \
+  "start-burst -n 5 -m 3" "waiting -n 20"; do
+  set -- $args
+  if bench/bin/driver -addr "127.0.0.1:$port" -sidecar duro -sidecar-pid "$SIDECAR_PID" \
+    -scenario "$@" -concurrency 4 -timeout 20s >"$work/$1.json"; then
+    echo "ok   $1 ($(grep -o '"completed": [0-9]*' "$work/$1.json"))"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $1"
+    cat "$work/$1.json"
+    failed=$((failed + 1))
+  fi
+done
+echo "bench-smoke: $passed passed, $failed failed"
+[[ $failed == 0 ]]
