@@ -85,21 +85,7 @@ impl Registry {
             Arc::new(move |ctx: OrchestrationContext, raw: Option<String>| {
                 let input = payload::decode::<I>(raw.as_deref());
                 let fut = input.map(|i| f(ctx, i));
-                Box::pin(async move {
-                    let fut = fut.map_err(|e| {
-                        FailureDetails::new(
-                            "InputDeserializationError",
-                            format!("invalid orchestration input: {e}"),
-                        )
-                    })?;
-                    let out = fut.await.map_err(Failure::into_details)?;
-                    payload::encode(&out).map(Some).map_err(|e| {
-                        FailureDetails::new(
-                            "OutputSerializationError",
-                            format!("could not serialize the output: {e}"),
-                        )
-                    })
-                })
+                Box::pin(run_typed("orchestration", fut))
             });
         self.orchestrators.insert(name, erased);
         self
@@ -118,21 +104,7 @@ impl Registry {
         let erased: ActivityFn = Arc::new(move |ctx: ActivityContext, raw: Option<String>| {
             let input = payload::decode::<I>(raw.as_deref());
             let fut = input.map(|i| f(ctx, i));
-            Box::pin(async move {
-                let fut = fut.map_err(|e| {
-                    FailureDetails::new(
-                        "InputDeserializationError",
-                        format!("invalid activity input: {e}"),
-                    )
-                })?;
-                let out = fut.await.map_err(Failure::into_details)?;
-                payload::encode(&out).map(Some).map_err(|e| {
-                    FailureDetails::new(
-                        "OutputSerializationError",
-                        format!("could not serialize the output: {e}"),
-                    )
-                })
-            })
+            Box::pin(run_typed("activity", fut))
         });
         self.activities.insert(name, erased);
         self
@@ -165,4 +137,19 @@ impl Registry {
     pub(crate) fn activity(&self, name: &str) -> Option<&ActivityFn> {
         self.activities.get(name)
     }
+}
+
+/// Awaits a user function started on its decoded input and encodes its output. Input and
+/// output (de)serialization errors become failure details naming `kind`.
+async fn run_typed<O: Serialize>(
+    kind: &'static str,
+    started: Result<impl Future<Output = Result<O, Failure>>, serde_json::Error>,
+) -> Result<Option<String>, FailureDetails> {
+    let fut = started.map_err(|e| {
+        FailureDetails::new("InputDeserializationError", format!("invalid {kind} input: {e}"))
+    })?;
+    let out = fut.await.map_err(Failure::into_details)?;
+    payload::encode(&out).map(Some).map_err(|e| {
+        FailureDetails::new("OutputSerializationError", format!("could not serialize the output: {e}"))
+    })
 }
