@@ -23,9 +23,15 @@ use crate::core::{Message, NewInstance, Priority, TurnOutcome};
 pub enum StoreError {
     /// The database failed; retrying may succeed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
+    /// The group commit holding this write failed; nothing of it was stored.
+    #[error("database commit failed: {0}")]
+    CommitFailed(String),
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
+    /// A database task could not run to the end (its thread panicked or was cancelled).
+    #[error("database task failed: {0}")]
+    Task(String),
     /// Stored bytes could not be decoded (corruption or a foreign writer).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -1,29 +1,39 @@
 //! SQLite implementation of [`Store`]: one file, WAL, synchronous commits.
 //!
-//! All writes go through one writer task that owns a single connection and groups the
+//! All writes go through one writer thread that owns a single connection and groups the
 //! writes waiting at that moment into one transaction (group commit): one fsync covers
-//! many turns. Each write runs inside its own savepoint, so one failing write never
-//! takes its neighbours down. Reads use a separate pool and never wait for the writer.
+//! many turns. Each write runs inside its own savepoint, so one failing write never takes
+//! its neighbours down. The whole group runs on that thread with cached prepared
+//! statements, so a write costs one hand-off to the thread and one back, not one per
+//! statement. Reads use a small pool of read-only connections on blocking threads and
+//! never wait for the writer (WAL readers see the last commit).
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use duro_proto::{ActivityRequest, HistoryEvent, OrchestrationStatus};
+use parking_lot::Mutex;
 use prost::Message as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::*;
 use crate::core::{self, events, is_terminal, status_from_i32, Message, NewInstance, Priority};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    ("0002_activity_progress", include_str!("../../migrations/sqlite/0002_activity_progress.sql")),
+];
 
 /// Most writes grouped into one transaction.
 const MAX_BATCH: usize = 512;
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
 
 /// Options of the SQLite store.
 #[derive(Debug, Clone)]
@@ -41,7 +51,7 @@ impl Default for SqliteOptions {
 }
 
 pub struct SqliteStore {
-    reads: SqlitePool,
+    reads: ReadPool,
     writer: mpsc::Sender<WriteJob>,
 }
 
@@ -74,26 +84,117 @@ enum WriteResult {
     Rewind(RewindResult),
 }
 
+fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if options.synchronous_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(conn)
+}
+
+/// Applies the migrations not yet applied, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let mut applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?.try_into().unwrap_or(0);
+    if applied == 0 {
+        // Databases written before the store moved off sqlx record migrations in its table.
+        let legacy: Option<i64> = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if legacy.unwrap_or(0) > 0 {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM _sqlx_migrations WHERE success", [], |r| r.get(0))?;
+            applied = usize::try_from(n).unwrap_or(0);
+        }
+    }
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Migrate(format!(
+            "the database was written by a newer Duro (schema version {applied}, this build knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migrate(format!("{name}: {e}")))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(migration = name, "applied database migration");
+    }
+    Ok(())
+}
+
+/// Read-only connections used on blocking threads; opened on demand up to the limit.
+struct ReadPool {
+    path: PathBuf,
+    options: SqliteOptions,
+    idle: std::sync::Arc<Mutex<Vec<Connection>>>,
+    permits: std::sync::Arc<Semaphore>,
+}
+
+impl ReadPool {
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        let idle = self.idle.clone();
+        let path = self.path.clone();
+        let options = self.options.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let popped = idle.lock().pop();
+            let conn = match popped {
+                Some(c) => c,
+                None => open_connection(&path, &options, true)?,
+            };
+            let r = f(&conn);
+            idle.lock().push(conn);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
-        let connect = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if options.synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(false)
-            .statement_cache_capacity(256);
-        let mut conn = SqliteConnection::connect_with(&connect).await?;
-        MIGRATOR.run(&mut conn).await?;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(options.read_connections.max(1))
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_with(connect.clone())
-            .await?;
+        let path = path.to_path_buf();
+        let opened = {
+            let (path, options) = (path.clone(), options.clone());
+            tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+                let mut conn = open_connection(&path, &options, false)?;
+                migrate(&mut conn)?;
+                Ok(conn)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??
+        };
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer_loop(conn, rx));
+        std::thread::Builder::new()
+            .name("duro-sqlite-writer".into())
+            .spawn(move || writer_loop(opened, rx))
+            .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
+        let reads = ReadPool {
+            path,
+            permits: std::sync::Arc::new(Semaphore::new(options.read_connections.max(1) as usize)),
+            options,
+            idle: Default::default(),
+        };
         Ok(SqliteStore { reads, writer: tx })
     }
 
@@ -104,9 +205,11 @@ impl SqliteStore {
     }
 }
 
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteJob>) {
+/// The writer thread: takes every write waiting, runs them in one transaction, answers.
+/// Ends (closing the connection) when the store is dropped.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -114,64 +217,57 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteJob
                 Err(_) => break,
             }
         }
-        let jobs = std::mem::take(&mut batch);
-        let mut results = Vec::with_capacity(jobs.len());
-        let outcome: Result<(), sqlx::Error> = async {
-            let mut tx = conn.begin().await?;
-            for job in &jobs {
-                let mut sp = tx.begin().await?;
-                let r = run_op(&mut sp, &job.op).await;
+        let mut results = Vec::with_capacity(batch.len());
+        let outcome = (|| -> Result<(), rusqlite::Error> {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for job in &batch {
+                let sp = tx.savepoint()?;
+                let r = run_op(&sp, &job.op);
                 if r.is_ok() {
-                    sp.commit().await?;
-                } else {
-                    sp.rollback().await?;
+                    sp.commit()?;
                 }
+                // Dropping an uncommitted savepoint rolls it back.
                 results.push(r);
             }
-            tx.commit().await
-        }
-        .await;
+            tx.commit()
+        })();
         match outcome {
             Ok(()) => {
-                for (job, r) in jobs.into_iter().zip(results) {
+                for (job, r) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(r);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, writes = jobs.len(), "group commit failed; every write in it is rolled back");
+                tracing::error!(error = %e, writes = batch.len(), "group commit failed; every write in it is rolled back");
                 let msg = e.to_string();
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Database(sqlx::Error::Protocol(msg.clone()))));
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::CommitFailed(msg.clone())));
                 }
             }
         }
     }
 }
 
-async fn run_op(c: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, StoreError> {
+fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
     Ok(match op {
-        WriteOp::Create(new, reuse) => WriteResult::Create(create(c, new, reuse).await?),
-        WriteOp::Enqueue(m) => WriteResult::Enqueue(deliver(c, m).await?),
-        WriteOp::Commit(commit) => WriteResult::Commit(commit_turn(c, commit).await?),
+        WriteOp::Create(new, reuse) => WriteResult::Create(create(c, new, reuse)?),
+        WriteOp::Enqueue(m) => WriteResult::Enqueue(deliver(c, m)?),
+        WriteOp::Commit(commit) => WriteResult::Commit(commit_turn(c, commit)?),
         WriteOp::CompleteActivity(id, m) => {
-            let gone = sqlx::query("DELETE FROM activities WHERE id = ?").bind(id).execute(&mut *c).await?;
-            if gone.rows_affected() == 0 {
+            let gone = c.prepare_cached("DELETE FROM activities WHERE id = ?")?.execute([id])?;
+            if gone == 0 {
                 WriteResult::Enqueue(None)
             } else {
-                WriteResult::Enqueue(deliver(c, m).await?)
+                WriteResult::Enqueue(deliver(c, m)?)
             }
         }
         WriteOp::SaveProgress(id, progress) => {
-            let r = sqlx::query("UPDATE activities SET progress = ? WHERE id = ?")
-                .bind(progress)
-                .bind(id)
-                .execute(&mut *c)
-                .await?;
-            WriteResult::Saved(r.rows_affected() > 0)
+            let n = c.prepare_cached("UPDATE activities SET progress = ? WHERE id = ?")?.execute(params![progress, id])?;
+            WriteResult::Saved(n > 0)
         }
-        WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive).await?),
-        WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now).await?),
-        WriteOp::Rewind(id, reason, now) => WriteResult::Rewind(rewind(c, id, reason.clone(), *now).await?),
+        WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive)?),
+        WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now)?),
+        WriteOp::Rewind(id, reason, now) => WriteResult::Rewind(rewind(c, id, reason.clone(), *now)?),
     })
 }
 
@@ -199,63 +295,55 @@ const INSTANCE_COLUMNS: &str = "instance_id, execution_id, name, version, status
      completed_at, scheduled_start_at, input, output, custom_status, failure_details, parent_instance_id, \
      parent_info, tags, trace_context";
 
-fn instance_from_row(row: &SqliteRow) -> Result<InstanceRecord, StoreError> {
-    let tags: Option<String> = row.try_get("tags")?;
+fn instance_from_row(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
+    let tags: Option<String> = row.get("tags")?;
     Ok(InstanceRecord {
-        instance_id: row.try_get("instance_id")?,
-        execution_id: row.try_get("execution_id")?,
-        name: row.try_get("name")?,
-        version: row.try_get("version")?,
-        status: status_from_i32(row.try_get("status")?),
-        created_at_ms: row.try_get("created_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
-        completed_at_ms: row.try_get("completed_at")?,
-        scheduled_start_at_ms: row.try_get("scheduled_start_at")?,
-        input: row.try_get("input")?,
-        output: row.try_get("output")?,
-        custom_status: row.try_get("custom_status")?,
-        failure: decode_opt(row.try_get("failure_details")?, "failure details")?,
-        parent_instance_id: row.try_get("parent_instance_id")?,
-        parent: decode_opt(row.try_get("parent_info")?, "parent info")?,
+        instance_id: row.get("instance_id")?,
+        execution_id: row.get("execution_id")?,
+        name: row.get("name")?,
+        version: row.get("version")?,
+        status: status_from_i32(row.get("status")?),
+        created_at_ms: row.get("created_at")?,
+        updated_at_ms: row.get("updated_at")?,
+        completed_at_ms: row.get("completed_at")?,
+        scheduled_start_at_ms: row.get("scheduled_start_at")?,
+        input: row.get("input")?,
+        output: row.get("output")?,
+        custom_status: row.get("custom_status")?,
+        failure: decode_opt(row.get("failure_details")?, "failure details")?,
+        parent_instance_id: row.get("parent_instance_id")?,
+        parent: decode_opt(row.get("parent_info")?, "parent info")?,
         tags: match tags {
             Some(t) => serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
             None => HashMap::new(),
         },
-        trace_context: decode_opt(row.try_get("trace_context")?, "trace context")?,
+        trace_context: decode_opt(row.get("trace_context")?, "trace context")?,
     })
 }
 
-async fn target_of(c: &mut SqliteConnection, instance_id: &str) -> Result<Option<(Target, String)>, StoreError> {
-    let row = sqlx::query("SELECT name, version, status, execution_id FROM instances WHERE instance_id = ?")
-        .bind(instance_id)
-        .fetch_optional(&mut *c)
-        .await?;
-    row.map(|r| -> Result<(Target, String), StoreError> {
-        Ok((
-            Target { name: r.try_get("name")?, version: r.try_get("version")?, status: status_from_i32(r.try_get("status")?) },
-            r.try_get("execution_id")?,
-        ))
-    })
-    .transpose()
+fn load_instance_with(c: &Connection, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"))?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(instance_from_row(row)?)),
+        None => Ok(None),
+    }
 }
 
-async fn insert_inbox(
-    c: &mut SqliteConnection,
-    m: &Message,
-    target: Target,
-) -> Result<Delivered, StoreError> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO inbox (instance_id, execution_id, priority, visible_at, event) VALUES (?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(&m.target)
-    .bind(&m.execution_id)
-    .bind(m.priority as i64)
-    .bind(m.visible_at_ms)
-    .bind(encode_event(&m.event))
-    .fetch_one(&mut *c)
-    .await?;
+fn target_of(c: &Connection, instance_id: &str) -> Result<Option<(Target, String)>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT name, version, status, execution_id FROM instances WHERE instance_id = ?")?;
+    Ok(stmt
+        .query_row([instance_id], |r| {
+            Ok((Target { name: r.get(0)?, version: r.get(1)?, status: status_from_i32(r.get(2)?) }, r.get(3)?))
+        })
+        .optional()?)
+}
+
+fn insert_inbox(c: &Connection, m: &Message, target: Target) -> Result<Delivered, StoreError> {
+    c.prepare_cached("INSERT INTO inbox (instance_id, execution_id, priority, visible_at, event) VALUES (?, ?, ?, ?, ?)")?
+        .execute(params![m.target, m.execution_id, m.priority as i64, m.visible_at_ms, encode_event(&m.event)])?;
     Ok(Delivered {
-        inbox_id: id,
+        inbox_id: c.last_insert_rowid(),
         instance_id: m.target.clone(),
         execution_id: m.execution_id.clone(),
         priority: m.priority,
@@ -266,8 +354,8 @@ async fn insert_inbox(
 }
 
 /// Delivers a message to a live instance (and, if it names one, the same execution).
-async fn deliver(c: &mut SqliteConnection, m: &Message) -> Result<Option<Delivered>, StoreError> {
-    let Some((target, execution_id)) = target_of(c, &m.target).await? else { return Ok(None) };
+fn deliver(c: &Connection, m: &Message) -> Result<Option<Delivered>, StoreError> {
+    let Some((target, execution_id)) = target_of(c, &m.target)? else { return Ok(None) };
     if is_terminal(target.status) {
         return Ok(None);
     }
@@ -276,43 +364,43 @@ async fn deliver(c: &mut SqliteConnection, m: &Message) -> Result<Option<Deliver
             return Ok(None);
         }
     }
-    Ok(Some(insert_inbox(c, m, target).await?))
+    Ok(Some(insert_inbox(c, m, target)?))
 }
 
 /// Removes every trace of an instance.
-async fn delete_instance(c: &mut SqliteConnection, instance_id: &str) -> Result<(), StoreError> {
+fn delete_instance(c: &Connection, instance_id: &str) -> Result<(), StoreError> {
     for sql in [
         "DELETE FROM history WHERE instance_id = ?",
         "DELETE FROM inbox WHERE instance_id = ?",
         "DELETE FROM activities WHERE instance_id = ?",
         "DELETE FROM instances WHERE instance_id = ?",
     ] {
-        sqlx::query(sql).bind(instance_id).execute(&mut *c).await?;
+        c.prepare_cached(sql)?.execute([instance_id])?;
     }
     Ok(())
 }
 
-async fn insert_instance(c: &mut SqliteConnection, new: &NewInstance) -> Result<Delivered, StoreError> {
+fn insert_instance(c: &Connection, new: &NewInstance) -> Result<Delivered, StoreError> {
     let s = &new.spec;
-    sqlx::query(
+    c.prepare_cached(
         "INSERT INTO instances (instance_id, execution_id, name, version, status, created_at, updated_at, \
          scheduled_start_at, input, parent_instance_id, parent_info, tags, history_len) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-    )
-    .bind(&s.instance_id)
-    .bind(&s.execution_id)
-    .bind(&s.name)
-    .bind(&s.version)
-    .bind(OrchestrationStatus::Pending as i32)
-    .bind(new.created_at_ms)
-    .bind(new.created_at_ms)
-    .bind(s.scheduled_start_ms)
-    .bind(&s.input)
-    .bind(s.parent.as_ref().and_then(|p| p.orchestration_instance.as_ref()).map(|i| i.instance_id.clone()))
-    .bind(s.parent.as_ref().map(|p| p.encode_to_vec()))
-    .bind(tags_json(&s.tags))
-    .execute(&mut *c)
-    .await?;
+    )?
+    .execute(params![
+        s.instance_id,
+        s.execution_id,
+        s.name,
+        s.version,
+        OrchestrationStatus::Pending as i32,
+        new.created_at_ms,
+        new.created_at_ms,
+        s.scheduled_start_ms,
+        s.input,
+        s.parent.as_ref().and_then(|p| p.orchestration_instance.as_ref()).map(|i| i.instance_id.as_str()),
+        s.parent.as_ref().map(|p| p.encode_to_vec()),
+        tags_json(&s.tags),
+    ])?;
     let start = Message {
         target: s.instance_id.clone(),
         execution_id: Some(s.execution_id.clone()),
@@ -325,12 +413,11 @@ async fn insert_instance(c: &mut SqliteConnection, new: &NewInstance) -> Result<
         &start,
         Target { name: s.name.clone(), version: s.version.clone(), status: OrchestrationStatus::Pending },
     )
-    .await
 }
 
-async fn create(c: &mut SqliteConnection, new: &NewInstance, reuse: &IdReuse) -> Result<CreateResult, StoreError> {
+fn create(c: &Connection, new: &NewInstance, reuse: &IdReuse) -> Result<CreateResult, StoreError> {
     let id = &new.spec.instance_id;
-    if let Some((existing, _)) = target_of(c, id).await? {
+    if let Some((existing, _)) = target_of(c, id)? {
         let replace = match reuse {
             IdReuse::Replace(statuses) => statuses.contains(&existing.status),
             IdReuse::Legacy { statuses, action } => {
@@ -348,14 +435,14 @@ async fn create(c: &mut SqliteConnection, new: &NewInstance, reuse: &IdReuse) ->
         if !replace {
             return Ok(CreateResult::AlreadyExists(existing.status));
         }
-        delete_instance(c, id).await?;
+        delete_instance(c, id)?;
     }
-    Ok(CreateResult::Created(Box::new(insert_instance(c, new).await?)))
+    Ok(CreateResult::Created(Box::new(insert_instance(c, new)?)))
 }
 
 /// Creates a sub-orchestration; a live instance holding the id fails the parent's task.
-async fn create_child(c: &mut SqliteConnection, new: &NewInstance, now_ms: i64, out: &mut CommitResult) -> Result<(), StoreError> {
-    match create(c, new, &IdReuse::terminal()).await? {
+fn create_child(c: &Connection, new: &NewInstance, now_ms: i64, out: &mut CommitResult) -> Result<(), StoreError> {
+    match create(c, new, &IdReuse::terminal())? {
         CreateResult::Created(d) => out.delivered.push(*d),
         CreateResult::Kept => {}
         CreateResult::AlreadyExists(status) => {
@@ -378,7 +465,7 @@ async fn create_child(c: &mut SqliteConnection, new: &NewInstance, now_ms: i64, 
                     ),
                     now_ms,
                 );
-                if let Some(d) = deliver(c, &notice).await? {
+                if let Some(d) = deliver(c, &notice)? {
                     out.delivered.push(d);
                 }
             }
@@ -387,33 +474,33 @@ async fn create_child(c: &mut SqliteConnection, new: &NewInstance, now_ms: i64, 
     Ok(())
 }
 
-async fn commit_turn(c: &mut SqliteConnection, t: &TurnCommit) -> Result<CommitResult, StoreError> {
-    let row = sqlx::query("SELECT execution_id, status, history_len FROM instances WHERE instance_id = ?")
-        .bind(&t.instance_id)
-        .fetch_optional(&mut *c)
-        .await?;
-    let Some(row) = row else { return Err(StoreError::Conflict(t.instance_id.clone())) };
-    let execution_id: String = row.try_get("execution_id")?;
-    let status = status_from_i32(row.try_get("status")?);
-    let history_len: i64 = row.try_get("history_len")?;
+fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreError> {
+    let current = c
+        .prepare_cached("SELECT execution_id, status, history_len FROM instances WHERE instance_id = ?")?
+        .query_row([&t.instance_id], |r| Ok((r.get::<_, String>(0)?, status_from_i32(r.get(1)?), r.get::<_, i64>(2)?)))
+        .optional()?;
+    let Some((execution_id, status, history_len)) = current else {
+        return Err(StoreError::Conflict(t.instance_id.clone()));
+    };
     if execution_id != t.execution_id || is_terminal(status) {
         return Err(StoreError::Conflict(t.instance_id.clone()));
     }
-    for id in &t.consumed {
-        sqlx::query("DELETE FROM inbox WHERE id = ?").bind(id).execute(&mut *c).await?;
+    {
+        let mut consume = c.prepare_cached("DELETE FROM inbox WHERE id = ?")?;
+        for id in &t.consumed {
+            consume.execute([id])?;
+        }
     }
     let o = &t.outcome;
     let mut result = CommitResult::default();
 
     let mut seq = history_len;
-    for e in &o.append {
-        sqlx::query("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")
-            .bind(&t.instance_id)
-            .bind(seq)
-            .bind(encode_event(e))
-            .execute(&mut *c)
-            .await?;
-        seq += 1;
+    {
+        let mut append = c.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")?;
+        for e in &o.append {
+            append.execute(params![t.instance_id, seq, encode_event(e)])?;
+            seq += 1;
+        }
     }
 
     let terminal = o.is_terminal();
@@ -421,7 +508,7 @@ async fn commit_turn(c: &mut SqliteConnection, t: &TurnCommit) -> Result<CommitR
         crate::core::CustomStatus::Keep => None,
         crate::core::CustomStatus::Set(v) => Some(v.clone()),
     };
-    sqlx::query(
+    c.prepare_cached(
         "UPDATE instances SET status = ?, updated_at = ?, history_len = ?, \
          output = CASE WHEN ? THEN ? ELSE output END, \
          failure_details = CASE WHEN ? THEN ? ELSE failure_details END, \
@@ -429,87 +516,79 @@ async fn commit_turn(c: &mut SqliteConnection, t: &TurnCommit) -> Result<CommitR
          custom_status = CASE WHEN ? THEN ? ELSE custom_status END, \
          trace_context = COALESCE(?, trace_context) \
          WHERE instance_id = ?",
-    )
-    .bind(o.status as i32)
-    .bind(t.now_ms)
-    .bind(seq)
-    .bind(terminal)
-    .bind(&o.output)
-    .bind(terminal)
-    .bind(o.failure.as_ref().map(|f| f.encode_to_vec()))
-    .bind(terminal)
-    .bind(t.now_ms)
-    .bind(custom.is_some())
-    .bind(custom.flatten())
-    .bind(o.trace_context.as_ref().map(|tc| tc.encode_to_vec()))
-    .bind(&t.instance_id)
-    .execute(&mut *c)
-    .await?;
+    )?
+    .execute(params![
+        o.status as i32,
+        t.now_ms,
+        seq,
+        terminal,
+        o.output,
+        terminal,
+        o.failure.as_ref().map(|f| f.encode_to_vec()),
+        terminal,
+        t.now_ms,
+        custom.is_some(),
+        custom.flatten(),
+        o.trace_context.as_ref().map(|tc| tc.encode_to_vec()),
+        t.instance_id,
+    ])?;
 
     if terminal {
         // A finished instance consumes nothing more: drop its remaining inbox and queued work.
-        sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&t.instance_id).execute(&mut *c).await?;
-        sqlx::query("DELETE FROM activities WHERE instance_id = ?").bind(&t.instance_id).execute(&mut *c).await?;
+        c.prepare_cached("DELETE FROM inbox WHERE instance_id = ?")?.execute([&t.instance_id])?;
+        c.prepare_cached("DELETE FROM activities WHERE instance_id = ?")?.execute([&t.instance_id])?;
     }
 
     for a in &o.activities {
-        result.activities.push(insert_activity(c, a).await?);
+        result.activities.push(insert_activity(c, a)?);
     }
     for child in &o.children {
-        create_child(c, child, t.now_ms, &mut result).await?;
+        create_child(c, child, t.now_ms, &mut result)?;
     }
     if let Some(next) = &o.continue_as_new {
-        continue_as_new(c, t, next, &mut result).await?;
+        continue_as_new(c, t, next, &mut result)?;
     }
     for m in &o.messages {
-        if let Some(d) = deliver(c, m).await? {
+        if let Some(d) = deliver(c, m)? {
             result.delivered.push(d);
         }
     }
     Ok(result)
 }
 
-async fn insert_activity(c: &mut SqliteConnection, a: &ActivityRequest) -> Result<QueuedActivity, StoreError> {
-    let instance = a.orchestration_instance.clone().unwrap_or_default();
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO activities (instance_id, execution_id, task_id, name, version, request) \
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(&instance.instance_id)
-    .bind(instance.execution_id.unwrap_or_default())
-    .bind(a.task_id)
-    .bind(&a.name)
-    .bind(&a.version)
-    .bind(a.encode_to_vec())
-    .fetch_one(&mut *c)
-    .await?;
-    Ok(QueuedActivity { id, request: a.clone(), progress: None })
+fn insert_activity(c: &Connection, a: &ActivityRequest) -> Result<QueuedActivity, StoreError> {
+    let instance = a.orchestration_instance.as_ref();
+    c.prepare_cached(
+        "INSERT INTO activities (instance_id, execution_id, task_id, name, version, request) VALUES (?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        instance.map(|i| i.instance_id.as_str()).unwrap_or_default(),
+        instance.and_then(|i| i.execution_id.as_deref()).unwrap_or_default(),
+        a.task_id,
+        a.name,
+        a.version,
+        a.encode_to_vec(),
+    ])?;
+    Ok(QueuedActivity { id: c.last_insert_rowid(), request: a.clone(), progress: None })
 }
 
-async fn continue_as_new(
-    c: &mut SqliteConnection,
+fn continue_as_new(
+    c: &Connection,
     t: &TurnCommit,
     next: &crate::core::NewExecution,
     out: &mut CommitResult,
 ) -> Result<(), StoreError> {
     let id = &t.instance_id;
-    sqlx::query("DELETE FROM history WHERE instance_id = ?").bind(id).execute(&mut *c).await?;
+    c.prepare_cached("DELETE FROM history WHERE instance_id = ?")?.execute([id])?;
     // Results, timers and activities of the old execution can no longer be consumed.
-    sqlx::query("DELETE FROM inbox WHERE instance_id = ? AND execution_id IS NOT NULL").bind(id).execute(&mut *c).await?;
-    sqlx::query("DELETE FROM activities WHERE instance_id = ?").bind(id).execute(&mut *c).await?;
+    c.prepare_cached("DELETE FROM inbox WHERE instance_id = ? AND execution_id IS NOT NULL")?.execute([id])?;
+    c.prepare_cached("DELETE FROM activities WHERE instance_id = ?")?.execute([id])?;
     let s = &next.spec;
-    sqlx::query(
+    c.prepare_cached(
         "UPDATE instances SET execution_id = ?, version = ?, input = ?, output = NULL, failure_details = NULL, \
          completed_at = NULL, history_len = 0, tags = ?, status = ? WHERE instance_id = ?",
-    )
-    .bind(&s.execution_id)
-    .bind(&s.version)
-    .bind(&s.input)
-    .bind(tags_json(&s.tags))
-    .bind(OrchestrationStatus::Running as i32)
-    .bind(id)
-    .execute(&mut *c)
-    .await?;
+    )?
+    .execute(params![s.execution_id, s.version, s.input, tags_json(&s.tags), OrchestrationStatus::Running as i32, id])?;
     let target = Target { name: s.name.clone(), version: s.version.clone(), status: OrchestrationStatus::Running };
     let start = Message {
         target: id.clone(),
@@ -518,7 +597,7 @@ async fn continue_as_new(
         visible_at_ms: t.now_ms,
         event: events::execution_started(t.now_ms, s),
     };
-    out.delivered.push(insert_inbox(c, &start, target.clone()).await?);
+    out.delivered.push(insert_inbox(c, &start, target.clone())?);
     for e in &next.carryover {
         let m = Message {
             target: id.clone(),
@@ -527,76 +606,105 @@ async fn continue_as_new(
             visible_at_ms: t.now_ms,
             event: e.clone(),
         };
-        out.delivered.push(insert_inbox(c, &m, target.clone()).await?);
+        out.delivered.push(insert_inbox(c, &m, target.clone())?);
     }
     Ok(())
 }
 
-async fn purge(c: &mut SqliteConnection, sel: &PurgeSelection, recursive: bool) -> Result<u32, StoreError> {
+/// A query assembled from optional filters: SQL text and its bound values, in order.
+struct DynQuery {
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl DynQuery {
+    fn new(sql: impl Into<String>) -> DynQuery {
+        DynQuery { sql: sql.into(), values: Vec::new() }
+    }
+
+    /// Appends `sql` (containing one `?`) bound to `value`.
+    fn push(&mut self, sql: &str, value: impl Into<Value>) -> &mut Self {
+        self.sql.push_str(sql);
+        self.values.push(value.into());
+        self
+    }
+
+    /// Appends ` AND <column> IN (?, ...)` when any values are given.
+    fn push_in(&mut self, column: &str, values: impl IntoIterator<Item = i64>) -> &mut Self {
+        let values: Vec<i64> = values.into_iter().collect();
+        if values.is_empty() {
+            return self;
+        }
+        self.sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(", ")));
+        self.values.extend(values.into_iter().map(Value::Integer));
+        self
+    }
+
+    fn rows<T>(&self, c: &Connection, map: impl Fn(&Row<'_>) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
+        let mut stmt = c.prepare(&self.sql)?;
+        let mut rows = stmt.query(params_from_iter(self.values.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+        Ok(out)
+    }
+}
+
+fn status_codes(statuses: &[OrchestrationStatus]) -> impl Iterator<Item = i64> + '_ {
+    statuses.iter().map(|s| *s as i64)
+}
+
+fn purge(c: &Connection, sel: &PurgeSelection, recursive: bool) -> Result<u32, StoreError> {
     let terminal = [
-        OrchestrationStatus::Completed as i32,
-        OrchestrationStatus::Failed as i32,
-        OrchestrationStatus::Terminated as i32,
-        OrchestrationStatus::Canceled as i32,
+        OrchestrationStatus::Completed,
+        OrchestrationStatus::Failed,
+        OrchestrationStatus::Terminated,
+        OrchestrationStatus::Canceled,
     ];
     let mut queue: Vec<String> = match sel {
         PurgeSelection::Ids(ids) => ids.clone(),
         PurgeSelection::Filter { created_from_ms, created_to_ms, statuses } => {
-            let mut qb = sqlx::QueryBuilder::new("SELECT instance_id FROM instances WHERE status IN (");
-            let wanted: Vec<i32> = if statuses.is_empty() {
+            let wanted: Vec<OrchestrationStatus> = if statuses.is_empty() {
                 terminal.to_vec()
             } else {
-                statuses.iter().map(|s| *s as i32).filter(|s| terminal.contains(s)).collect()
+                statuses.iter().copied().filter(|s| terminal.contains(s)).collect()
             };
             if wanted.is_empty() {
                 return Ok(0);
             }
-            let mut sep = qb.separated(", ");
-            for s in wanted {
-                sep.push_bind(s);
-            }
-            qb.push(")");
+            let mut q = DynQuery::new("SELECT instance_id FROM instances WHERE 1 = 1");
+            q.push_in("status", status_codes(&wanted));
             if let Some(f) = created_from_ms {
-                qb.push(" AND created_at >= ").push_bind(*f);
+                q.push(" AND created_at >= ?", *f);
             }
             if let Some(t) = created_to_ms {
-                qb.push(" AND created_at < ").push_bind(*t);
+                q.push(" AND created_at < ?", *t);
             }
-            qb.build_query_scalar::<String>().fetch_all(&mut *c).await?
+            q.rows(c, |r| Ok(r.get::<_, String>(0)?))?
         }
     };
     let mut deleted = 0u32;
     while let Some(id) = queue.pop() {
-        let Some((target, _)) = target_of(c, &id).await? else { continue };
+        let Some((target, _)) = target_of(c, &id)? else { continue };
         if !is_terminal(target.status) {
             continue;
         }
         if recursive {
-            let children: Vec<String> =
-                sqlx::query_scalar("SELECT instance_id FROM instances WHERE parent_instance_id = ?")
-                    .bind(&id)
-                    .fetch_all(&mut *c)
-                    .await?;
-            queue.extend(children);
+            let mut stmt = c.prepare_cached("SELECT instance_id FROM instances WHERE parent_instance_id = ?")?;
+            let children = stmt.query_map([&id], |r| r.get::<_, String>(0))?;
+            for child in children {
+                queue.push(child?);
+            }
         }
-        delete_instance(c, &id).await?;
+        delete_instance(c, &id)?;
         deleted += 1;
     }
     Ok(deleted)
 }
 
-async fn restart(
-    c: &mut SqliteConnection,
-    id: &str,
-    new_id: Option<String>,
-    now_ms: i64,
-) -> Result<RestartResult, StoreError> {
-    let row = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"))
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?;
-    let Some(row) = row else { return Ok(RestartResult::NotFound) };
-    let rec = instance_from_row(&row)?;
+fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Result<RestartResult, StoreError> {
+    let Some(rec) = load_instance_with(c, id)? else { return Ok(RestartResult::NotFound) };
     if !is_terminal(rec.status) {
         return Ok(RestartResult::NotTerminal(rec.status));
     }
@@ -617,38 +725,31 @@ async fn restart(
         visible_at_ms: now_ms,
         parent_task: None,
     };
-    match create(c, &new, &IdReuse::terminal()).await? {
+    match create(c, &new, &IdReuse::terminal())? {
         CreateResult::Created(d) => Ok(RestartResult::Restarted(d)),
         CreateResult::Kept | CreateResult::AlreadyExists(_) => Err(StoreError::Conflict(instance_id)),
     }
 }
 
-async fn rewind(c: &mut SqliteConnection, id: &str, _reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError> {
-    let Some((target, execution_id)) = target_of(c, id).await? else { return Ok(RewindResult::NotFound) };
+fn rewind(c: &Connection, id: &str, _reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError> {
+    let Some((target, execution_id)) = target_of(c, id)? else { return Ok(RewindResult::NotFound) };
     if target.status != OrchestrationStatus::Failed {
         return Ok(RewindResult::NotFailed(target.status));
     }
-    let history = load_history_with(&mut *c, id).await?;
+    let history = load_history_with(c, id)?;
     let rewound = core::control::rewound_history(&history);
-    sqlx::query("DELETE FROM history WHERE instance_id = ?").bind(id).execute(&mut *c).await?;
-    for (seq, e) in rewound.iter().enumerate() {
-        sqlx::query("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(seq as i64)
-            .bind(encode_event(e))
-            .execute(&mut *c)
-            .await?;
+    c.prepare_cached("DELETE FROM history WHERE instance_id = ?")?.execute([id])?;
+    {
+        let mut append = c.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")?;
+        for (seq, e) in rewound.iter().enumerate() {
+            append.execute(params![id, seq as i64, encode_event(e)])?;
+        }
     }
-    sqlx::query(
+    c.prepare_cached(
         "UPDATE instances SET status = ?, output = NULL, failure_details = NULL, completed_at = NULL, \
          updated_at = ?, history_len = ? WHERE instance_id = ?",
-    )
-    .bind(OrchestrationStatus::Running as i32)
-    .bind(now_ms)
-    .bind(rewound.len() as i64)
-    .bind(id)
-    .execute(&mut *c)
-    .await?;
+    )?
+    .execute(params![OrchestrationStatus::Running as i32, now_ms, rewound.len() as i64, id])?;
     let wake = Message {
         target: id.to_string(),
         execution_id: Some(execution_id),
@@ -657,184 +758,146 @@ async fn rewind(c: &mut SqliteConnection, id: &str, _reason: Option<String>, now
         event: events::wake_up(now_ms),
     };
     let target = Target { status: OrchestrationStatus::Running, ..target };
-    let wake = insert_inbox(c, &wake, target).await?;
+    let wake = insert_inbox(c, &wake, target)?;
     Ok(RewindResult::Rewound { wake: Box::new(wake) })
 }
 
-async fn load_history_with<'c, E>(c: E, id: &str) -> Result<Vec<HistoryEvent>, StoreError>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
-{
-    let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT event FROM history WHERE instance_id = ? ORDER BY seq")
-        .bind(id)
-        .fetch_all(c)
-        .await?;
-    rows.iter().map(|b| decode_event(b)).collect()
+/// A BLOB column borrowed from the row, without copying.
+fn blob<'r, I: rusqlite::RowIndex>(row: &'r Row<'_>, column: I) -> Result<&'r [u8], StoreError> {
+    row.get_ref(column)?.as_blob().map_err(|e| StoreError::Corrupt(format!("expected a BLOB: {e}")))
 }
 
-/// ` AND status IN (...)` when any statuses are given.
-fn push_status_filter(qb: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, statuses: &[OrchestrationStatus]) {
-    if statuses.is_empty() {
-        return;
+fn load_history_with(c: &Connection, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT event FROM history WHERE instance_id = ? ORDER BY seq")?;
+    let mut rows = stmt.query([id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let bytes = blob(row, 0)?;
+        out.push(decode_event(bytes)?);
     }
-    qb.push(" AND status IN (");
-    let mut sep = qb.separated(", ");
-    for s in statuses {
-        sep.push_bind(*s as i32);
-    }
-    qb.push(")");
+    Ok(out)
 }
 
-fn delivered_from_row(row: &SqliteRow) -> Result<Delivered, StoreError> {
-    let event: Vec<u8> = row.try_get("event")?;
+fn delivered_from_row(row: &Row<'_>) -> Result<Delivered, StoreError> {
     Ok(Delivered {
-        inbox_id: row.try_get("id")?,
-        instance_id: row.try_get("instance_id")?,
-        execution_id: row.try_get("execution_id")?,
-        priority: Priority::from_i64(row.try_get("priority")?),
-        visible_at_ms: row.try_get("visible_at")?,
-        event: decode_event(&event)?,
-        target: Target {
-            name: row.try_get("name")?,
-            version: row.try_get("version")?,
-            status: status_from_i32(row.try_get("status")?),
-        },
+        inbox_id: row.get("id")?,
+        instance_id: row.get("instance_id")?,
+        execution_id: row.get("execution_id")?,
+        priority: Priority::from_i64(row.get("priority")?),
+        visible_at_ms: row.get("visible_at")?,
+        event: decode_event(blob(row, "event")?)?,
+        target: Target { name: row.get("name")?, version: row.get("version")?, status: status_from_i32(row.get("status")?) },
     })
+}
+
+fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
+    let inbox = DynQuery::new(
+        "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
+         FROM inbox i JOIN instances s ON s.instance_id = i.instance_id ORDER BY i.id",
+    )
+    .rows(c, delivered_from_row)?;
+    let activities = DynQuery::new("SELECT id, request, progress FROM activities ORDER BY id").rows(c, |r| {
+        let request = ActivityRequest::decode(blob(r, "request")?)
+            .map_err(|e| StoreError::Corrupt(format!("activity request: {e}")))?;
+        Ok(QueuedActivity { id: r.get("id")?, request, progress: r.get("progress")? })
+    })?;
+    Ok(Recovered { inbox, activities })
+}
+
+/// Unwraps the writer's answer, which must be of the kind the caller asked for.
+macro_rules! expect_result {
+    ($answer:expr, $kind:ident) => {
+        match $answer {
+            WriteResult::$kind(r) => Ok(r),
+            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
+        }
+    };
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
-        match self.write(WriteOp::Create(new, reuse)).await? {
-            WriteResult::Create(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::Create(new, reuse)).await?, Create)
     }
 
     async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError> {
-        match self.write(WriteOp::Enqueue(message)).await? {
-            WriteResult::Enqueue(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::Enqueue(message)).await?, Enqueue)
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<CommitResult, StoreError> {
-        match self.write(WriteOp::Commit(commit)).await? {
-            WriteResult::Commit(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::Commit(commit)).await?, Commit)
     }
 
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
-        match self.write(WriteOp::CompleteActivity(activity_id, result)).await? {
-            WriteResult::Enqueue(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::CompleteActivity(activity_id, result)).await?, Enqueue)
     }
 
     async fn save_activity_progress(&self, activity_id: i64, progress: String) -> Result<bool, StoreError> {
-        match self.write(WriteOp::SaveProgress(activity_id, progress)).await? {
-            WriteResult::Saved(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::SaveProgress(activity_id, progress)).await?, Saved)
     }
 
     async fn load_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"))
-            .bind(instance_id)
-            .fetch_optional(&self.reads)
-            .await?;
-        row.as_ref().map(instance_from_row).transpose()
+        let id = instance_id.to_string();
+        self.reads.run(move |c| load_instance_with(c, &id)).await
     }
 
     async fn load_history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        load_history_with(&self.reads, instance_id).await
+        let id = instance_id.to_string();
+        self.reads.run(move |c| load_history_with(c, &id)).await
     }
 
     async fn query_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"));
-        push_status_filter(&mut qb, &f.statuses);
+        let mut q = DynQuery::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"));
+        q.push_in("status", status_codes(&f.statuses));
         if let Some(from) = f.created_from_ms {
-            qb.push(" AND created_at >= ").push_bind(from);
+            q.push(" AND created_at >= ?", from);
         }
         if let Some(to) = f.created_to_ms {
-            qb.push(" AND created_at < ").push_bind(to);
+            q.push(" AND created_at < ?", to);
         }
         if let Some(prefix) = &f.instance_id_prefix {
             // Range scan on the primary key: [prefix, prefix + U+10FFFF).
-            qb.push(" AND instance_id >= ").push_bind(prefix.clone());
-            qb.push(" AND instance_id < ").push_bind(format!("{prefix}\u{10FFFF}"));
+            q.push(" AND instance_id >= ?", prefix.clone());
+            q.push(" AND instance_id < ?", format!("{prefix}\u{10FFFF}"));
         }
         if let Some(after) = &f.after_instance_id {
-            qb.push(" AND instance_id > ").push_bind(after.clone());
+            q.push(" AND instance_id > ?", after.clone());
         }
-        qb.push(" ORDER BY instance_id LIMIT ").push_bind(i64::from(f.page_size.max(1)));
-        let rows = qb.build().fetch_all(&self.reads).await?;
-        rows.iter().map(instance_from_row).collect()
+        q.push(" ORDER BY instance_id LIMIT ?", i64::from(f.page_size.max(1)));
+        self.reads.run(move |c| q.rows(c, instance_from_row)).await
     }
 
     async fn list_completed_ids(&self, f: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError> {
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL",
-        );
-        push_status_filter(&mut qb, &f.statuses);
+        let mut q = DynQuery::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
+        q.push_in("status", status_codes(&f.statuses));
         if let Some(from) = f.completed_from_ms {
-            qb.push(" AND completed_at >= ").push_bind(from);
+            q.push(" AND completed_at >= ?", from);
         }
         if let Some(to) = f.completed_to_ms {
-            qb.push(" AND completed_at < ").push_bind(to);
+            q.push(" AND completed_at < ?", to);
         }
         if let Some((t, id)) = &f.after {
-            qb.push(" AND (completed_at > ").push_bind(*t);
-            qb.push(" OR (completed_at = ").push_bind(*t);
-            qb.push(" AND instance_id > ").push_bind(id.clone());
-            qb.push("))");
+            q.push(" AND (completed_at > ?", *t);
+            q.push(" OR (completed_at = ?", *t);
+            q.push(" AND instance_id > ?))", id.clone());
         }
-        qb.push(" ORDER BY completed_at, instance_id LIMIT ").push_bind(i64::from(f.page_size.max(1)));
-        let rows = qb.build().fetch_all(&self.reads).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("completed_at")?, r.try_get::<String, _>("instance_id")?)))
-            .collect()
+        q.push(" ORDER BY completed_at, instance_id LIMIT ?", i64::from(f.page_size.max(1)));
+        self.reads.run(move |c| q.rows(c, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))).await
     }
 
     async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, StoreError> {
-        match self.write(WriteOp::Purge(selection, recursive)).await? {
-            WriteResult::Purge(n) => Ok(n),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::Purge(selection, recursive)).await?, Purge)
     }
 
     async fn restart(&self, instance_id: &str, new_instance_id: Option<String>, now_ms: i64) -> Result<RestartResult, StoreError> {
-        match self.write(WriteOp::Restart(instance_id.to_string(), new_instance_id, now_ms)).await? {
-            WriteResult::Restart(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::Restart(instance_id.to_string(), new_instance_id, now_ms)).await?, Restart)
     }
 
     async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError> {
-        match self.write(WriteOp::Rewind(instance_id.to_string(), reason, now_ms)).await? {
-            WriteResult::Rewind(r) => Ok(r),
-            _ => Err(StoreError::Corrupt("writer answered with the wrong result kind".into())),
-        }
+        expect_result!(self.write(WriteOp::Rewind(instance_id.to_string(), reason, now_ms)).await?, Rewind)
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
-        let rows = sqlx::query(
-            "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
-             FROM inbox i JOIN instances s ON s.instance_id = i.instance_id ORDER BY i.id",
-        )
-        .fetch_all(&self.reads)
-        .await?;
-        let inbox = rows.iter().map(delivered_from_row).collect::<Result<Vec<_>, _>>()?;
-        let rows =
-            sqlx::query("SELECT id, request, progress FROM activities ORDER BY id").fetch_all(&self.reads).await?;
-        let mut activities = Vec::with_capacity(rows.len());
-        for r in rows {
-            let bytes: Vec<u8> = r.try_get("request")?;
-            let request =
-                ActivityRequest::decode(&bytes[..]).map_err(|e| StoreError::Corrupt(format!("activity request: {e}")))?;
-            activities.push(QueuedActivity { id: r.try_get("id")?, request, progress: r.try_get("progress")? });
-        }
-        Ok(Recovered { inbox, activities })
+        self.reads.run(recover_with).await
     }
 }
