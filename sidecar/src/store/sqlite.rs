@@ -901,3 +901,206 @@ impl Store for SqliteStore {
         self.reads.run(recover_with).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{StartSpec, TurnOutcome};
+
+    fn new_instance(id: &str, now: i64) -> NewInstance {
+        NewInstance {
+            spec: StartSpec {
+                instance_id: id.to_string(),
+                execution_id: format!("{id}-exec"),
+                name: "Orch".into(),
+                version: None,
+                input: Some("1".into()),
+                parent: None,
+                scheduled_start_ms: None,
+                parent_trace_context: None,
+                tags: HashMap::new(),
+            },
+            created_at_ms: now,
+            visible_at_ms: now,
+            parent_task: None,
+        }
+    }
+
+    fn finish(id: &str, consumed: Vec<i64>, status: OrchestrationStatus, now: i64) -> TurnCommit {
+        let mut outcome = TurnOutcome::unchanged(status, 0);
+        outcome.append = vec![events::orchestrator_started(now)];
+        outcome.output = Some("\"done\"".into());
+        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), consumed, outcome, now_ms: now }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).await.unwrap()
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fresh_database_gets_every_migration_once() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(&dir).await);
+        assert_eq!(user_version(&dir.path().join("t.db")), MIGRATIONS.len() as i64);
+        // Re-opening applies nothing twice (an ALTER TABLE ADD COLUMN would fail).
+        let store = open(&dir).await;
+        assert!(store.load_instance("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn database_written_under_sqlx_migrations_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0].1).unwrap();
+            c.execute_batch(
+                "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL); \
+                 INSERT INTO _sqlx_migrations VALUES (1, TRUE);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+        // 0002 ran: the progress column exists.
+        let created = store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap();
+        assert!(matches!(created, CreateResult::Created(_)));
+        assert!(store.recover().await.unwrap().activities.is_empty());
+    }
+
+    #[tokio::test]
+    async fn schema_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let err = SqliteStore::open(&path, SqliteOptions::default()).await.err().unwrap();
+        assert!(matches!(err, StoreError::Migrate(ref m) if m.contains("newer")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_take_the_writes_committed_with_it_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(&dir).await);
+        // Many writes in flight at once land in shared group commits; every other one
+        // conflicts (its instance does not exist) and must roll back alone.
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    store.create_instance(new_instance(&format!("ok-{i}"), 1), IdReuse::terminal()).await.map(|_| ())
+                } else {
+                    store
+                        .commit_turn(finish(&format!("missing-{i}"), vec![], OrchestrationStatus::Completed, 2))
+                        .await
+                        .map(|_| ())
+                }
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            if i % 2 == 0 {
+                r.unwrap();
+            } else {
+                assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+            }
+        }
+        let all = store.query_instances(&InstanceFilter { page_size: 1000, ..Default::default() }).await.unwrap();
+        assert_eq!(all.len(), 100);
+        assert_eq!(store.recover().await.unwrap().inbox.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_turn_commit_appends_history_consumes_its_inbox_and_finishes_the_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let CreateResult::Created(start) = store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
+        else {
+            panic!("not created")
+        };
+        store.commit_turn(finish("a", vec![start.inbox_id], OrchestrationStatus::Completed, 5)).await.unwrap();
+        let rec = store.load_instance("a").await.unwrap().unwrap();
+        assert_eq!(rec.status, OrchestrationStatus::Completed);
+        assert_eq!(rec.output.as_deref(), Some("\"done\""));
+        assert_eq!(rec.completed_at_ms, Some(5));
+        assert_eq!(store.load_history("a").await.unwrap().len(), 1);
+        assert!(store.recover().await.unwrap().inbox.is_empty());
+        // A second commit against the finished instance conflicts instead of appending.
+        let again = store.commit_turn(finish("a", vec![], OrchestrationStatus::Completed, 6)).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))));
+        // Events for a finished instance are dropped.
+        let late = Message::now("a", None, events::wake_up(7), 7);
+        assert!(store.enqueue(late).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn queries_filter_by_status_prefix_and_page_and_purge_only_finished_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        for (i, id) in ["job-1", "job-2", "job-3", "other-1"].iter().enumerate() {
+            let CreateResult::Created(d) =
+                store.create_instance(new_instance(id, 10 + i as i64), IdReuse::terminal()).await.unwrap()
+            else {
+                panic!("not created")
+            };
+            if *id != "job-2" {
+                store.commit_turn(finish(id, vec![d.inbox_id], OrchestrationStatus::Completed, 100 + i as i64)).await.unwrap();
+            }
+        }
+        let ids = |v: Vec<InstanceRecord>| v.into_iter().map(|r| r.instance_id).collect::<Vec<_>>();
+        let page = store
+            .query_instances(&InstanceFilter {
+                instance_id_prefix: Some("job-".into()),
+                page_size: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(page), ["job-1", "job-2"]);
+        let next = store
+            .query_instances(&InstanceFilter {
+                instance_id_prefix: Some("job-".into()),
+                page_size: 2,
+                after_instance_id: Some("job-2".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(next), ["job-3"]);
+        let pending = store
+            .query_instances(&InstanceFilter {
+                statuses: vec![OrchestrationStatus::Pending],
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(pending), ["job-2"]);
+        let created = store
+            .query_instances(&InstanceFilter {
+                created_from_ms: Some(11),
+                created_to_ms: Some(13),
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(created), ["job-2", "job-3"]);
+        let done = store
+            .list_completed_ids(&CompletedFilter { page_size: 10, after: Some((100, "job-1".into())), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(done, [(102, "job-3".to_string()), (103, "other-1".to_string())]);
+        let purged = store
+            .purge(PurgeSelection::Filter { created_from_ms: None, created_to_ms: None, statuses: vec![] }, false)
+            .await
+            .unwrap();
+        assert_eq!(purged, 3);
+        let left = store.query_instances(&InstanceFilter { page_size: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(ids(left), ["job-2"]);
+    }
+}
