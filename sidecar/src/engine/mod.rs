@@ -693,9 +693,24 @@ impl Engine {
 
     pub async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, EngineError> {
         let id = new.spec.instance_id.clone();
+        // A new instance's state is known without a read: seed the cache with it, so its
+        // first turn does not go to the store.
+        let fresh = Cached {
+            info: InstanceInfo {
+                instance_id: id.clone(),
+                execution_id: new.spec.execution_id.clone(),
+                name: new.spec.name.clone(),
+                version: new.spec.version.clone(),
+                status: OrchestrationStatus::Pending,
+                input: new.spec.input.clone(),
+                parent: new.spec.parent.clone(),
+                tags: new.spec.tags.clone(),
+            },
+            history: Vec::new(),
+        };
         let result = self.inner.store.create_instance(new, reuse).await?;
         if let CreateResult::Created(d) = &result {
-            self.invalidate(&id);
+            self.inner.cache.lock().put(id.clone(), fresh);
             let mut s = self.inner.sched.lock();
             s.forget_instance(&id);
             s.add_event((**d).clone(), now_ms());
