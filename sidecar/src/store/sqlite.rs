@@ -217,22 +217,15 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        let mut results = Vec::with_capacity(batch.len());
-        let outcome = (|| -> Result<(), rusqlite::Error> {
-            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for job in &batch {
-                let sp = tx.savepoint()?;
-                let r = run_op(&sp, &job.op);
-                if r.is_ok() {
-                    sp.commit()?;
-                }
-                // Dropping an uncommitted savepoint rolls it back.
-                results.push(r);
-            }
-            tx.commit()
-        })();
+        // Nearly every group succeeds as a whole: run it without savepoints first. If any
+        // write fails, roll the group back and run it again with one savepoint per write,
+        // so only the failing writes are left out.
+        let outcome = match run_group(&mut conn, &batch, false) {
+            Ok(results) if results.iter().all(Result::is_ok) => Ok(results),
+            Ok(_) | Err(_) => run_group(&mut conn, &batch, true),
+        };
         match outcome {
-            Ok(()) => {
+            Ok(results) => {
                 for (job, r) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(r);
                 }
@@ -246,6 +239,39 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
             }
         }
     }
+}
+
+/// Runs a group of writes in one transaction. Without savepoints the transaction is
+/// rolled back (and nothing committed) as soon as one write fails; with them each failing
+/// write is undone alone and the rest commit.
+fn run_group(
+    conn: &mut Connection,
+    batch: &[WriteJob],
+    savepoints: bool,
+) -> Result<Vec<Result<WriteResult, StoreError>>, rusqlite::Error> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        if !savepoints {
+            let r = run_op(&tx, &job.op);
+            let failed = r.is_err();
+            results.push(r);
+            if failed {
+                // Dropping the transaction rolls it back.
+                return Ok(results);
+            }
+            continue;
+        }
+        let sp = tx.savepoint()?;
+        let r = run_op(&sp, &job.op);
+        if r.is_ok() {
+            sp.commit()?;
+        }
+        // Dropping an uncommitted savepoint rolls it back.
+        results.push(r);
+    }
+    tx.commit()?;
+    Ok(results)
 }
 
 fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
