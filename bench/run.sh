@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The whole comparison: builds Duro and the durabletask-go reference sidecar, runs every scenario
 # against each (fresh SQLite file each time), and writes bench/results/*.json, bench/RESULTS.md and
-# bench/results.svg. About 3 minutes on 2 cores, plus the builds.
+# bench/results.svg. About 3½ minutes on 2 cores, plus the builds.
 #
 #   bash bench/run.sh                     # everything
 #   SIDECARS=duro bash bench/run.sh       # one sidecar (the report shows "—" for the other)
 #   RUNS="sequence fanout" bash bench/run.sh
+#   RUNS="scale-w1 scale-w2 scale-w4" bash bench/run.sh   # the worker-connection scaling runs alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-# name scenario n m concurrency sidecars — sized so that each run takes a few seconds to ~15 s on
-# either sidecar (durabletask-go turns over one work item at a time).
+# name scenario n m concurrency sidecars [workers] — sized so that each run takes a few seconds to
+# ~15 s on either sidecar (durabletask-go turns over one work item at a time). workers (default 1) is the
+# driver's -workers: worker connections, each with its own SDK work-item listener. The scale-* runs
+# repeat one workload with 1, 2 and 4 of them (bench/RESULTS.md, "Scaling with worker connections").
 PLAN=(
   "sequence    sequence    400   5  32 dtgo,duro"
   "fanout      fanout      200  10  32 dtgo,duro"
@@ -20,6 +23,9 @@ PLAN=(
   "start-burst start-burst 1000  1  64 dtgo,duro"
   "latency     sequence    100   1   1 dtgo,duro"
   "waiting     waiting     10000 0  64 duro"
+  "scale-w1    fanout      200  10  64 dtgo,duro 1"
+  "scale-w2    fanout      200  10  64 dtgo,duro 2"
+  "scale-w4    fanout      200  10  64 dtgo,duro 4"
 )
 SIDECARS=${SIDECARS:-dtgo duro}
 RUNS=${RUNS:-}
@@ -36,7 +42,8 @@ DURO_BIN=$work/duro
 mkdir -p bench/results
 status=0
 for line in "${PLAN[@]}"; do
-  read -r name scenario n m conc who <<<"$line"
+  read -r name scenario n m conc who workers <<<"$line"
+  workers=${workers:-1}
   if [[ -n $RUNS && " $RUNS " != *" $name "* ]]; then continue; fi
   for kind in $SIDECARS; do
     [[ ,$who, == *,$kind,* ]] || continue
@@ -45,9 +52,9 @@ for line in "${PLAN[@]}"; do
     mkdir -p "$dir"
     port=$(free_port)
     start_sidecar "$kind" "$dir" "$port"
-    echo "== $name on $kind (n=$n m=$m concurrency=$conc)" >&2
+    echo "== $name on $kind (n=$n m=$m concurrency=$conc workers=$workers)" >&2
     if ! bench/bin/driver -addr "127.0.0.1:$port" -sidecar "$kind" -sidecar-pid "$SIDECAR_PID" \
-      -name "$name" -scenario "$scenario" -n "$n" -m "$m" -concurrency "$conc" -timeout 3m \
+      -name "$name" -scenario "$scenario" -n "$n" -m "$m" -concurrency "$conc" -workers "$workers" -timeout 3m \
       -out "bench/results/$name.$kind.json" >/dev/null; then
       echo "!! $name on $kind failed: see bench/results/$name.$kind.json" >&2
       status=1

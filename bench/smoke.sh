@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI smoke of the benchmark suite: every scenario against Duro only, tiny sizes, correctness only.
+# CI smoke of the benchmark suite: every scenario against Duro only, tiny sizes, correctness only; fanout
+# once more with two worker connections (-workers 2).
 # Exits non-zero if any orchestration's result is wrong or missing. Well under 60 s once built
 # (a fresh machine first downloads the Go modules from the proxy and builds Duro).
 set -euo pipefail
@@ -14,17 +15,19 @@ trap 'stop_sidecar; rm -rf "$work"' EXIT
 port=$(free_port)
 start_sidecar duro "$work" "$port"
 
-passed=0 failed=0
+passed=0 failed=0 i=0
 for args in "sequence -n 5 -m 3" "fanout -n 5 -m 3" "timers -n 5 -m 3" "events -n 5" \
-  "start-burst -n 5 -m 3" "waiting -n 20"; do
+  "start-burst -n 5 -m 3" "waiting -n 20" "fanout -n 5 -m 3 -workers 2"; do
   set -- $args
+  i=$((i + 1))
+  out="$work/$i.$1.json"
   if bench/bin/driver -addr "127.0.0.1:$port" -sidecar duro -sidecar-pid "$SIDECAR_PID" \
-    -scenario "$@" -concurrency 4 -timeout 20s >"$work/$1.json"; then
-    echo "ok   $1 ($(grep -o '"completed": [0-9]*' "$work/$1.json"))"
+    -scenario "$@" -concurrency 4 -timeout 20s >"$out"; then
+    echo "ok   $args ($(grep -o '"completed": [0-9]*' "$out"))"
     passed=$((passed + 1))
   else
-    echo "FAIL $1"
-    cat "$work/$1.json"
+    echo "FAIL $args"
+    cat "$out"
     failed=$((failed + 1))
   fi
 done

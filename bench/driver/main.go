@@ -1,8 +1,9 @@
 // Command driver is the load driver of Duro's benchmark suite. It is an ordinary application of the
 // official durabletask-go SDK: one gRPC client that starts orchestrations and waits for them, and one
-// work-item listener that runs the orchestrators and activities below. The same binary drives Duro and
-// the durabletask-go reference sidecar. It checks every output (a wrong or missing result fails the
-// run: exit status 1) and prints one JSON object (see Result).
+// work-item listener (-workers K: K of them, each on its own connection) that runs the orchestrators
+// and activities below. The same binary drives Duro and the durabletask-go reference sidecar. It
+// checks every output (a wrong or missing result fails the run: exit status 1) and prints one JSON
+// object (see Result).
 package main
 
 import (
@@ -36,12 +37,15 @@ type Result struct {
 	N               int     `json:"n"`
 	M               int     `json:"m"`
 	Concurrency     int     `json:"concurrency"`
+	Workers         int     `json:"workers"` // worker connections, each with its own SDK work-item listener
 	Completed       int     `json:"completed"`
 	Failed          int     `json:"failed"`
 	WallSeconds     float64 `json:"wall_seconds"`
 	OrchPerSec      float64 `json:"orchestrations_per_sec"`
 	WorkItems       int64   `json:"work_items"` // orchestrator turns + activity executions seen by the worker
 	WorkItemsPerSec float64 `json:"work_items_per_sec"`
+	// With -workers > 1: the work items each worker connection ran, in the order they were opened.
+	WorkItemsPerWorker []int64 `json:"work_items_per_worker,omitempty"`
 	// End-to-end latency per orchestration, as the client sees it: start call to completion returned.
 	// For `waiting` it runs from RaiseEvent to completion (the orchestrations were started long before).
 	LatencyMs   Percentiles `json:"latency_ms"`
@@ -53,7 +57,7 @@ type Result struct {
 	// Time the sidecar's threads were runnable but waiting for a core (/proc/<pid>/task/*/schedstat):
 	// high when the machine is busy, e.g. with the driver itself or other jobs.
 	SidecarRunqueueSeconds float64  `json:"sidecar_runqueue_wait_seconds"`
-	DriverCPUSeconds       float64  `json:"driver_cpu_seconds"` // this process (client + SDK worker)
+	DriverCPUSeconds       float64  `json:"driver_cpu_seconds"` // this process (client + SDK workers)
 	Errors                 []string `json:"errors,omitempty"`   // the first few failures
 }
 
@@ -72,6 +76,7 @@ func main() {
 	n := flag.Int("n", 100, "orchestrations")
 	m := flag.Int("m", 5, "activities per orchestration (sequence, fanout, start-burst) or timers (timers)")
 	concurrency := flag.Int("concurrency", 32, "client calls in flight (orchestrations in flight for sequence/fanout/timers/events)")
+	workers := flag.Int("workers", 1, "worker connections: each its own gRPC connection and SDK work-item listener, as separate worker processes would have")
 	pid := flag.Int("sidecar-pid", 0, "sidecar process id, for RSS and CPU figures")
 	label := flag.String("sidecar", "", "name of the sidecar, copied into the JSON")
 	name := flag.String("name", "", "name of the run, copied into the JSON (default: the scenario)")
@@ -82,31 +87,35 @@ func main() {
 	if !scenarios[*scenario] {
 		log.Fatalf("unknown scenario %q", *scenario)
 	}
-	if *n < 1 || *m < 0 || *concurrency < 1 {
-		log.Fatal("need -n >= 1, -m >= 0, -concurrency >= 1")
+	if *n < 1 || *m < 0 || *concurrency < 1 || *workers < 1 {
+		log.Fatal("need -n >= 1, -m >= 0, -concurrency >= 1, -workers >= 1")
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 
-	// One connection for the client calls, one for the worker's stream, as two processes would have.
+	// One connection for the client calls and one per worker, each carrying that worker's work-item
+	// stream and its completions, as separate processes would have. Every worker has its own registry
+	// and executor (the same orchestrators and activities) and counts the work items it runs.
 	cl := dial(*addr)
-	registry := task.NewTaskRegistry()
-	must(registry.AddOrchestratorN("Sequence", sequence))
-	must(registry.AddOrchestratorN("FanOut", fanOut))
-	must(registry.AddOrchestratorN("Timers", timers))
-	must(registry.AddOrchestratorN("Events", events))
-	must(registry.AddActivityN("Inc", inc))
-	wctx, stopWorker := context.WithCancel(context.Background())
-	defer stopWorker()
-	if err := dial(*addr).StartWorkItemListener(wctx, registry); err != nil {
-		log.Fatalf("worker: %v", err)
+	wctx, stopWorkers := context.WithCancel(context.Background())
+	defer stopWorkers()
+	perWorker := make([]atomic.Int64, *workers)
+	for k := range perWorker {
+		if err := dial(*addr).StartWorkItemListener(wctx, newRegistry(&perWorker[k])); err != nil {
+			log.Fatalf("worker %d: %v", k, err)
+		}
 	}
 
 	r := &run{c: cl, scenario: *scenario, n: *n, m: *m, conc: *concurrency, timerMs: *timerMs,
 		prefix: fmt.Sprintf("%s-%d", *scenario, time.Now().UnixNano()), pid: *pid}
 	res := r.execute(ctx)
-	res.Sidecar, res.Name = *label, *name
+	res.Sidecar, res.Name, res.Workers = *label, *name, *workers
+	if *workers > 1 {
+		for k := range perWorker {
+			res.WorkItemsPerWorker = append(res.WorkItemsPerWorker, perWorker[k].Load())
+		}
+	}
 	if res.Name == "" {
 		res.Name = *scenario
 	}
@@ -138,6 +147,21 @@ type input struct {
 }
 
 var orchTurns, activityRuns atomic.Int64
+
+// newRegistry registers the orchestrators and the activity for one worker; every function it runs
+// (an orchestrator turn or an activity execution) also counts in *count.
+func newRegistry(count *atomic.Int64) *task.TaskRegistry {
+	orch := func(f task.Orchestrator) task.Orchestrator {
+		return func(ctx *task.OrchestrationContext) (any, error) { count.Add(1); return f(ctx) }
+	}
+	r := task.NewTaskRegistry()
+	must(r.AddOrchestratorN("Sequence", orch(sequence)))
+	must(r.AddOrchestratorN("FanOut", orch(fanOut)))
+	must(r.AddOrchestratorN("Timers", orch(timers)))
+	must(r.AddOrchestratorN("Events", orch(events)))
+	must(r.AddActivityN("Inc", func(ctx task.ActivityContext) (any, error) { count.Add(1); return inc(ctx) }))
+	return r
+}
 
 // sequence: M chained activities, each adding 1 → I+M.
 func sequence(ctx *task.OrchestrationContext) (any, error) {

@@ -18,16 +18,20 @@ import (
 type result struct {
 	Name, Sidecar, Scenario string
 	N, M, Concurrency       int
+	Workers                 int // worker connections (0 in files written before the driver had -workers: 1)
 	Completed, Failed       int
 	WallSeconds             float64                              `json:"wall_seconds"`
 	OrchPerSec              float64                              `json:"orchestrations_per_sec"`
 	WorkItemsPerSec         float64                              `json:"work_items_per_sec"`
+	WorkItems               int64                                `json:"work_items"`
+	WorkItemsPerWorker      []int64                              `json:"work_items_per_worker"` // written with -workers > 1
 	StartPerSec             float64                              `json:"start_per_sec"`
 	LatencyMs               struct{ P50, P95, P99, Max float64 } `json:"latency_ms"`
 	PeakRSS                 int64                                `json:"sidecar_peak_rss_bytes"`
 	WaitingRSS              int64                                `json:"sidecar_rss_waiting_bytes"`
 	CPU                     float64                              `json:"sidecar_cpu_seconds"`
 	RunqueueWait            float64                              `json:"sidecar_runqueue_wait_seconds"`
+	DriverCPU               float64                              `json:"driver_cpu_seconds"`
 }
 
 const ref, duro = "dtgo", "duro"
@@ -80,9 +84,22 @@ func main() {
 		return strings.Compare(a, b)
 	})
 
-	must(os.WriteFile(*md, []byte(markdown(names, runs, *date, *machine, *commit, *load)), 0o644))
-	must(os.WriteFile(*svg, []byte(chart(names, runs)), 0o644))
+	// scale-* runs repeat one workload with more worker connections; they have their own section and
+	// stay out of the comparison tables, the targets and the chart.
+	var compared, scale []string
+	for _, n := range names {
+		if isScale(n) {
+			scale = append(scale, n)
+		} else {
+			compared = append(compared, n)
+		}
+	}
+
+	must(os.WriteFile(*md, []byte(markdown(compared, scale, runs, *date, *machine, *commit, *load)), 0o644))
+	must(os.WriteFile(*svg, []byte(chart(compared, runs)), 0o644))
 }
+
+func isScale(name string) bool { return strings.HasPrefix(name, "scale-") }
 
 func workload(r *result) string {
 	var w string
@@ -103,7 +120,7 @@ func workload(r *result) string {
 	return fmt.Sprintf("%s; %d in flight", w, r.Concurrency)
 }
 
-func markdown(names []string, runs map[string]map[string]*result, date, machine, commit, load string) string {
+func markdown(names, scale []string, runs map[string]map[string]*result, date, machine, commit, load string) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# Benchmark results\n\n")
@@ -158,7 +175,77 @@ func markdown(names []string, runs map[string]map[string]*result, date, machine,
 		p("| %d instances waiting on events: sidecar RSS < 64 MiB | %s MiB (peak %s MiB) | %s |\n", d.N, mib(d.WaitingRSS), mib(d.PeakRSS), yes(d.WaitingRSS < 64<<20))
 	}
 	p("\n![orchestrations per second](results.svg)\n")
+	if len(scale) > 0 {
+		scaling(p, scale, runs)
+	}
 	return b.String()
+}
+
+// scaling writes the scale-* runs: one workload, the driver's -workers at 1, 2, 4, ….
+func scaling(p func(string, ...any), names []string, runs map[string]map[string]*result) {
+	var rs []*result
+	for _, n := range names {
+		for _, s := range []string{ref, duro} {
+			if r := runs[n][s]; r != nil {
+				rs = append(rs, r)
+			}
+		}
+	}
+	workers := func(r *result) int { return max(1, r.Workers) }
+	sameLoad := func(a, b *result) bool {
+		return a.Sidecar == b.Sidecar && a.Scenario == b.Scenario && a.N == b.N && a.M == b.M && a.Concurrency == b.Concurrency
+	}
+	slices.SortStableFunc(rs, func(a, b *result) int {
+		if a.Sidecar != b.Sidecar { // durabletask-go first, as in the tables above
+			return strings.Compare(a.Sidecar, b.Sidecar)
+		}
+		return workers(a) - workers(b)
+	})
+
+	p("\n## Scaling with worker connections\n\n")
+	p("Runs `scale-*`: one workload with the driver's `-workers` at each value shown, i.e. that many gRPC connections, each with its own SDK work-item listener (registry and executor), all in the one driver process. Worker connections: `-workers`. ÷ 1 connection: orch/s over that of the same sidecar and workload with one worker connection. Work items per connection: the orchestrator turns and activity executions each connection's worker ran. CPU s: utime+stime during the run (sidecar: run-queue wait in parentheses). Cores busy: (sidecar CPU s + driver CPU s) ÷ wall s.\n\n")
+	p("| Sidecar | Workload | Worker connections | orch/s | ÷ 1 connection | work items/s | work items per connection | sidecar CPU s (run-queue wait) | driver CPU s | wall s | cores busy |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range rs {
+		rel := "—"
+		for _, b := range rs {
+			if sameLoad(r, b) && workers(b) == 1 && ok(r) && ok(b) && b.OrchPerSec > 0 {
+				rel = fmt.Sprintf("%.2f×", r.OrchPerSec/b.OrchPerSec)
+			}
+		}
+		per := fmt.Sprint(r.WorkItems) // one connection ran them all
+		if len(r.WorkItemsPerWorker) > 0 {
+			parts := make([]string, len(r.WorkItemsPerWorker))
+			for i, v := range r.WorkItemsPerWorker {
+				parts[i] = fmt.Sprint(v)
+			}
+			per = strings.Join(parts, " / ")
+		}
+		p("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", sideName(r.Sidecar), workload(r), workers(r),
+			cell(r, func(r *result) string { return num(r.OrchPerSec) }),
+			rel,
+			cell(r, func(r *result) string { return num(r.WorkItemsPerSec) }),
+			cell(r, func(*result) string { return per }),
+			cell(r, func(r *result) string { return fmt.Sprintf("%.2f (%.2f)", r.CPU, r.RunqueueWait) }),
+			cell(r, func(r *result) string { return fmt.Sprintf("%.2f", r.DriverCPU) }),
+			cell(r, func(r *result) string { return fmt.Sprintf("%.2f", r.WallSeconds) }),
+			cell(r, func(r *result) string {
+				if r.WallSeconds <= 0 {
+					return "—"
+				}
+				return fmt.Sprintf("%.2f", (r.CPU+r.DriverCPU)/r.WallSeconds)
+			}))
+	}
+}
+
+func sideName(s string) string {
+	switch s {
+	case ref:
+		return "durabletask-go"
+	case duro:
+		return "Duro"
+	}
+	return s
 }
 
 func first(rs ...*result) *result {
