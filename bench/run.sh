@@ -6,7 +6,7 @@
 #   bash bench/run.sh                     # everything
 #   SIDECARS=duro bash bench/run.sh       # one sidecar (the report shows "—" for the other)
 #   RUNS="sequence fanout" bash bench/run.sh
-#   RUNS="scale-w1 scale-w2 scale-w4" bash bench/run.sh   # the worker-connection scaling runs alone
+#   RUNS="scale-c1 scale-c4 scale-c16 scale-c64 scale-w2 scale-w4" bash bench/run.sh   # the scaling runs alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -14,7 +14,8 @@ source bench/lib.sh
 # name scenario n m concurrency sidecars [workers] — sized so that each run takes a few seconds to
 # ~15 s on either sidecar (durabletask-go turns over one work item at a time). workers (default 1) is the
 # driver's -workers: worker connections, each with its own SDK work-item listener. The scale-* runs
-# repeat one workload with 1, 2 and 4 of them (bench/RESULTS.md, "Scaling with worker connections").
+# repeat one workload on Duro with 1 to 64 orchestrations in flight, then with 2 and 4 worker
+# connections (bench/RESULTS.md, "Scaling").
 PLAN=(
   "sequence    sequence    400   5  32 dtgo,duro"
   "fanout      fanout      200  10  32 dtgo,duro"
@@ -23,9 +24,12 @@ PLAN=(
   "start-burst start-burst 1000  1  64 dtgo,duro"
   "latency     sequence    100   1   1 dtgo,duro"
   "waiting     waiting     10000 0  64 duro"
-  "scale-w1    fanout      200  10  64 dtgo,duro 1"
-  "scale-w2    fanout      200  10  64 dtgo,duro 2"
-  "scale-w4    fanout      200  10  64 dtgo,duro 4"
+  "scale-c1    fanout      300  10   1 duro 1"
+  "scale-c4    fanout      600  10   4 duro 1"
+  "scale-c16   fanout      800  10  16 duro 1"
+  "scale-c64   fanout      800  10  64 duro 1"
+  "scale-w2    fanout      800  10  64 duro 2"
+  "scale-w4    fanout      800  10  64 duro 4"
 )
 SIDECARS=${SIDECARS:-dtgo duro}
 RUNS=${RUNS:-}
@@ -66,7 +70,7 @@ done
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain -- sidecar proto 2>/dev/null) ]]; then commit="$commit (+ uncommitted changes)"; fi
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-bench/bin/report -results bench/results -md bench/RESULTS.md -svg bench/results.svg \
+bench/bin/report -results bench/results -md bench/RESULTS.md -svg bench/results.svg -notes bench/NOTES.md \
   -date "$(date -u '+%Y-%m-%d %H:%M UTC')" -machine "$machine" -commit "$commit" -load "$load"
 echo "== wrote bench/RESULTS.md and bench/results.svg" >&2
 exit $status

@@ -51,9 +51,12 @@ type Result struct {
 	LatencyMs   Percentiles `json:"latency_ms"`
 	StartPerSec float64     `json:"start_per_sec,omitempty"` // start-burst, waiting: rate of the start phase
 	// Sidecar process figures from /proc (0 when -sidecar-pid is not given).
-	SidecarPeakRSSBytes    int64   `json:"sidecar_peak_rss_bytes"`              // VmHWM at the end of the run
-	SidecarRSSWaitingBytes int64   `json:"sidecar_rss_waiting_bytes,omitempty"` // waiting: VmRSS with all N waiting
-	SidecarCPUSeconds      float64 `json:"sidecar_cpu_seconds"`                 // utime+stime spent during the run
+	SidecarPeakRSSBytes    int64 `json:"sidecar_peak_rss_bytes"`              // VmHWM at the end of the run
+	SidecarRSSWaitingBytes int64 `json:"sidecar_rss_waiting_bytes,omitempty"` // waiting: VmRSS with all N waiting
+	// waiting: sidecar CPU (utime+stime, 10 ms resolution) while all N wait and nothing else happens.
+	SidecarIdleCPUSeconds *float64 `json:"sidecar_idle_cpu_seconds,omitempty"`
+	IdleWindowSeconds     float64  `json:"idle_window_seconds,omitempty"`
+	SidecarCPUSeconds     float64  `json:"sidecar_cpu_seconds"` // utime+stime spent during the run
 	// Time the sidecar's threads were runnable but waiting for a core (/proc/<pid>/task/*/schedstat):
 	// high when the machine is busy, e.g. with the driver itself or other jobs.
 	SidecarRunqueueSeconds float64  `json:"sidecar_runqueue_wait_seconds"`
@@ -382,6 +385,15 @@ func (r *run) execute(ctx context.Context) Result {
 			}
 		})
 		res.SidecarRSSWaitingBytes = procStatus(r.pid, "VmRSS")
+		// Parked instances must cost no CPU: watch the idle sidecar for a while (this window
+		// is left out of the wall time).
+		const idle = 2 * time.Second
+		idle0 := procCPU(r.pid)
+		time.Sleep(idle)
+		idleCPU := round(procCPU(r.pid)-idle0, 2)
+		res.SidecarIdleCPUSeconds = &idleCPU
+		res.IdleWindowSeconds = idle.Seconds()
+		t0 = t0.Add(idle)
 		r.each(ctx, func(ctx context.Context, i int) {
 			t := time.Now()
 			if ok[i] && raise(ctx, i) {

@@ -29,6 +29,8 @@ type result struct {
 	LatencyMs               struct{ P50, P95, P99, Max float64 } `json:"latency_ms"`
 	PeakRSS                 int64                                `json:"sidecar_peak_rss_bytes"`
 	WaitingRSS              int64                                `json:"sidecar_rss_waiting_bytes"`
+	IdleCPU                 float64                              `json:"sidecar_idle_cpu_seconds"`
+	IdleWindow              float64                              `json:"idle_window_seconds"`
 	CPU                     float64                              `json:"sidecar_cpu_seconds"`
 	RunqueueWait            float64                              `json:"sidecar_runqueue_wait_seconds"`
 	DriverCPU               float64                              `json:"driver_cpu_seconds"`
@@ -46,6 +48,7 @@ func main() {
 	machine := flag.String("machine", "", "machine description")
 	commit := flag.String("commit", "", "commit measured")
 	load := flag.String("load", "", "load average before the run")
+	notes := flag.String("notes", "", "Markdown appended as written (the analysis of what bounds the figures)")
 	flag.Parse()
 
 	files, err := filepath.Glob(filepath.Join(*dir, "*.json"))
@@ -95,7 +98,13 @@ func main() {
 		}
 	}
 
-	must(os.WriteFile(*md, []byte(markdown(compared, scale, runs, *date, *machine, *commit, *load)), 0o644))
+	text := markdown(compared, scale, runs, *date, *machine, *commit, *load)
+	if *notes != "" {
+		extra, err := os.ReadFile(*notes)
+		must(err)
+		text += "\n" + string(extra)
+	}
+	must(os.WriteFile(*md, []byte(text), 0o644))
 	must(os.WriteFile(*svg, []byte(chart(compared, runs)), 0o644))
 }
 
@@ -173,6 +182,10 @@ func markdown(names, scale []string, runs map[string]map[string]*result, date, m
 	}
 	if d := runs["waiting"][duro]; ok(d) && d.WaitingRSS > 0 {
 		p("| %d instances waiting on events: sidecar RSS < 64 MiB | %s MiB (peak %s MiB) | %s |\n", d.N, mib(d.WaitingRSS), mib(d.PeakRSS), yes(d.WaitingRSS < 64<<20))
+		if d.IdleWindow > 0 {
+			// procfs counts CPU in 10 ms ticks: one tick over the window is the resolution.
+			p("| %d instances waiting on events cost no CPU | %.2f s sidecar CPU over %.0f s idle | %s |\n", d.N, d.IdleCPU, d.IdleWindow, yes(d.IdleCPU <= 0.01))
+		}
 	}
 	p("\n![orchestrations per second](results.svg)\n")
 	if len(scale) > 0 {
@@ -192,25 +205,26 @@ func scaling(p func(string, ...any), names []string, runs map[string]map[string]
 		}
 	}
 	workers := func(r *result) int { return max(1, r.Workers) }
-	sameLoad := func(a, b *result) bool {
-		return a.Sidecar == b.Sidecar && a.Scenario == b.Scenario && a.N == b.N && a.M == b.M && a.Concurrency == b.Concurrency
-	}
 	slices.SortStableFunc(rs, func(a, b *result) int {
 		if a.Sidecar != b.Sidecar { // durabletask-go first, as in the tables above
 			return strings.Compare(a.Sidecar, b.Sidecar)
 		}
+		if a.Concurrency != b.Concurrency {
+			return a.Concurrency - b.Concurrency
+		}
 		return workers(a) - workers(b)
 	})
 
-	p("\n## Scaling with worker connections\n\n")
-	p("Runs `scale-*`: one workload with the driver's `-workers` at each value shown, i.e. that many gRPC connections, each with its own SDK work-item listener (registry and executor), all in the one driver process. Worker connections: `-workers`. ÷ 1 connection: orch/s over that of the same sidecar and workload with one worker connection. Work items per connection: the orchestrator turns and activity executions each connection's worker ran. CPU s: utime+stime during the run (sidecar: run-queue wait in parentheses). Cores busy: (sidecar CPU s + driver CPU s) ÷ wall s.\n\n")
-	p("| Sidecar | Workload | Worker connections | orch/s | ÷ 1 connection | work items/s | work items per connection | sidecar CPU s (run-queue wait) | driver CPU s | wall s | cores busy |\n")
-	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	p("\n## Scaling\n\n")
+	p("Runs `scale-*`: one workload (scenario `M` as in the table above) with more orchestrations in flight (`-concurrency`), then more worker connections (`-workers`: that many gRPC connections, each with its own SDK work-item listener, registry and executor, all in the one driver process). ÷ first row: orch/s over that of the same sidecar's first row (the fewest in flight, one connection). Work items per connection: the orchestrator turns and activity executions each connection's worker ran. CPU s: utime+stime during the run (sidecar: run-queue wait in parentheses). Cores busy: (sidecar CPU s + driver CPU s) ÷ wall s; the machine has `nproc` cores in all, shared by both processes.\n\n")
+	p("| Sidecar | Workload | In flight | Worker connections | orch/s | ÷ first row | work items/s | work items per connection | sidecar CPU s (run-queue wait) | driver CPU s | wall s | cores busy |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rs {
 		rel := "—"
 		for _, b := range rs {
-			if sameLoad(r, b) && workers(b) == 1 && ok(r) && ok(b) && b.OrchPerSec > 0 {
+			if b.Sidecar == r.Sidecar && ok(r) && ok(b) && b.OrchPerSec > 0 {
 				rel = fmt.Sprintf("%.2f×", r.OrchPerSec/b.OrchPerSec)
+				break // rs is sorted: the first of this sidecar is its baseline
 			}
 		}
 		per := fmt.Sprint(r.WorkItems) // one connection ran them all
@@ -221,7 +235,7 @@ func scaling(p func(string, ...any), names []string, runs map[string]map[string]
 			}
 			per = strings.Join(parts, " / ")
 		}
-		p("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", sideName(r.Sidecar), workload(r), workers(r),
+		p("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", sideName(r.Sidecar), strings.Split(workload(r), ";")[0], r.Concurrency, workers(r),
 			cell(r, func(r *result) string { return num(r.OrchPerSec) }),
 			rel,
 			cell(r, func(r *result) string { return num(r.WorkItemsPerSec) }),
