@@ -59,6 +59,10 @@ impl From<EngineError> for Status {
             EngineError::AlreadyExists(m) => Status::already_exists(m),
             EngineError::ShuttingDown => Status::unavailable("the Duro sidecar is shutting down"),
             EngineError::Store(StoreError::Closed) => Status::unavailable("the Duro store is shutting down"),
+            EngineError::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "transient store error");
+                Status::unavailable(format!("the store cannot take this now, retry: {e}"))
+            }
             EngineError::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 Status::internal(format!("store error: {e}"))

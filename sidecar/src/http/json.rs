@@ -492,6 +492,10 @@ impl From<crate::engine::EngineError> for ApiError {
             E::ShuttingDown | E::Store(crate::store::StoreError::Closed) => {
                 ApiError::new(ErrorCode::Unavailable, "the Duro sidecar is shutting down; retry shortly")
             }
+            E::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "transient store error in an HTTP request");
+                ApiError::new(ErrorCode::Unavailable, "the store cannot take this request now; retry shortly")
+            }
             E::Store(e) => {
                 tracing::error!(error = %e, "store error in an HTTP request");
                 ApiError::new(

@@ -42,6 +42,22 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// The store could not do it now but may later (busy, out of space, a failed group
+    /// commit): callers answer "unavailable, retry" rather than "internal error".
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::CommitFailed(_) | StoreError::Task(_) | StoreError::Closed => true,
+            StoreError::Database(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DatabaseBusy | C::DatabaseLocked | C::DiskFull | C::SystemIoFailure | C::OutOfMemory
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// One instance's stored row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRecord {
@@ -256,4 +272,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// All pending inbox rows and activities, for rebuilding dispatch state at start-up.
     async fn recover(&self) -> Result<Recovered, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> StoreError {
+        StoreError::Database(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn busy_full_and_failed_commits_are_transient_corruption_and_constraints_are_not() {
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(StoreError::CommitFailed("disk I/O error".into()).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_transient());
+        assert!(!StoreError::Corrupt("bad bytes".into()).is_transient());
+        assert!(!StoreError::Conflict("a".into()).is_transient());
+    }
 }
