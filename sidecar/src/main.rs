@@ -44,6 +44,9 @@ struct Cli {
     /// Instances whose history is cached in memory.
     #[arg(long, env = "DURO_CACHE_INSTANCES", default_value_t = 10_000)]
     cache_instances: usize,
+    /// Memory for cached histories, in MiB (an estimate of the events' in-memory size).
+    #[arg(long, env = "DURO_CACHE_MIB", default_value_t = 128)]
+    cache_mib: usize,
     /// Accept inputs, outputs and event payloads that are not JSON.
     #[arg(long, env = "DURO_ALLOW_NON_JSON_PAYLOADS")]
     allow_non_json_payloads: bool,
@@ -105,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         engine: EngineOptions {
             scheduler: SchedulerOptions { max_attempts: cli.max_delivery_attempts.max(1), ..Default::default() },
             cache_instances: cli.cache_instances,
+            cache_bytes: cli.cache_mib.saturating_mul(1024 * 1024),
             max_work_item_bytes: cli.max_work_item_bytes,
             ping_interval: Duration::from_secs(cli.ping_seconds.max(1)),
             ..Default::default()

@@ -7,16 +7,15 @@
 //! are activities, timers and messages handed to the scheduler and waiters notified.
 
 pub mod builtin;
+pub mod cache;
 pub mod scheduler;
 pub mod waiters;
 
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use duro_proto::history_event::EventType;
 use duro_proto::*;
-use lru::LruCache;
 use parking_lot::Mutex;
 use prost::Message as _;
 use thiserror::Error;
@@ -53,6 +52,8 @@ pub struct EngineOptions {
     pub default_stream_cap: usize,
     /// Instances whose history stays cached in memory.
     pub cache_instances: usize,
+    /// Estimated bytes of cached history, at most.
+    pub cache_bytes: usize,
     /// Largest orchestrator work item sent; larger ones fail the instance.
     pub max_work_item_bytes: usize,
     /// Interval of health pings on an idle work-item stream.
@@ -67,6 +68,7 @@ impl Default for EngineOptions {
             scheduler: SchedulerOptions::default(),
             default_stream_cap: 1000,
             cache_instances: 10_000,
+            cache_bytes: 128 * 1024 * 1024,
             max_work_item_bytes: 4 * 1024 * 1024 - 64 * 1024,
             ping_interval: Duration::from_secs(30),
             max_wait: Duration::from_secs(3600),
@@ -74,16 +76,11 @@ impl Default for EngineOptions {
     }
 }
 
-struct Cached {
-    info: InstanceInfo,
-    history: Vec<HistoryEvent>,
-}
-
 struct Inner {
     store: Arc<dyn Store>,
     builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>>,
     sched: Mutex<Scheduler>,
-    cache: Mutex<LruCache<String, Cached>>,
+    cache: Mutex<cache::HistoryCache>,
     waiters: Waiters,
     opts: EngineOptions,
     timer: Notify,
@@ -106,7 +103,6 @@ impl Engine {
         builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
     ) -> Result<Engine, EngineError> {
         let recovered = store.recover().await?;
-        let cap = NonZeroUsize::new(opts.cache_instances.max(1)).unwrap_or(NonZeroUsize::MIN);
         let builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>> =
             builtins.into_iter().map(|b| (b.name().to_string(), b)).collect();
         let mut sched = Scheduler::new(opts.scheduler.clone());
@@ -126,7 +122,7 @@ impl Engine {
                 store,
                 builtins,
                 sched: Mutex::new(sched),
-                cache: Mutex::new(LruCache::new(cap)),
+                cache: Mutex::new(cache::HistoryCache::new(opts.cache_instances, opts.cache_bytes)),
                 waiters: Waiters::default(),
                 opts,
                 timer: Notify::new(),
@@ -294,45 +290,23 @@ impl Engine {
 
     /// The instance's current execution and history, from the cache or the store.
     async fn instance_state(&self, instance_id: &str) -> Result<Option<(InstanceInfo, Vec<HistoryEvent>)>, StoreError> {
-        if let Some(c) = self.inner.cache.lock().get(instance_id) {
-            return Ok(Some((c.info.clone(), c.history.clone())));
+        if let Some(state) = self.inner.cache.lock().get(instance_id) {
+            return Ok(Some(state));
         }
         let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(None) };
         let history = self.inner.store.load_history(instance_id).await?;
         let info = rec.info();
-        self.inner
-            .cache
-            .lock()
-            .put(instance_id.to_string(), Cached { info: info.clone(), history: history.clone() });
+        self.inner.cache.lock().put(info.clone(), history.clone());
         Ok(Some((info, history)))
     }
 
     fn invalidate(&self, instance_id: &str) {
-        self.inner.cache.lock().pop(instance_id);
+        self.inner.cache.lock().remove(instance_id);
     }
 
     /// Applies a committed outcome to the cached state (or drops it when unsure).
     fn update_cache(&self, info: &InstanceInfo, history_len: usize, outcome: &TurnOutcome) {
-        let mut cache = self.inner.cache.lock();
-        let fits = matches!(cache.peek(&info.instance_id),
-            Some(c) if c.info.execution_id == info.execution_id && c.history.len() == history_len);
-        if !fits || outcome.is_terminal() {
-            // Finished instances are rarely read again by turns; free the memory.
-            cache.pop(&info.instance_id);
-            return;
-        }
-        let Some(c) = cache.get_mut(&info.instance_id) else { return };
-        if let Some(next) = &outcome.continue_as_new {
-            c.info.execution_id = next.spec.execution_id.clone();
-            c.info.version = next.spec.version.clone();
-            c.info.input = next.spec.input.clone();
-            c.info.tags = next.spec.tags.clone();
-            c.info.status = OrchestrationStatus::Running;
-            c.history.clear();
-        } else {
-            c.info.status = outcome.status;
-            c.history.extend(outcome.append.iter().cloned());
-        }
+        self.inner.cache.lock().apply(info, history_len, outcome);
     }
 
     // ----- turns ---------------------------------------------------------------------------
@@ -695,22 +669,19 @@ impl Engine {
         let id = new.spec.instance_id.clone();
         // A new instance's state is known without a read: seed the cache with it, so its
         // first turn does not go to the store.
-        let fresh = Cached {
-            info: InstanceInfo {
-                instance_id: id.clone(),
-                execution_id: new.spec.execution_id.clone(),
-                name: new.spec.name.clone(),
-                version: new.spec.version.clone(),
-                status: OrchestrationStatus::Pending,
-                input: new.spec.input.clone(),
-                parent: new.spec.parent.clone(),
-                tags: new.spec.tags.clone(),
-            },
-            history: Vec::new(),
+        let fresh = InstanceInfo {
+            instance_id: id.clone(),
+            execution_id: new.spec.execution_id.clone(),
+            name: new.spec.name.clone(),
+            version: new.spec.version.clone(),
+            status: OrchestrationStatus::Pending,
+            input: new.spec.input.clone(),
+            parent: new.spec.parent.clone(),
+            tags: new.spec.tags.clone(),
         };
         let result = self.inner.store.create_instance(new, reuse).await?;
         if let CreateResult::Created(d) = &result {
-            self.inner.cache.lock().put(id.clone(), fresh);
+            self.inner.cache.lock().put(fresh, Vec::new());
             let mut s = self.inner.sched.lock();
             s.forget_instance(&id);
             s.add_event((**d).clone(), now_ms());
