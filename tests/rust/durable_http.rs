@@ -596,3 +596,59 @@ async fn failures_are_clear() {
     assert_eq!(out[0]["statusCode"], 200);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_authorization_header_is_sent_but_history_records_it_masked() {
+    let dir = test_dir();
+    let target = Arc::new(Target::default());
+    let base = target_server(target.clone()).await;
+    let sidecar = Sidecar::start(dir.path());
+    let (worker, _) = start_worker(&sidecar);
+    let client = sidecar.client().await;
+
+    let secret = format!("Basic SECRET-{}", uuid::Uuid::new_v4().simple());
+    let req = json!([{
+        "method": "GET",
+        "uri": format!("{base}/plain"),
+        "headers": {"Authorization": secret, "Cookie": ["a=1", "b=2"], "X-Trace": "keep-me"},
+    }]);
+    let state = run(&client, "user-auth", req).await;
+    assert_eq!(output(&state)[0]["statusCode"], 200);
+    assert_eq!(
+        target.seen(),
+        vec![("GET /plain".to_string(), Some(secret.clone()))],
+        "the target gets the header as given"
+    );
+
+    let mut chunks = client
+        .clone()
+        .stream_instance_history(duro_proto::StreamInstanceHistoryRequest {
+            instance_id: "user-auth".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    let mut scheduled = Vec::new();
+    let mut all = String::new();
+    while let Some(chunk) = chunks.message().await.expect("chunk") {
+        for e in chunk.events {
+            // This test's orchestration gets its requests as input: executionStarted holds
+            // them as the client sent them. Every event the sidecar writes must not.
+            if !matches!(e.event_type, Some(EventType::ExecutionStarted(_))) {
+                all.push_str(&format!("{e:?}"));
+            }
+            if let Some(EventType::TaskScheduled(t)) = e.event_type {
+                scheduled.push(t);
+            }
+        }
+    }
+    assert_eq!(scheduled.len(), 1);
+    let recorded: Value = serde_json::from_str(scheduled[0].input.as_deref().expect("input")).expect("json");
+    let headers = &recorded["headers"];
+    assert_eq!(headers["Authorization"], "[redacted]", "{recorded}");
+    assert_eq!(headers["Cookie"], json!(["[redacted]", "[redacted]"]));
+    assert_eq!(headers["X-Trace"], "keep-me");
+    assert!(!all.contains("SECRET-"), "the secret is somewhere in the history");
+    worker.stop().await;
+}

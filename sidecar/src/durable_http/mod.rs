@@ -208,6 +208,10 @@ impl BuiltinActivity for HttpActivity {
         HTTP_ACTIVITY
     }
 
+    fn history_input(&self, input: &str) -> Option<String> {
+        request::mask_input_secrets(input)
+    }
+
     fn run(
         &self,
         call: BuiltinCall,

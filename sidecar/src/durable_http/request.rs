@@ -432,6 +432,41 @@ pub fn redact(headers: &Headers) -> Headers {
         .collect()
 }
 
+/// The request JSON as history records it: the values of [`SECRET_HEADERS`] masked, the
+/// rest untouched (same shape: a string stays a string, an array an array). `None` when
+/// there is nothing to mask or the input is not a request object; the sidecar still runs
+/// the unmasked request, which only the activity's queue row holds until it completes.
+pub fn mask_input_secrets(input: &str) -> Option<String> {
+    let mut v: Value = serde_json::from_str(input).ok()?;
+    let request = match &mut v {
+        Value::Array(items) if items.len() == 1 => items.first_mut()?,
+        other => other,
+    };
+    let obj = request.as_object_mut()?;
+    let mut masked = false;
+    for (key, headers) in obj.iter_mut() {
+        if !key.eq_ignore_ascii_case("headers") {
+            continue;
+        }
+        let Some(headers) = headers.as_object_mut() else { continue };
+        for (name, value) in headers.iter_mut() {
+            if !SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            *value = match value {
+                Value::Array(items) => Value::Array(items.iter().map(|_| Value::from(REDACTED)).collect()),
+                _ => Value::from(REDACTED),
+            };
+            masked = true;
+        }
+    }
+    if masked {
+        serde_json::to_string(&v).ok()
+    } else {
+        None
+    }
+}
+
 /// A `DurableHttpResponse`: `{statusCode, headers, content}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponseOut {
@@ -632,6 +667,31 @@ mod tests {
         ] {
             assert_eq!(parse_timespan(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn history_input_masks_secret_headers_and_keeps_the_rest() {
+        let input = r#"{"method":"GET","uri":"https://example.com/x","Headers":{"Authorization":"Basic dXNlcjpwdw==","Cookie":["a=1","b=2"],"Accept":"application/json"}}"#;
+        let masked: Value = serde_json::from_str(&mask_input_secrets(input).unwrap()).unwrap();
+        assert_eq!(masked["Headers"]["Authorization"], REDACTED);
+        assert_eq!(masked["Headers"]["Cookie"], serde_json::json!([REDACTED, REDACTED]));
+        assert_eq!(masked["Headers"]["Accept"], "application/json");
+        assert_eq!(masked["uri"], "https://example.com/x");
+        // The masked request still parses as the same request.
+        let spec = parse_input(Some(&masked.to_string())).unwrap();
+        assert_eq!(spec.uri.as_str(), "https://example.com/x");
+        // In-proc .NET wraps the request in a one-element array.
+        let wrapped = format!("[{input}]");
+        assert!(mask_input_secrets(&wrapped).unwrap().contains(REDACTED));
+        assert!(!mask_input_secrets(&wrapped).unwrap().contains("dXNlcjpwdw=="));
+    }
+
+    #[test]
+    fn history_input_without_secrets_or_not_a_request_is_kept() {
+        assert_eq!(mask_input_secrets(r#"{"method":"GET","uri":"https://e.com","headers":{"Accept":"x"}}"#), None);
+        assert_eq!(mask_input_secrets(r#"{"method":"GET","uri":"https://e.com"}"#), None);
+        assert_eq!(mask_input_secrets("not json"), None);
+        assert_eq!(mask_input_secrets("42"), None);
     }
 
     #[test]

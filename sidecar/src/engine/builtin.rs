@@ -44,6 +44,13 @@ pub trait BuiltinActivity: Send + Sync + 'static {
     /// The activity name orchestrations schedule (e.g. `BuiltIn::HttpActivity`).
     fn name(&self) -> &str;
 
+    /// The activity's input as history records it (`taskScheduled`), with any secrets it
+    /// carries masked; `None` records it unchanged. The unmasked input is what runs: only
+    /// the activity's queue row holds it, until the activity completes.
+    fn history_input(&self, _input: &str) -> Option<String> {
+        None
+    }
+
     /// Runs the activity: `Ok(result JSON)` or `Err(failure the orchestration sees)`.
     fn run(&self, call: BuiltinCall) -> BoxFuture<'static, Result<Option<String>, TaskFailureDetails>>;
 }

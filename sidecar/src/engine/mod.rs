@@ -568,7 +568,10 @@ impl Engine {
         let mut new_id = || uuid::Uuid::new_v4().to_string();
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
         let outcome = match turn::decide(input, decision, &mut new_id) {
-            Ok(o) => o,
+            Ok(mut o) => {
+                self.mask_builtin_inputs(&mut o);
+                o
+            }
             Err(TurnError::Invalid(msg)) => {
                 tracing::warn!(instance = %ctx.info.instance_id, error = %msg, "rejected an orchestrator response");
                 self.release(&token, Release::Failed);
@@ -595,6 +598,21 @@ impl Engine {
         }
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
         Ok(())
+    }
+
+    /// Masks secrets in the history copy of built-in activities' inputs (a user's
+    /// `Authorization` header on a durable HTTP call); the activity itself keeps them.
+    fn mask_builtin_inputs(&self, outcome: &mut TurnOutcome) {
+        if self.inner.builtins.is_empty() {
+            return;
+        }
+        for e in &mut outcome.append {
+            let Some(EventType::TaskScheduled(t)) = &mut e.event_type else { continue };
+            let Some(b) = self.inner.builtins.get(&t.name) else { continue };
+            if let Some(masked) = t.input.as_deref().and_then(|i| b.history_input(i)) {
+                t.input = Some(masked);
+            }
+        }
     }
 
     pub async fn complete_activity(&self, resp: ActivityResponse) -> Result<(), EngineError> {
