@@ -94,11 +94,13 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if options.synchronous_full { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     if read_only {
+        // The writer set WAL mode (it persists in the file) before any reader opens.
         conn.pragma_update(None, "query_only", "ON")?;
+    } else {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if options.synchronous_full { "FULL" } else { "NORMAL" })?;
     }
     Ok(conn)
 }
