@@ -105,6 +105,21 @@ impl NewInstance {
     pub fn started_event(&self) -> HistoryEvent {
         events::execution_started(self.created_at_ms, &self.spec)
     }
+
+    /// The instance as it stands once created: pending, with an empty history.
+    pub fn info(&self) -> InstanceInfo {
+        let s = &self.spec;
+        InstanceInfo {
+            instance_id: s.instance_id.clone(),
+            execution_id: s.execution_id.clone(),
+            name: s.name.clone(),
+            version: s.version.clone(),
+            status: OrchestrationStatus::Pending,
+            input: s.input.clone(),
+            parent: s.parent.clone(),
+            tags: s.tags.clone(),
+        }
+    }
 }
 
 /// The parent's task that created a child, for failure notices.

@@ -687,16 +687,7 @@ impl Engine {
         let id = new.spec.instance_id.clone();
         // A new instance's state is known without a read: seed the cache with it, so its
         // first turn does not go to the store.
-        let fresh = InstanceInfo {
-            instance_id: id.clone(),
-            execution_id: new.spec.execution_id.clone(),
-            name: new.spec.name.clone(),
-            version: new.spec.version.clone(),
-            status: OrchestrationStatus::Pending,
-            input: new.spec.input.clone(),
-            parent: new.spec.parent.clone(),
-            tags: new.spec.tags.clone(),
-        };
+        let fresh = new.info();
         let result = self.inner.store.create_instance(new, reuse).await?;
         if let CreateResult::Created(d) = &result {
             self.inner.cache.lock().put(fresh, Vec::new());

@@ -522,14 +522,7 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
     let o = &t.outcome;
     let mut result = CommitResult::default();
 
-    let mut seq = history_len;
-    {
-        let mut append = c.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")?;
-        for e in &o.append {
-            append.execute(params![t.instance_id, seq, encode_event(e)])?;
-            seq += 1;
-        }
-    }
+    let seq = append_history(c, &t.instance_id, history_len, &o.append)?;
 
     let terminal = o.is_terminal();
     let custom = match &o.custom_status {
@@ -582,6 +575,18 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
         }
     }
     Ok(result)
+}
+
+/// Appends `events` to an instance's history from sequence number `first_seq`; returns the
+/// history's new length.
+fn append_history(c: &Connection, instance_id: &str, first_seq: i64, events: &[HistoryEvent]) -> Result<i64, StoreError> {
+    let mut append = c.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")?;
+    let mut seq = first_seq;
+    for e in events {
+        append.execute(params![instance_id, seq, encode_event(e)])?;
+        seq += 1;
+    }
+    Ok(seq)
 }
 
 fn insert_activity(c: &Connection, a: &ActivityRequest) -> Result<QueuedActivity, StoreError> {
@@ -767,17 +772,12 @@ fn rewind(c: &Connection, id: &str, _reason: Option<String>, now_ms: i64) -> Res
     let history = load_history_with(c, id)?;
     let rewound = core::control::rewound_history(&history);
     c.prepare_cached("DELETE FROM history WHERE instance_id = ?")?.execute([id])?;
-    {
-        let mut append = c.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")?;
-        for (seq, e) in rewound.iter().enumerate() {
-            append.execute(params![id, seq as i64, encode_event(e)])?;
-        }
-    }
+    let history_len = append_history(c, id, 0, &rewound)?;
     c.prepare_cached(
         "UPDATE instances SET status = ?, output = NULL, failure_details = NULL, completed_at = NULL, \
          updated_at = ?, history_len = ? WHERE instance_id = ?",
     )?
-    .execute(params![OrchestrationStatus::Running as i32, now_ms, rewound.len() as i64, id])?;
+    .execute(params![OrchestrationStatus::Running as i32, now_ms, history_len, id])?;
     let wake = Message {
         target: id.to_string(),
         execution_id: Some(execution_id),
