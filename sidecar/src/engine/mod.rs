@@ -11,6 +11,9 @@ pub mod cache;
 pub mod scheduler;
 pub mod waiters;
 
+#[cfg(test)]
+mod sim;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +88,21 @@ struct Inner {
     opts: EngineOptions,
     timer: Notify,
     shutdown: watch::Sender<bool>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Where the engine reads the time: the system clock, or a test's manual clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
 }
 
 /// Cheap to clone; all clones share one engine.
@@ -102,12 +120,25 @@ impl Engine {
         opts: EngineOptions,
         builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
     ) -> Result<Engine, EngineError> {
+        let engine = Engine::start_with_clock(store, opts, builtins, Arc::new(SystemClock)).await?;
+        tokio::spawn(engine.clone().timer_loop());
+        Ok(engine)
+    }
+
+    /// Like [`Engine::start`], with time read from `clock` and no timer task: the caller
+    /// fires due timers itself with [`Engine::fire_due_timers`] (deterministic tests).
+    pub(crate) async fn start_with_clock(
+        store: Arc<dyn Store>,
+        opts: EngineOptions,
+        builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
         let recovered = store.recover().await?;
         let builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>> =
             builtins.into_iter().map(|b| (b.name().to_string(), b)).collect();
         let mut sched = Scheduler::new(opts.scheduler.clone());
         sched.set_builtin_names(builtins.keys().cloned());
-        let now = now_ms();
+        let now = clock.now_ms();
         let (inbox, activities) = (recovered.inbox.len(), recovered.activities.len());
         for d in recovered.inbox {
             sched.add_event(d, now);
@@ -127,10 +158,15 @@ impl Engine {
                 opts,
                 timer: Notify::new(),
                 shutdown,
+                clock,
             }),
         };
-        tokio::spawn(engine.clone().timer_loop());
+        engine.pump();
         Ok(engine)
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -161,7 +197,7 @@ impl Engine {
         loop {
             let next = self.inner.sched.lock().arm_timer();
             let sleep = match next {
-                Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+                Some(at) => Duration::from_millis(u64::try_from(at - self.now()).unwrap_or(0)),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -169,15 +205,20 @@ impl Engine {
                 _ = self.inner.timer.notified() => {}
                 _ = shutdown.changed() => return,
             }
-            let poisoned = self.inner.sched.lock().fire_due(now_ms());
-            self.run_assignments(poisoned);
-            self.pump();
+            self.fire_due_timers();
         }
+    }
+
+    /// Moves every wake-up due by now into the queues and dispatches.
+    pub(crate) fn fire_due_timers(&self) {
+        let poisoned = self.inner.sched.lock().fire_due(self.now());
+        self.run_assignments(poisoned);
+        self.pump();
     }
 
     /// Hands out every lease that can start now.
     fn pump(&self) {
-        let now = now_ms();
+        let now = self.now();
         let (assignments, rearm) = {
             let mut s = self.inner.sched.lock();
             let all = s.assign(now);
@@ -259,7 +300,7 @@ impl Engine {
 
     async fn fail_activity(&self, activity_id: i64, request: ActivityRequest, attempts: u32) {
         let instance = request.orchestration_instance.clone().unwrap_or_default();
-        let now = now_ms();
+        let now = self.now();
         let failure = events::failure(
             "DuroPoisonWorkItem",
             format!(
@@ -312,7 +353,7 @@ impl Engine {
     // ----- turns ---------------------------------------------------------------------------
 
     async fn run_turn(&self, lease: TurnLease) {
-        let now = now_ms();
+        let now = self.now();
         let state = match self.instance_state(&lease.instance_id).await {
             Ok(s) => s,
             Err(e) => {
@@ -514,7 +555,7 @@ impl Engine {
             Ok(snapshot) => {
                 let mut s = self.inner.sched.lock();
                 s.finish_turn(token, Vec::new(), false, None);
-                s.resync(instance_id, snapshot.rows, snapshot.watermark, now_ms());
+                s.resync(instance_id, snapshot.rows, snapshot.watermark, self.now());
             }
             Err(e) => {
                 tracing::error!(instance = %instance_id, error = %e, "could not reload the instance's inbox; the turn will be retried");
@@ -526,7 +567,7 @@ impl Engine {
     }
 
     fn release(&self, token: &str, why: Release) {
-        let poisoned = self.inner.sched.lock().release(token, why, now_ms());
+        let poisoned = self.inner.sched.lock().release(token, why, self.now());
         self.run_assignments(poisoned);
         self.pump();
     }
@@ -544,7 +585,7 @@ impl Engine {
 
     /// Removes a stream; its leases go back to the queues for other streams.
     pub fn close_stream(&self, id: StreamId) {
-        let poisoned = self.inner.sched.lock().remove_stream(id, now_ms());
+        let poisoned = self.inner.sched.lock().remove_stream(id, self.now());
         tracing::info!(stream = id, "work-item stream disconnected; its work is redelivered");
         self.run_assignments(poisoned);
         self.pump();
@@ -589,7 +630,7 @@ impl Engine {
             return Err(EngineError::NotFound("the work item was not dispatched yet".into()));
         };
         if rejects_as_unregistered(&flight.actions, &ctx.info.name)
-            && self.inner.sched.lock().reject_and_release(&token, now_ms())
+            && self.inner.sched.lock().reject_and_release(&token, self.now())
         {
             tracing::info!(orchestration = %ctx.info.name, "a worker without filters does not serve this orchestration; routing it elsewhere");
             self.pump();
@@ -600,7 +641,7 @@ impl Engine {
             self.release(&token, Release::Retry);
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.now();
         let decision = WorkerDecision { actions: flight.actions, ..decision };
         let mut new_id = || uuid::Uuid::new_v4().to_string();
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
@@ -682,17 +723,17 @@ impl Engine {
             (id, request)
         };
         let Some(request) = request else {
-            self.inner.sched.lock().finish_activity(&token, true, now_ms());
+            self.inner.sched.lock().finish_activity(&token, true, self.now());
             return Ok(());
         };
         if resp.failure_details.as_ref().is_some_and(|f| not_registered(f, &request.name))
-            && self.inner.sched.lock().reject_and_release(&token, now_ms())
+            && self.inner.sched.lock().reject_and_release(&token, self.now())
         {
             tracing::info!(activity = %request.name, "a worker without filters does not serve this activity; routing it elsewhere");
             self.pump();
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.now();
         let instance = request.orchestration_instance.clone().unwrap_or_default();
         let event = match resp.failure_details {
             Some(f) => events::task_failed(now, request.task_id, f),
@@ -740,7 +781,7 @@ impl Engine {
         let result = self.inner.store.create_instance(new, reuse).await?;
         if let CreateResult::Created(d) = &result {
             self.inner.cache.lock().put(fresh, Vec::new());
-            self.inner.sched.lock().replace_execution((**d).clone(), now_ms());
+            self.inner.sched.lock().replace_execution((**d).clone(), self.now());
         }
         self.inner.waiters.notify(&id);
         self.pump();
@@ -791,7 +832,7 @@ impl Engine {
         let target = message.target.clone();
         match self.inner.store.enqueue(message).await? {
             Some(d) => {
-                self.inner.sched.lock().add_event(d, now_ms());
+                self.inner.sched.lock().add_event(d, self.now());
                 self.pump();
                 Ok(true)
             }
@@ -805,12 +846,12 @@ impl Engine {
     }
 
     pub async fn raise_event(&self, instance_id: &str, name: String, input: Option<String>) -> Result<bool, EngineError> {
-        let now = now_ms();
+        let now = self.now();
         self.send_message(Message::now(instance_id, None, events::event_raised(now, name, input), now)).await
     }
 
     pub async fn terminate(&self, instance_id: &str, output: Option<String>, recursive: bool) -> Result<(), EngineError> {
-        let now = now_ms();
+        let now = self.now();
         let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(()) };
         if is_terminal(rec.status) {
             if recursive {
@@ -833,12 +874,12 @@ impl Engine {
     }
 
     pub async fn suspend(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
-        let now = now_ms();
+        let now = self.now();
         self.control(instance_id, events::execution_suspended(now, reason), now).await
     }
 
     pub async fn resume(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
-        let now = now_ms();
+        let now = self.now();
         self.control(instance_id, events::execution_resumed(now, reason), now).await
     }
 
@@ -889,7 +930,7 @@ impl Engine {
     }
 
     async fn restart_now(&self, instance_id: &str, new_id: Option<String>) -> Result<String, EngineError> {
-        let now = now_ms();
+        let now = self.now();
         match self.inner.store.restart(instance_id, new_id, now).await? {
             RestartResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
             RestartResult::NotTerminal(s) => Err(EngineError::FailedPrecondition(format!(
@@ -914,7 +955,7 @@ impl Engine {
     }
 
     async fn rewind_now(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
-        let now = now_ms();
+        let now = self.now();
         match self.inner.store.rewind(instance_id, reason.clone(), now).await? {
             RewindResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
             RewindResult::NotFailed(s) => Err(EngineError::FailedPrecondition(format!(

@@ -102,6 +102,9 @@ struct InstanceSlot {
     pending: BTreeMap<EventKey, PendingEvent>,
     leased: Option<String>,
     gate: Gate,
+    /// Every inbox row of this instance up to this id is accounted for (registered, or
+    /// known to be deleted): a registration at or below it arrives late and is ignored.
+    known_through: i64,
     attempts: u32,
     not_before_ms: i64,
     queued: bool,
@@ -153,6 +156,12 @@ struct ActivitySlot {
     attempts: u32,
     progress: Option<String>,
 }
+
+/// How many dropped slots' `known_through` marks are remembered.
+const RECENT_SLOTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
 
 /// The pseudo-stream of activities the sidecar runs itself (real streams start at 1).
 pub const BUILTIN_STREAM: StreamId = 0;
@@ -269,6 +278,10 @@ pub struct Scheduler {
     parked_activities: Vec<i64>,
     builtin_names: HashSet<String>,
     ready_builtin: VecDeque<i64>,
+    /// `known_through` of recently dropped slots, so that a registration that arrives
+    /// after its instance finished (its commit raced the finishing turn) is ignored. An
+    /// optimisation only: a stale event that gets through is caught when its turn runs.
+    recent_through: lru::LruCache<String, i64>,
     leases: HashMap<String, Lease>,
     wakeups: BTreeMap<(i64, u64), Wake>,
     wake_seq: u64,
@@ -314,6 +327,7 @@ impl Scheduler {
             parked_activities: Vec::new(),
             builtin_names: HashSet::new(),
             ready_builtin: VecDeque::new(),
+            recent_through: lru::LruCache::new(RECENT_SLOTS),
             leases: HashMap::new(),
             wakeups: BTreeMap::new(),
             wake_seq: 0,
@@ -353,15 +367,22 @@ impl Scheduler {
     /// Removes a stream and releases every lease it held.
     pub fn remove_stream(&mut self, id: StreamId, now_ms: i64) -> Vec<Assignment> {
         self.streams.remove(&id);
-        let tokens: Vec<String> = self
+        let mut lost: Vec<((i64, &str), String)> = self
             .leases
             .iter()
-            .filter(|(_, l)| match l {
-                Lease::Turn { stream, completing, .. } => *stream == Some(id) && !completing,
-                Lease::Activity { stream, completing, .. } => *stream == id && !completing,
+            .filter_map(|(t, l)| match l {
+                Lease::Turn { stream, completing, instance_id, .. } if *stream == Some(id) && !completing => {
+                    Some(((-1, instance_id.as_str()), t.clone()))
+                }
+                Lease::Activity { stream, completing, activity_id } if *stream == id && !completing => {
+                    Some(((*activity_id, ""), t.clone()))
+                }
+                _ => None,
             })
-            .map(|(t, _)| t.clone())
             .collect();
+        // Release in a fixed order (the map's is random), so a simulation replays.
+        lost.sort_unstable();
+        let tokens: Vec<String> = lost.into_iter().map(|(_, t)| t).collect();
         let mut poisoned = Vec::new();
         for t in tokens {
             poisoned.extend(self.release(&t, Release::Lost, now_ms));
@@ -399,13 +420,29 @@ impl Scheduler {
     }
 
     fn add_visible(&mut self, instance_id: String, target: &Target, key: EventKey, event: PendingEvent) {
-        let slot = self.instances.entry(instance_id.clone()).or_default();
+        let floor = match self.instances.get(&instance_id) {
+            Some(slot) => slot.known_through,
+            None => self.recent_through.peek(&instance_id).copied().unwrap_or(0),
+        };
+        if key.1 <= floor {
+            return;
+        }
+        let slot = self.slot(&instance_id);
         if slot.name.is_empty() {
             slot.name = target.name.clone();
             slot.version = target.version.clone();
         }
         slot.pending.insert(key, event);
         self.enqueue_instance(&instance_id);
+    }
+
+    /// An instance's slot, created if missing (remembering a dropped slot's mark).
+    fn slot(&mut self, instance_id: &str) -> &mut InstanceSlot {
+        if !self.instances.contains_key(instance_id) {
+            let known_through = self.recent_through.pop(instance_id).unwrap_or(0);
+            self.instances.insert(instance_id.to_string(), InstanceSlot { known_through, ..Default::default() });
+        }
+        self.instances.entry(instance_id.to_string()).or_default()
     }
 
     /// Names of activities the sidecar runs itself instead of dispatching them.
@@ -777,6 +814,9 @@ impl Scheduler {
     fn settle(&mut self, instance_id: &str) {
         match self.instances.get(instance_id) {
             Some(slot) if slot.idle() => {
+                if slot.known_through > 0 {
+                    self.recent_through.put(instance_id.to_string(), slot.known_through);
+                }
                 self.instances.remove(instance_id);
             }
             Some(_) => self.enqueue_instance(instance_id),
@@ -831,9 +871,9 @@ impl Scheduler {
     /// and its queued activities of executions other than `keep_execution`. A lease in
     /// flight keeps its events.
     fn forget_through(&mut self, instance_id: &str, through: i64, keep_execution: Option<&str>) {
-        if let Some(slot) = self.instances.get_mut(instance_id) {
-            slot.pending.retain(|(_, id), _| *id > through);
-        }
+        let slot = self.slot(instance_id);
+        slot.pending.retain(|(_, id), _| *id > through);
+        slot.known_through = slot.known_through.max(through);
         self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= through));
         let gone: Vec<i64> = self
             .activities
@@ -867,16 +907,19 @@ impl Scheduler {
                 _ => None,
             })
             .unwrap_or_default();
-        if let Some(slot) = self.instances.get_mut(instance_id) {
-            slot.pending.retain(|(_, id), _| *id > watermark);
-            slot.gate = Gate::Open;
-        }
+        let slot = self.slot(instance_id);
+        slot.pending.retain(|(_, id), _| *id > watermark);
+        slot.gate = Gate::Open;
+        let floor = slot.known_through;
         self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= watermark));
         for d in rows {
-            if d.instance_id == instance_id && !leased.contains(&d.inbox_id) {
+            if d.instance_id == instance_id && d.inbox_id > floor && !leased.contains(&d.inbox_id) {
                 self.add_event(d, now_ms);
             }
         }
+        // Every row up to the watermark is registered now; later copies arrive late.
+        let slot = self.slot(instance_id);
+        slot.known_through = slot.known_through.max(watermark);
         self.settle(instance_id);
     }
 
@@ -1048,6 +1091,142 @@ pub struct SchedulerStats {
     pub queued_activities: usize,
     pub leases: usize,
     pub wakeups: usize,
+}
+
+/// Where the scheduler holds each event and activity, and every broken internal rule:
+/// what the randomized simulation checks after each step.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Audit {
+    /// Inbox id → (instance, places it is held: "pending", "leased", "waiting").
+    pub events: HashMap<i64, (String, Vec<&'static str>)>,
+    /// Activity id → places ("leased", "queued", "waiting").
+    pub activities: HashMap<i64, Vec<&'static str>>,
+    pub problems: Vec<String>,
+}
+
+#[cfg(test)]
+impl Scheduler {
+    /// One instance's dispatch state, for failure reports.
+    pub(crate) fn describe(&self, instance_id: &str) -> String {
+        let Some(slot) = self.instances.get(instance_id) else { return "no slot".into() };
+        let lease = slot.leased.as_ref().and_then(|t| self.leases.get(t)).map(|l| match l {
+            Lease::Turn { stream, completing, context, events, expires, .. } => format!(
+                "turn on stream {stream:?} completing={completing} sent={} expires={expires:?} (wake-up kept: {}) events={:?}",
+                context.is_some(),
+                expires.is_some_and(|k| self.wakeups.contains_key(&k)),
+                events.iter().map(|(_, p)| p.inbox_id).collect::<Vec<_>>()
+            ),
+            Lease::Activity { .. } => "activity?".into(),
+        });
+        format!(
+            "gate={:?} pending={:?} lease={lease:?} attempts={} not_before={} queued={} in_ready={} streams={:?}",
+            slot.gate,
+            slot.pending.keys().collect::<Vec<_>>(),
+            slot.attempts,
+            slot.not_before_ms,
+            slot.queued,
+            self.ready.contains(&instance_id.to_string()),
+            self.streams.iter().map(|(id, s)| (*id, s.orchestrations, s.rules.max_orchestrations)).collect::<Vec<_>>()
+        )
+    }
+
+    pub(crate) fn audit(&self) -> Audit {
+        let mut a = Audit::default();
+        let place = |a: &mut Audit, instance: &str, id: i64, at: &'static str| {
+            a.events.entry(id).or_insert_with(|| (instance.to_string(), Vec::new())).1.push(at);
+        };
+        let mut per_stream: HashMap<StreamId, (usize, usize)> = HashMap::new();
+        for (token, lease) in &self.leases {
+            match lease {
+                Lease::Turn { instance_id, stream, events, .. } => {
+                    for (_, p) in events {
+                        place(&mut a, instance_id, p.inbox_id, "leased");
+                    }
+                    if let Some(st) = stream {
+                        per_stream.entry(*st).or_default().0 += 1;
+                    }
+                    match self.instances.get(instance_id) {
+                        Some(slot) if slot.leased.as_deref() == Some(token.as_str()) => {}
+                        _ => a.problems.push(format!("turn lease of '{instance_id}' not recorded on its slot")),
+                    }
+                }
+                Lease::Activity { activity_id, stream, .. } => {
+                    a.activities.entry(*activity_id).or_default().push("leased");
+                    if *stream != BUILTIN_STREAM {
+                        per_stream.entry(*stream).or_default().1 += 1;
+                    }
+                    match self.activities.get(activity_id) {
+                        Some(slot) if slot.leased.as_deref() == Some(token.as_str()) => {}
+                        _ => a.problems.push(format!("activity lease {activity_id} not recorded on its slot")),
+                    }
+                }
+            }
+        }
+        for (id, st) in &self.streams {
+            let (turns, acts) = per_stream.get(id).copied().unwrap_or_default();
+            if (turns, acts) != (st.orchestrations, st.activities) {
+                a.problems.push(format!(
+                    "stream {id} counts ({}, {}) but holds ({turns}, {acts}) leases",
+                    st.orchestrations, st.activities
+                ));
+            }
+        }
+        let instance_wakes: HashSet<&str> = self
+            .wakeups
+            .values()
+            .filter_map(|w| match w {
+                Wake::Instance(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        for w in self.wakeups.values() {
+            match w {
+                Wake::Event(e) => place(&mut a, &e.0, (e.2).1, "waiting"),
+                Wake::Activity(id) => a.activities.entry(*id).or_default().push("waiting"),
+                _ => {}
+            }
+        }
+        for (id, slot) in &self.instances {
+            for (_, p) in &slot.pending {
+                place(&mut a, id, p.inbox_id, "pending");
+            }
+            if let Some(token) = &slot.leased {
+                if !self.leases.contains_key(token) {
+                    a.problems.push(format!("'{id}' is marked leased by a lease that does not exist"));
+                }
+                continue;
+            }
+            if slot.pending.is_empty() {
+                a.problems.push(format!("idle slot of '{id}' kept in memory"));
+                continue;
+            }
+            let runnable = slot.has_control() || slot.attempts >= self.opts.max_attempts || !slot.held();
+            let queued = self.ready.contains(id) || self.ready_control.contains(id) || self.parked.contains(id);
+            if runnable && !queued && !instance_wakes.contains(id.as_str()) {
+                a.problems.push(format!("'{id}' has runnable events but is neither leased, queued nor waiting"));
+            }
+            if slot.gate == Gate::AwaitingStart && !slot.has_start() {
+                let start_coming = self.wakeups.values().any(|w| {
+                    matches!(w, Wake::Event(e) if e.0 == *id && (e.2).0 == Priority::Start)
+                });
+                if !start_coming {
+                    a.problems.push(format!("'{id}' waits for a start event that is nowhere"));
+                }
+            }
+        }
+        for (id, slot) in &self.activities {
+            if slot.leased.is_none() {
+                let queued = self.ready_activities.contains(id)
+                    || self.parked_activities.contains(id)
+                    || self.ready_builtin.contains(id);
+                if queued {
+                    a.activities.entry(*id).or_default().push("queued");
+                }
+            }
+        }
+        a
+    }
 }
 
 fn unreachable_slot() {
