@@ -42,11 +42,13 @@ pub struct SqliteOptions {
     /// process crash.
     pub synchronous_full: bool,
     pub read_connections: u32,
+    /// How long a connection waits for another one's lock before failing with "busy".
+    pub busy_timeout: Duration,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { synchronous_full: true, read_connections: 4 }
+        SqliteOptions { synchronous_full: true, read_connections: 4, busy_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -71,6 +73,10 @@ enum WriteOp {
     Purge(PurgeSelection, bool),
     Restart(String, Option<String>, i64),
     Rewind(String, Option<String>, i64),
+    /// Tests only: runs a function on the writer's connection inside a group (to set a
+    /// connection-level pragma there, or to make the writer thread panic).
+    #[cfg(test)]
+    OnWriter(Box<dyn Fn(&Connection) -> Result<(), StoreError> + Send>),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -92,7 +98,7 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
-    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.busy_timeout(options.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     if read_only {
@@ -219,61 +225,101 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        // Nearly every group succeeds as a whole: run it without savepoints first. If any
-        // write fails, roll the group back and run it again with one savepoint per write,
-        // so only the failing writes are left out.
-        let outcome = match run_group(&mut conn, &batch, false) {
-            Ok(results) if results.iter().all(Result::is_ok) => Ok(results),
-            Ok(_) | Err(_) => run_group(&mut conn, &batch, true),
-        };
-        match outcome {
-            Ok(results) => {
-                for (job, r) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = batch.len(), "group commit failed; every write in it is rolled back");
-                let msg = e.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::CommitFailed(msg.clone())));
-                }
-            }
+        let results = run_group(&mut conn, &batch);
+        for (job, r) in batch.drain(..).zip(results) {
+            let _ = job.reply.send(r);
         }
     }
 }
 
-/// Runs a group of writes in one transaction. Without savepoints the transaction is
-/// rolled back (and nothing committed) as soon as one write fails; with them each failing
-/// write is undone alone and the rest commit.
-fn run_group(
-    conn: &mut Connection,
-    batch: &[WriteJob],
-    savepoints: bool,
-) -> Result<Vec<Result<WriteResult, StoreError>>, rusqlite::Error> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// How one attempt at a group ended.
+enum GroupRun {
+    /// Committed: these are the writes' answers (with savepoints, some may be failures
+    /// that were undone alone).
+    Committed(Vec<Result<WriteResult, StoreError>>),
+    /// Without savepoints, a write failed; nothing was committed. Its index and error.
+    WriteFailed(usize, StoreError),
+    /// Nothing was committed: the transaction could not start, SQLite rolled it back by
+    /// itself after the write at the given index failed, or the final COMMIT failed.
+    Lost { failed: Option<(usize, StoreError)>, cause: String },
+}
+
+/// Runs a group of writes and answers each one, never saying OK for a write that is not
+/// committed nor failure for one that is.
+///
+/// Nearly every group succeeds as a whole: it runs without savepoints first. If a write
+/// fails, the group is rolled back and run again with one savepoint per write, so only
+/// the failing writes are left out. SQLite may roll back the whole transaction by itself
+/// when a statement fails (`SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_BUSY`, `SQLITE_NOMEM`);
+/// then, as when the final COMMIT fails, nothing of the group is stored and every write
+/// in it is answered with a failure.
+fn run_group(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<WriteResult, StoreError>> {
+    let run = match try_group(conn, batch, false) {
+        GroupRun::WriteFailed(..) => try_group(conn, batch, true),
+        run => run,
+    };
+    let (mut failed, cause) = match run {
+        GroupRun::Committed(results) => return results,
+        // Not returned with savepoints; kept honest anyway.
+        GroupRun::WriteFailed(i, e) => {
+            let cause = e.to_string();
+            (Some((i, e)), cause)
+        }
+        GroupRun::Lost { failed, cause } => (failed, cause),
+    };
+    tracing::error!(error = %cause, writes = batch.len(), "group commit failed; no write in it is stored");
+    (0..batch.len())
+        .map(|i| match failed.take_if(|(at, _)| *at == i) {
+            Some((_, e)) => Err(e),
+            None => Err(StoreError::CommitFailed(cause.clone())),
+        })
+        .collect()
+}
+
+/// One attempt at running a group of writes in one transaction, with or without a
+/// savepoint per write. Leaves the connection outside any transaction.
+fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> GroupRun {
+    let lost = |cause: &dyn std::fmt::Display| GroupRun::Lost { failed: None, cause: cause.to_string() };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return lost(&e),
+    };
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        if !savepoints {
-            let r = run_op(&tx, &job.op);
-            let failed = r.is_err();
-            results.push(r);
-            if failed {
-                // Dropping the transaction rolls it back.
-                return Ok(results);
+    for (i, job) in batch.iter().enumerate() {
+        let r = if savepoints {
+            let sp = match tx.savepoint() {
+                Ok(sp) => sp,
+                Err(e) => return lost(&e),
+            };
+            let r = run_op(&sp, &job.op);
+            if r.is_ok() {
+                if let Err(e) = sp.commit() {
+                    return lost(&e);
+                }
             }
-            continue;
+            // Dropping an uncommitted savepoint rolls it back.
+            r
+        } else {
+            run_op(&tx, &job.op)
+        };
+        match r {
+            // After a failed statement SQLite may have rolled back the whole transaction:
+            // then nothing before is stored, and what follows would run outside of it.
+            Err(e) if tx.is_autocommit() => {
+                let cause = format!("SQLite rolled back the transaction after a write failed: {e}");
+                return GroupRun::Lost { failed: Some((i, e)), cause };
+            }
+            // Dropping the transaction rolls it back.
+            Err(e) if !savepoints => return GroupRun::WriteFailed(i, e),
+            r => results.push(r),
         }
-        let sp = tx.savepoint()?;
-        let r = run_op(&sp, &job.op);
-        if r.is_ok() {
-            sp.commit()?;
-        }
-        // Dropping an uncommitted savepoint rolls it back.
-        results.push(r);
     }
-    tx.commit()?;
-    Ok(results)
+    match tx.commit() {
+        Ok(()) => GroupRun::Committed(results),
+        // A failed COMMIT left the transaction open (busy) or rolled it back; dropping
+        // the transaction (done by `commit` on failure) rolls back what is left.
+        Err(e) => lost(&e),
+    }
 }
 
 fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
@@ -296,6 +342,11 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
         WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive)?),
         WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now)?),
         WriteOp::Rewind(id, reason, now) => WriteResult::Rewind(rewind(c, id, reason.clone(), *now)?),
+        #[cfg(test)]
+        WriteOp::OnWriter(f) => {
+            f(c)?;
+            WriteResult::Saved(true)
+        }
     })
 }
 
@@ -967,6 +1018,99 @@ mod tests {
 
     fn user_version(path: &Path) -> i64 {
         Connection::open(path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+    }
+
+    impl SqliteStore {
+        /// Runs `f` on the writer's connection, inside a group transaction.
+        async fn on_writer(
+            &self,
+            f: impl Fn(&Connection) -> Result<(), StoreError> + Send + 'static,
+        ) -> Result<(), StoreError> {
+            self.write(WriteOp::OnWriter(Box::new(f))).await.map(|_| ())
+        }
+    }
+
+    fn large_instance(id: &str, bytes: usize) -> NewInstance {
+        let mut new = new_instance(id, 1);
+        new.spec.input = Some(format!("\"{}\"", "x".repeat(bytes)));
+        new
+    }
+
+    /// Instance ids in the database file, read by a fresh connection.
+    fn stored_ids(path: &Path) -> Vec<String> {
+        let c = Connection::open(path).unwrap();
+        let mut stmt = c.prepare("SELECT instance_id FROM instances ORDER BY instance_id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// Another connection holding the write lock on the file until dropped or released.
+    fn hold_write_lock(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        c
+    }
+
+    #[tokio::test]
+    async fn disk_full_in_a_group_reports_exactly_what_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        store.create_instance(new_instance("before", 1), IdReuse::terminal()).await.unwrap();
+        // The writer blocks on the lock held here, so the writes below queue up and run
+        // as one group once it is released.
+        let blocker = hold_write_lock(&path);
+        // "Disk full": the writer's connection may grow the file by a few pages only.
+        let limit = store.on_writer(|c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            c.pragma_update(None, "max_page_count", pages + 8)?;
+            Ok(())
+        });
+        let small_1 = store.create_instance(new_instance("small-1", 2), IdReuse::terminal());
+        let large = store.create_instance(large_instance("large", 1 << 20), IdReuse::terminal());
+        let small_2 = store.create_instance(new_instance("small-2", 2), IdReuse::terminal());
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            blocker.execute_batch("ROLLBACK").unwrap();
+        };
+        let (limit, small_1, large, small_2, ()) = tokio::join!(limit, small_1, large, small_2, release);
+        limit.unwrap();
+        let large = large.err().expect("the large write cannot fit");
+        assert!(large.is_transient(), "{large}");
+        drop(store);
+        let stored = stored_ids(&path);
+        assert!(stored.contains(&"before".to_string()), "{stored:?}");
+        assert!(!stored.contains(&"large".to_string()), "{stored:?}");
+        for (id, r) in [("small-1", small_1), ("small-2", small_2)] {
+            match r {
+                Ok(_) => assert!(stored.contains(&id.to_string()), "{id} reported OK but is not stored: {stored:?}"),
+                Err(e) => {
+                    assert!(e.is_transient(), "{id}: {e}");
+                    assert!(!stored.contains(&id.to_string()), "{id} reported failed ({e}) but is stored: {stored:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_blocked_by_another_writer_fail_transient_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let options = SqliteOptions { busy_timeout: Duration::from_millis(100), ..Default::default() };
+        let store = SqliteStore::open(&path, options).await.unwrap();
+        let blocker = hold_write_lock(&path);
+        let (a, b) = tokio::join!(
+            store.create_instance(new_instance("a", 1), IdReuse::terminal()),
+            store.create_instance(new_instance("b", 1), IdReuse::terminal()),
+        );
+        for r in [a, b] {
+            let e = r.err().expect("the database is locked");
+            assert!(e.is_transient(), "{e}");
+        }
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(stored_ids(&path).is_empty());
+        // The writer is not stuck in a transaction: the next write commits.
+        store.create_instance(new_instance("c", 1), IdReuse::terminal()).await.unwrap();
+        assert_eq!(stored_ids(&path), ["c"]);
     }
 
     #[tokio::test]
