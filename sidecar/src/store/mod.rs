@@ -168,6 +168,10 @@ pub struct TurnCommit {
     pub instance_id: String,
     /// The execution the turn ran against; the commit fails with `Conflict` otherwise.
     pub execution_id: String,
+    /// Length of the history the turn was built on (the execution's events shown to the
+    /// worker as past events); the commit fails with `Conflict` when the stored history is
+    /// no longer exactly that long (another commit or a rewind got there first).
+    pub history_len: usize,
     /// Inbox rows the turn consumed (or dropped as stale).
     pub consumed: Vec<i64>,
     pub outcome: TurnOutcome,

@@ -561,7 +561,10 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
     let Some((execution_id, status, history_len)) = current else {
         return Err(StoreError::Conflict(t.instance_id.clone()));
     };
-    if execution_id != t.execution_id || is_terminal(status) {
+    // Fenced: the turn must have been built on exactly the stored history of this
+    // execution, or another commit (or a rewind) got there first.
+    let built_on = i64::try_from(t.history_len).unwrap_or(i64::MAX);
+    if execution_id != t.execution_id || is_terminal(status) || history_len != built_on {
         return Err(StoreError::Conflict(t.instance_id.clone()));
     }
     {
@@ -1009,7 +1012,14 @@ mod tests {
         let mut outcome = TurnOutcome::unchanged(status, 0);
         outcome.append = vec![events::orchestrator_started(now)];
         outcome.output = Some("\"done\"".into());
-        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), consumed, outcome, now_ms: now }
+        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), history_len: 0, consumed, outcome, now_ms: now }
+    }
+
+    /// A turn built on `history_len` events that appends one and keeps the instance running.
+    fn step(id: &str, history_len: usize, consumed: Vec<i64>, now: i64) -> TurnCommit {
+        let mut outcome = TurnOutcome::unchanged(OrchestrationStatus::Running, 0);
+        outcome.append = vec![events::orchestrator_started(now)];
+        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), history_len, consumed, outcome, now_ms: now }
     }
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -1210,6 +1220,31 @@ mod tests {
         // Events for a finished instance are dropped.
         let late = Message::now("a", None, events::wake_up(7), 7);
         assert!(store.enqueue(late).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn two_turns_built_on_the_same_history_commit_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let CreateResult::Created(start) = store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
+        else {
+            panic!("not created")
+        };
+        let late = store.enqueue(Message::now("a", None, events::wake_up(2), 2)).await.unwrap().unwrap();
+        store.commit_turn(step("a", 0, vec![start.inbox_id], 3)).await.unwrap();
+        // A second turn built on the same (now stale) empty history: refused, nothing stored.
+        let stale = store.commit_turn(step("a", 0, vec![late.inbox_id], 4)).await;
+        assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+        assert_eq!(store.load_history("a").await.unwrap().len(), 1);
+        let rec = store.load_instance("a").await.unwrap().unwrap();
+        assert_eq!(rec.updated_at_ms, 3);
+        let inbox: Vec<i64> = store.recover().await.unwrap().inbox.iter().map(|d| d.inbox_id).collect();
+        assert_eq!(inbox, [late.inbox_id], "the stale turn consumed nothing");
+        // Claiming a history longer than the stored one is refused too; the right length commits.
+        let ahead = store.commit_turn(step("a", 2, vec![late.inbox_id], 5)).await;
+        assert!(matches!(ahead, Err(StoreError::Conflict(_))), "{ahead:?}");
+        store.commit_turn(step("a", 1, vec![late.inbox_id], 6)).await.unwrap();
+        assert_eq!(store.load_history("a").await.unwrap().len(), 2);
     }
 
     #[tokio::test]
