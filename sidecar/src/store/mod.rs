@@ -40,6 +40,13 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store is shutting down")]
     Closed,
+    /// Another process (or another store in this process) has the database open; its lock
+    /// file names it (`holder`: e.g. " (pid 1234)", empty when unknown).
+    #[error("the database {} is in use by another duro process{holder}; stop it or use another --db", path.display())]
+    InUse { path: std::path::PathBuf, holder: String },
+    /// The database's lock file could not be created or locked.
+    #[error("cannot lock the database {}: {source}", path.display())]
+    Lock { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl StoreError {

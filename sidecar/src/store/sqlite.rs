@@ -54,7 +54,61 @@ impl Default for SqliteOptions {
 
 pub struct SqliteStore {
     reads: ReadPool,
-    writer: mpsc::Sender<WriteJob>,
+    /// `None` only while dropping (closing the channel ends the writer thread).
+    writer: Option<mpsc::Sender<WriteJob>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Set (to the reason) if the writer thread dies while the store is open.
+    died: tokio::sync::watch::Receiver<Option<String>>,
+    /// Held for the store's lifetime: one writer per database file.
+    _lock: Option<std::fs::File>,
+}
+
+impl Drop for SqliteStore {
+    /// Waits for the writer to finish what it was given and close its connection, so the
+    /// lock is released only once nothing of this store writes to the file any more.
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Takes the exclusive lock on `<db>.lock` next to the database (an OS advisory lock,
+/// `flock` on Unix: released when the process ends, however it ends) and writes this
+/// process's id into it. In-memory databases (`:memory:`, empty) and `file:` URIs are
+/// not locked.
+fn lock_database(path: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" || name.to_string_lossy().starts_with("file:") {
+        return Ok(None);
+    }
+    let mut lock_path = name.to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let io = |source| StoreError::Lock { path: path.to_path_buf(), source };
+    // Never truncated before it is locked: it names the holder.
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
+                Some(pid) => format!(" (pid {pid})"),
+                None => String::new(),
+            };
+            return Err(StoreError::InUse { path: path.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(Some(file))
 }
 
 struct WriteJob {
@@ -182,20 +236,36 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
-        let opened = {
+        let (opened, lock) = {
             let (path, options) = (path.clone(), options.clone());
-            tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            tokio::task::spawn_blocking(move || -> Result<(Connection, Option<std::fs::File>), StoreError> {
+                // Before anything touches the database: a second process must not migrate
+                // it, recover its inbox or write to it.
+                let lock = lock_database(&path)?;
                 let mut conn = open_connection(&path, &options, false)?;
                 migrate(&mut conn)?;
-                Ok(conn)
+                Ok((conn, lock))
             })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??
         };
         let (tx, rx) = mpsc::channel(4096);
-        std::thread::Builder::new()
+        let (died_tx, died) = tokio::sync::watch::channel(None);
+        let writer_thread = std::thread::Builder::new()
             .name("duro-sqlite-writer".into())
-            .spawn(move || writer_loop(opened, rx))
+            .spawn(move || {
+                // A panic ends the loop (and closes the connection); say so before the
+                // thread ends, so the process can exit instead of failing every write.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer_loop(opened, rx)));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    let _ = died_tx.send(Some(format!("the SQLite writer thread panicked: {what}")));
+                }
+            })
             .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         let reads = ReadPool {
             path,
@@ -203,12 +273,28 @@ impl SqliteStore {
             options,
             idle: Default::default(),
         };
-        Ok(SqliteStore { reads, writer: tx })
+        Ok(SqliteStore { reads, writer: Some(tx), writer_thread: Some(writer_thread), died, _lock: lock })
+    }
+
+    /// Resolves, with the reason, if the writer thread dies while the store is open (it
+    /// panicked): every later write would fail, so the process should exit and be
+    /// restarted. Never resolves otherwise.
+    pub fn writer_died(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut died = self.died.clone();
+        async move {
+            let why = died.wait_for(Option::is_some).await.map(|why| why.clone());
+            match why {
+                Ok(why) => why.unwrap_or_default(),
+                // The thread ended normally: the store was closed.
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -1134,6 +1220,46 @@ mod tests {
         // Re-opening applies nothing twice (an ALTER TABLE ADD COLUMN would fail).
         let store = open(&dir).await;
         assert!(store.load_instance("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_file_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let first = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        let err = SqliteStore::open(&path, SqliteOptions::default()).await.err().expect("the second store is refused");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the database {} is in use by another duro process (pid {}); stop it or use another --db",
+                path.display(),
+                std::process::id()
+            )
+        );
+        // The first store is untouched and keeps working; dropping it releases the file.
+        first.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap();
+        drop(first);
+        let again = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        assert!(again.load_instance("a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_writer_thread_dying_is_signalled_and_closing_the_store_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let died = store.writer_died();
+        let r = store.on_writer(|_| -> Result<(), StoreError> { panic!("injected writer failure") }).await;
+        assert!(matches!(r, Err(StoreError::Closed)), "{r:?}");
+        let why = tokio::time::timeout(Duration::from_secs(5), died).await.expect("the death is signalled");
+        assert!(why.contains("injected writer failure"), "{why}");
+        assert!(matches!(store.create_instance(new_instance("a", 1), IdReuse::terminal()).await, Err(StoreError::Closed)));
+        drop(store);
+
+        let store = open(&dir).await;
+        let died = store.writer_died();
+        drop(store);
+        assert!(tokio::time::timeout(Duration::from_millis(200), died).await.is_err(), "a closed store is not a dead writer");
     }
 
     #[tokio::test]
