@@ -2,11 +2,17 @@
 //!
 //! All writes go through one writer thread that owns a single connection and groups the
 //! writes waiting at that moment into one transaction (group commit): one fsync covers
-//! many turns. Each write runs inside its own savepoint, so one failing write never takes
-//! its neighbours down. The whole group runs on that thread with cached prepared
+//! many turns. When a write fails, the group runs again with a savepoint per write, so one
+//! failing write never takes its neighbours down; when SQLite itself rolled the whole
+//! transaction back, or the COMMIT fails, every write of the group is answered with a
+//! failure. The whole group runs on that thread with cached prepared
 //! statements, so a write costs one hand-off to the thread and one back, not one per
 //! statement. Reads use a small pool of read-only connections on blocking threads and
 //! never wait for the writer (WAL readers see the last commit).
+//!
+//! One store per database file: an exclusive lock on `<db>.lock` (which names the holder's
+//! pid) is held until the writer has closed its connection. A panic of the writer thread
+//! is reported by [`SqliteStore::writer_died`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -130,8 +136,11 @@ enum WriteOp {
     /// Tests only: runs a function on the writer's connection inside a group (to set a
     /// connection-level pragma there, or to make the writer thread panic).
     #[cfg(test)]
-    OnWriter(Box<dyn Fn(&Connection) -> Result<(), StoreError> + Send>),
+    OnWriter(Box<OnWriterFn>),
 }
+
+#[cfg(test)]
+type OnWriterFn = dyn Fn(&Connection) -> Result<(), StoreError> + Send;
 
 #[allow(clippy::large_enum_variant)]
 enum WriteResult {
@@ -1173,7 +1182,7 @@ mod tests {
         if let Err(e) = limit {
             assert!(e.is_transient(), "{e}");
         }
-        let large = large.err().expect("the large write cannot fit");
+        let large = large.expect_err("the large write cannot fit");
         assert!(large.is_transient(), "{large}");
         drop(store);
         let stored = stored_ids(&path);
@@ -1202,7 +1211,7 @@ mod tests {
             store.create_instance(new_instance("b", 1), IdReuse::terminal()),
         );
         for r in [a, b] {
-            let e = r.err().expect("the database is locked");
+            let e = r.expect_err("the database is locked");
             assert!(e.is_transient(), "{e}");
         }
         blocker.execute_batch("ROLLBACK").unwrap();
