@@ -1199,6 +1199,33 @@ mod tests {
         }
     }
 
+    /// `chattr +i` (root, ext2/3/4 and a few others) makes writes to the WAL fail with EPERM,
+    /// which SQLite reports as SQLITE_IOERR when the COMMIT writes its frames.
+    #[tokio::test]
+    async fn io_error_on_commit_fails_every_write_of_the_group_and_stores_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        store.create_instance(new_instance("before", 1), IdReuse::terminal()).await.unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let chattr = |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&wal).status().is_ok_and(|s| s.success());
+        if !chattr("+i") {
+            eprintln!("skipped: cannot make {} immutable (needs root and chattr support)", wal.display());
+            return;
+        }
+        let (a, b) = tokio::join!(
+            store.create_instance(new_instance("a", 2), IdReuse::terminal()),
+            store.create_instance(new_instance("b", 2), IdReuse::terminal()),
+        );
+        assert!(chattr("-i"), "cannot undo chattr +i on {}", wal.display());
+        for r in [a, b] {
+            let e = r.expect_err("the WAL cannot be written");
+            assert!(e.is_transient(), "{e}");
+        }
+        drop(store);
+        assert_eq!(stored_ids(&path), ["before"]);
+    }
+
     #[tokio::test]
     async fn writes_blocked_by_another_writer_fail_transient_and_store_nothing() {
         let dir = tempfile::tempdir().unwrap();
