@@ -136,6 +136,7 @@ fn bench_commit(c: &mut Criterion) {
                     .commit_turn(TurnCommit {
                         instance_id: id,
                         execution_id: "exec".into(),
+                        history_len: 0,
                         consumed: vec![inbox_id],
                         outcome,
                         now_ms: NOW,

@@ -97,8 +97,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// Errors end the process with one line on stderr and exit code 1 (no backtrace).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli)?;
     let config = Config {
@@ -118,8 +129,18 @@ async fn main() -> anyhow::Result<()> {
         http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
         durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };
-    let running = server::start(config).await.context("duro failed to start")?;
-    shutdown_signal().await;
+    // Start-up errors say what failed in their own words (one line).
+    let mut running = server::start(config).await?;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        why = running.store_died() => {
+            // Every later write would fail: exit so a supervisor restarts us. No graceful
+            // shutdown; nothing more can be committed anyway.
+            tracing::error!(error = %why, "the store cannot write any more; exiting");
+            eprintln!("error: {why}; exiting so that duro can be restarted");
+            std::process::exit(1);
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown().await.context("duro failed to shut down cleanly")?;
     tracing::info!("stopped");

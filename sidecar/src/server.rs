@@ -31,8 +31,11 @@ pub struct Config {
 
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("cannot open the store at {path}: {source}")]
+    #[error("cannot open the store at {path}: {source}", path = path.display())]
     Store { path: PathBuf, source: StoreError },
+    /// Another process holds the database (its own sentence names it).
+    #[error(transparent)]
+    InUse(StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("cannot listen on {addr}: {source}")]
@@ -53,9 +56,19 @@ pub struct Running {
     pub http: Option<crate::http::HttpServer>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
     stop: tokio::sync::oneshot::Sender<()>,
+    store_died: Option<futures::future::BoxFuture<'static, String>>,
 }
 
 impl Running {
+    /// Resolves, with the reason, if the store can no longer write (its writer thread
+    /// died): the process should exit non-zero so a supervisor restarts it.
+    pub async fn store_died(&mut self) -> String {
+        match self.store_died.take() {
+            Some(died) => died.await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops accepting work, ends streams with UNAVAILABLE and waits for the server.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.engine.shutdown();
@@ -79,9 +92,11 @@ impl Running {
 
 /// Opens the store, recovers pending work and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    let store = SqliteStore::open(&config.db, config.sqlite.clone())
-        .await
-        .map_err(|source| ServerError::Store { path: config.db.clone(), source })?;
+    let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
+        e @ StoreError::InUse { .. } => ServerError::InUse(e),
+        source => ServerError::Store { path: config.db.clone(), source },
+    })?;
+    let store_died = Some(Box::pin(store.writer_died()) as futures::future::BoxFuture<'static, String>);
     let durable_http = crate::durable_http::HttpActivity::new(config.durable_http.clone())?;
     let engine = Engine::start(Arc::new(store), config.engine.clone(), vec![Arc::new(durable_http)]).await?;
     // Served before the gRPC port opens, so a client that sees gRPC up finds HTTP up too.
@@ -111,5 +126,5 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Ok(())
     });
     tracing::info!(address = %local_addr, db = %config.db.display(), "duro is serving the Durable Task sidecar protocol");
-    Ok(Running { local_addr, engine, http, task, stop })
+    Ok(Running { local_addr, engine, http, task, stop, store_died })
 }

@@ -287,3 +287,25 @@ async fn acknowledged_start_survives_immediate_kill9() {
     assert_eq!(s.output, Some(expected_sum(2, 41).to_string()));
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_duro_on_the_same_database_refuses_to_start_and_the_first_keeps_serving() {
+    let dir = test_dir();
+    let first = Sidecar::start(dir.path());
+    let client = first.client().await;
+    start(&client, "Sum", "before", Some("1")).await.expect("StartInstance");
+
+    let (status, stderr) = run_until_exit(&first.db, &[], Duration::from_secs(20));
+    assert!(!status.success(), "the second duro exited with {status}; stderr:\n{stderr}");
+    let expected = format!(
+        "error: the database {} is in use by another duro process (pid {}); stop it or use another --db",
+        first.db.display(),
+        first.pid().expect("pid")
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !l.contains(" INFO ")).collect();
+    assert_eq!(errors, [expected.as_str()], "stderr:\n{stderr}");
+
+    // The first one never noticed.
+    start(&client, "Sum", "after", Some("2")).await.expect("StartInstance after the refused start");
+    assert!(get_instance(&client, "before").await.exists);
+}

@@ -96,6 +96,11 @@ impl Sidecar {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// Process id of the running binary.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -127,6 +132,39 @@ impl Sidecar {
         self.kill9();
         self.spawn();
     }
+}
+
+/// Runs `duro` on `db` expecting it to exit by itself (e.g. refusing to start); returns its
+/// exit status and everything it wrote to stderr. Killed, and the test failed, after `timeout`.
+pub fn run_until_exit(db: &Path, extra_args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(duro_bin())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--db")
+        .arg(db)
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn duro");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for duro") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("duro did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
 }
 
 impl Drop for Sidecar {

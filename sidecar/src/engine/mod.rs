@@ -512,6 +512,7 @@ impl Engine {
         let commit = TurnCommit {
             instance_id: info.instance_id.clone(),
             execution_id: info.execution_id.clone(),
+            history_len,
             consumed,
             outcome,
             now_ms: now,

@@ -40,6 +40,13 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store is shutting down")]
     Closed,
+    /// Another process (or another store in this process) has the database open; its lock
+    /// file names it (`holder`: e.g. " (pid 1234)", empty when unknown).
+    #[error("the database {} is in use by another duro process{holder}; stop it or use another --db", path.display())]
+    InUse { path: std::path::PathBuf, holder: String },
+    /// The database's lock file could not be created or locked.
+    #[error("cannot lock the database {}: {source}", path.display())]
+    Lock { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl StoreError {
@@ -168,6 +175,10 @@ pub struct TurnCommit {
     pub instance_id: String,
     /// The execution the turn ran against; the commit fails with `Conflict` otherwise.
     pub execution_id: String,
+    /// Length of the history the turn was built on (the execution's events shown to the
+    /// worker as past events); the commit fails with `Conflict` when the stored history is
+    /// no longer exactly that long (another commit or a rewind got there first).
+    pub history_len: usize,
     /// Inbox rows the turn consumed (or dropped as stale).
     pub consumed: Vec<i64>,
     pub outcome: TurnOutcome,

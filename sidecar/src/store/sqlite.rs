@@ -2,11 +2,17 @@
 //!
 //! All writes go through one writer thread that owns a single connection and groups the
 //! writes waiting at that moment into one transaction (group commit): one fsync covers
-//! many turns. Each write runs inside its own savepoint, so one failing write never takes
-//! its neighbours down. The whole group runs on that thread with cached prepared
+//! many turns. When a write fails, the group runs again with a savepoint per write, so one
+//! failing write never takes its neighbours down; when SQLite itself rolled the whole
+//! transaction back, or the COMMIT fails, every write of the group is answered with a
+//! failure. The whole group runs on that thread with cached prepared
 //! statements, so a write costs one hand-off to the thread and one back, not one per
 //! statement. Reads use a small pool of read-only connections on blocking threads and
 //! never wait for the writer (WAL readers see the last commit).
+//!
+//! One store per database file: an exclusive lock on `<db>.lock` (which names the holder's
+//! pid) is held until the writer has closed its connection. A panic of the writer thread
+//! is reported by [`SqliteStore::writer_died`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,17 +48,73 @@ pub struct SqliteOptions {
     /// process crash.
     pub synchronous_full: bool,
     pub read_connections: u32,
+    /// How long a connection waits for another one's lock before failing with "busy".
+    pub busy_timeout: Duration,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { synchronous_full: true, read_connections: 4 }
+        SqliteOptions { synchronous_full: true, read_connections: 4, busy_timeout: Duration::from_secs(30) }
     }
 }
 
 pub struct SqliteStore {
     reads: ReadPool,
-    writer: mpsc::Sender<WriteJob>,
+    /// `None` only while dropping (closing the channel ends the writer thread).
+    writer: Option<mpsc::Sender<WriteJob>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Set (to the reason) if the writer thread dies while the store is open.
+    died: tokio::sync::watch::Receiver<Option<String>>,
+    /// Held for the store's lifetime: one writer per database file.
+    _lock: Option<std::fs::File>,
+}
+
+impl Drop for SqliteStore {
+    /// Waits for the writer to finish what it was given and close its connection, so the
+    /// lock is released only once nothing of this store writes to the file any more.
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Takes the exclusive lock on `<db>.lock` next to the database (an OS advisory lock,
+/// `flock` on Unix: released when the process ends, however it ends) and writes this
+/// process's id into it. In-memory databases (`:memory:`, empty) and `file:` URIs are
+/// not locked.
+fn lock_database(path: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" || name.to_string_lossy().starts_with("file:") {
+        return Ok(None);
+    }
+    let mut lock_path = name.to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let io = |source| StoreError::Lock { path: path.to_path_buf(), source };
+    // Never truncated before it is locked: it names the holder.
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
+                Some(pid) => format!(" (pid {pid})"),
+                None => String::new(),
+            };
+            return Err(StoreError::InUse { path: path.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(Some(file))
 }
 
 struct WriteJob {
@@ -71,7 +133,14 @@ enum WriteOp {
     Purge(PurgeSelection, bool),
     Restart(String, Option<String>, i64),
     Rewind(String, Option<String>, i64),
+    /// Tests only: runs a function on the writer's connection inside a group (to set a
+    /// connection-level pragma there, or to make the writer thread panic).
+    #[cfg(test)]
+    OnWriter(Box<OnWriterFn>),
 }
+
+#[cfg(test)]
+type OnWriterFn = dyn Fn(&Connection) -> Result<(), StoreError> + Send;
 
 #[allow(clippy::large_enum_variant)]
 enum WriteResult {
@@ -92,7 +161,7 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
-    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.busy_timeout(options.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     if read_only {
@@ -176,20 +245,36 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
-        let opened = {
+        let (opened, lock) = {
             let (path, options) = (path.clone(), options.clone());
-            tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            tokio::task::spawn_blocking(move || -> Result<(Connection, Option<std::fs::File>), StoreError> {
+                // Before anything touches the database: a second process must not migrate
+                // it, recover its inbox or write to it.
+                let lock = lock_database(&path)?;
                 let mut conn = open_connection(&path, &options, false)?;
                 migrate(&mut conn)?;
-                Ok(conn)
+                Ok((conn, lock))
             })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??
         };
         let (tx, rx) = mpsc::channel(4096);
-        std::thread::Builder::new()
+        let (died_tx, died) = tokio::sync::watch::channel(None);
+        let writer_thread = std::thread::Builder::new()
             .name("duro-sqlite-writer".into())
-            .spawn(move || writer_loop(opened, rx))
+            .spawn(move || {
+                // A panic ends the loop (and closes the connection); say so before the
+                // thread ends, so the process can exit instead of failing every write.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer_loop(opened, rx)));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    let _ = died_tx.send(Some(format!("the SQLite writer thread panicked: {what}")));
+                }
+            })
             .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         let reads = ReadPool {
             path,
@@ -197,12 +282,28 @@ impl SqliteStore {
             options,
             idle: Default::default(),
         };
-        Ok(SqliteStore { reads, writer: tx })
+        Ok(SqliteStore { reads, writer: Some(tx), writer_thread: Some(writer_thread), died, _lock: lock })
+    }
+
+    /// Resolves, with the reason, if the writer thread dies while the store is open (it
+    /// panicked): every later write would fail, so the process should exit and be
+    /// restarted. Never resolves otherwise.
+    pub fn writer_died(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut died = self.died.clone();
+        async move {
+            let why = died.wait_for(Option::is_some).await.map(|why| why.clone());
+            match why {
+                Ok(why) => why.unwrap_or_default(),
+                // The thread ended normally: the store was closed.
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -219,61 +320,101 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        // Nearly every group succeeds as a whole: run it without savepoints first. If any
-        // write fails, roll the group back and run it again with one savepoint per write,
-        // so only the failing writes are left out.
-        let outcome = match run_group(&mut conn, &batch, false) {
-            Ok(results) if results.iter().all(Result::is_ok) => Ok(results),
-            Ok(_) | Err(_) => run_group(&mut conn, &batch, true),
-        };
-        match outcome {
-            Ok(results) => {
-                for (job, r) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = batch.len(), "group commit failed; every write in it is rolled back");
-                let msg = e.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::CommitFailed(msg.clone())));
-                }
-            }
+        let results = run_group(&mut conn, &batch);
+        for (job, r) in batch.drain(..).zip(results) {
+            let _ = job.reply.send(r);
         }
     }
 }
 
-/// Runs a group of writes in one transaction. Without savepoints the transaction is
-/// rolled back (and nothing committed) as soon as one write fails; with them each failing
-/// write is undone alone and the rest commit.
-fn run_group(
-    conn: &mut Connection,
-    batch: &[WriteJob],
-    savepoints: bool,
-) -> Result<Vec<Result<WriteResult, StoreError>>, rusqlite::Error> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// How one attempt at a group ended.
+enum GroupRun {
+    /// Committed: these are the writes' answers (with savepoints, some may be failures
+    /// that were undone alone).
+    Committed(Vec<Result<WriteResult, StoreError>>),
+    /// Without savepoints, a write failed; nothing was committed. Its index and error.
+    WriteFailed(usize, StoreError),
+    /// Nothing was committed: the transaction could not start, SQLite rolled it back by
+    /// itself after the write at the given index failed, or the final COMMIT failed.
+    Lost { failed: Option<(usize, StoreError)>, cause: String },
+}
+
+/// Runs a group of writes and answers each one, never saying OK for a write that is not
+/// committed nor failure for one that is.
+///
+/// Nearly every group succeeds as a whole: it runs without savepoints first. If a write
+/// fails, the group is rolled back and run again with one savepoint per write, so only
+/// the failing writes are left out. SQLite may roll back the whole transaction by itself
+/// when a statement fails (`SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_BUSY`, `SQLITE_NOMEM`);
+/// then, as when the final COMMIT fails, nothing of the group is stored and every write
+/// in it is answered with a failure.
+fn run_group(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<WriteResult, StoreError>> {
+    let run = match try_group(conn, batch, false) {
+        GroupRun::WriteFailed(..) => try_group(conn, batch, true),
+        run => run,
+    };
+    let (mut failed, cause) = match run {
+        GroupRun::Committed(results) => return results,
+        // Not returned with savepoints; kept honest anyway.
+        GroupRun::WriteFailed(i, e) => {
+            let cause = e.to_string();
+            (Some((i, e)), cause)
+        }
+        GroupRun::Lost { failed, cause } => (failed, cause),
+    };
+    tracing::error!(error = %cause, writes = batch.len(), "group commit failed; no write in it is stored");
+    (0..batch.len())
+        .map(|i| match failed.take_if(|(at, _)| *at == i) {
+            Some((_, e)) => Err(e),
+            None => Err(StoreError::CommitFailed(cause.clone())),
+        })
+        .collect()
+}
+
+/// One attempt at running a group of writes in one transaction, with or without a
+/// savepoint per write. Leaves the connection outside any transaction.
+fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> GroupRun {
+    let lost = |cause: &dyn std::fmt::Display| GroupRun::Lost { failed: None, cause: cause.to_string() };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return lost(&e),
+    };
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        if !savepoints {
-            let r = run_op(&tx, &job.op);
-            let failed = r.is_err();
-            results.push(r);
-            if failed {
-                // Dropping the transaction rolls it back.
-                return Ok(results);
+    for (i, job) in batch.iter().enumerate() {
+        let r = if savepoints {
+            let sp = match tx.savepoint() {
+                Ok(sp) => sp,
+                Err(e) => return lost(&e),
+            };
+            let r = run_op(&sp, &job.op);
+            if r.is_ok() {
+                if let Err(e) = sp.commit() {
+                    return lost(&e);
+                }
             }
-            continue;
+            // Dropping an uncommitted savepoint rolls it back.
+            r
+        } else {
+            run_op(&tx, &job.op)
+        };
+        match r {
+            // After a failed statement SQLite may have rolled back the whole transaction:
+            // then nothing before is stored, and what follows would run outside of it.
+            Err(e) if tx.is_autocommit() => {
+                let cause = format!("SQLite rolled back the transaction after a write failed: {e}");
+                return GroupRun::Lost { failed: Some((i, e)), cause };
+            }
+            // Dropping the transaction rolls it back.
+            Err(e) if !savepoints => return GroupRun::WriteFailed(i, e),
+            r => results.push(r),
         }
-        let sp = tx.savepoint()?;
-        let r = run_op(&sp, &job.op);
-        if r.is_ok() {
-            sp.commit()?;
-        }
-        // Dropping an uncommitted savepoint rolls it back.
-        results.push(r);
     }
-    tx.commit()?;
-    Ok(results)
+    match tx.commit() {
+        Ok(()) => GroupRun::Committed(results),
+        // A failed COMMIT left the transaction open (busy) or rolled it back; dropping
+        // the transaction (done by `commit` on failure) rolls back what is left.
+        Err(e) => lost(&e),
+    }
 }
 
 fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
@@ -296,6 +437,11 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
         WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive)?),
         WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now)?),
         WriteOp::Rewind(id, reason, now) => WriteResult::Rewind(rewind(c, id, reason.clone(), *now)?),
+        #[cfg(test)]
+        WriteOp::OnWriter(f) => {
+            f(c)?;
+            WriteResult::Saved(true)
+        }
     })
 }
 
@@ -510,7 +656,10 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
     let Some((execution_id, status, history_len)) = current else {
         return Err(StoreError::Conflict(t.instance_id.clone()));
     };
-    if execution_id != t.execution_id || is_terminal(status) {
+    // Fenced: the turn must have been built on exactly the stored history of this
+    // execution, or another commit (or a rewind) got there first.
+    let built_on = i64::try_from(t.history_len).unwrap_or(i64::MAX);
+    if execution_id != t.execution_id || is_terminal(status) || history_len != built_on {
         return Err(StoreError::Conflict(t.instance_id.clone()));
     }
     {
@@ -992,7 +1141,14 @@ mod tests {
         let mut outcome = TurnOutcome::unchanged(status, 0);
         outcome.append = vec![events::orchestrator_started(now)];
         outcome.output = Some("\"done\"".into());
-        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), consumed, outcome, now_ms: now }
+        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), history_len: 0, consumed, outcome, now_ms: now }
+    }
+
+    /// A turn built on `history_len` events that appends one and keeps the instance running.
+    fn step(id: &str, history_len: usize, consumed: Vec<i64>, now: i64) -> TurnCommit {
+        let mut outcome = TurnOutcome::unchanged(OrchestrationStatus::Running, 0);
+        outcome.append = vec![events::orchestrator_started(now)];
+        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), history_len, consumed, outcome, now_ms: now }
     }
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -1003,6 +1159,129 @@ mod tests {
         Connection::open(path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
     }
 
+    impl SqliteStore {
+        /// Runs `f` on the writer's connection, inside a group transaction.
+        async fn on_writer(
+            &self,
+            f: impl Fn(&Connection) -> Result<(), StoreError> + Send + 'static,
+        ) -> Result<(), StoreError> {
+            self.write(WriteOp::OnWriter(Box::new(f))).await.map(|_| ())
+        }
+    }
+
+    fn large_instance(id: &str, bytes: usize) -> NewInstance {
+        let mut new = new_instance(id, 1);
+        new.spec.input = Some(format!("\"{}\"", "x".repeat(bytes)));
+        new
+    }
+
+    /// Instance ids in the database file, read by a fresh connection.
+    fn stored_ids(path: &Path) -> Vec<String> {
+        let c = Connection::open(path).unwrap();
+        let mut stmt = c.prepare("SELECT instance_id FROM instances ORDER BY instance_id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// Another connection holding the write lock on the file until dropped or released.
+    fn hold_write_lock(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        c
+    }
+
+    #[tokio::test]
+    async fn disk_full_in_a_group_reports_exactly_what_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        store.create_instance(new_instance("before", 1), IdReuse::terminal()).await.unwrap();
+        // The writer blocks on the lock held here, so the writes below queue up and run
+        // as one group once it is released.
+        let blocker = hold_write_lock(&path);
+        // "Disk full": the writer's connection may grow the file by a few pages only.
+        let limit = store.on_writer(|c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            c.pragma_update(None, "max_page_count", pages + 8)?;
+            Ok(())
+        });
+        let small_1 = store.create_instance(new_instance("small-1", 2), IdReuse::terminal());
+        let large = store.create_instance(large_instance("large", 1 << 20), IdReuse::terminal());
+        let small_2 = store.create_instance(new_instance("small-2", 2), IdReuse::terminal());
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            blocker.execute_batch("ROLLBACK").unwrap();
+        };
+        let (limit, small_1, large, small_2, ()) = tokio::join!(limit, small_1, large, small_2, release);
+        // The pragma holds on the connection even when the group it ran in failed.
+        if let Err(e) = limit {
+            assert!(e.is_transient(), "{e}");
+        }
+        let large = large.expect_err("the large write cannot fit");
+        assert!(large.is_transient(), "{large}");
+        drop(store);
+        let stored = stored_ids(&path);
+        assert!(stored.contains(&"before".to_string()), "{stored:?}");
+        assert!(!stored.contains(&"large".to_string()), "{stored:?}");
+        for (id, r) in [("small-1", small_1), ("small-2", small_2)] {
+            match r {
+                Ok(_) => assert!(stored.contains(&id.to_string()), "{id} reported OK but is not stored: {stored:?}"),
+                Err(e) => {
+                    assert!(e.is_transient(), "{id}: {e}");
+                    assert!(!stored.contains(&id.to_string()), "{id} reported failed ({e}) but is stored: {stored:?}");
+                }
+            }
+        }
+    }
+
+    /// `chattr +i` (root, ext2/3/4 and a few others) makes writes to the WAL fail with EPERM,
+    /// which SQLite reports as SQLITE_IOERR when the COMMIT writes its frames.
+    #[tokio::test]
+    async fn io_error_on_commit_fails_every_write_of_the_group_and_stores_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        store.create_instance(new_instance("before", 1), IdReuse::terminal()).await.unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let chattr = |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&wal).status().is_ok_and(|s| s.success());
+        if !chattr("+i") {
+            eprintln!("skipped: cannot make {} immutable (needs root and chattr support)", wal.display());
+            return;
+        }
+        let (a, b) = tokio::join!(
+            store.create_instance(new_instance("a", 2), IdReuse::terminal()),
+            store.create_instance(new_instance("b", 2), IdReuse::terminal()),
+        );
+        assert!(chattr("-i"), "cannot undo chattr +i on {}", wal.display());
+        for r in [a, b] {
+            let e = r.expect_err("the WAL cannot be written");
+            assert!(e.is_transient(), "{e}");
+        }
+        drop(store);
+        assert_eq!(stored_ids(&path), ["before"]);
+    }
+
+    #[tokio::test]
+    async fn writes_blocked_by_another_writer_fail_transient_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let options = SqliteOptions { busy_timeout: Duration::from_millis(100), ..Default::default() };
+        let store = SqliteStore::open(&path, options).await.unwrap();
+        let blocker = hold_write_lock(&path);
+        let (a, b) = tokio::join!(
+            store.create_instance(new_instance("a", 1), IdReuse::terminal()),
+            store.create_instance(new_instance("b", 1), IdReuse::terminal()),
+        );
+        for r in [a, b] {
+            let e = r.expect_err("the database is locked");
+            assert!(e.is_transient(), "{e}");
+        }
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(stored_ids(&path).is_empty());
+        // The writer is not stuck in a transaction: the next write commits.
+        store.create_instance(new_instance("c", 1), IdReuse::terminal()).await.unwrap();
+        assert_eq!(stored_ids(&path), ["c"]);
+    }
+
     #[tokio::test]
     async fn fresh_database_gets_every_migration_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1011,6 +1290,46 @@ mod tests {
         // Re-opening applies nothing twice (an ALTER TABLE ADD COLUMN would fail).
         let store = open(&dir).await;
         assert!(store.load_instance("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_file_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let first = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        let err = SqliteStore::open(&path, SqliteOptions::default()).await.err().expect("the second store is refused");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the database {} is in use by another duro process (pid {}); stop it or use another --db",
+                path.display(),
+                std::process::id()
+            )
+        );
+        // The first store is untouched and keeps working; dropping it releases the file.
+        first.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap();
+        drop(first);
+        let again = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        assert!(again.load_instance("a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_writer_thread_dying_is_signalled_and_closing_the_store_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let died = store.writer_died();
+        let r = store.on_writer(|_| -> Result<(), StoreError> { panic!("injected writer failure") }).await;
+        assert!(matches!(r, Err(StoreError::Closed)), "{r:?}");
+        let why = tokio::time::timeout(Duration::from_secs(5), died).await.expect("the death is signalled");
+        assert!(why.contains("injected writer failure"), "{why}");
+        assert!(matches!(store.create_instance(new_instance("a", 1), IdReuse::terminal()).await, Err(StoreError::Closed)));
+        drop(store);
+
+        let store = open(&dir).await;
+        let died = store.writer_died();
+        drop(store);
+        assert!(tokio::time::timeout(Duration::from_millis(200), died).await.is_err(), "a closed store is not a dead writer");
     }
 
     #[tokio::test]
@@ -1097,6 +1416,31 @@ mod tests {
         // Events for a finished instance are dropped.
         let late = Message::now("a", None, events::wake_up(7), 7);
         assert!(store.enqueue(late).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn two_turns_built_on_the_same_history_commit_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let CreateResult::Created(start) = store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
+        else {
+            panic!("not created")
+        };
+        let late = store.enqueue(Message::now("a", None, events::wake_up(2), 2)).await.unwrap().unwrap();
+        store.commit_turn(step("a", 0, vec![start.inbox_id], 3)).await.unwrap();
+        // A second turn built on the same (now stale) empty history: refused, nothing stored.
+        let stale = store.commit_turn(step("a", 0, vec![late.inbox_id], 4)).await;
+        assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+        assert_eq!(store.load_history("a").await.unwrap().len(), 1);
+        let rec = store.load_instance("a").await.unwrap().unwrap();
+        assert_eq!(rec.updated_at_ms, 3);
+        let inbox: Vec<i64> = store.recover().await.unwrap().inbox.iter().map(|d| d.inbox_id).collect();
+        assert_eq!(inbox, [late.inbox_id], "the stale turn consumed nothing");
+        // Claiming a history longer than the stored one is refused too; the right length commits.
+        let ahead = store.commit_turn(step("a", 2, vec![late.inbox_id], 5)).await;
+        assert!(matches!(ahead, Err(StoreError::Conflict(_))), "{ahead:?}");
+        store.commit_turn(step("a", 1, vec![late.inbox_id], 6)).await.unwrap();
+        assert_eq!(store.load_history("a").await.unwrap().len(), 2);
     }
 
     #[tokio::test]
