@@ -203,7 +203,7 @@ impl Store for MemStore {
         self.apply(|t| {
             let conflict = || StoreError::Conflict(c.instance_id.clone());
             let inst = t.instances.get(&c.instance_id).ok_or_else(conflict)?;
-            if inst.execution_id != c.execution_id || is_terminal(inst.status) {
+            if inst.execution_id != c.execution_id || is_terminal(inst.status) || inst.history.len() != c.history_len {
                 return Err(conflict());
             }
             if !c.consumed.iter().all(|id| t.inbox.get(id).is_some_and(|r| r.instance_id == c.instance_id)) {
