@@ -689,11 +689,17 @@ impl Engine {
         // first turn does not go to the store.
         let fresh = new.info();
         let result = self.inner.store.create_instance(new, reuse).await?;
-        if let CreateResult::Created(d) = &result {
+        if let CreateResult::Created(created) = &result {
             self.inner.cache.lock().put(fresh, Vec::new());
+            let now = now_ms();
             let mut s = self.inner.sched.lock();
+            // A replaced instance's pending work is gone from the store; drop it here too.
             s.forget_instance(&id);
-            s.add_event((**d).clone(), now_ms());
+            s.add_event(created.start.clone(), now);
+            // A terminated instance's notice to its parent.
+            for d in &created.delivered {
+                s.add_event(d.clone(), now);
+            }
         }
         self.inner.waiters.notify(&id);
         self.pump();
