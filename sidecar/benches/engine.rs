@@ -122,7 +122,7 @@ fn bench_commit(c: &mut Criterion) {
                 };
                 let created = store.create_instance(new, IdReuse::terminal()).await.expect("create");
                 let inbox_id = match created {
-                    duro::store::CreateResult::Created(d) => d.inbox_id,
+                    duro::store::CreateResult::Created(d) => d.start.inbox_id,
                     other => panic!("unexpected {other:?}"),
                 };
                 let info = InstanceInfo { instance_id: id.clone(), ..info() };

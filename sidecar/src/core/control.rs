@@ -69,6 +69,22 @@ fn terminate(
     out
 }
 
+/// The reason a live instance terminated by an id reuse policy gives (a JSON string, as
+/// the output of a client's terminate would be).
+pub const REPLACED_REASON: &str = "\"terminated to start a new orchestration with the same instance id (id reuse policy)\"";
+
+/// Terminates a live instance so that a new one can take its id (an id reuse policy that
+/// lists its status). Non-recursive, like a default terminate: its children keep running.
+/// The outcome's messages (the notice to a parent waiting on it) must be committed with
+/// the replacement; its history is discarded with the instance.
+pub fn terminate_for_reuse(info: &InstanceInfo, now_ms: i64) -> TurnOutcome {
+    let out = TurnOutcome::unchanged(info.status, 0);
+    if is_terminal(info.status) {
+        return out;
+    }
+    terminate(info, &[], Some(REPLACED_REASON.to_string()), false, out, now_ms)
+}
+
 /// Messages that terminate (recursively) every child the history created.
 pub fn terminate_children(history: &[HistoryEvent], output: Option<String>, now_ms: i64) -> Vec<Message> {
     child_instance_ids(history)
@@ -195,6 +211,35 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn terminate_for_reuse_tells_the_parent_and_leaves_children_alone() {
+        for status in [OrchestrationStatus::Pending, OrchestrationStatus::Running, OrchestrationStatus::Suspended] {
+            let out = terminate_for_reuse(&info(status), NOW);
+            assert_eq!(out.status, OrchestrationStatus::Terminated, "{status:?}");
+            assert_eq!(out.output.as_deref(), Some(REPLACED_REASON));
+            let targets: Vec<_> = out.messages.iter().map(|m| m.target.as_str()).collect();
+            assert_eq!(targets, ["p"], "only the parent is told; children are not terminated");
+            assert_eq!(out.messages[0].execution_id.as_deref(), Some("pe"), "addressed to the waiting execution");
+            match &out.messages[0].event.event_type {
+                Some(EventType::SubOrchestrationInstanceFailed(f)) => {
+                    assert_eq!(f.task_scheduled_id, 3);
+                    let d = f.failure_details.as_ref().unwrap();
+                    assert_eq!(d.error_type, "TaskTerminated");
+                    assert!(d.error_message.contains("id reuse policy"), "{}", d.error_message);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for status in [OrchestrationStatus::Completed, OrchestrationStatus::Failed, OrchestrationStatus::Terminated] {
+            let out = terminate_for_reuse(&info(status), NOW);
+            assert_eq!(out.status, status, "a finished instance is not terminated again");
+            assert!(out.messages.is_empty() && out.append.is_empty(), "its parent was told when it finished");
+        }
+        let mut orphan = info(OrchestrationStatus::Running);
+        orphan.parent = None;
+        assert!(terminate_for_reuse(&orphan, NOW).messages.is_empty());
     }
 
     #[test]

@@ -780,9 +780,16 @@ impl Engine {
         // first turn does not go to the store.
         let fresh = new.info();
         let result = self.inner.store.create_instance(new, reuse).await?;
-        if let CreateResult::Created(d) = &result {
+        if let CreateResult::Created(created) = &result {
             self.inner.cache.lock().put(fresh, Vec::new());
-            self.inner.sched.lock().replace_execution((**d).clone(), self.now());
+            let now = self.now();
+            let mut s = self.inner.sched.lock();
+            // Everything the scheduler holds of a replaced execution is gone from the store.
+            s.replace_execution(created.start.clone(), now);
+            // A terminated instance's notice to its parent.
+            for d in &created.delivered {
+                s.add_event(d.clone(), now);
+            }
         }
         self.inner.waiters.notify(&id);
         self.pump();

@@ -221,6 +221,10 @@ enum Lease {
         partial: Vec<OrchestratorAction>,
         expires: Option<(i64, u64)>,
         context: Option<Box<TurnContext>>,
+        /// Events of this lease whose rows are known to be gone (a replacing execution
+        /// deleted them, or a resync did not find them): never given back to pending. A
+        /// commit that tries to consume one conflicts.
+        stale: HashSet<i64>,
     },
     Activity { activity_id: i64, stream: StreamId, completing: bool },
 }
@@ -410,6 +414,9 @@ impl Scheduler {
 
     /// Adds a committed inbox row: pending now, or a wake-up at its visible time.
     pub fn add_event(&mut self, d: Delivered, now_ms: i64) {
+        if d.inbox_id <= self.known_through(&d.instance_id) {
+            return;
+        }
         let key = (d.priority, d.inbox_id);
         let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, event: d.event };
         if d.visible_at_ms > now_ms {
@@ -420,11 +427,7 @@ impl Scheduler {
     }
 
     fn add_visible(&mut self, instance_id: String, target: &Target, key: EventKey, event: PendingEvent) {
-        let floor = match self.instances.get(&instance_id) {
-            Some(slot) => slot.known_through,
-            None => self.recent_through.peek(&instance_id).copied().unwrap_or(0),
-        };
-        if key.1 <= floor {
+        if key.1 <= self.known_through(&instance_id) {
             return;
         }
         let slot = self.slot(&instance_id);
@@ -434,6 +437,14 @@ impl Scheduler {
         }
         slot.pending.insert(key, event);
         self.enqueue_instance(&instance_id);
+    }
+
+    /// Inbox ids of the instance up to this one are accounted for; see `known_through`.
+    fn known_through(&self, instance_id: &str) -> i64 {
+        match self.instances.get(instance_id) {
+            Some(slot) => slot.known_through,
+            None => self.recent_through.peek(instance_id).copied().unwrap_or(0),
+        }
     }
 
     /// An instance's slot, created if missing (remembering a dropped slot's mark).
@@ -685,7 +696,7 @@ impl Scheduler {
         let expires = stream.map(|_| (now_ms + lease_ms, self.schedule(now_ms + lease_ms, Wake::LeaseExpiry(token.clone()))));
         self.leases.insert(
             token.clone(),
-            Lease::Turn { instance_id: instance_id.clone(), stream, events: events.clone(), completing: false, partial: Vec::new(), expires, context: None },
+            Lease::Turn { instance_id: instance_id.clone(), stream, events: events.clone(), completing: false, partial: Vec::new(), expires, context: None, stale: HashSet::new() },
         );
         TurnLease { token, instance_id, kind, events, attempts }
     }
@@ -793,7 +804,8 @@ impl Scheduler {
         suspended: bool,
         finished: Option<i64>,
     ) {
-        let Some(Lease::Turn { instance_id, stream, expires, .. }) = self.leases.remove(token) else { return };
+        let Some(Lease::Turn { instance_id, stream, expires, stale, .. }) = self.leases.remove(token) else { return };
+        let unconsumed = unconsumed.into_iter().filter(|(_, p)| !stale.contains(&p.inbox_id));
         self.free_stream_turn(stream);
         if let Some(key) = expires {
             self.wakeups.remove(&key);
@@ -828,9 +840,10 @@ impl Scheduler {
     /// truth, that the instance is not started or is suspended: its events wait behind
     /// `gate`. No attempt is counted.
     pub fn hold_turn(&mut self, token: &str, gate: Gate) {
-        let Some(Lease::Turn { instance_id, stream, events, expires, .. }) = self.leases.remove(token) else {
+        let Some(Lease::Turn { instance_id, stream, events, expires, stale, .. }) = self.leases.remove(token) else {
             return;
         };
+        let events = events.into_iter().filter(|(_, p)| !stale.contains(&p.inbox_id));
         self.free_stream_turn(stream);
         if let Some(key) = expires {
             self.wakeups.remove(&key);
@@ -874,6 +887,10 @@ impl Scheduler {
         let slot = self.slot(instance_id);
         slot.pending.retain(|(_, id), _| *id > through);
         slot.known_through = slot.known_through.max(through);
+        let lease = slot.leased.clone();
+        if let Some(Lease::Turn { events, stale, .. }) = lease.and_then(|t| self.leases.get_mut(&t)) {
+            stale.extend(events.iter().map(|(_, p)| p.inbox_id).filter(|id| *id <= through));
+        }
         self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= through));
         let gone: Vec<i64> = self
             .activities
@@ -898,15 +915,17 @@ impl Scheduler {
     /// finished or gone): rows up to the watermark that are not in the store are dropped,
     /// rows registered later are kept, and the gate opens so the next turn re-checks.
     pub fn resync(&mut self, instance_id: &str, rows: Vec<Delivered>, watermark: i64, now_ms: i64) {
-        let leased: HashSet<i64> = self
-            .instances
-            .get(instance_id)
-            .and_then(|s| s.leased.as_ref())
-            .and_then(|t| match self.leases.get(t) {
-                Some(Lease::Turn { events, .. }) => Some(events.iter().map(|(_, p)| p.inbox_id).collect()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let in_store: HashSet<i64> = rows.iter().map(|d| d.inbox_id).collect();
+        let lease = self.instances.get(instance_id).and_then(|s| s.leased.clone());
+        let mut leased = HashSet::new();
+        if let Some(Lease::Turn { events, stale, .. }) = lease.and_then(|t| self.leases.get_mut(&t)) {
+            for (_, p) in events.iter() {
+                leased.insert(p.inbox_id);
+                if p.inbox_id <= watermark && !in_store.contains(&p.inbox_id) {
+                    stale.insert(p.inbox_id);
+                }
+            }
+        }
         let slot = self.slot(instance_id);
         slot.pending.retain(|(_, id), _| *id > watermark);
         slot.gate = Gate::Open;
@@ -936,7 +955,8 @@ impl Scheduler {
             }
         };
         match lease {
-            Lease::Turn { instance_id, stream, events, expires, .. } => {
+            Lease::Turn { instance_id, stream, events, expires, stale, .. } => {
+                let events = events.into_iter().filter(|(_, p)| !stale.contains(&p.inbox_id));
                 self.free_stream_turn(stream);
                 if let Some(key) = expires {
                     self.wakeups.remove(&key);

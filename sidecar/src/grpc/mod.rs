@@ -109,6 +109,10 @@ fn instance_response(r: Option<InstanceRecord>, with_payloads: bool) -> GetInsta
     }
 }
 
+/// The request's id reuse policy (semantics: the table on [`IdReuse`]). `legacyAction` 0
+/// (ERROR, the proto3 default, never on the wire) is indistinguishable from the current
+/// `replaceableStatus` form and is read as it; 1 (IGNORE) and 2 (TERMINATE) are the Go SDK's
+/// legacy form.
 fn reuse_policy(p: Option<&OrchestrationIdReusePolicy>) -> Result<IdReuse, Status> {
     let Some(p) = p else { return Ok(IdReuse::terminal()) };
     let listed = statuses(&p.replaceable_status)?;

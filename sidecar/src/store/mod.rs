@@ -132,21 +132,71 @@ pub struct QueuedActivity {
     pub progress: Option<String>,
 }
 
-/// What to do when an instance id is already taken.
+/// What to do when a client starts an instance whose id is already taken.
+///
+/// The semantics follow durabletask-go (`backend/sqlite` and `backend/postgres`,
+/// `handleInstanceExists`) for the legacy form and the protocol's `replaceableStatus` for
+/// the current one; where Duro goes further (a live instance is *terminated*, not silently
+/// deleted) it is said below. "Live" is PENDING (including a start scheduled in the
+/// future), RUNNING or SUSPENDED; "finished" is COMPLETED, FAILED, TERMINATED (or CANCELED).
+///
+/// | Policy (wire form)                                   | no instance | existing status listed                | existing status not listed |
+/// |------------------------------------------------------|-------------|---------------------------------------|----------------------------|
+/// | none sent ([`IdReuse::terminal`])                    | created     | finished: replaced                    | live: `AlreadyExists`      |
+/// | `replaceableStatus` = S ([`IdReuse::Replace`])       | created     | finished: replaced; live: terminated, then replaced | `AlreadyExists` |
+/// | `replaceableStatus` = [] (empty list)                | created     | —                                     | `AlreadyExists`            |
+/// | legacy S + `TERMINATE` (Go SDK)                      | created     | finished: replaced; live: terminated, then replaced | `AlreadyExists` |
+/// | legacy S + `IGNORE` (Go SDK)                         | created     | kept: OK with the existing id, nothing changes | `AlreadyExists`   |
+/// | legacy S + `ERROR` (Go SDK)                          | created     | `AlreadyExists`                       | `AlreadyExists`            |
+///
+/// - An unlisted status is always refused (durabletask-go answers `ErrDuplicateInstance`
+///   before it looks at the action); it never means "replace". Issue 13 was the inverse.
+/// - No policy: durabletask-go refuses every existing id; Duro reuses finished ids (as
+///   Dapr and the Durable Task Scheduler do; protocol reference §7) and refuses live ones.
+/// - `ERROR` is the enum's zero value, which proto3 does not put on the wire: a Go client's
+///   "S + ERROR" arrives as `replaceableStatus` = S and is treated as such. Only code that
+///   builds `Legacy { action: Error }` directly gets the refuse-always row.
+/// - **Replaced** means the old instance's rows (history, inbox, queued activities) are
+///   deleted and the new one is inserted, in one store transaction, as durabletask-go does.
+///   **Terminated, then replaced** (a live instance) additionally applies a
+///   non-recursive terminate first ([`crate::core::control::terminate_for_reuse`]) and
+///   commits its outbox in the same transaction: a parent waiting on the instance as a
+///   sub-orchestration gets `subOrchestrationInstanceFailed` (`TaskTerminated`), exactly
+///   as for `TerminateInstance`. The terminated execution's own history does not survive
+///   the replacement (the id holds one execution). Its children are not terminated (like
+///   a non-recursive terminate): they run on, and their results, addressed to the old
+///   execution, are dropped. A turn of the old execution in flight fails to commit
+///   (`Conflict`) and is discarded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdReuse {
-    /// Replace the existing instance if its status is listed; otherwise `AlreadyExists`.
+    /// `replaceableStatus`: replace the existing instance if its status is listed
+    /// (terminating it first if it is live); otherwise `AlreadyExists`.
     Replace(Vec<OrchestrationStatus>),
-    /// The old form still sent by the Go SDK: if the existing status is listed apply the
-    /// action, otherwise replace.
+    /// The old form still sent by the Go SDK (statuses + action): if the existing status
+    /// is listed, apply the action; otherwise `AlreadyExists`.
     Legacy { statuses: Vec<OrchestrationStatus>, action: LegacyReuseAction },
 }
 
+/// `CreateOrchestrationAction` of the legacy policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LegacyReuseAction {
+    /// Refuse with `AlreadyExists`.
     Error,
+    /// Keep the existing instance and answer OK with its id.
     Ignore,
+    /// Terminate the existing instance if it is live, then replace it.
     Terminate,
+}
+
+/// What a policy says about an instance that already holds the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseDecision {
+    /// Answer `AlreadyExists`; the existing instance is untouched.
+    Refuse,
+    /// Answer OK with the existing id; the existing instance is untouched.
+    Keep,
+    /// Replace the existing instance (terminating it first if it is live).
+    Replace,
 }
 
 impl IdReuse {
@@ -159,14 +209,39 @@ impl IdReuse {
             OrchestrationStatus::Canceled,
         ])
     }
+
+    /// The decision for an existing instance with status `existing` (see the table above).
+    pub fn decide(&self, existing: OrchestrationStatus) -> ReuseDecision {
+        match self {
+            IdReuse::Replace(listed) if listed.contains(&existing) => ReuseDecision::Replace,
+            IdReuse::Legacy { statuses, action } if statuses.contains(&existing) => match action {
+                LegacyReuseAction::Error => ReuseDecision::Refuse,
+                LegacyReuseAction::Ignore => ReuseDecision::Keep,
+                LegacyReuseAction::Terminate => ReuseDecision::Replace,
+            },
+            _ => ReuseDecision::Refuse,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateResult {
-    Created(Box<Delivered>),
+    Created(Box<Created>),
     /// The id exists and the policy said to keep the existing instance.
     Kept,
     AlreadyExists(OrchestrationStatus),
+}
+
+/// A created instance and what its creation committed besides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The new instance's `executionStarted` inbox row.
+    pub start: Delivered,
+    /// The status of the instance this one replaced, if the id was taken; a live one was
+    /// terminated first.
+    pub replaced: Option<OrchestrationStatus>,
+    /// Messages the replaced instance's termination delivered (its parent's notice).
+    pub delivered: Vec<Delivered>,
 }
 
 /// One turn's changes for [`Store::commit_turn`].

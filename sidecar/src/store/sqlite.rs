@@ -589,35 +589,41 @@ fn insert_instance(c: &Connection, new: &NewInstance) -> Result<Delivered, Store
     )
 }
 
+/// Creates an instance, applying `reuse` if the id is taken (table on [`IdReuse`]). A live
+/// instance being replaced is terminated first, in this transaction: its parent's notice
+/// is delivered, then its rows are deleted.
 fn create(c: &Connection, new: &NewInstance, reuse: &IdReuse) -> Result<CreateResult, StoreError> {
     let id = &new.spec.instance_id;
-    if let Some((existing, _)) = target_of(c, id)? {
-        let replace = match reuse {
-            IdReuse::Replace(statuses) => statuses.contains(&existing.status),
-            IdReuse::Legacy { statuses, action } => {
-                if !statuses.contains(&existing.status) {
-                    true
-                } else {
-                    match action {
-                        LegacyReuseAction::Error => false,
-                        LegacyReuseAction::Ignore => return Ok(CreateResult::Kept),
-                        LegacyReuseAction::Terminate => true,
+    let mut replaced = None;
+    let mut delivered = Vec::new();
+    if let Some(existing) = load_instance_with(c, id)? {
+        match reuse.decide(existing.status) {
+            ReuseDecision::Refuse => return Ok(CreateResult::AlreadyExists(existing.status)),
+            ReuseDecision::Keep => return Ok(CreateResult::Kept),
+            ReuseDecision::Replace => {
+                let terminated = core::control::terminate_for_reuse(&existing.info(), new.created_at_ms);
+                for m in &terminated.messages {
+                    if let Some(d) = deliver(c, m)? {
+                        delivered.push(d);
                     }
                 }
+                delete_instance(c, id)?;
+                replaced = Some(existing.status);
             }
-        };
-        if !replace {
-            return Ok(CreateResult::AlreadyExists(existing.status));
         }
-        delete_instance(c, id)?;
     }
-    Ok(CreateResult::Created(Box::new(insert_instance(c, new)?)))
+    let start = insert_instance(c, new)?;
+    Ok(CreateResult::Created(Box::new(Created { start, replaced, delivered })))
 }
 
 /// Creates a sub-orchestration; a live instance holding the id fails the parent's task.
 fn create_child(c: &Connection, new: &NewInstance, now_ms: i64, out: &mut CommitResult) -> Result<(), StoreError> {
     match create(c, new, &IdReuse::terminal())? {
-        CreateResult::Created(d) => out.delivered.push(*d),
+        CreateResult::Created(created) => {
+            let Created { start, delivered, .. } = *created;
+            out.delivered.push(start);
+            out.delivered.extend(delivered);
+        }
         CreateResult::Kept => {}
         CreateResult::AlreadyExists(status) => {
             if let Some(p) = &new.parent_task {
@@ -913,7 +919,7 @@ fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Res
         parent_task: None,
     };
     match create(c, &new, &IdReuse::terminal())? {
-        CreateResult::Created(d) => Ok(RestartResult::Restarted(d)),
+        CreateResult::Created(created) => Ok(RestartResult::Restarted(Box::new(created.start))),
         CreateResult::Kept | CreateResult::AlreadyExists(_) => Err(StoreError::Conflict(instance_id)),
     }
 }
@@ -1403,7 +1409,7 @@ mod tests {
         else {
             panic!("not created")
         };
-        store.commit_turn(finish("a", vec![start.inbox_id], OrchestrationStatus::Completed, 5)).await.unwrap();
+        store.commit_turn(finish("a", vec![start.start.inbox_id], OrchestrationStatus::Completed, 5)).await.unwrap();
         let rec = store.load_instance("a").await.unwrap().unwrap();
         assert_eq!(rec.status, OrchestrationStatus::Completed);
         assert_eq!(rec.output.as_deref(), Some("\"done\""));
@@ -1427,7 +1433,7 @@ mod tests {
             panic!("not created")
         };
         let late = store.enqueue(Message::now("a", None, events::wake_up(2), 2)).await.unwrap().unwrap();
-        store.commit_turn(step("a", 0, vec![start.inbox_id], 3)).await.unwrap();
+        store.commit_turn(step("a", 0, vec![start.start.inbox_id], 3)).await.unwrap();
         // A second turn built on the same (now stale) empty history: refused, nothing stored.
         let stale = store.commit_turn(step("a", 0, vec![late.inbox_id], 4)).await;
         assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
@@ -1454,7 +1460,7 @@ mod tests {
                 panic!("not created")
             };
             if *id != "job-2" {
-                store.commit_turn(finish(id, vec![d.inbox_id], OrchestrationStatus::Completed, 100 + i as i64)).await.unwrap();
+                store.commit_turn(finish(id, vec![d.start.inbox_id], OrchestrationStatus::Completed, 100 + i as i64)).await.unwrap();
             }
         }
         let ids = |v: Vec<InstanceRecord>| v.into_iter().map(|r| r.instance_id).collect::<Vec<_>>();
@@ -1508,5 +1514,215 @@ mod tests {
         assert_eq!(purged, 3);
         let left = store.query_instances(&InstanceFilter { page_size: 10, ..Default::default() }).await.unwrap();
         assert_eq!(ids(left), ["job-2"]);
+    }
+
+    // ----- id reuse: every existing status × policy ------------------------------------------
+
+    /// A far-future scheduled start (a PENDING instance that will not run soon).
+    const FUTURE: i64 = 4_000_000_000_000;
+
+    /// The instance `id` as a child of running parent `p` (task 7), in `status`. Live ones
+    /// have an unconsumed future inbox row (scheduled start or timer) and, once started, a
+    /// queued activity, so a replacement must delete them.
+    async fn existing(store: &SqliteStore, id: &str, status: Option<OrchestrationStatus>) {
+        use OrchestrationStatus as S;
+        let Some(status) = status else { return };
+        let mut new = new_instance(id, 10);
+        new.spec.parent = Some(duro_proto::ParentInstanceInfo {
+            task_scheduled_id: 7,
+            orchestration_instance: Some(duro_proto::OrchestrationInstance {
+                instance_id: "p".into(),
+                execution_id: Some("p-exec".into()),
+            }),
+            ..Default::default()
+        });
+        if status == S::Pending {
+            new.spec.scheduled_start_ms = Some(FUTURE);
+            new.visible_at_ms = FUTURE;
+        }
+        let CreateResult::Created(c) = store.create_instance(new, IdReuse::Replace(vec![])).await.unwrap() else {
+            panic!("{id} not created")
+        };
+        if status == S::Pending {
+            return;
+        }
+        let mut outcome = TurnOutcome::unchanged(status, 0);
+        outcome.append = vec![events::orchestrator_started(20)];
+        if !is_terminal(status) {
+            outcome.activities = vec![ActivityRequest {
+                name: "A".into(),
+                orchestration_instance: Some(duro_proto::OrchestrationInstance {
+                    instance_id: id.into(),
+                    execution_id: Some(format!("{id}-exec")),
+                }),
+                ..Default::default()
+            }];
+            let timer = Message { visible_at_ms: FUTURE, ..Message::now(id, Some(format!("{id}-exec")), events::wake_up(20), 20) };
+            outcome.messages = vec![timer];
+        }
+        let commit = TurnCommit {
+            instance_id: id.into(),
+            execution_id: format!("{id}-exec"),
+            history_len: 0,
+            consumed: vec![c.start.inbox_id],
+            outcome,
+            now_ms: 20,
+        };
+        store.commit_turn(commit).await.unwrap();
+        assert_eq!(store.load_instance(id).await.unwrap().unwrap().status, status);
+    }
+
+    /// The whole matrix of [`IdReuse`]'s table, written out by hand (not derived from
+    /// `decide`). Columns: no instance, PENDING (scheduled in the future), RUNNING,
+    /// SUSPENDED, COMPLETED, FAILED, TERMINATED. `c` created, `k` kept (OK, untouched),
+    /// `x` AlreadyExists (untouched), `r` finished instance replaced, `t` live instance
+    /// terminated (its parent told) and replaced.
+    #[tokio::test]
+    async fn id_reuse_matrix_every_existing_status_by_every_policy_form() {
+        use LegacyReuseAction::*;
+        use OrchestrationStatus as S;
+        let all = || vec![S::Pending, S::Running, S::Suspended, S::Completed, S::Failed, S::Terminated];
+        let legacy = |statuses: Vec<S>, action| IdReuse::Legacy { statuses, action };
+        let rows: Vec<(&str, IdReuse, &str)> = vec![
+            ("no policy", IdReuse::terminal(), "cxxxrrr"),
+            ("replaceable []", IdReuse::Replace(vec![]), "cxxxxxx"),
+            ("replaceable [RUNNING]", IdReuse::Replace(vec![S::Running]), "cxtxxxx"),
+            ("replaceable [PENDING,RUNNING,SUSPENDED]", IdReuse::Replace(vec![S::Pending, S::Running, S::Suspended]), "ctttxxx"),
+            ("replaceable [COMPLETED,FAILED]", IdReuse::Replace(vec![S::Completed, S::Failed]), "cxxxrrx"),
+            ("replaceable all", IdReuse::Replace(all()), "ctttrrr"),
+            // Issue 13: this used to replace (wipe) PENDING, RUNNING, SUSPENDED and TERMINATED.
+            ("legacy [COMPLETED,FAILED] TERMINATE", legacy(vec![S::Completed, S::Failed], Terminate), "cxxxrrx"),
+            ("legacy [RUNNING] TERMINATE", legacy(vec![S::Running], Terminate), "cxtxxxx"),
+            ("legacy [] TERMINATE", legacy(vec![], Terminate), "cxxxxxx"),
+            ("legacy all TERMINATE", legacy(all(), Terminate), "ctttrrr"),
+            ("legacy [RUNNING,PENDING] IGNORE", legacy(vec![S::Running, S::Pending], Ignore), "ckkxxxx"),
+            ("legacy [COMPLETED] IGNORE", legacy(vec![S::Completed], Ignore), "cxxxkxx"),
+            ("legacy all IGNORE", legacy(all(), Ignore), "ckkkkkk"),
+            ("legacy all ERROR", legacy(all(), Error), "cxxxxxx"),
+            ("legacy [RUNNING] ERROR", legacy(vec![S::Running], Error), "cxxxxxx"),
+        ];
+        let columns = [None, Some(S::Pending), Some(S::Running), Some(S::Suspended), Some(S::Completed), Some(S::Failed), Some(S::Terminated)];
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let CreateResult::Created(p) = store.create_instance(new_instance("p", 1), IdReuse::terminal()).await.unwrap() else {
+            panic!("parent not created")
+        };
+        let mut running = finish("p", vec![p.start.inbox_id], S::Running, 2);
+        running.outcome.output = None;
+        store.commit_turn(running).await.unwrap();
+
+        let mut notices = 0;
+        for (r, (name, policy, expected)) in rows.iter().enumerate() {
+            assert_eq!(expected.len(), columns.len(), "{name}");
+            for (col, (status, want)) in columns.iter().zip(expected.chars()).enumerate() {
+                let id = format!("i-{r}-{col}");
+                let cell = format!("{name} × {status:?} (expected '{want}')");
+                existing(&store, &id, *status).await;
+                let before = store.load_instance(&id).await.unwrap();
+                let history_before = store.load_history(&id).await.unwrap();
+                let mut new = new_instance(&id, 30);
+                new.spec.execution_id = format!("{id}-new");
+                new.spec.input = Some("\"new\"".into());
+                let result = store.create_instance(new, policy.clone()).await.unwrap();
+                let after = store.load_instance(&id).await.unwrap().unwrap();
+                let rows_of_old = store.recover().await.unwrap();
+                let old_exec = format!("{id}-exec");
+                let old_inbox = rows_of_old.inbox.iter().filter(|d| d.execution_id.as_deref() == Some(&old_exec)).count();
+                let old_activities = rows_of_old
+                    .activities
+                    .iter()
+                    .filter(|a| a.request.orchestration_instance.as_ref().and_then(|o| o.execution_id.as_deref()) == Some(&old_exec))
+                    .count();
+                match want {
+                    'c' | 'r' | 't' => {
+                        let CreateResult::Created(created) = result else { panic!("{cell}: got {result:?}") };
+                        assert_eq!(created.replaced, *status, "{cell}");
+                        assert_eq!(created.start.execution_id.as_deref(), Some(format!("{id}-new").as_str()), "{cell}");
+                        assert_eq!(after.execution_id, format!("{id}-new"), "{cell}");
+                        assert_eq!(after.status, S::Pending, "{cell}");
+                        assert_eq!(after.input.as_deref(), Some("\"new\""), "{cell}");
+                        assert_eq!(after.parent_instance_id, None, "{cell}: the new instance has no parent");
+                        assert!(store.load_history(&id).await.unwrap().is_empty(), "{cell}: old history must be gone");
+                        assert_eq!((old_inbox, old_activities), (0, 0), "{cell}: old execution's pending work must be gone");
+                        if want == 't' {
+                            assert!(!is_terminal(status.unwrap()), "{cell}: 't' is for live instances");
+                            assert_eq!(created.delivered.len(), 1, "{cell}: the parent must be told");
+                            let d = &created.delivered[0];
+                            assert_eq!((d.instance_id.as_str(), d.execution_id.as_deref()), ("p", Some("p-exec")), "{cell}");
+                            match &d.event.event_type {
+                                Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(f)) => {
+                                    assert_eq!(f.task_scheduled_id, 7, "{cell}");
+                                    let details = f.failure_details.as_ref().expect("details");
+                                    assert_eq!(details.error_type, "TaskTerminated", "{cell}");
+                                    assert!(details.error_message.contains(&id), "{cell}: {}", details.error_message);
+                                }
+                                other => panic!("{cell}: parent got {other:?}"),
+                            }
+                            notices += 1;
+                        } else {
+                            assert!(created.delivered.is_empty(), "{cell}: nothing to tell (finished or no instance)");
+                        }
+                        if want == 'c' {
+                            assert!(before.is_none(), "{cell}");
+                        }
+                        if want == 'r' {
+                            assert!(is_terminal(status.unwrap()), "{cell}: 'r' is for finished instances");
+                        }
+                    }
+                    'k' | 'x' => {
+                        match (want, &result) {
+                            ('k', CreateResult::Kept) => {}
+                            ('x', CreateResult::AlreadyExists(s)) => assert_eq!(Some(*s), *status, "{cell}"),
+                            _ => panic!("{cell}: got {result:?}"),
+                        }
+                        assert_eq!(Some(&after), before.as_ref(), "{cell}: the existing instance must be untouched");
+                        assert_eq!(store.load_history(&id).await.unwrap(), history_before, "{cell}");
+                        if !is_terminal(status.unwrap()) {
+                            assert!(old_inbox >= 1, "{cell}: the live instance keeps its pending work");
+                        }
+                    }
+                    other => panic!("bad expectation {other}"),
+                }
+            }
+        }
+        // Every terminated child's notice sits in the parent's inbox.
+        let in_parent = store
+            .recover()
+            .await
+            .unwrap()
+            .inbox
+            .iter()
+            .filter(|d| d.instance_id == "p" && matches!(d.event.event_type, Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(_))))
+            .count();
+        assert_eq!(in_parent, notices);
+        assert_eq!(notices, 1 + 3 + 3 + 1 + 3, "t cells in the table");
+    }
+
+    /// A live instance whose parent has finished (or is gone) is still terminated and
+    /// replaced; the notice is dropped like any message to a finished instance.
+    #[tokio::test]
+    async fn terminate_and_replace_with_a_finished_parent_drops_the_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        existing(&store, "orphan", Some(OrchestrationStatus::Running)).await; // parent "p" never existed
+        let mut new = new_instance("orphan", 30);
+        new.spec.execution_id = "orphan-new".into();
+        let result = store.create_instance(new, IdReuse::Replace(vec![OrchestrationStatus::Running])).await.unwrap();
+        let CreateResult::Created(created) = result else { panic!("{result:?}") };
+        assert_eq!(created.replaced, Some(OrchestrationStatus::Running));
+        assert!(created.delivered.is_empty());
+        assert_eq!(store.load_instance("orphan").await.unwrap().unwrap().execution_id, "orphan-new");
+    }
+
+    #[test]
+    fn an_unlisted_status_is_refused_whatever_the_action() {
+        use OrchestrationStatus as S;
+        for action in [LegacyReuseAction::Error, LegacyReuseAction::Ignore, LegacyReuseAction::Terminate] {
+            let policy = IdReuse::Legacy { statuses: vec![S::Completed, S::Failed], action };
+            for s in [S::Pending, S::Running, S::Suspended, S::Terminated] {
+                assert_eq!(policy.decide(s), ReuseDecision::Refuse, "{action:?} {s:?}");
+            }
+        }
     }
 }

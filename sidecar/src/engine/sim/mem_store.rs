@@ -163,10 +163,13 @@ impl Store for MemStore {
     async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
         self.apply(|t| {
             let s = &new.spec;
+            let mut replaced = None;
             if let Some(existing) = t.instances.get(&s.instance_id) {
-                let IdReuse::Replace(statuses) = &reuse else { return Err(not_simulated("legacy id reuse")) };
-                if !statuses.contains(&existing.status) {
-                    return Ok(CreateResult::AlreadyExists(existing.status));
+                match reuse.decide(existing.status) {
+                    ReuseDecision::Refuse => return Ok(CreateResult::AlreadyExists(existing.status)),
+                    ReuseDecision::Keep => return Ok(CreateResult::Kept),
+                    // Simulated instances have no parent to tell.
+                    ReuseDecision::Replace => replaced = Some(existing.status),
                 }
                 delete_instance(t, &s.instance_id);
             }
@@ -190,7 +193,8 @@ impl Store for MemStore {
                 event: new.started_event(),
             };
             let target = Target { name: s.name.clone(), version: None, status: OrchestrationStatus::Pending };
-            Ok(CreateResult::Created(Box::new(insert_inbox(t, &start, target))))
+            let start = insert_inbox(t, &start, target);
+            Ok(CreateResult::Created(Box::new(Created { start, replaced, delivered: Vec::new() })))
         })
         .await
     }

@@ -297,8 +297,21 @@ impl Sim {
                 self.note(format!("start {id} input {input} (over an existing id: {replace})"));
                 self.instances.insert(id.clone());
                 let new = self.new_instance(&id, input);
+                // Half the restarts also replace a live instance (terminated first): its
+                // turn or activity in flight must then fail to commit.
+                let reuse = if self.roll(2) == 0 {
+                    IdReuse::terminal()
+                } else {
+                    IdReuse::Replace(vec![
+                        OrchestrationStatus::Pending,
+                        OrchestrationStatus::Running,
+                        OrchestrationStatus::Suspended,
+                        OrchestrationStatus::Completed,
+                        OrchestrationStatus::Terminated,
+                    ])
+                };
                 tokio::spawn(async move {
-                    let _ = engine.create_instance(new, IdReuse::terminal()).await;
+                    let _ = engine.create_instance(new, reuse).await;
                 });
             }
             12..=25 => {
