@@ -15,11 +15,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use duro_proto::{OrchestrationState, OrchestrationStatus};
-use duro_sdk::{when_all, ActivityContext, ClientError, Failure, OrchestrationContext, StartOptions, Worker, WorkerOptions};
+use duro_sdk::{
+    when_all, ActivityContext, ClientError, Failure, OrchestrationContext, StartOptions, Worker, WorkerOptions,
+};
 use duro_tests::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -70,6 +72,20 @@ fn instance_id(i: u64) -> String {
 struct Counts {
     step: AtomicU64,
     square: AtomicU64,
+    /// When the worker started each activity or orchestrator execution (per-restart figures).
+    work: Mutex<Vec<Instant>>,
+}
+
+impl Counts {
+    fn work(&self) {
+        self.work.lock().expect("lock").push(Instant::now());
+    }
+}
+
+/// Activities take 10–69 ms (derived from the input, so re-runs take as long), so kills also
+/// land while activities are running.
+async fn busy(x: u64) {
+    tokio::time::sleep(Duration::from_millis(10 + x % 60)).await;
 }
 
 fn worker(endpoint: String, counts: Arc<Counts>) -> Worker {
@@ -77,29 +93,43 @@ fn worker(endpoint: String, counts: Arc<Counts>) -> Worker {
     // backoff grows to 15 s, which would dominate the recovery time after 50 restarts in a row).
     let options = WorkerOptions::default().with_reconnect_delays(Duration::from_millis(50), Duration::from_millis(500));
     let mut w = Worker::new(endpoint).with_options(options);
-    let (c1, c2) = (counts.clone(), counts);
+    let (c1, c2, c3, c4) = (counts.clone(), counts.clone(), counts.clone(), counts);
     w.add_activity("Step", move |_ctx: ActivityContext, x: u64| {
         c1.step.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, Failure>(step(x)) }
+        c1.work();
+        async move {
+            busy(x).await;
+            Ok::<_, Failure>(step(x))
+        }
     })
     .add_activity("SquarePlusOne", move |_ctx: ActivityContext, x: u64| {
         c2.square.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, Failure>(square(x) + 1) }
+        c2.work();
+        async move {
+            busy(x).await;
+            Ok::<_, Failure>(square(x) + 1)
+        }
     })
-    .add_orchestrator("Child", |ctx: OrchestrationContext, x: u64| async move {
-        let s: u64 = ctx.call_activity("Step", x).await?;
-        Ok::<_, Failure>(s + 1000)
+    .add_orchestrator("Child", move |ctx: OrchestrationContext, x: u64| {
+        c3.work();
+        async move {
+            let s: u64 = ctx.call_activity("Step", x).await?;
+            Ok::<_, Failure>(s + 1000)
+        }
     })
-    .add_orchestrator("Mixed", |ctx: OrchestrationContext, i: u64| async move {
-        let a: u64 = ctx.call_activity("Step", i).await?;
-        let b: u64 = ctx.call_activity("Step", a).await?;
-        let c: u64 = ctx.call_activity("Step", b).await?;
-        ctx.create_timer(Duration::from_millis(timer_ms(i))).await?;
-        let ev: u64 = ctx.wait_for_external_event("go").await?;
-        let tasks: Vec<_> = (0..5).map(|k| ctx.call_activity::<u64>("SquarePlusOne", c + ev + k)).collect();
-        let fan: u64 = when_all(tasks).await?.iter().sum();
-        let child: u64 = ctx.call_sub_orchestration("Child", fan % 1000).await?;
-        Ok::<_, Failure>(format!("{i}|{c}|{ev}|{fan}|{child}"))
+    .add_orchestrator("Mixed", move |ctx: OrchestrationContext, i: u64| {
+        c4.work();
+        async move {
+            let a: u64 = ctx.call_activity("Step", i).await?;
+            let b: u64 = ctx.call_activity("Step", a).await?;
+            let c: u64 = ctx.call_activity("Step", b).await?;
+            ctx.create_timer(Duration::from_millis(timer_ms(i))).await?;
+            let ev: u64 = ctx.wait_for_external_event("go").await?;
+            let tasks: Vec<_> = (0..5).map(|k| ctx.call_activity::<u64>("SquarePlusOne", c + ev + k)).collect();
+            let fan: u64 = when_all(tasks).await?.iter().sum();
+            let child: u64 = ctx.call_sub_orchestration("Child", fan % 1000).await?;
+            Ok::<_, Failure>(format!("{i}|{c}|{ev}|{fan}|{child}"))
+        }
     });
     w
 }
@@ -137,10 +167,9 @@ fn median(v: &mut [Duration]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
-    let seed: u64 = std::env::var("DURO_CRASH_LOOP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed: u64 = std::env::var("DURO_CRASH_LOOP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
     let kills: usize = std::env::var("DURO_CRASH_LOOP_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(50).max(3);
     eprintln!("crash loop: seed {seed} (DURO_CRASH_LOOP_SEED={seed} replays it), {kills} kills, {N} orchestrations");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -162,6 +191,7 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
     let mut driver = tokio::task::JoinSet::new();
     let mut uptimes = Vec::new();
     let mut restart_times = Vec::new();
+    let (mut kill_at, mut restarted_at) = (Vec::new(), Vec::new());
     let t_loop = Instant::now();
     let mut last_restart = (Instant::now(), SystemTime::now());
     for k in 0..kills {
@@ -205,9 +235,11 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
         tokio::time::sleep(up).await;
         let wall = SystemTime::now();
         let t = Instant::now();
+        kill_at.push(t);
         sidecar.restart(); // kill -9, then start again on the same port and database
         restart_times.push(t.elapsed());
         last_restart = (Instant::now(), wall);
+        restarted_at.push(last_restart.0);
     }
     let loop_time = t_loop.elapsed();
     let (t_restart, restart_wall) = last_restart;
@@ -232,7 +264,11 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
                 first_progress = Some(t_restart.elapsed());
             }
         }
-        if parents.len() == N as usize && parents.iter().all(|s| status_of(s) != OrchestrationStatus::Running && status_of(s) != OrchestrationStatus::Pending) {
+        if parents.len() == N as usize
+            && parents
+                .iter()
+                .all(|s| status_of(s) != OrchestrationStatus::Running && status_of(s) != OrchestrationStatus::Pending)
+        {
             break Some(t_restart.elapsed());
         }
         if t_restart.elapsed() > Duration::from_secs(60) {
@@ -265,6 +301,17 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
     let parents = states.iter().filter(|s| !s.instance_id.contains(':')).count();
     let children = states.len() - parents;
 
+    // Per restart, worker side: from the restart to the first work item the worker started
+    // (before the next kill; the last restart's window runs until all were complete).
+    let work = counts.work.lock().expect("lock").clone();
+    let mut first_work = Vec::new();
+    for (k, &r) in restarted_at.iter().enumerate() {
+        let end = kill_at.get(k + 1).copied().unwrap_or_else(Instant::now);
+        if let Some(w) = work.iter().filter(|&&w| w >= r && w < end).min() {
+            first_work.push(*w - r);
+        }
+    }
+    let idle_windows = restarted_at.len() - first_work.len();
     let (steps, squares) = (counts.step.load(Ordering::SeqCst), counts.square.load(Ordering::SeqCst));
     let mut rt = restart_times.clone();
     let mut up = uptimes.clone();
@@ -280,6 +327,14 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
         rt.iter().min().copied().unwrap_or_default(),
         median(&mut rt),
         rt.iter().max().copied().unwrap_or_default(),
+    );
+    let fw_min = first_work.iter().min().copied().unwrap_or_default();
+    let fw_max = first_work.iter().max().copied().unwrap_or_default();
+    let fw_med = if first_work.is_empty() { Duration::ZERO } else { median(&mut first_work) };
+    eprintln!(
+        "crash loop: per restart, restart to first work item at the worker min/median/max {fw_min:?}/{fw_med:?}/{fw_max:?} \
+         ({} restarts; {idle_windows} up-windows ended by the next kill before the worker got any work)",
+        restarted_at.len()
     );
     eprintln!(
         "crash loop: after the last restart {} of {N} orchestrations were incomplete; first committed turn after {:?}; all complete after {:?}",
@@ -308,6 +363,9 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
         "seed {seed}: every orchestration finished before the last restart; recovery was not exercised"
     );
     let first = first_progress.unwrap_or_else(|| panic!("seed {seed}: no progress observed after the last restart"));
-    assert!(first <= RECOVERY_LIMIT, "seed {seed}: work resumed {first:?} after the last restart (limit {RECOVERY_LIMIT:?})");
+    assert!(
+        first <= RECOVERY_LIMIT,
+        "seed {seed}: work resumed {first:?} after the last restart (limit {RECOVERY_LIMIT:?})"
+    );
     handle.shutdown().await.expect("worker shutdown");
 }
