@@ -46,8 +46,6 @@ for workers in 1 2; do
         echo "  inbox rows of RUNNING instances (instance_id, rows):"
         sqlite3 "$dir/duro.db" "SELECT '    ' || i.instance_id || ' ' || count(*) FROM inbox i JOIN instances s ON s.instance_id = i.instance_id WHERE s.status = 0 GROUP BY i.instance_id ORDER BY i.instance_id LIMIT 10" 2>&1 || true
       fi
-      echo "  sidecar log tail:"
-      tail -5 "$dir/sidecar.log" | sed 's/^/    /'
     fi
     summary+=("$status $label: $(head -1 "$dir/out.txt" | grep -o 'completed=[0-9]* stranded=[0-9]*')")
     stop_sidecar
