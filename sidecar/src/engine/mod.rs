@@ -321,15 +321,28 @@ impl Engine {
                 return;
             }
         };
-        let Some((info, history)) = state else {
-            // Purged or replaced meanwhile: nothing to run.
-            self.inner.sched.lock().finish_turn(&lease.token, Vec::new(), false, true);
+        let Some((info, history)) = state.filter(|(info, _)| !is_terminal(info.status)) else {
+            // Gone or finished, as far as the cache knows: the leased events may be stale
+            // rows, or a replacing execution's. The store decides which.
+            self.invalidate(&lease.instance_id);
+            self.resync_after_stale_turn(&lease.token, &lease.instance_id).await;
             return;
         };
-        if is_terminal(info.status) {
-            self.inner.sched.lock().finish_turn(&lease.token, Vec::new(), false, true);
-            self.pump();
-            return;
+        if let TurnKind::Worker(_) = lease.kind {
+            // The scheduler dispatched on what it knew; the instance's status is read here,
+            // under the lease, where no other turn can change it.
+            let has_start = lease.events.iter().any(|((p, _), _)| *p == core::Priority::Start);
+            let gate = match info.status {
+                OrchestrationStatus::Pending if !has_start => Some(Gate::AwaitingStart),
+                OrchestrationStatus::Suspended => Some(Gate::Suspended),
+                _ => None,
+            };
+            if let Some(gate) = gate {
+                tracing::debug!(instance = %info.instance_id, ?gate, "turn held: the instance cannot run yet");
+                self.inner.sched.lock().hold_turn(&lease.token, gate);
+                self.pump();
+                return;
+            }
         }
         // Events for another execution (results and timers of a previous generation) and
         // wake-up markers are consumed without being shown.
@@ -452,7 +465,6 @@ impl Engine {
         unconsumed: Vec<(EventKey, PendingEvent)>,
         now: i64,
     ) {
-        let terminal = outcome.is_terminal();
         let suspended = outcome.status == OrchestrationStatus::Suspended && outcome.continue_as_new.is_none();
         // Waiters only care about status changes; waking them on every turn costs a read each.
         let status_changed = outcome.status != info.status || outcome.continue_as_new.is_some();
@@ -468,7 +480,7 @@ impl Engine {
                 self.update_cache(info, history_len, &commit.outcome);
                 {
                     let mut s = self.inner.sched.lock();
-                    s.finish_turn(token, unconsumed, suspended, terminal);
+                    s.finish_turn(token, unconsumed, suspended, result.finished_through);
                     for a in result.activities {
                         s.add_activity(a);
                     }
@@ -484,8 +496,7 @@ impl Engine {
             Err(StoreError::Conflict(_)) => {
                 tracing::info!(instance = %info.instance_id, "instance changed during its turn; the turn is dropped");
                 self.invalidate(&info.instance_id);
-                self.inner.sched.lock().finish_turn(token, Vec::new(), false, false);
-                self.pump();
+                self.resync_after_stale_turn(token, &info.instance_id).await;
             }
             Err(e) => {
                 tracing::error!(instance = %info.instance_id, error = %e, "turn commit failed; the turn will be retried");
@@ -493,6 +504,25 @@ impl Engine {
                 self.release(token, Release::Failed);
             }
         }
+    }
+
+    /// Ends a turn that ran on a stale view without committing it, and rebuilds the
+    /// instance's pending events from the store, so nothing committed is dropped and
+    /// nothing already consumed comes back.
+    async fn resync_after_stale_turn(&self, token: &str, instance_id: &str) {
+        match self.inner.store.load_inbox(instance_id).await {
+            Ok(snapshot) => {
+                let mut s = self.inner.sched.lock();
+                s.finish_turn(token, Vec::new(), false, None);
+                s.resync(instance_id, snapshot.rows, snapshot.watermark, now_ms());
+            }
+            Err(e) => {
+                tracing::error!(instance = %instance_id, error = %e, "could not reload the instance's inbox; the turn will be retried");
+                self.release(token, Release::Failed);
+                return;
+            }
+        }
+        self.pump();
     }
 
     fn release(&self, token: &str, why: Release) {
@@ -520,7 +550,14 @@ impl Engine {
         self.pump();
     }
 
+    /// Commits a worker's orchestrator response. Runs to the end even if the caller
+    /// stops waiting (see [`detached`]).
     pub async fn complete_orchestration(&self, resp: OrchestratorResponse) -> Result<(), EngineError> {
+        let engine = self.clone();
+        detached(async move { engine.complete_orchestration_now(resp).await }).await
+    }
+
+    async fn complete_orchestration_now(&self, resp: OrchestratorResponse) -> Result<(), EngineError> {
         let token = if resp.completion_token.is_empty() {
             self.inner.sched.lock().turn_token_of(&resp.instance_id)
         } else {
@@ -615,7 +652,13 @@ impl Engine {
         }
     }
 
+    /// Commits an activity's result. Runs to the end even if the caller stops waiting.
     pub async fn complete_activity(&self, resp: ActivityResponse) -> Result<(), EngineError> {
+        let engine = self.clone();
+        detached(async move { engine.complete_activity_now(resp).await }).await
+    }
+
+    async fn complete_activity_now(&self, resp: ActivityResponse) -> Result<(), EngineError> {
         tracing::debug!(instance = %resp.instance_id, task = resp.task_id, failed = resp.failure_details.is_some(), "activity response received");
         let token = if resp.completion_token.is_empty() {
             self.inner.sched.lock().activity_token_of(&resp.instance_id, resp.task_id)
@@ -683,7 +726,13 @@ impl Engine {
 
     // ----- client API ---------------------------------------------------------------------------
 
+    /// Creates an instance. Runs to the end even if the caller stops waiting.
     pub async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, EngineError> {
+        let engine = self.clone();
+        detached(async move { engine.create_instance_now(new, reuse).await }).await
+    }
+
+    async fn create_instance_now(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, EngineError> {
         let id = new.spec.instance_id.clone();
         // A new instance's state is known without a read: seed the cache with it, so its
         // first turn does not go to the store.
@@ -691,9 +740,7 @@ impl Engine {
         let result = self.inner.store.create_instance(new, reuse).await?;
         if let CreateResult::Created(d) = &result {
             self.inner.cache.lock().put(fresh, Vec::new());
-            let mut s = self.inner.sched.lock();
-            s.forget_instance(&id);
-            s.add_event((**d).clone(), now_ms());
+            self.inner.sched.lock().replace_execution((**d).clone(), now_ms());
         }
         self.inner.waiters.notify(&id);
         self.pump();
@@ -734,7 +781,13 @@ impl Engine {
     }
 
     /// Delivers an event to a live instance; finished instances drop it.
+    /// Runs to the end even if the caller stops waiting.
     pub async fn send_message(&self, message: Message) -> Result<bool, EngineError> {
+        let engine = self.clone();
+        detached(async move { engine.send_message_now(message).await }).await
+    }
+
+    async fn send_message_now(&self, message: Message) -> Result<bool, EngineError> {
         let target = message.target.clone();
         match self.inner.store.enqueue(message).await? {
             Some(d) => {
@@ -810,7 +863,13 @@ impl Engine {
         Ok(self.inner.store.list_completed_ids(filter).await?)
     }
 
+    /// Runs to the end even if the caller stops waiting.
     pub async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, EngineError> {
+        let engine = self.clone();
+        detached(async move { engine.purge_now(selection, recursive).await }).await
+    }
+
+    async fn purge_now(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, EngineError> {
         if let PurgeSelection::Ids(ids) = &selection {
             for id in ids {
                 self.invalidate(id);
@@ -823,7 +882,13 @@ impl Engine {
         Ok(n)
     }
 
+    /// Runs to the end even if the caller stops waiting.
     pub async fn restart(&self, instance_id: &str, new_id: Option<String>) -> Result<String, EngineError> {
+        let (engine, id) = (self.clone(), instance_id.to_string());
+        detached(async move { engine.restart_now(&id, new_id).await }).await
+    }
+
+    async fn restart_now(&self, instance_id: &str, new_id: Option<String>) -> Result<String, EngineError> {
         let now = now_ms();
         match self.inner.store.restart(instance_id, new_id, now).await? {
             RestartResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
@@ -834,11 +899,7 @@ impl Engine {
             RestartResult::Restarted(d) => {
                 let id = d.instance_id.clone();
                 self.invalidate(&id);
-                {
-                    let mut s = self.inner.sched.lock();
-                    s.forget_instance(&id);
-                    s.add_event(*d, now);
-                }
+                self.inner.sched.lock().replace_execution(*d, now);
                 self.inner.waiters.notify(&id);
                 self.pump();
                 Ok(id)
@@ -846,7 +907,13 @@ impl Engine {
         }
     }
 
+    /// Runs to the end even if the caller stops waiting.
     pub async fn rewind(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
+        let (engine, id) = (self.clone(), instance_id.to_string());
+        detached(async move { engine.rewind_now(&id, reason).await }).await
+    }
+
+    async fn rewind_now(&self, instance_id: &str, reason: Option<String>) -> Result<(), EngineError> {
         let now = now_ms();
         match self.inner.store.rewind(instance_id, reason.clone(), now).await? {
             RewindResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
@@ -865,6 +932,18 @@ impl Engine {
             }
         }
     }
+}
+
+/// Runs `work` on its own task and waits for it. A gRPC handler's future is dropped when
+/// its client disconnects; if that happened between a commit and the scheduler update
+/// after it, a lease would stay "completing" forever or committed work would never be
+/// dispatched. On its own task the work always runs to the end; only the reply is lost.
+async fn detached<T, F>(work: F) -> Result<T, EngineError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+{
+    tokio::spawn(work).await.map_err(|e| EngineError::Store(StoreError::Task(format!("engine task failed: {e}"))))?
 }
 
 /// Whether a failure says the worker has no function of that name (SDKs that send no
@@ -893,3 +972,154 @@ pub fn is_started(status: OrchestrationStatus) -> bool {
 }
 
 pub use core::is_terminal as is_finished;
+
+#[cfg(test)]
+mod tests {
+    //! The engine against a real SQLite store and an in-process worker stream.
+
+    use super::*;
+    use crate::core::StartSpec;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use duro_proto::orchestrator_action::OrchestratorActionType;
+
+    struct Harness {
+        engine: Engine,
+        rx: mpsc::UnboundedReceiver<Outgoing>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("duro.db"), SqliteOptions::default()).await.expect("store");
+        let engine = Engine::start(Arc::new(store), EngineOptions::default(), Vec::new()).await.expect("engine");
+        let (_, rx) = engine.open_stream(StreamRules { max_orchestrations: 100, max_activities: 100, filters: None });
+        Harness { engine, rx, _dir: dir }
+    }
+
+    impl Harness {
+        async fn next_item(&mut self) -> WorkItem {
+            let got = tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await;
+            match got {
+                Ok(Some(Outgoing::Item(item))) => *item,
+                Ok(None) => panic!("stream closed"),
+                Err(_) => panic!("no work item within 5 s: work is stranded"),
+            }
+        }
+
+        async fn next_turn(&mut self) -> (OrchestratorRequest, String) {
+            let item = self.next_item().await;
+            match item.request {
+                Some(work_item::Request::OrchestratorRequest(r)) => (r, item.completion_token),
+                other => panic!("expected an orchestrator work item, got {other:?}"),
+            }
+        }
+
+        async fn next_activity(&mut self) -> (ActivityRequest, String) {
+            let item = self.next_item().await;
+            match item.request {
+                Some(work_item::Request::ActivityRequest(r)) => (r, item.completion_token),
+                other => panic!("expected an activity work item, got {other:?}"),
+            }
+        }
+    }
+
+    fn new_instance(id: &str) -> NewInstance {
+        let now = now_ms();
+        NewInstance {
+            spec: StartSpec {
+                instance_id: id.into(),
+                execution_id: uuid::Uuid::new_v4().to_string(),
+                name: "Orch".into(),
+                version: None,
+                input: None,
+                parent: None,
+                scheduled_start_ms: None,
+                parent_trace_context: None,
+                tags: Default::default(),
+            },
+            created_at_ms: now,
+            visible_at_ms: now,
+            parent_task: None,
+        }
+    }
+
+    fn schedule_task(id: i32) -> OrchestratorAction {
+        OrchestratorAction {
+            id,
+            orchestrator_action_type: Some(OrchestratorActionType::ScheduleTask(ScheduleTaskAction {
+                name: "Act".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn respond(instance_id: &str, token: String, actions: Vec<OrchestratorAction>) -> OrchestratorResponse {
+        OrchestratorResponse { instance_id: instance_id.into(), actions, completion_token: token, ..Default::default() }
+    }
+
+    /// Polls a call once, then drops it: what tonic does to a handler whose client
+    /// disconnected while it awaited its commit.
+    async fn abandon_after_first_poll<T: std::fmt::Debug>(call: impl std::future::Future<Output = T>) {
+        use futures::FutureExt as _;
+        if let Some(r) = call.now_or_never() {
+            panic!("the call finished at its first poll: {r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_whose_caller_disconnects_still_runs() {
+        let mut h = harness().await;
+        abandon_after_first_poll(h.engine.create_instance(new_instance("i"), IdReuse::terminal())).await;
+        let (turn, _) = h.next_turn().await;
+        assert_eq!(turn.instance_id, "i");
+    }
+
+    #[tokio::test]
+    async fn an_orchestrator_completion_whose_caller_disconnects_still_commits() {
+        let mut h = harness().await;
+        h.engine.create_instance(new_instance("i"), IdReuse::terminal()).await.expect("created");
+        let (_, token) = h.next_turn().await;
+        abandon_after_first_poll(h.engine.complete_orchestration(respond("i", token, vec![schedule_task(0)]))).await;
+        let (activity, _) = h.next_activity().await;
+        assert_eq!(activity.name, "Act");
+    }
+
+    #[tokio::test]
+    async fn an_activity_completion_whose_caller_disconnects_still_delivers_its_result() {
+        let mut h = harness().await;
+        h.engine.create_instance(new_instance("i"), IdReuse::terminal()).await.expect("created");
+        let (_, token) = h.next_turn().await;
+        h.engine.complete_orchestration(respond("i", token, vec![schedule_task(0)])).await.expect("turn");
+        let (_, token) = h.next_activity().await;
+        let resp = ActivityResponse {
+            instance_id: "i".into(),
+            task_id: 0,
+            result: Some("\"done\"".into()),
+            failure_details: None,
+            completion_token: token,
+        };
+        abandon_after_first_poll(h.engine.complete_activity(resp)).await;
+        let (turn, _) = h.next_turn().await;
+        let completed = turn.new_events.iter().any(|e| matches!(e.event_type, Some(EventType::TaskCompleted(_))));
+        assert!(completed, "the next turn carries the activity's result: {:?}", turn.new_events);
+    }
+
+    /// Issue 13's race end to end: an event raised while the start turn is in flight.
+    #[tokio::test]
+    async fn an_event_raised_during_the_first_turn_gets_a_turn() {
+        let mut h = harness().await;
+        for round in 0..50 {
+            let id = format!("i{round}");
+            h.engine.create_instance(new_instance(&id), IdReuse::terminal()).await.expect("created");
+            let (_, token) = h.next_turn().await;
+            let raise = h.engine.raise_event(&id, "go".into(), None);
+            let complete = h.engine.complete_orchestration(respond(&id, token, Vec::new()));
+            let (raised, completed) = tokio::join!(raise, complete);
+            raised.expect("raised");
+            completed.expect("completed");
+            let (turn, _) = h.next_turn().await;
+            assert_eq!(turn.instance_id, id);
+        }
+    }
+}

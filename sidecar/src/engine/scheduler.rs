@@ -101,10 +101,7 @@ struct InstanceSlot {
     version: Option<String>,
     pending: BTreeMap<EventKey, PendingEvent>,
     leased: Option<String>,
-    suspended: bool,
-    /// Whether the current execution has started (its `executionStarted` was consumed).
-    /// Until then only a pending start event, or control events, let a turn run.
-    started: bool,
+    gate: Gate,
     attempts: u32,
     not_before_ms: i64,
     queued: bool,
@@ -120,8 +117,34 @@ impl InstanceSlot {
     }
 
     fn idle(&self) -> bool {
-        self.pending.is_empty() && self.leased.is_none() && !self.suspended
+        self.pending.is_empty() && self.leased.is_none()
     }
+
+    /// Whether the gate holds the pending events back (control events pass any gate).
+    fn held(&self) -> bool {
+        match self.gate {
+            Gate::Open => false,
+            Gate::AwaitingStart => !self.has_start(),
+            Gate::Suspended => true,
+        }
+    }
+}
+
+/// What holds an instance's worker turns back.
+///
+/// Only the engine closes a gate, and only from the store's truth read while it held the
+/// instance's lease (no other turn can change the status then). An arrival never closes
+/// one: the status it was committed against may be stale by the time it is registered
+/// (the instance may have started or resumed in between), and trusting it strands events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gate {
+    /// Turns may run; the engine checks the instance's status when it builds one.
+    #[default]
+    Open,
+    /// The execution has not started: only its start event (or a control event) opens it.
+    AwaitingStart,
+    /// The instance is suspended: only control events run.
+    Suspended,
 }
 
 struct ActivitySlot {
@@ -380,8 +403,6 @@ impl Scheduler {
         if slot.name.is_empty() {
             slot.name = target.name.clone();
             slot.version = target.version.clone();
-            slot.suspended = target.status == duro_proto::OrchestrationStatus::Suspended;
-            slot.started = target.status != duro_proto::OrchestrationStatus::Pending;
         }
         slot.pending.insert(key, event);
         self.enqueue_instance(&instance_id);
@@ -569,14 +590,13 @@ impl Scheduler {
             }
             let poison = slot.attempts >= self.opts.max_attempts;
             let control = slot.has_control();
-            let suspended = slot.suspended;
-            let waiting_for_start = !slot.started && !slot.has_start();
+            let held = slot.held();
             let (name, version) = (slot.name.clone(), slot.version.clone());
             let kind = if poison {
                 TurnKind::Poison
             } else if control {
                 TurnKind::Control
-            } else if suspended || waiting_for_start {
+            } else if held {
                 // Held until resumed, or until the scheduled start; that event re-queues it.
                 continue;
             } else {
@@ -726,39 +746,61 @@ impl Scheduler {
     }
 
     /// Ends a committed turn. `unconsumed` events return to pending (they come first,
-    /// by key order); `status_suspended` is the instance's state after the commit;
-    /// `terminal` drops the instance's in-memory state altogether.
+    /// by key order); `suspended` is the instance's state after the commit. `finished`
+    /// says the turn ended the execution and deleted every inbox row of the instance up
+    /// to that id: those are forgotten, later ones (a replacing execution's) are kept.
     pub fn finish_turn(
         &mut self,
         token: &str,
         unconsumed: Vec<(EventKey, PendingEvent)>,
         suspended: bool,
-        terminal: bool,
+        finished: Option<i64>,
     ) {
-        let Some(Lease::Turn { instance_id, stream, expires, events, .. }) = self.leases.remove(token) else { return };
-        let started = events.iter().any(|((p, _), _)| *p == Priority::Start);
+        let Some(Lease::Turn { instance_id, stream, expires, .. }) = self.leases.remove(token) else { return };
+        self.free_stream_turn(stream);
+        if let Some(key) = expires {
+            self.wakeups.remove(&key);
+        }
+        let Some(slot) = self.instances.get_mut(&instance_id) else { return };
+        slot.leased = None;
+        slot.attempts = 0;
+        slot.gate = if suspended { Gate::Suspended } else { Gate::Open };
+        if let Some(through) = finished {
+            self.forget_through(&instance_id, through, None);
+            return;
+        }
+        slot.pending.extend(unconsumed);
+        self.settle(&instance_id);
+    }
+
+    /// Drops an idle slot, or queues one with work.
+    fn settle(&mut self, instance_id: &str) {
+        match self.instances.get(instance_id) {
+            Some(slot) if slot.idle() => {
+                self.instances.remove(instance_id);
+            }
+            Some(_) => self.enqueue_instance(instance_id),
+            None => {}
+        }
+    }
+
+    /// Gives a turn back without running it because the engine found, from the store's
+    /// truth, that the instance is not started or is suspended: its events wait behind
+    /// `gate`. No attempt is counted.
+    pub fn hold_turn(&mut self, token: &str, gate: Gate) {
+        let Some(Lease::Turn { instance_id, stream, events, expires, .. }) = self.leases.remove(token) else {
+            return;
+        };
         self.free_stream_turn(stream);
         if let Some(key) = expires {
             self.wakeups.remove(&key);
         }
         if let Some(slot) = self.instances.get_mut(&instance_id) {
             slot.leased = None;
+            slot.gate = gate;
+            slot.pending.extend(events);
         }
-        if terminal {
-            self.forget_instance(&instance_id);
-            return;
-        }
-        if let Some(slot) = self.instances.get_mut(&instance_id) {
-            slot.attempts = 0;
-            slot.suspended = suspended;
-            slot.started |= started;
-            slot.pending.extend(unconsumed);
-            if slot.idle() {
-                self.instances.remove(&instance_id);
-            } else {
-                self.enqueue_instance(&instance_id);
-            }
-        }
+        self.settle(&instance_id);
     }
 
     fn free_stream_turn(&mut self, stream: Option<StreamId>) {
@@ -770,29 +812,72 @@ impl Scheduler {
         }
     }
 
-    /// Drops an instance's pending work, its timers and its queued activities (it ended,
-    /// was purged or was replaced). A lease in flight stays; its commit will fail.
-    pub fn forget_instance(&mut self, instance_id: &str) {
-        if let Some(slot) = self.instances.get_mut(instance_id) {
-            if slot.leased.is_some() {
-                slot.pending.clear();
-                return;
-            }
+    /// A new execution replaced the instance (client start over an existing id, restart):
+    /// everything registered before its start row belonged to the old execution and was
+    /// deleted with it. Events registered since (they can only be the new execution's)
+    /// stay. A turn of the old execution in flight keeps its lease; its commit fails.
+    pub fn replace_execution(&mut self, start: Delivered, now_ms: i64) {
+        let keep = start.execution_id.clone();
+        self.forget_through(&start.instance_id, start.inbox_id - 1, keep.as_deref());
+        if let Some(slot) = self.instances.get_mut(&start.instance_id) {
+            slot.gate = Gate::Open;
+            slot.name = start.target.name.clone();
+            slot.version = start.target.version.clone();
         }
-        self.instances.remove(instance_id);
-        self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id));
+        self.add_event(start, now_ms);
+    }
+
+    /// Forgets an instance's events with inbox ids up to `through` (pending and timers)
+    /// and its queued activities of executions other than `keep_execution`. A lease in
+    /// flight keeps its events.
+    fn forget_through(&mut self, instance_id: &str, through: i64, keep_execution: Option<&str>) {
+        if let Some(slot) = self.instances.get_mut(instance_id) {
+            slot.pending.retain(|(_, id), _| *id > through);
+        }
+        self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= through));
         let gone: Vec<i64> = self
             .activities
             .iter()
             .filter(|(_, a)| {
+                let of = a.request.orchestration_instance.as_ref();
                 a.leased.is_none()
-                    && a.request.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) == Some(instance_id)
+                    && of.map(|o| o.instance_id.as_str()) == Some(instance_id)
+                    && (keep_execution.is_none() || of.and_then(|o| o.execution_id.as_deref()) != keep_execution)
             })
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
             self.activities.remove(&id);
         }
+        self.settle(instance_id);
+    }
+
+    /// Replaces what the scheduler believes is pending for an instance with the store's
+    /// rows, read in one snapshot in which the newest inbox id was `watermark`. Used when
+    /// the in-memory view proved wrong (a commit conflicted, the instance was found
+    /// finished or gone): rows up to the watermark that are not in the store are dropped,
+    /// rows registered later are kept, and the gate opens so the next turn re-checks.
+    pub fn resync(&mut self, instance_id: &str, rows: Vec<Delivered>, watermark: i64, now_ms: i64) {
+        let leased: HashSet<i64> = self
+            .instances
+            .get(instance_id)
+            .and_then(|s| s.leased.as_ref())
+            .and_then(|t| match self.leases.get(t) {
+                Some(Lease::Turn { events, .. }) => Some(events.iter().map(|(_, p)| p.inbox_id).collect()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if let Some(slot) = self.instances.get_mut(instance_id) {
+            slot.pending.retain(|(_, id), _| *id > watermark);
+            slot.gate = Gate::Open;
+        }
+        self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= watermark));
+        for d in rows {
+            if d.instance_id == instance_id && !leased.contains(&d.inbox_id) {
+                self.add_event(d, now_ms);
+            }
+        }
+        self.settle(instance_id);
     }
 
     /// Gives a lease back. Returns a poison assignment when an activity ran out of
@@ -1053,7 +1138,7 @@ mod tests {
         assert_eq!(lease.kind, TurnKind::Worker(sid));
         s.add_event(raised(2, "a"), NOW);
         assert!(s.assign(NOW).is_empty(), "a turn is in flight");
-        s.finish_turn(&lease.token, Vec::new(), false, false);
+        s.finish_turn(&lease.token, Vec::new(), false, None);
         let a = s.assign(NOW);
         let next = turns(&a)[0];
         assert_eq!(next.events.len(), 1);
@@ -1099,7 +1184,7 @@ mod tests {
         }
         let first = s.assign(NOW);
         assert_eq!(turns(&first).len(), 2);
-        s.finish_turn(&turns(&first)[0].token, Vec::new(), false, true);
+        s.finish_turn(&turns(&first)[0].token, Vec::new(), false, Some(i64::MAX));
         assert_eq!(turns(&s.assign(NOW)).len(), 1);
     }
 
@@ -1268,7 +1353,7 @@ mod tests {
         assert_eq!(t.kind, TurnKind::Control);
         assert_eq!(t.events.iter().map(|(_, p)| p.inbox_id).collect::<Vec<_>>(), [2], "only control events");
         assert!(s.begin_internal_completion(&t.token));
-        s.finish_turn(&t.token, Vec::new(), true, false);
+        s.finish_turn(&t.token, Vec::new(), true, None);
         let (_sid, _rx) = stream(&mut s, rules(10));
         assert!(s.assign(NOW).is_empty(), "suspended: event 1 is held");
         s.add_event(delivered(3, "a", "Orch", NOW, events::execution_resumed(NOW, None)), NOW);
@@ -1276,7 +1361,7 @@ mod tests {
         let t = turns(&a)[0].clone();
         assert_eq!(t.kind, TurnKind::Control);
         assert!(s.begin_internal_completion(&t.token));
-        s.finish_turn(&t.token, Vec::new(), false, false);
+        s.finish_turn(&t.token, Vec::new(), false, None);
         let a = s.assign(NOW);
         assert!(matches!(turns(&a)[0].kind, TurnKind::Worker(_)));
         assert_eq!(turns(&a)[0].events[0].1.inbox_id, 1, "the held event is delivered after resume");
@@ -1294,15 +1379,94 @@ mod tests {
         let mut early = raised(2, "a");
         early.target.status = OrchestrationStatus::Pending;
         s.add_event(early, NOW);
+        // The arrival's snapshot is not trusted: a turn is leased and the engine, reading
+        // the store, finds the execution not started and holds the event behind the gate.
+        let a = s.assign(NOW);
+        assert_eq!(turns(&a).len(), 1);
+        s.hold_turn(&turns(&a)[0].token, Gate::AwaitingStart);
         assert!(s.assign(NOW).is_empty(), "no turn without executionStarted");
+        s.add_event(raised(3, "a"), NOW);
+        assert!(s.assign(NOW).is_empty(), "later arrivals wait behind the same gate");
         s.fire_due(NOW + 1000);
         let a = s.assign(NOW + 1000);
         let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
-        assert_eq!(ids, [1, 2], "start first, then the early event");
+        assert_eq!(ids, [1, 2, 3], "start first, then the early events");
         let token = turns(&a)[0].token.clone();
-        s.finish_turn(&token, Vec::new(), false, false);
-        s.add_event(raised(3, "a"), NOW + 1000);
+        s.finish_turn(&token, Vec::new(), false, None);
+        s.add_event(raised(4, "a"), NOW + 1000);
         assert_eq!(turns(&s.assign(NOW + 1000)).len(), 1, "started: later events run at once");
+    }
+
+    /// Issue 13's stranding race: an event committed while the start turn was in flight
+    /// (its snapshot says PENDING) is registered only after that turn finished and the
+    /// instance's slot was dropped. It must still get a turn.
+    #[test]
+    fn an_arrival_registered_after_the_start_turn_finished_is_not_stranded() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let mut start = raised(1, "a");
+        start.priority = Priority::Start;
+        start.target.status = OrchestrationStatus::Pending;
+        s.add_event(start, NOW);
+        let a = s.assign(NOW);
+        let token = turns(&a)[0].token.clone();
+        // The event commits now, against the PENDING instance...
+        let mut event = raised(2, "a");
+        event.target.status = OrchestrationStatus::Pending;
+        // ...the start turn commits and finishes; the slot is idle and dropped...
+        s.finish_turn(&token, Vec::new(), false, None);
+        assert_eq!(s.stats().instances_in_memory, 0);
+        // ...and only then is the event registered.
+        s.add_event(event, NOW);
+        let a = s.assign(NOW);
+        assert_eq!(turns(&a).len(), 1, "the event gets a turn");
+        assert_eq!(turns(&a)[0].events[0].1.inbox_id, 2);
+    }
+
+    /// Same race with suspension: the event committed while the instance was suspended
+    /// and is registered after the resume turn dropped the slot.
+    #[test]
+    fn an_arrival_registered_after_a_resume_is_not_held() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let mut event = raised(2, "a");
+        event.target.status = OrchestrationStatus::Suspended;
+        s.add_event(event, NOW);
+        let a = s.assign(NOW);
+        assert_eq!(turns(&a).len(), 1, "dispatched; the engine checks the status");
+    }
+
+    #[test]
+    fn a_replacing_execution_keeps_only_events_registered_after_its_start() {
+        let mut s = Scheduler::new(opts());
+        s.add_event(raised(1, "a"), NOW);
+        s.add_event(delivered(2, "a", "Orch", NOW + 5000, events::event_raised(NOW, "timer".into(), None)), NOW);
+        // An event of the new execution registered before the create finished.
+        s.add_event(raised(5, "a"), NOW);
+        let mut start = raised(4, "a");
+        start.priority = Priority::Start;
+        start.execution_id = Some("new".into());
+        s.replace_execution(start, NOW);
+        assert_eq!(s.stats().wakeups, 0, "the old execution's timer is gone");
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let a = s.assign(NOW);
+        let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
+        assert_eq!(ids, [4, 5]);
+    }
+
+    #[test]
+    fn resync_replaces_the_view_with_the_stores_rows() {
+        let mut s = Scheduler::new(opts());
+        s.add_event(raised(1, "a"), NOW);
+        s.add_event(raised(2, "a"), NOW);
+        s.add_event(raised(9, "a"), NOW);
+        // The store holds 2 and 3 (1 is gone, 3 was never registered); 9 is newer than
+        // the snapshot and stays.
+        s.resync("a", vec![raised(2, "a"), raised(3, "a")], 8, NOW);
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let a = s.assign(NOW);
+        let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
+        assert_eq!(ids, [2, 3, 9]);
     }
 
     #[test]
@@ -1394,7 +1558,7 @@ mod tests {
         let a = s.assign(NOW);
         let t = turns(&a)[0].clone();
         s.add_activity(activity(4, "Queued"));
-        s.finish_turn(&t.token, Vec::new(), false, true);
+        s.finish_turn(&t.token, Vec::new(), false, Some(i64::MAX));
         let st = s.stats();
         assert_eq!((st.instances_in_memory, st.wakeups, st.queued_activities, st.leases), (0, 0, 0, 0));
     }

@@ -179,6 +179,17 @@ pub struct TurnCommit {
 pub struct CommitResult {
     pub activities: Vec<QueuedActivity>,
     pub delivered: Vec<Delivered>,
+    /// For a turn that finished the instance: the newest inbox id at commit time. Every
+    /// row of the instance up to it was deleted; a later one belongs to a new execution.
+    pub finished_through: Option<i64>,
+}
+
+/// An instance's inbox rows as one consistent snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct InboxSnapshot {
+    pub rows: Vec<Delivered>,
+    /// The newest inbox id (of any instance) when the snapshot was read.
+    pub watermark: i64,
 }
 
 /// Filters of a query; all optional.
@@ -240,7 +251,9 @@ pub trait Store: Send + Sync + 'static {
     /// finished (the event is dropped).
     async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError>;
 
-    /// Commits one turn atomically.
+    /// Commits one turn atomically. `Conflict` (and nothing stored) when the instance is
+    /// gone, finished or on another execution, or when a consumed inbox row no longer
+    /// exists: the turn was built on a stale view.
     async fn commit_turn(&self, commit: TurnCommit) -> Result<CommitResult, StoreError>;
 
     /// Deletes a finished activity and delivers its result in the same transaction.
@@ -269,6 +282,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Rewinds a failed instance: removes its failures from history and sets it running.
     async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError>;
+
+    /// One instance's inbox rows, for rebuilding its dispatch state when it proved stale.
+    async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError>;
 
     /// All pending inbox rows and activities, for rebuilding dispatch state at start-up.
     async fn recover(&self) -> Result<Recovered, StoreError>;

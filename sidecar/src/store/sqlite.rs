@@ -514,9 +514,13 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
         return Err(StoreError::Conflict(t.instance_id.clone()));
     }
     {
-        let mut consume = c.prepare_cached("DELETE FROM inbox WHERE id = ?")?;
+        let mut consume = c.prepare_cached("DELETE FROM inbox WHERE id = ? AND instance_id = ?")?;
         for id in &t.consumed {
-            consume.execute([id])?;
+            if consume.execute(params![id, t.instance_id])? == 0 {
+                // Consumed already, or deleted with a replaced execution: the turn saw a
+                // stale view and must not commit (it would deliver an event twice).
+                return Err(StoreError::Conflict(t.instance_id.clone()));
+            }
         }
     }
     let o = &t.outcome;
@@ -558,6 +562,7 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
         // A finished instance consumes nothing more: drop its remaining inbox and queued work.
         c.prepare_cached("DELETE FROM inbox WHERE instance_id = ?")?.execute([&t.instance_id])?;
         c.prepare_cached("DELETE FROM activities WHERE instance_id = ?")?.execute([&t.instance_id])?;
+        result.finished_through = Some(inbox_watermark(c)?);
     }
 
     for a in &o.activities {
@@ -818,6 +823,30 @@ fn delivered_from_row(row: &Row<'_>) -> Result<Delivered, StoreError> {
     })
 }
 
+/// The newest inbox id ever handed out (ids are never reused: AUTOINCREMENT).
+fn inbox_watermark(c: &Connection) -> Result<i64, StoreError> {
+    Ok(c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+fn load_inbox_with(c: &Connection, id: &str) -> Result<InboxSnapshot, StoreError> {
+    // One read transaction: the rows and the watermark come from the same snapshot.
+    c.execute_batch("BEGIN")?;
+    let read = (|| {
+        let mut q = DynQuery::new(
+            "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
+             FROM inbox i JOIN instances s ON s.instance_id = i.instance_id",
+        );
+        q.push(" WHERE i.instance_id = ? ORDER BY i.id", id.to_string());
+        let rows = q.rows(c, delivered_from_row)?;
+        Ok(InboxSnapshot { rows, watermark: inbox_watermark(c)? })
+    })();
+    c.execute_batch("COMMIT")?;
+    read
+}
+
 fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
     let inbox = DynQuery::new(
         "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
@@ -923,6 +952,11 @@ impl Store for SqliteStore {
 
     async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError> {
         expect_result!(self.write(WriteOp::Rewind(instance_id.to_string(), reason, now_ms)).await?, Rewind)
+    }
+
+    async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError> {
+        let id = instance_id.to_string();
+        self.reads.run(move |c| load_inbox_with(c, &id)).await
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
