@@ -351,7 +351,7 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
 
     assert!(
         bad.is_empty() && all_done.is_some(),
-        "seed {seed}: {} instances wrong or unfinished 60 s after the last restart:\n{}\nlog tail:\n{}",
+        "seed {seed}: {} instances wrong, failed or unfinished (limit: 60 s after the last restart):\n{}\nlog tail:\n{}",
         bad.len(),
         bad.join("\n"),
         sidecar.log_tail(60)
