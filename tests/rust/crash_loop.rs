@@ -176,7 +176,6 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
 
     let dir = test_dir();
     let mut sidecar = Sidecar::start(dir.path());
-    let raw = sidecar.client().await;
     let client = duro_sdk::Client::connect_lazy(sidecar.endpoint()).expect("client");
     let counts = Arc::new(Counts::default());
     let handle = worker(sidecar.endpoint(), counts.clone()).start().expect("worker");
@@ -243,6 +242,8 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
     }
     let loop_time = t_loop.elapsed();
     let (t_restart, restart_wall) = last_restart;
+    // A fresh connection to the last sidecar (the helpers below panic on a failed call).
+    let raw = sidecar.client().await;
 
     // After the last restart: the first committed turn of an instance created before it, and
     // the time until all N orchestrations are complete.
