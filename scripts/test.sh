@@ -26,7 +26,7 @@ bash tests/http/fuzz.sh
 
 # Suites of other components, each self-contained.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/run_tests.sh samples/python/run_tests.sh bench/smoke.sh; do
+for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/run_tests.sh samples/python/run_tests.sh bench/smoke.sh bench/stranded.sh; do
   if [ -f "$suite" ]; then
     echo "==> $suite"
     bash "$suite"
