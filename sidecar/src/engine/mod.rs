@@ -323,7 +323,12 @@ impl Engine {
                 self.pump();
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "could not fail a poison activity; it stays queued until restart"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not record a poison activity's failure; trying again after a back-off");
+                let queued = QueuedActivity { id: activity_id, request, progress: None };
+                self.inner.sched.lock().restore_poison_activity(queued, attempts, self.now());
+                self.inner.timer.notify_one();
+            }
         }
     }
 
@@ -358,7 +363,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(instance = %lease.instance_id, error = %e, "could not load instance for a turn");
-                self.release(&lease.token, Release::Failed);
+                self.release(&lease.token, Release::Later);
                 return;
             }
         };
@@ -523,6 +528,9 @@ impl Engine {
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_turn(token, unconsumed, suspended, result.finished_through);
+                    if let Some(next) = &commit.outcome.continue_as_new {
+                        s.forget_other_executions(&info.instance_id, &next.spec.execution_id);
+                    }
                     for a in result.activities {
                         s.add_activity(a);
                     }
@@ -543,7 +551,7 @@ impl Engine {
             Err(e) => {
                 tracing::error!(instance = %info.instance_id, error = %e, "turn commit failed; the turn will be retried");
                 self.invalidate(&info.instance_id);
-                self.release(token, Release::Failed);
+                self.release(token, Release::Later);
             }
         }
     }
@@ -560,7 +568,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!(instance = %instance_id, error = %e, "could not reload the instance's inbox; the turn will be retried");
-                self.release(token, Release::Failed);
+                self.release(token, Release::Later);
                 return;
             }
         }
@@ -638,8 +646,11 @@ impl Engine {
             return Ok(());
         }
         if requires_history {
-            // We always send full history; release and redeliver it.
-            self.release(&token, Release::Retry);
+            // Duro always sends the full history: a worker that still asks for it is
+            // broken. Redeliver after a back-off, counted, so it cannot spin the sidecar
+            // and ends as a poison work item if it never stops.
+            tracing::warn!(instance = %ctx.info.instance_id, "the worker asked for history it was already sent; redelivering after a back-off");
+            self.release(&token, Release::Failed);
             return Ok(());
         }
         let now = self.now();
@@ -1152,6 +1163,19 @@ mod tests {
         let (turn, _) = h.next_turn().await;
         let completed = turn.new_events.iter().any(|e| matches!(e.event_type, Some(EventType::TaskCompleted(_))));
         assert!(completed, "the next turn carries the activity's result: {:?}", turn.new_events);
+    }
+
+    /// A worker that answers every turn with `requires_history` must not make the
+    /// sidecar redeliver in a hot loop: the redelivery waits out a back-off.
+    #[tokio::test]
+    async fn a_worker_that_keeps_asking_for_history_is_backed_off() {
+        let mut h = harness().await;
+        h.engine.create_instance(new_instance("i"), IdReuse::terminal()).await.expect("created");
+        let (_, token) = h.next_turn().await;
+        let resp = OrchestratorResponse { requires_history: true, ..respond("i", token, Vec::new()) };
+        h.engine.complete_orchestration(resp).await.expect("answered");
+        let again = tokio::time::timeout(Duration::from_millis(300), h.rx.recv()).await;
+        assert!(again.is_err(), "redelivered at once: {again:?}");
     }
 
     /// Issue 13's race end to end: an event raised while the start turn is in flight.

@@ -8,7 +8,7 @@
 //!   to become visible later; never two of these at once;
 //! - a lease's token is unique and unguessable, and dies when completed or released.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use duro_proto::{ActivityRequest, GetWorkItemsRequest, HistoryEvent, OrchestratorAction, WorkItemFilters};
 use tokio::sync::mpsc;
@@ -247,8 +247,11 @@ pub enum Release {
     /// The stream carrying it closed or the lease timed out: counts as a failed attempt,
     /// retried at once.
     Lost,
-    /// Retry at once, no attempt counted (e.g. the worker asked for full history).
+    /// Retry at once, no attempt counted (the work was routed to the wrong stream).
     Retry,
+    /// The sidecar itself failed (a store error): retried after a back-off, no attempt
+    /// counted, so a database that keeps failing neither spins nor poisons the work.
+    Later,
 }
 
 /// Dispatch configuration.
@@ -288,6 +291,12 @@ pub struct Scheduler {
     recent_through: lru::LruCache<String, i64>,
     leases: HashMap<String, Lease>,
     wakeups: BTreeMap<(i64, u64), Wake>,
+    /// Keys of each instance's `Wake::Event` entries, so forgetting an instance's timers
+    /// does not scan every wake-up.
+    instance_wakes: HashMap<String, BTreeSet<(i64, u64)>>,
+    /// Each instance's activities, so forgetting them or finding one by task id (workers
+    /// that send no completion token) does not scan every activity.
+    instance_activities: HashMap<String, BTreeSet<i64>>,
     wake_seq: u64,
     /// The wake-up time the timer task sleeps until (`i64::MAX`: none).
     armed_ms: i64,
@@ -334,6 +343,8 @@ impl Scheduler {
             recent_through: lru::LruCache::new(RECENT_SLOTS),
             leases: HashMap::new(),
             wakeups: BTreeMap::new(),
+            instance_wakes: HashMap::new(),
+            instance_activities: HashMap::new(),
             wake_seq: 0,
             armed_ms: i64::MAX,
             timer_dirty: false,
@@ -399,12 +410,10 @@ impl Scheduler {
     }
 
     fn unpark(&mut self) {
+        // A parked slot stays marked queued, so it is parked at most once.
         for id in self.parked.drain(..) {
-            if let Some(slot) = self.instances.get_mut(&id) {
-                if !slot.queued {
-                    slot.queued = true;
-                    self.ready.push_back(id);
-                }
+            if self.instances.contains_key(&id) {
+                self.ready.push_back(id);
             }
         }
         self.ready_activities.extend(self.parked_activities.drain(..));
@@ -420,7 +429,9 @@ impl Scheduler {
         let key = (d.priority, d.inbox_id);
         let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, event: d.event };
         if d.visible_at_ms > now_ms {
-            self.schedule(d.visible_at_ms, Wake::Event(Box::new((d.instance_id, d.target, key, pending))));
+            let instance_id = d.instance_id.clone();
+            let seq = self.schedule(d.visible_at_ms, Wake::Event(Box::new((d.instance_id, d.target, key, pending))));
+            self.instance_wakes.entry(instance_id).or_default().insert((d.visible_at_ms, seq));
             return;
         }
         self.add_visible(d.instance_id, &d.target, key, pending);
@@ -462,6 +473,9 @@ impl Scheduler {
     }
 
     pub fn add_activity(&mut self, a: QueuedActivity) {
+        if let Some(of) = a.request.orchestration_instance.as_ref() {
+            self.instance_activities.entry(of.instance_id.clone()).or_default().insert(a.id);
+        }
         self.activities.insert(a.id, ActivitySlot { request: a.request, leased: None, attempts: 0, progress: a.progress });
         self.requeue_activity(a.id);
     }
@@ -523,9 +537,11 @@ impl Scheduler {
             if entry.key().0 > now_ms {
                 break;
             }
+            let wake_key = *entry.key();
             match entry.remove() {
                 Wake::Event(e) => {
                     let (instance_id, target, key, event) = *e;
+                    self.unindex_wake(&instance_id, wake_key);
                     self.add_visible(instance_id, &target, key, event)
                 }
                 Wake::Instance(id) => self.enqueue_instance(&id),
@@ -559,7 +575,7 @@ impl Scheduler {
             return false;
         }
         if slot.attempts >= self.opts.max_attempts {
-            if let Some(slot) = self.activities.remove(&id) {
+            if let Some(slot) = self.remove_activity(id) {
                 out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
             }
             return false;
@@ -658,6 +674,9 @@ impl Scheduler {
                 match self.pick_stream(|s| s.takes_orchestration(&name, version.as_deref())) {
                     Some(stream) => TurnKind::Worker(stream),
                     None => {
+                        if let Some(slot) = self.instances.get_mut(&id) {
+                            slot.queued = true;
+                        }
                         self.parked.push(id);
                         continue;
                     }
@@ -891,22 +910,74 @@ impl Scheduler {
         if let Some(Lease::Turn { events, stale, .. }) = lease.and_then(|t| self.leases.get_mut(&t)) {
             stale.extend(events.iter().map(|(_, p)| p.inbox_id).filter(|id| *id <= through));
         }
-        self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= through));
+        self.forget_wakes(instance_id, |id, _| id <= through);
         let gone: Vec<i64> = self
-            .activities
-            .iter()
-            .filter(|(_, a)| {
-                let of = a.request.orchestration_instance.as_ref();
-                a.leased.is_none()
-                    && of.map(|o| o.instance_id.as_str()) == Some(instance_id)
-                    && (keep_execution.is_none() || of.and_then(|o| o.execution_id.as_deref()) != keep_execution)
+            .instance_activities
+            .get(instance_id)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                self.activities.get(id).is_some_and(|a| {
+                    let execution = a.request.orchestration_instance.as_ref().and_then(|o| o.execution_id.as_deref());
+                    a.leased.is_none() && (keep_execution.is_none() || execution != keep_execution)
+                })
             })
-            .map(|(id, _)| *id)
+            .copied()
             .collect();
         for id in gone {
-            self.activities.remove(&id);
+            self.remove_activity(id);
         }
         self.settle(instance_id);
+    }
+
+    /// A continue-as-new committed: the store deleted the old executions' results and
+    /// timers, so their pending events and wake-ups go too (a long timer of an eternal
+    /// orchestration would otherwise stay in memory for every generation).
+    pub fn forget_other_executions(&mut self, instance_id: &str, current: &str) {
+        let other = |e: &Option<String>| e.as_deref().is_some_and(|e| e != current);
+        if let Some(slot) = self.instances.get_mut(instance_id) {
+            slot.pending.retain(|_, p| !other(&p.execution_id));
+        }
+        self.forget_wakes(instance_id, |_, p| other(&p.execution_id));
+        self.settle(instance_id);
+    }
+
+    /// Drops an instance's timer wake-ups matching `what(inbox id, event)`.
+    fn forget_wakes(&mut self, instance_id: &str, what: impl Fn(i64, &PendingEvent) -> bool) {
+        let Some(keys) = self.instance_wakes.get_mut(instance_id) else { return };
+        keys.retain(|k| match self.wakeups.get(k) {
+            Some(Wake::Event(e)) if what((e.2).1, &e.3) => {
+                self.wakeups.remove(k);
+                false
+            }
+            Some(Wake::Event(_)) => true,
+            _ => false,
+        });
+        if keys.is_empty() {
+            self.instance_wakes.remove(instance_id);
+        }
+    }
+
+    fn unindex_wake(&mut self, instance_id: &str, key: (i64, u64)) {
+        if let Some(keys) = self.instance_wakes.get_mut(instance_id) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.instance_wakes.remove(instance_id);
+            }
+        }
+    }
+
+    fn remove_activity(&mut self, id: i64) -> Option<ActivitySlot> {
+        let slot = self.activities.remove(&id)?;
+        if let Some(of) = slot.request.orchestration_instance.as_ref() {
+            if let Some(ids) = self.instance_activities.get_mut(&of.instance_id) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.instance_activities.remove(&of.instance_id);
+                }
+            }
+        }
+        Some(slot)
     }
 
     /// Replaces what the scheduler believes is pending for an instance with the store's
@@ -930,7 +1001,7 @@ impl Scheduler {
         slot.pending.retain(|(_, id), _| *id > watermark);
         slot.gate = Gate::Open;
         let floor = slot.known_through;
-        self.wakeups.retain(|_, w| !matches!(w, Wake::Event(e) if e.0 == instance_id && (e.2).1 <= watermark));
+        self.forget_wakes(instance_id, |id, _| id <= watermark);
         for d in rows {
             if d.instance_id == instance_id && d.inbox_id > floor && !leased.contains(&d.inbox_id) {
                 self.add_event(d, now_ms);
@@ -948,10 +1019,10 @@ impl Scheduler {
         let Some(lease) = self.leases.remove(token) else { return Vec::new() };
         let counted = matches!(why, Release::Failed | Release::Lost);
         let delay = |attempts: u32, base: i64, max: i64| -> i64 {
-            if why != Release::Failed || attempts == 0 {
-                0
-            } else {
-                base.saturating_mul(i64::from(attempts)).min(max)
+            match why {
+                Release::Failed if attempts > 0 => base.saturating_mul(i64::from(attempts)).min(max),
+                Release::Later => base.saturating_mul(i64::from(attempts.max(1))).min(max),
+                _ => 0,
             }
         };
         match lease {
@@ -1008,14 +1079,14 @@ impl Scheduler {
     /// Ends an activity lease after its result committed (or failed to).
     pub fn finish_activity(&mut self, token: &str, committed: bool, now_ms: i64) {
         if !committed {
-            self.release(token, Release::Retry, now_ms);
+            self.release(token, Release::Later, now_ms);
             return;
         }
         if let Some(Lease::Activity { activity_id, stream, .. }) = self.leases.remove(token) {
             if let Some(st) = self.streams.get_mut(&stream) {
                 st.activities = st.activities.saturating_sub(1);
             }
-            self.activities.remove(&activity_id);
+            self.remove_activity(activity_id);
             if !self.parked_activities.is_empty() {
                 self.unpark();
             }
@@ -1061,14 +1132,26 @@ impl Scheduler {
 
     /// The live activity token for (instance, task id), for workers without tokens.
     pub fn activity_token_of(&self, instance_id: &str, task_id: i32) -> Option<String> {
-        self.activities
-            .values()
-            .find(|a| {
-                a.leased.is_some()
-                    && a.request.task_id == task_id
-                    && a.request.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) == Some(instance_id)
-            })
+        self.instance_activities
+            .get(instance_id)?
+            .iter()
+            .filter_map(|id| self.activities.get(id))
+            .find(|a| a.leased.is_some() && a.request.task_id == task_id)
             .and_then(|a| a.leased.clone())
+    }
+
+    /// Puts back a poison activity whose failure could not be recorded (the store
+    /// failed); it becomes poison again after the back-off.
+    pub fn restore_poison_activity(&mut self, a: QueuedActivity, attempts: u32, now_ms: i64) {
+        let id = a.id;
+        self.add_activity(a);
+        if let Some(slot) = self.activities.get_mut(&id) {
+            slot.attempts = attempts;
+        }
+        self.ready_activities.retain(|x| *x != id);
+        self.ready_builtin.retain(|x| *x != id);
+        let at = now_ms + self.opts.backoff_max_ms;
+        self.schedule(at, Wake::Activity(id));
     }
 
     /// Remembers a built-in activity's latest checkpoint (already persisted).
@@ -1200,9 +1283,14 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        for w in self.wakeups.values() {
+        for (key, w) in &self.wakeups {
             match w {
-                Wake::Event(e) => place(&mut a, &e.0, (e.2).1, "waiting"),
+                Wake::Event(e) => {
+                    place(&mut a, &e.0, (e.2).1, "waiting");
+                    if !self.instance_wakes.get(&e.0).is_some_and(|k| k.contains(key)) {
+                        a.problems.push(format!("timer {key:?} of '{}' missing from the index", e.0));
+                    }
+                }
                 Wake::Activity(id) => a.activities.entry(*id).or_default().push("waiting"),
                 _ => {}
             }
@@ -1234,6 +1322,15 @@ impl Scheduler {
                     a.problems.push(format!("'{id}' waits for a start event that is nowhere"));
                 }
             }
+        }
+        let indexed_wakes: usize = self.instance_wakes.values().map(BTreeSet::len).sum();
+        let event_wakes = self.wakeups.values().filter(|w| matches!(w, Wake::Event(_))).count();
+        if indexed_wakes != event_wakes {
+            a.problems.push(format!("{indexed_wakes} timers indexed, {event_wakes} scheduled"));
+        }
+        let indexed_activities: usize = self.instance_activities.values().map(BTreeSet::len).sum();
+        if indexed_activities != self.activities.len() {
+            a.problems.push(format!("{indexed_activities} activities indexed, {} queued", self.activities.len()));
         }
         for (id, slot) in &self.activities {
             if slot.leased.is_none() {
@@ -1419,6 +1516,44 @@ mod tests {
         assert_eq!(turns(&a).len(), 2);
         assert!(turns(&a).iter().all(|t| t.kind == TurnKind::Worker(all)));
         assert!(a.iter().any(|x| matches!(x, Assignment::Activity { stream, .. } if *stream == all)));
+    }
+
+    #[test]
+    fn an_instance_no_stream_accepts_is_parked_once() {
+        let mut s = Scheduler::new(opts());
+        let only_b = StreamRules {
+            max_orchestrations: 10,
+            max_activities: 10,
+            filters: Some(WorkItemFilters {
+                orchestrations: vec![OrchestrationFilter { name: "B".into(), versions: vec![] }],
+                activities: vec![],
+                entities: vec![],
+            }),
+        };
+        let (_sid, _rx) = stream(&mut s, only_b);
+        for i in 0..5 {
+            s.add_event(raised(i, "a"), NOW);
+            assert!(s.assign(NOW).is_empty());
+        }
+        assert_eq!(s.stats().parked_instances, 1, "every arrival parked the instance again");
+    }
+
+    #[test]
+    fn continue_as_new_forgets_the_old_executions_timers_and_results() {
+        let mut s = Scheduler::new(opts());
+        let mut timer = delivered(1, "a", "Orch", NOW + 3_600_000, events::event_raised(NOW, "t".into(), None));
+        timer.execution_id = Some("old".into());
+        s.add_event(timer, NOW);
+        let mut result = raised(2, "a");
+        result.execution_id = Some("old".into());
+        s.add_event(result, NOW);
+        s.add_event(raised(3, "a"), NOW);
+        s.forget_other_executions("a", "new");
+        assert_eq!(s.stats().wakeups, 0, "the old execution's timer is gone from memory");
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let a = s.assign(NOW);
+        let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
+        assert_eq!(ids, [3], "only the event for any execution is kept");
     }
 
     #[test]

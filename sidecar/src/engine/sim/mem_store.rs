@@ -52,11 +52,13 @@ pub struct MemDb {
     rng: Arc<Mutex<StdRng>>,
     /// Most yields a call makes before (and after) it applies.
     max_yields: u32,
+    /// While set, every write fails as a broken disk would (nothing is stored).
+    pub fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl MemDb {
     pub fn new(rng: Arc<Mutex<StdRng>>, max_yields: u32) -> Arc<MemDb> {
-        Arc::new(MemDb { tables: Mutex::new(Tables::default()), rng, max_yields })
+        Arc::new(MemDb { tables: Mutex::new(Tables::default()), rng, max_yields, fail_writes: Default::default() })
     }
 
     /// A handle for a new engine; handles of earlier epochs stop working.
@@ -78,6 +80,15 @@ impl MemStore {
         for _ in 0..n {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// A write: refused while the database is set to fail.
+    async fn write<T>(&self, f: impl FnOnce(&mut Tables) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.db.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            self.interleave().await;
+            return Err(StoreError::CommitFailed("disk I/O error (simulated)".into()));
+        }
+        self.apply(f).await
     }
 
     /// Runs one atomic change (or read) between two seeded pauses.
@@ -161,7 +172,7 @@ fn not_simulated(what: &str) -> StoreError {
 #[async_trait]
 impl Store for MemStore {
     async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
-        self.apply(|t| {
+        self.write(|t| {
             let s = &new.spec;
             let mut replaced = None;
             if let Some(existing) = t.instances.get(&s.instance_id) {
@@ -200,11 +211,11 @@ impl Store for MemStore {
     }
 
     async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError> {
-        self.apply(|t| Ok(deliver(t, &message))).await
+        self.write(|t| Ok(deliver(t, &message))).await
     }
 
     async fn commit_turn(&self, c: TurnCommit) -> Result<CommitResult, StoreError> {
-        self.apply(|t| {
+        self.write(|t| {
             let conflict = || StoreError::Conflict(c.instance_id.clone());
             let inst = t.instances.get(&c.instance_id).ok_or_else(conflict)?;
             if inst.execution_id != c.execution_id || is_terminal(inst.status) || inst.history.len() != c.history_len {
@@ -250,11 +261,11 @@ impl Store for MemStore {
     }
 
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
-        self.apply(|t| Ok(t.activities.remove(&activity_id).and_then(|_| deliver(t, &result)))).await
+        self.write(|t| Ok(t.activities.remove(&activity_id).and_then(|_| deliver(t, &result)))).await
     }
 
     async fn save_activity_progress(&self, activity_id: i64, _progress: String) -> Result<bool, StoreError> {
-        self.apply(|t| Ok(t.activities.contains_key(&activity_id))).await
+        self.write(|t| Ok(t.activities.contains_key(&activity_id))).await
     }
 
     async fn load_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {

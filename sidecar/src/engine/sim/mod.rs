@@ -613,3 +613,64 @@ fn random_schedules_keep_every_committed_event_in_exactly_one_place() {
     }
     eprintln!("{schedules} random schedules of {steps} steps explored, every invariant held after every step");
 }
+
+/// A poison activity whose failure cannot be recorded (the store is failing) is not
+/// dropped from dispatch: it is tried again after a back-off and, once the store works,
+/// its orchestration receives the failure.
+#[test]
+fn a_poison_activity_whose_failure_cannot_be_recorded_is_retried() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(async {
+        let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(7)));
+        let db = MemDb::new(rng, 0);
+        let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
+        let mut opts = options();
+        opts.scheduler.max_attempts = 1;
+        let store: Arc<dyn Store> = Arc::new(db.handle());
+        let engine = Engine::start_with_clock(store, opts, Vec::new(), clock.clone()).await.expect("engine");
+        let settle = || async {
+            for _ in 0..10_000 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let (first, mut rx) = engine.open_stream(rules.clone());
+        let now = clock.now_ms();
+        let new = NewInstance {
+            spec: StartSpec {
+                instance_id: "p".into(),
+                execution_id: "p-e".into(),
+                name: "Sim".into(),
+                version: None,
+                input: Some("1".into()),
+                parent: None,
+                scheduled_start_ms: None,
+                parent_trace_context: None,
+                tags: Default::default(),
+            },
+            created_at_ms: now,
+            visible_at_ms: now,
+            parent_task: None,
+        };
+        engine.create_instance(new, IdReuse::terminal()).await.expect("created");
+        settle().await;
+        let Ok(Outgoing::Item(turn)) = rx.try_recv() else { panic!("no first turn") };
+        Sim::answer(&engine, *turn);
+        settle().await;
+        assert!(rx.try_recv().is_ok(), "the activity was dispatched");
+        // The worker dies holding it: one lost delivery is the limit here.
+        engine.close_stream(first);
+        db.fail_writes.store(true, Ordering::SeqCst);
+        let (_second, mut rx) = engine.open_stream(rules);
+        settle().await;
+        let audit = engine.inner.sched.lock().audit();
+        assert_eq!(audit.activities.len(), 1, "the activity is still held for a retry: {audit:?}");
+        db.fail_writes.store(false, Ordering::SeqCst);
+        clock.0.fetch_add(options().scheduler.backoff_max_ms, Ordering::SeqCst);
+        engine.fire_due_timers();
+        settle().await;
+        let Ok(Outgoing::Item(turn)) = rx.try_recv() else { panic!("the failure never reached the orchestration") };
+        let Some(work_item::Request::OrchestratorRequest(r)) = turn.request else { panic!("not a turn") };
+        assert!(r.new_events.iter().any(|e| matches!(e.event_type, Some(EventType::TaskFailed(_)))));
+    });
+}
