@@ -105,6 +105,10 @@ struct InstanceSlot {
     /// Every inbox row of this instance up to this id is accounted for (registered, or
     /// known to be deleted): a registration at or below it arrives late and is ignored.
     known_through: i64,
+    /// Every inbox row of this instance up to this id is deleted from the store (the
+    /// execution finished or was replaced): a store snapshot read earlier cannot bring
+    /// one back. Never above `known_through`.
+    deleted_through: i64,
     attempts: u32,
     not_before_ms: i64,
     queued: bool,
@@ -288,7 +292,7 @@ pub struct Scheduler {
     /// `known_through` of recently dropped slots, so that a registration that arrives
     /// after its instance finished (its commit raced the finishing turn) is ignored. An
     /// optimisation only: a stale event that gets through is caught when its turn runs.
-    recent_through: lru::LruCache<String, i64>,
+    recent_through: lru::LruCache<String, (i64, i64)>,
     leases: HashMap<String, Lease>,
     wakeups: BTreeMap<(i64, u64), Wake>,
     /// Keys of each instance's `Wake::Event` entries, so forgetting an instance's timers
@@ -424,8 +428,13 @@ impl Scheduler {
     /// Adds a committed inbox row: pending now, or a wake-up at its visible time.
     pub fn add_event(&mut self, d: Delivered, now_ms: i64) {
         if d.inbox_id <= self.known_through(&d.instance_id) {
+            // Registered already by a resync, or deleted: this copy arrives late.
             return;
         }
+        self.register(d, now_ms);
+    }
+
+    fn register(&mut self, d: Delivered, now_ms: i64) {
         let key = (d.priority, d.inbox_id);
         let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, event: d.event };
         if d.visible_at_ms > now_ms {
@@ -438,9 +447,6 @@ impl Scheduler {
     }
 
     fn add_visible(&mut self, instance_id: String, target: &Target, key: EventKey, event: PendingEvent) {
-        if key.1 <= self.known_through(&instance_id) {
-            return;
-        }
         let slot = self.slot(&instance_id);
         if slot.name.is_empty() {
             slot.name = target.name.clone();
@@ -454,15 +460,16 @@ impl Scheduler {
     fn known_through(&self, instance_id: &str) -> i64 {
         match self.instances.get(instance_id) {
             Some(slot) => slot.known_through,
-            None => self.recent_through.peek(instance_id).copied().unwrap_or(0),
+            None => self.recent_through.peek(instance_id).map_or(0, |(known, _)| *known),
         }
     }
 
     /// An instance's slot, created if missing (remembering a dropped slot's mark).
     fn slot(&mut self, instance_id: &str) -> &mut InstanceSlot {
         if !self.instances.contains_key(instance_id) {
-            let known_through = self.recent_through.pop(instance_id).unwrap_or(0);
-            self.instances.insert(instance_id.to_string(), InstanceSlot { known_through, ..Default::default() });
+            let (known_through, deleted_through) = self.recent_through.pop(instance_id).unwrap_or_default();
+            let slot = InstanceSlot { known_through, deleted_through, ..Default::default() };
+            self.instances.insert(instance_id.to_string(), slot);
         }
         self.instances.entry(instance_id.to_string()).or_default()
     }
@@ -846,7 +853,7 @@ impl Scheduler {
         match self.instances.get(instance_id) {
             Some(slot) if slot.idle() => {
                 if slot.known_through > 0 {
-                    self.recent_through.put(instance_id.to_string(), slot.known_through);
+                    self.recent_through.put(instance_id.to_string(), (slot.known_through, slot.deleted_through));
                 }
                 self.instances.remove(instance_id);
             }
@@ -906,6 +913,7 @@ impl Scheduler {
         let slot = self.slot(instance_id);
         slot.pending.retain(|(_, id), _| *id > through);
         slot.known_through = slot.known_through.max(through);
+        slot.deleted_through = slot.deleted_through.max(through);
         let lease = slot.leased.clone();
         if let Some(Lease::Turn { events, stale, .. }) = lease.and_then(|t| self.leases.get_mut(&t)) {
             stale.extend(events.iter().map(|(_, p)| p.inbox_id).filter(|id| *id <= through));
@@ -1000,11 +1008,13 @@ impl Scheduler {
         let slot = self.slot(instance_id);
         slot.pending.retain(|(_, id), _| *id > watermark);
         slot.gate = Gate::Open;
-        let floor = slot.known_through;
+        // Rows the snapshot holds but a later deletion removed must not come back; rows
+        // merely registered before (and since dropped from a conflicting lease) must.
+        let floor = slot.deleted_through;
         self.forget_wakes(instance_id, |id, _| id <= watermark);
         for d in rows {
             if d.instance_id == instance_id && d.inbox_id > floor && !leased.contains(&d.inbox_id) {
-                self.add_event(d, now_ms);
+                self.register(d, now_ms);
             }
         }
         // Every row up to the watermark is registered now; later copies arrive late.
