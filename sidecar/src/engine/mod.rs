@@ -41,6 +41,9 @@ pub enum EngineError {
     FailedPrecondition(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller exceeded a limit (the message names it and what to do).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("the sidecar is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -433,21 +436,34 @@ impl Engine {
                     self.commit(&lease.token, &info, history.len(), outcome, always_consumed, now).await;
                     return;
                 }
-                let mut new_events = Vec::with_capacity(live.len() + 1);
-                new_events.push(events::orchestrator_started(now));
-                new_events.extend(live.iter().map(|(_, p)| p.event.clone()));
-                let request = OrchestratorRequest {
+                let mut request = OrchestratorRequest {
                     instance_id: info.instance_id.clone(),
                     execution_id: Some(info.execution_id.clone()),
                     past_events: history,
-                    new_events,
+                    new_events: vec![events::orchestrator_started(now)],
                     entity_parameters: None,
                     requires_history_streaming: false,
                     properties: Default::default(),
                     orchestration_trace_context: None,
                 };
-                let size = request.encoded_len();
-                if size > self.inner.opts.max_work_item_bytes {
+                // A burst of large events is split across turns: this one takes the events
+                // that fit (at least one); the rest wait for the next turn.
+                let limit = self.inner.opts.max_work_item_bytes;
+                let mut size = request.encoded_len();
+                let mut shown = Vec::with_capacity(live.len());
+                let mut deferred = Vec::new();
+                for (key, p) in &live {
+                    let len = p.event.encoded_len();
+                    let field = 1 + prost::length_delimiter_len(len) + len;
+                    if shown.is_empty() || (deferred.is_empty() && size + field <= limit) {
+                        size += field;
+                        shown.push(*key);
+                        request.new_events.push(p.event.clone());
+                    } else {
+                        deferred.push(*key);
+                    }
+                }
+                if size > limit {
                     let failure = events::failure(
                         "DuroWorkItemTooLarge",
                         format!(
@@ -461,10 +477,14 @@ impl Engine {
                     self.fail_turn(&lease.token, &info, history_len, failure, now).await;
                     return;
                 }
+                if !deferred.is_empty() {
+                    tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
+                }
                 let ctx = TurnContext {
                     info,
                     history_len: request.past_events.len(),
-                    shown: live.iter().map(|(k, _)| *k).collect(),
+                    shown,
+                    deferred,
                     new_events: request.new_events.clone(),
                     always_consumed,
                 };
@@ -633,6 +653,15 @@ impl Engine {
                 ))
             }
             Some(Completion::Partial) => return Ok(()),
+            Some(Completion::TooLarge(bytes)) => {
+                self.release(&token, Release::Failed);
+                return Err(EngineError::ResourceExhausted(format!(
+                    "the orchestrator response for '{}' is {bytes} bytes or more in its chunks, above the limit of {} \
+                     bytes; schedule fewer or smaller actions per turn (the work item is redelivered)",
+                    resp.instance_id,
+                    self.inner.opts.scheduler.max_response_bytes
+                )));
+            }
             Some(Completion::Complete(f)) => f,
         };
         let Some(ctx) = flight.context else {
@@ -686,6 +715,7 @@ impl Engine {
                 unconsumed.push((*key, p.clone()));
             }
         }
+        unconsumed.extend(ctx.deferred.iter().filter_map(|key| by_key.get(key).map(|p| (*key, p.clone()))));
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
         Ok(())
     }
@@ -1049,9 +1079,13 @@ mod tests {
     }
 
     async fn harness() -> Harness {
+        harness_with(EngineOptions::default()).await
+    }
+
+    async fn harness_with(opts: EngineOptions) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("duro.db"), SqliteOptions::default()).await.expect("store");
-        let engine = Engine::start(Arc::new(store), EngineOptions::default(), Vec::new()).await.expect("engine");
+        let engine = Engine::start(Arc::new(store), opts, Vec::new()).await.expect("engine");
         let (_, rx) = engine.open_stream(StreamRules { max_orchestrations: 100, max_activities: 100, filters: None });
         Harness { engine, rx, _dir: dir }
     }
@@ -1176,6 +1210,36 @@ mod tests {
         h.engine.complete_orchestration(resp).await.expect("answered");
         let again = tokio::time::timeout(Duration::from_millis(300), h.rx.recv()).await;
         assert!(again.is_err(), "redelivered at once: {again:?}");
+    }
+
+    /// Five 1.5 KB events that arrive together under a 4 KB work-item limit: before,
+    /// one turn carried them all and the instance failed as too large; now the next turn
+    /// carries the ones that fit, and the orchestration can finish on them.
+    #[tokio::test]
+    async fn a_burst_of_large_events_is_split_across_turns() {
+        let mut h = harness_with(EngineOptions { max_work_item_bytes: 4096, ..EngineOptions::default() }).await;
+        h.engine.create_instance(new_instance("i"), IdReuse::terminal()).await.expect("created");
+        let (_, token) = h.next_turn().await;
+        for n in 0..5 {
+            let payload = format!("\"{n}{}\"", "x".repeat(1500));
+            h.engine.raise_event("i", "big".into(), Some(payload)).await.expect("raised");
+        }
+        h.engine.complete_orchestration(respond("i", token, Vec::new())).await.expect("first turn");
+        let (turn, token) = h.next_turn().await;
+        let raised = turn.new_events.iter().filter(|e| matches!(e.event_type, Some(EventType::EventRaised(_)))).count();
+        assert!((1..5).contains(&raised), "the turn carries the events that fit, not all five: {raised}");
+        let done = OrchestratorAction {
+            id: 0,
+            orchestrator_action_type: Some(OrchestratorActionType::CompleteOrchestration(CompleteOrchestrationAction {
+                orchestration_status: OrchestrationStatus::Completed as i32,
+                result: Some("\"done\"".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        h.engine.complete_orchestration(respond("i", token, vec![done])).await.expect("final turn");
+        let rec = h.engine.get_instance("i").await.expect("read").expect("exists");
+        assert_eq!((rec.status, rec.failure), (OrchestrationStatus::Completed, None));
     }
 
     /// Issue 13's race end to end: an event raised while the start turn is in flight.

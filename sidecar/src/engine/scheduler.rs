@@ -212,6 +212,8 @@ pub struct TurnContext {
     pub new_events: Vec<HistoryEvent>,
     /// Keys of the events shown to the worker, aligned with `new_events[1..]`.
     pub shown: Vec<EventKey>,
+    /// Keys of leased events held back for the next turn (they did not fit this one).
+    pub deferred: Vec<EventKey>,
     /// Inbox rows consumed whatever the worker answers (stale results, wake-ups).
     pub always_consumed: Vec<i64>,
 }
@@ -223,6 +225,8 @@ enum Lease {
         events: Vec<(EventKey, PendingEvent)>,
         completing: bool,
         partial: Vec<OrchestratorAction>,
+        /// Encoded bytes of `partial`, bounded by `max_response_bytes`.
+        partial_bytes: usize,
         expires: Option<(i64, u64)>,
         context: Option<Box<TurnContext>>,
         /// Events of this lease whose rows are known to be gone (a replacing execution
@@ -265,11 +269,19 @@ pub struct SchedulerOptions {
     pub backoff_base_ms: i64,
     pub backoff_max_ms: i64,
     pub turn_lease_ms: i64,
+    /// Largest orchestrator response accepted, all chunks together (encoded bytes).
+    pub max_response_bytes: usize,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        SchedulerOptions { max_attempts: 10, backoff_base_ms: 1000, backoff_max_ms: 60_000, turn_lease_ms: 300_000 }
+        SchedulerOptions {
+            max_attempts: 10,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 60_000,
+            turn_lease_ms: 300_000,
+            max_response_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -326,6 +338,8 @@ pub enum Completion {
     Partial,
     /// The whole response is in: commit it.
     Complete(TurnInFlight),
+    /// The chunks exceed `max_response_bytes` (this many so far); nothing is kept.
+    TooLarge(usize),
 }
 
 impl Scheduler {
@@ -722,7 +736,7 @@ impl Scheduler {
         let expires = stream.map(|_| (now_ms + lease_ms, self.schedule(now_ms + lease_ms, Wake::LeaseExpiry(token.clone()))));
         self.leases.insert(
             token.clone(),
-            Lease::Turn { instance_id: instance_id.clone(), stream, events: events.clone(), completing: false, partial: Vec::new(), expires, context: None, stale: HashSet::new() },
+            Lease::Turn { instance_id: instance_id.clone(), stream, events: events.clone(), completing: false, partial: Vec::new(), partial_bytes: 0, expires, context: None, stale: HashSet::new() },
         );
         TurnLease { token, instance_id, kind, events, attempts }
     }
@@ -788,12 +802,19 @@ impl Scheduler {
         actions: Vec<OrchestratorAction>,
         is_partial: bool,
     ) -> Option<Completion> {
-        let Some(Lease::Turn { instance_id, events, completing, partial, context, .. }) = self.leases.get_mut(token)
+        let Some(Lease::Turn { instance_id, events, completing, partial, partial_bytes, context, .. }) =
+            self.leases.get_mut(token)
         else {
             return None;
         };
         if *completing || context.is_none() {
             return None;
+        }
+        *partial_bytes += actions.iter().map(prost::Message::encoded_len).sum::<usize>();
+        if *partial_bytes > self.opts.max_response_bytes {
+            let total = *partial_bytes;
+            *partial = Vec::new();
+            return Some(Completion::TooLarge(total));
         }
         partial.extend(actions);
         if is_partial {
@@ -1369,7 +1390,13 @@ mod tests {
     const NOW: i64 = 1_000_000;
 
     fn opts() -> SchedulerOptions {
-        SchedulerOptions { max_attempts: 3, backoff_base_ms: 100, backoff_max_ms: 1000, turn_lease_ms: 5000 }
+        SchedulerOptions {
+            max_attempts: 3,
+            backoff_base_ms: 100,
+            backoff_max_ms: 1000,
+            turn_lease_ms: 5000,
+            max_response_bytes: 1000,
+        }
     }
 
     fn target(name: &str) -> Target {
@@ -1620,6 +1647,7 @@ mod tests {
             history_len: 0,
             new_events: vec![],
             shown: vec![],
+            deferred: vec![],
             always_consumed: vec![],
         };
         assert!(s.send_turn(&lease.token, sid, ctx, duro_proto::WorkItem::default()));
@@ -1647,6 +1675,28 @@ mod tests {
         // A stream loss while completing does not take the turn away.
         s.remove_stream(sid, NOW);
         assert_eq!(s.stats().leases, 1);
+    }
+
+    #[test]
+    fn chunks_beyond_the_response_limit_are_refused_and_dropped() {
+        let mut s = Scheduler::new(opts());
+        let (sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let lease = turns(&a)[0].clone();
+        dispatch(&mut s, &lease, sid);
+        let big = |id| OrchestratorAction {
+            id,
+            orchestrator_action_type: Some(duro_proto::orchestrator_action::OrchestratorActionType::ScheduleTask(
+                duro_proto::ScheduleTaskAction { name: "x".repeat(400), ..Default::default() },
+            )),
+            ..Default::default()
+        };
+        assert_eq!(s.begin_turn_completion(&lease.token, vec![big(1), big(2)], true), Some(Completion::Partial));
+        match s.begin_turn_completion(&lease.token, vec![big(3)], true) {
+            Some(Completion::TooLarge(bytes)) => assert!(bytes > 1000),
+            other => panic!("a third chunk passes the 1000-byte limit: {other:?}"),
+        }
     }
 
     #[test]

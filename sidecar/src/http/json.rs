@@ -489,6 +489,7 @@ impl From<crate::engine::EngineError> for ApiError {
             E::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             E::InvalidArgument(m) => ApiError::bad_request(m),
             E::FailedPrecondition(m) | E::AlreadyExists(m) => ApiError::new(ErrorCode::Conflict, m),
+            E::ResourceExhausted(m) => ApiError::new(ErrorCode::PayloadTooLarge, m),
             E::ShuttingDown | E::Store(crate::store::StoreError::Closed) => {
                 ApiError::new(ErrorCode::Unavailable, "the Duro sidecar is shutting down; retry shortly")
             }

@@ -77,6 +77,7 @@ fn options() -> EngineOptions {
             backoff_base_ms: 100,
             backoff_max_ms: 1_000,
             turn_lease_ms: 2_000,
+            ..SchedulerOptions::default()
         },
         ..EngineOptions::default()
     }
