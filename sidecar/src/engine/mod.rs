@@ -149,6 +149,9 @@ impl Engine {
         for a in recovered.activities {
             sched.add_activity(a);
         }
+        for a in &recovered.attempts {
+            sched.restore_attempts(a);
+        }
         tracing::info!(inbox, activities, "recovered pending work from the store");
         let (shutdown, _) = watch::channel(false);
         let engine = Engine {
@@ -215,8 +218,24 @@ impl Engine {
     /// Moves every wake-up due by now into the queues and dispatches.
     pub(crate) fn fire_due_timers(&self) {
         let poisoned = self.inner.sched.lock().fire_due(self.now());
+        self.persist_attempts();
         self.run_assignments(poisoned);
         self.pump();
+    }
+
+    /// Writes changed delivery-attempt counts to the store (off the caller's path; a lost
+    /// write only means poison detection counts a few deliveries fewer after a crash).
+    fn persist_attempts(&self) {
+        let counts = self.inner.sched.lock().take_attempt_log();
+        if counts.is_empty() {
+            return;
+        }
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_attempts(counts).await {
+                tracing::warn!(error = %e, "could not record delivery attempts");
+            }
+        });
     }
 
     /// Hands out every lease that can start now.
@@ -597,6 +616,7 @@ impl Engine {
 
     fn release(&self, token: &str, why: Release) {
         let poisoned = self.inner.sched.lock().release(token, why, self.now());
+        self.persist_attempts();
         self.run_assignments(poisoned);
         self.pump();
     }
@@ -615,6 +635,7 @@ impl Engine {
     /// Removes a stream; its leases go back to the queues for other streams.
     pub fn close_stream(&self, id: StreamId) {
         let poisoned = self.inner.sched.lock().remove_stream(id, self.now());
+        self.persist_attempts();
         tracing::info!(stream = id, "work-item stream disconnected; its work is redelivered");
         self.run_assignments(poisoned);
         self.pump();
@@ -1240,6 +1261,51 @@ mod tests {
         h.engine.complete_orchestration(respond("i", token, vec![done])).await.expect("final turn");
         let rec = h.engine.get_instance("i").await.expect("read").expect("exists");
         assert_eq!((rec.status, rec.failure), (OrchestrationStatus::Completed, None));
+    }
+
+    async fn recv_item(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> WorkItem {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Outgoing::Item(item))) => *item,
+            other => panic!("no work item: {other:?}"),
+        }
+    }
+
+    /// Delivery attempts survive a restart: two abandoned deliveries before it and one
+    /// after reach a limit of three, and the instance fails as poison. Before, the count
+    /// started again from zero after every restart.
+    #[tokio::test]
+    async fn delivery_attempts_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("duro.db");
+        let mut opts = EngineOptions::default();
+        opts.scheduler.max_attempts = 3;
+        opts.scheduler.backoff_base_ms = 1;
+        opts.scheduler.backoff_max_ms = 1;
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        {
+            let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("store");
+            let engine = Engine::start(Arc::new(store), opts.clone(), Vec::new()).await.expect("engine");
+            let (_, mut rx) = engine.open_stream(rules.clone());
+            engine.create_instance(new_instance("p"), IdReuse::terminal()).await.expect("created");
+            for _ in 0..2 {
+                let item = recv_item(&mut rx).await;
+                engine.abandon(&item.completion_token);
+            }
+            // Let the count reach the store, then stop this engine and release the file.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            engine.shutdown();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("reopened");
+        let engine = Engine::start(Arc::new(store), opts, Vec::new()).await.expect("engine");
+        let (_, mut rx) = engine.open_stream(rules);
+        let item = recv_item(&mut rx).await;
+        engine.abandon(&item.completion_token);
+        let failed = engine.wait_for("p", is_finished);
+        let rec = tokio::time::timeout(Duration::from_secs(5), failed).await.expect("finished").expect("read");
+        let rec = rec.expect("exists");
+        assert_eq!(rec.status, OrchestrationStatus::Failed);
+        assert_eq!(rec.failure.map(|f| f.error_type).as_deref(), Some("DuroPoisonWorkItem"));
     }
 
     /// Issue 13's race end to end: an event raised while the start turn is in flight.

@@ -14,7 +14,7 @@ use duro_proto::{ActivityRequest, GetWorkItemsRequest, HistoryEvent, Orchestrato
 use tokio::sync::mpsc;
 
 use crate::core::{is_control_event, Priority};
-use crate::store::{Delivered, QueuedActivity, Target};
+use crate::store::{Attempts, Delivered, QueuedActivity, Target};
 
 pub type StreamId = u64;
 pub type EventKey = (Priority, i64);
@@ -320,6 +320,8 @@ pub struct Scheduler {
     timer_dirty: bool,
     token_seq: u64,
     token_secret: u128,
+    /// Delivery-attempt counts that changed, for the engine to persist.
+    attempt_log: Vec<Attempts>,
 }
 
 /// A completion that matched a live lease.
@@ -368,6 +370,7 @@ impl Scheduler {
             timer_dirty: false,
             token_seq: 0,
             token_secret: rand::random(),
+            attempt_log: Vec::new(),
         }
     }
 
@@ -1069,6 +1072,7 @@ impl Scheduler {
                     slot.pending.extend(events);
                     if counted {
                         slot.attempts += 1;
+                        self.attempt_log.push(Attempts::Instance(instance_id.clone(), slot.attempts));
                     }
                     slot.not_before_ms = now_ms + delay(slot.attempts, base, max);
                     self.enqueue_instance(&instance_id);
@@ -1084,6 +1088,7 @@ impl Scheduler {
                 slot.leased = None;
                 if counted {
                     slot.attempts += 1;
+                    self.attempt_log.push(Attempts::Activity(activity_id, slot.attempts));
                 }
                 let wait = delay(slot.attempts, base, max);
                 if wait > 0 {
@@ -1169,6 +1174,28 @@ impl Scheduler {
             .filter_map(|id| self.activities.get(id))
             .find(|a| a.leased.is_some() && a.request.task_id == task_id)
             .and_then(|a| a.leased.clone())
+    }
+
+    /// Counts changed since the last call, to be persisted.
+    pub fn take_attempt_log(&mut self) -> Vec<Attempts> {
+        std::mem::take(&mut self.attempt_log)
+    }
+
+    /// Restores a count recorded before a restart (after the work itself was added).
+    pub fn restore_attempts(&mut self, a: &Attempts) {
+        match a {
+            Attempts::Instance(id, n) => {
+                if let Some(slot) = self.instances.get_mut(id) {
+                    slot.attempts = slot.attempts.max(*n);
+                }
+                self.enqueue_instance(id);
+            }
+            Attempts::Activity(id, n) => {
+                if let Some(slot) = self.activities.get_mut(id) {
+                    slot.attempts = slot.attempts.max(*n);
+                }
+            }
+        }
     }
 
     /// Puts back a poison activity whose failure could not be recorded (the store

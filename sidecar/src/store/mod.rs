@@ -326,6 +326,17 @@ pub enum RewindResult {
 pub struct Recovered {
     pub inbox: Vec<Delivered>,
     pub activities: Vec<QueuedActivity>,
+    /// Failed deliveries recorded before the restart (non-zero counts only).
+    pub attempts: Vec<Attempts>,
+}
+
+/// How many times a work item was delivered without a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempts {
+    /// An instance's turn (reset when a turn commits).
+    Instance(String, u32),
+    /// An activity, by its row id.
+    Activity(i64, u32),
 }
 
 #[async_trait]
@@ -345,6 +356,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a finished activity and delivers its result in the same transaction.
     /// `None` when the activity is gone (duplicate or its instance moved on).
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError>;
+
+    /// Raises stored delivery-attempt counts (never lowers them), so poison detection
+    /// survives a restart. Unknown instances and activities are skipped.
+    async fn record_attempts(&self, counts: Vec<Attempts>) -> Result<(), StoreError>;
 
     /// Records how far a built-in activity got, so a restart resumes from there.
     /// `false` when the activity is gone (completed or its instance moved on).

@@ -33,6 +33,7 @@ use crate::core::{self, events, is_terminal, status_from_i32, Message, NewInstan
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/sqlite/0001_init.sql")),
     ("0002_activity_progress", include_str!("../../migrations/sqlite/0002_activity_progress.sql")),
+    ("0003_delivery_attempts", include_str!("../../migrations/sqlite/0003_delivery_attempts.sql")),
 ];
 
 /// Most writes grouped into one transaction.
@@ -130,6 +131,7 @@ enum WriteOp {
     Commit(TurnCommit),
     CompleteActivity(i64, Message),
     SaveProgress(i64, String),
+    RecordAttempts(Vec<Attempts>),
     Purge(PurgeSelection, bool),
     Restart(String, Option<String>, i64),
     Rewind(String, Option<String>, i64),
@@ -430,6 +432,19 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
                 WriteResult::Enqueue(deliver(c, m)?)
             }
         }
+        WriteOp::RecordAttempts(counts) => {
+            let mut instance =
+                c.prepare_cached("UPDATE instances SET delivery_attempts = MAX(delivery_attempts, ?) WHERE instance_id = ?")?;
+            let mut activity =
+                c.prepare_cached("UPDATE activities SET delivery_attempts = MAX(delivery_attempts, ?) WHERE id = ?")?;
+            for a in counts {
+                match a {
+                    Attempts::Instance(id, n) => instance.execute(params![n, id])?,
+                    Attempts::Activity(id, n) => activity.execute(params![n, id])?,
+                };
+            }
+            WriteResult::Saved(true)
+        }
         WriteOp::SaveProgress(id, progress) => {
             let n = c.prepare_cached("UPDATE activities SET progress = ? WHERE id = ?")?.execute(params![progress, id])?;
             WriteResult::Saved(n > 0)
@@ -689,7 +704,7 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
         crate::core::CustomStatus::Set(v) => Some(v.clone()),
     };
     c.prepare_cached(
-        "UPDATE instances SET status = ?, updated_at = ?, history_len = ?, \
+        "UPDATE instances SET status = ?, updated_at = ?, history_len = ?, delivery_attempts = 0, \
          output = CASE WHEN ? THEN ? ELSE output END, \
          failure_details = CASE WHEN ? THEN ? ELSE failure_details END, \
          completed_at = CASE WHEN ? THEN ? ELSE completed_at END, \
@@ -1013,7 +1028,15 @@ fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("activity request: {e}")))?;
         Ok(QueuedActivity { id: r.get("id")?, request, progress: r.get("progress")? })
     })?;
-    Ok(Recovered { inbox, activities })
+    let attempts = DynQuery::new(
+        "SELECT 'i' AS kind, instance_id AS id, 0 AS n, delivery_attempts FROM instances WHERE delivery_attempts > 0 \
+         UNION ALL SELECT 'a', '', id, delivery_attempts FROM activities WHERE delivery_attempts > 0",
+    )
+    .rows(c, |r| {
+        let n: u32 = r.get(3)?;
+        Ok(if r.get::<_, String>(0)? == "i" { Attempts::Instance(r.get(1)?, n) } else { Attempts::Activity(r.get(2)?, n) })
+    })?;
+    Ok(Recovered { inbox, activities, attempts })
 }
 
 /// Unwraps the writer's answer, which must be of the kind the caller asked for.
@@ -1042,6 +1065,10 @@ impl Store for SqliteStore {
 
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
         expect_result!(self.write(WriteOp::CompleteActivity(activity_id, result)).await?, Enqueue)
+    }
+
+    async fn record_attempts(&self, counts: Vec<Attempts>) -> Result<(), StoreError> {
+        expect_result!(self.write(WriteOp::RecordAttempts(counts)).await?, Saved).map(|_| ())
     }
 
     async fn save_activity_progress(&self, activity_id: i64, progress: String) -> Result<bool, StoreError> {

@@ -264,6 +264,12 @@ impl Store for MemStore {
         self.write(|t| Ok(t.activities.remove(&activity_id).and_then(|_| deliver(t, &result)))).await
     }
 
+    async fn record_attempts(&self, _counts: Vec<Attempts>) -> Result<(), StoreError> {
+        // Attempts only matter across restarts for poison detection, which the
+        // simulation turns off; the write still takes its place among the others.
+        self.write(|_| Ok(())).await
+    }
+
     async fn save_activity_progress(&self, activity_id: i64, _progress: String) -> Result<bool, StoreError> {
         self.write(|t| Ok(t.activities.contains_key(&activity_id))).await
     }
@@ -338,7 +344,7 @@ impl Store for MemStore {
                 .iter()
                 .map(|(id, a)| QueuedActivity { id: *id, request: a.clone(), progress: None })
                 .collect();
-            Ok(Recovered { inbox, activities })
+            Ok(Recovered { inbox, activities, attempts: Vec::new() })
         })
         .await
     }
