@@ -41,10 +41,16 @@ pub struct StreamRules {
     pub filters: Option<WorkItemFilters>,
 }
 
+/// Most work items of one kind a stream may hold at once, whatever the worker asks for.
+/// A stream's channel holds only leased items, so this also bounds what waits in it for a
+/// worker that stops reading.
+pub const MAX_STREAM_CAP: usize = 10_000;
+
 impl StreamRules {
-    /// Reads a stream request; `0` (unspecified) caps become `default_cap`.
+    /// Reads a stream request; `0` (unspecified) caps become `default_cap`, larger ones
+    /// are held to [`MAX_STREAM_CAP`].
     pub fn from_request(req: &GetWorkItemsRequest, default_cap: usize) -> StreamRules {
-        let cap = |v: i32| if v > 0 { v as usize } else { default_cap };
+        let cap = |v: i32| if v > 0 { (v as usize).min(MAX_STREAM_CAP) } else { default_cap.min(MAX_STREAM_CAP) };
         StreamRules {
             max_orchestrations: cap(req.max_concurrent_orchestration_work_items),
             max_activities: cap(req.max_concurrent_activity_work_items),
@@ -1533,6 +1539,17 @@ mod tests {
         assert!(s.assign(NOW + 499).is_empty());
         s.fire_due(NOW + 500);
         assert_eq!(turns(&s.assign(NOW + 500)).len(), 1);
+    }
+
+    #[test]
+    fn a_workers_caps_are_held_to_the_server_maximum() {
+        let req = GetWorkItemsRequest {
+            max_concurrent_orchestration_work_items: i32::MAX,
+            max_concurrent_activity_work_items: 0,
+            ..Default::default()
+        };
+        let rules = StreamRules::from_request(&req, 1000);
+        assert_eq!((rules.max_orchestrations, rules.max_activities), (MAX_STREAM_CAP, 1000));
     }
 
     #[test]
