@@ -1165,7 +1165,6 @@ mod tests {
                 name: "Act".into(),
                 ..Default::default()
             })),
-            ..Default::default()
         }
     }
 
@@ -1256,7 +1255,6 @@ mod tests {
                 result: Some("\"done\"".into()),
                 ..Default::default()
             })),
-            ..Default::default()
         };
         h.engine.complete_orchestration(respond("i", token, vec![done])).await.expect("final turn");
         let rec = h.engine.get_instance("i").await.expect("read").expect("exists");

@@ -1360,7 +1360,7 @@ impl Scheduler {
             }
         }
         for (id, slot) in &self.instances {
-            for (_, p) in &slot.pending {
+            for p in slot.pending.values() {
                 place(&mut a, id, p.inbox_id, "pending");
             }
             if let Some(token) = &slot.leased {
@@ -1734,7 +1734,6 @@ mod tests {
             orchestrator_action_type: Some(duro_proto::orchestrator_action::OrchestratorActionType::ScheduleTask(
                 duro_proto::ScheduleTaskAction { name: "x".repeat(400), ..Default::default() },
             )),
-            ..Default::default()
         };
         assert_eq!(s.begin_turn_completion(&lease.token, vec![big(1), big(2)], true), Some(Completion::Partial));
         match s.begin_turn_completion(&lease.token, vec![big(3)], true) {
