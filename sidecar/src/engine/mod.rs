@@ -420,17 +420,30 @@ impl Engine {
         for (key, p) in lease.events {
             if p.execution_id.as_ref().is_some_and(|e| *e != info.execution_id) {
                 always_consumed.push(p.inbox_id);
-            } else if matches!(p.event.event_type, Some(EventType::OrchestratorStarted(_))) {
+            } else if p.kind == EventKind::WakeUp {
                 has_marker = true;
                 always_consumed.push(p.inbox_id);
             } else {
                 live.push((key, p));
             }
         }
+        // Payloads held back by the memory budget are read from the store now; a row that
+        // is gone means the turn was built on a stale view.
+        let bodies = match self.event_bodies(&lease.instance_id, &live).await {
+            Ok(Some(bodies)) => bodies,
+            Ok(None) => {
+                self.resync_after_stale_turn(&lease.token, &lease.instance_id).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(instance = %lease.instance_id, error = %e, "could not read the turn's events");
+                self.release(&lease.token, Release::Later);
+                return;
+            }
+        };
         match lease.kind {
             TurnKind::Control => {
-                let control: Vec<HistoryEvent> = live.iter().map(|(_, p)| p.event.clone()).collect();
-                let outcome = control::apply_control(&info, &history, &control, now);
+                let outcome = control::apply_control(&info, &history, &bodies, now);
                 let mut consumed = always_consumed;
                 consumed.extend(live.iter().map(|(_, p)| p.inbox_id));
                 self.commit(&lease.token, &info, history.len(), outcome, consumed, now).await;
@@ -471,13 +484,13 @@ impl Engine {
                 let mut size = request.encoded_len();
                 let mut shown = Vec::with_capacity(live.len());
                 let mut deferred = Vec::new();
-                for (key, p) in &live {
-                    let len = p.event.encoded_len();
+                for ((key, _), event) in live.iter().zip(bodies) {
+                    let len = event.encoded_len();
                     let field = 1 + prost::length_delimiter_len(len) + len;
                     if shown.is_empty() || (deferred.is_empty() && size + field <= limit) {
                         size += field;
                         shown.push(*key);
-                        request.new_events.push(p.event.clone());
+                        request.new_events.push(event);
                     } else {
                         deferred.push(*key);
                     }
@@ -515,6 +528,32 @@ impl Engine {
                 tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
             }
         }
+    }
+
+    /// The events of a turn in order, from memory or (for payloads the budget held back)
+    /// from the store. `None` when a row is gone.
+    async fn event_bodies(
+        &self,
+        instance_id: &str,
+        live: &[(EventKey, PendingEvent)],
+    ) -> Result<Option<Vec<HistoryEvent>>, StoreError> {
+        let missing: Vec<i64> = live.iter().filter(|(_, p)| p.payload.is_none()).map(|(_, p)| p.inbox_id).collect();
+        let mut loaded: std::collections::HashMap<i64, HistoryEvent> = if missing.is_empty() {
+            Default::default()
+        } else {
+            self.inner.store.load_events(instance_id, &missing).await?.into_iter().collect()
+        };
+        let mut bodies = Vec::with_capacity(live.len());
+        for (_, p) in live {
+            match p.event() {
+                Some(e) => bodies.push(e.clone()),
+                None => match loaded.remove(&p.inbox_id) {
+                    Some(e) => bodies.push(e),
+                    None => return Ok(None),
+                },
+            }
+        }
+        Ok(Some(bodies))
     }
 
     async fn fail_turn(&self, token: &str, info: &InstanceInfo, history_len: usize, failure: TaskFailureDetails, now: i64) {
@@ -1304,6 +1343,27 @@ mod tests {
         let rec = rec.expect("exists");
         assert_eq!(rec.status, OrchestrationStatus::Failed);
         assert_eq!(rec.failure.map(|f| f.error_type).as_deref(), Some("DuroPoisonWorkItem"));
+    }
+
+    /// With no memory for payloads at all, turns still carry every event intact: the
+    /// engine reads the payloads from the store.
+    #[tokio::test]
+    async fn payloads_not_kept_in_memory_are_read_from_the_store() {
+        let mut opts = EngineOptions::default();
+        opts.scheduler.max_payload_bytes = 0;
+        let mut h = harness_with(opts).await;
+        h.engine.create_instance(new_instance("i"), IdReuse::terminal()).await.expect("created");
+        let (turn, token) = h.next_turn().await;
+        assert!(turn.new_events.iter().any(|e| matches!(e.event_type, Some(EventType::ExecutionStarted(_)))));
+        h.engine.complete_orchestration(respond("i", token, Vec::new())).await.expect("turn");
+        h.engine.raise_event("i", "go".into(), Some("\"payload\"".into())).await.expect("raised");
+        let (turn, _) = h.next_turn().await;
+        let input = turn.new_events.iter().find_map(|e| match &e.event_type {
+            Some(EventType::EventRaised(r)) => r.input.clone(),
+            _ => None,
+        });
+        assert_eq!(input.as_deref(), Some("\"payload\""));
+        assert_eq!(h.engine.stats().payload_bytes, 0);
     }
 
     /// Issue 13's race end to end: an event raised while the start turn is in flight.

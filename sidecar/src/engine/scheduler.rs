@@ -19,12 +19,72 @@ use crate::store::{Attempts, Delivered, QueuedActivity, Target};
 pub type StreamId = u64;
 pub type EventKey = (Priority, i64);
 
-/// An inbox event in memory.
+/// An inbox event in memory. Its payload is kept while the scheduler's payload budget
+/// (`max_payload_bytes`) allows; beyond it only what dispatch needs (the event's kind)
+/// stays, and the engine reads the payload from the store when it builds the turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingEvent {
     pub inbox_id: i64,
     pub execution_id: Option<String>,
-    pub event: HistoryEvent,
+    pub kind: EventKind,
+    pub payload: Option<Payload>,
+}
+
+impl PendingEvent {
+    /// The event, if its payload is in memory.
+    pub fn event(&self) -> Option<&HistoryEvent> {
+        self.payload.as_ref().map(|p| &p.0.event)
+    }
+}
+
+/// What dispatch needs to know of an event without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Terminate, suspend or resume: applied by the sidecar itself.
+    Control,
+    /// A wake-up row (`orchestratorStarted`): runs a turn, never shown.
+    WakeUp,
+    Other,
+}
+
+impl EventKind {
+    fn of(event: &HistoryEvent) -> EventKind {
+        if is_control_event(event) {
+            EventKind::Control
+        } else if matches!(event.event_type, Some(duro_proto::history_event::EventType::OrchestratorStarted(_))) {
+            EventKind::WakeUp
+        } else {
+            EventKind::Other
+        }
+    }
+}
+
+/// A payload held in memory, counted against the budget until its last copy is dropped.
+#[derive(Clone)]
+pub struct Payload(std::sync::Arc<Charged>);
+
+struct Charged {
+    event: HistoryEvent,
+    bytes: usize,
+    meter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.meter.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.0.event == other.0.event
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.bytes)
+    }
 }
 
 /// What a stream task sends to its worker.
@@ -122,7 +182,7 @@ struct InstanceSlot {
 
 impl InstanceSlot {
     fn has_control(&self) -> bool {
-        self.pending.values().any(|p| is_control_event(&p.event))
+        self.pending.values().any(|p| p.kind == EventKind::Control)
     }
 
     fn has_start(&self) -> bool {
@@ -277,6 +337,9 @@ pub struct SchedulerOptions {
     pub turn_lease_ms: i64,
     /// Largest orchestrator response accepted, all chunks together (encoded bytes).
     pub max_response_bytes: usize,
+    /// Event payloads kept in memory, at most (estimated bytes); beyond it events wait
+    /// as stubs and their payloads are read from the store when their turn is built.
+    pub max_payload_bytes: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -287,6 +350,7 @@ impl Default for SchedulerOptions {
             backoff_max_ms: 60_000,
             turn_lease_ms: 300_000,
             max_response_bytes: 64 * 1024 * 1024,
+            max_payload_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -328,6 +392,8 @@ pub struct Scheduler {
     token_secret: u128,
     /// Delivery-attempt counts that changed, for the engine to persist.
     attempt_log: Vec<Attempts>,
+    /// Bytes of event payloads held in memory (pending, waiting and leased).
+    payload_meter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A completion that matched a live lease.
@@ -377,6 +443,7 @@ impl Scheduler {
             token_seq: 0,
             token_secret: rand::random(),
             attempt_log: Vec::new(),
+            payload_meter: Default::default(),
         }
     }
 
@@ -459,7 +526,9 @@ impl Scheduler {
 
     fn register(&mut self, d: Delivered, now_ms: i64) {
         let key = (d.priority, d.inbox_id);
-        let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, event: d.event };
+        let kind = EventKind::of(&d.event);
+        let payload = self.charge(d.event);
+        let pending = PendingEvent { inbox_id: d.inbox_id, execution_id: d.execution_id, kind, payload };
         if d.visible_at_ms > now_ms {
             let instance_id = d.instance_id.clone();
             let seq = self.schedule(d.visible_at_ms, Wake::Event(Box::new((d.instance_id, d.target, key, pending))));
@@ -467,6 +536,18 @@ impl Scheduler {
             return;
         }
         self.add_visible(d.instance_id, &d.target, key, pending);
+    }
+
+    /// Keeps a payload in memory if the budget allows.
+    fn charge(&self, event: HistoryEvent) -> Option<Payload> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = prost::Message::encoded_len(&event) + 64;
+        let held = self.payload_meter.fetch_add(bytes, Relaxed);
+        if held + bytes > self.opts.max_payload_bytes {
+            self.payload_meter.fetch_sub(bytes, Relaxed);
+            return None;
+        }
+        Some(Payload(std::sync::Arc::new(Charged { event, bytes, meter: self.payload_meter.clone() })))
     }
 
     fn add_visible(&mut self, instance_id: String, target: &Target, key: EventKey, event: PendingEvent) {
@@ -726,7 +807,7 @@ impl Scheduler {
         let events: Vec<(EventKey, PendingEvent)> = match kind {
             TurnKind::Control => {
                 let keys: Vec<EventKey> =
-                    slot.pending.iter().filter(|(_, p)| is_control_event(&p.event)).map(|(k, _)| *k).collect();
+                    slot.pending.iter().filter(|(_, p)| p.kind == EventKind::Control).map(|(k, _)| *k).collect();
                 keys.into_iter().filter_map(|k| slot.pending.remove(&k).map(|p| (k, p))).collect()
             }
             TurnKind::Worker(_) | TurnKind::Poison => std::mem::take(&mut slot.pending).into_iter().collect(),
@@ -1240,6 +1321,7 @@ impl Scheduler {
             queued_activities: self.activities.len(),
             leases: self.leases.len(),
             wakeups: self.wakeups.len(),
+            payload_bytes: self.payload_meter.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -1258,6 +1340,8 @@ pub struct SchedulerStats {
     pub queued_activities: usize,
     pub leases: usize,
     pub wakeups: usize,
+    /// Estimated bytes of event payloads held in memory.
+    pub payload_bytes: usize,
 }
 
 /// Where the scheduler holds each event and activity, and every broken internal rule:
@@ -1429,6 +1513,7 @@ mod tests {
             backoff_max_ms: 1000,
             turn_lease_ms: 5000,
             max_response_bytes: 1000,
+            max_payload_bytes: 1 << 20,
         }
     }
 
@@ -1550,6 +1635,31 @@ mod tests {
         };
         let rules = StreamRules::from_request(&req, 1000);
         assert_eq!((rules.max_orchestrations, rules.max_activities), (MAX_STREAM_CAP, 1000));
+    }
+
+    #[test]
+    fn payloads_beyond_the_budget_are_kept_as_stubs_and_released_when_dropped() {
+        let mut s = Scheduler::new(SchedulerOptions { max_payload_bytes: 200, ..opts() });
+        let big = delivered(1, "a", "Orch", NOW, events::event_raised(NOW, "e".into(), Some("x".repeat(500))));
+        s.add_event(big, NOW);
+        s.add_event(raised(2, "a"), NOW);
+        s.add_event(delivered(3, "a", "Orch", NOW, events::execution_terminated(NOW, None, false)), NOW);
+        assert!(s.stats().payload_bytes <= 200, "{}", s.stats().payload_bytes);
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        let a = s.assign(NOW);
+        let t = turns(&a)[0].clone();
+        assert_eq!(t.kind, TurnKind::Control, "a stub still says what kind of event it is");
+        assert!(s.begin_internal_completion(&t.token));
+        s.finish_turn(&t.token, Vec::new(), false, None);
+        drop((t, a));
+        let a = s.assign(NOW);
+        let events = &turns(&a)[0].events;
+        assert!(events[0].1.payload.is_none(), "the 500-byte payload was over budget");
+        assert!(events[1].1.event().is_some(), "the small one fits");
+        let token = turns(&a)[0].token.clone();
+        drop(a);
+        s.finish_turn(&token, Vec::new(), false, None);
+        assert_eq!(s.stats().payload_bytes, 0, "every copy dropped, nothing charged");
     }
 
     #[test]

@@ -384,6 +384,10 @@ pub trait Store: Send + Sync + 'static {
     /// Rewinds a failed instance: removes its failures from history and sets it running.
     async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError>;
 
+    /// The payloads of some of an instance's inbox rows (those the scheduler did not keep
+    /// in memory); rows that no longer exist are left out.
+    async fn load_events(&self, instance_id: &str, inbox_ids: &[i64]) -> Result<Vec<(i64, HistoryEvent)>, StoreError>;
+
     /// One instance's inbox rows, for rebuilding its dispatch state when it proved stale.
     async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError>;
 

@@ -1136,6 +1136,16 @@ impl Store for SqliteStore {
         expect_result!(self.write(WriteOp::Rewind(instance_id.to_string(), reason, now_ms)).await?, Rewind)
     }
 
+    async fn load_events(&self, instance_id: &str, inbox_ids: &[i64]) -> Result<Vec<(i64, HistoryEvent)>, StoreError> {
+        if inbox_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = DynQuery::new("SELECT id, event FROM inbox WHERE 1 = 1");
+        q.push(" AND instance_id = ?", instance_id.to_string());
+        q.push_in("id", inbox_ids.iter().copied());
+        self.reads.run(move |c| q.rows(c, |r| Ok((r.get::<_, i64>(0)?, decode_event(blob(r, 1)?)?)))).await
+    }
+
     async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError> {
         let id = instance_id.to_string();
         self.reads.run(move |c| load_inbox_with(c, &id)).await

@@ -323,6 +323,16 @@ impl Store for MemStore {
         Err(not_simulated("rewind"))
     }
 
+    async fn load_events(&self, instance_id: &str, inbox_ids: &[i64]) -> Result<Vec<(i64, HistoryEvent)>, StoreError> {
+        self.apply(|t| {
+            Ok(inbox_ids
+                .iter()
+                .filter_map(|id| t.inbox.get(id).filter(|r| r.instance_id == instance_id).map(|r| (*id, r.event.clone())))
+                .collect())
+        })
+        .await
+    }
+
     async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError> {
         self.apply(|t| {
             let rows = t

@@ -67,6 +67,9 @@ struct Sim {
     raised: u64,
     trace: Vec<String>,
     verbose: bool,
+    /// The scheduler's payload budget in this schedule (small ones force payloads to be
+    /// read back from the store).
+    payload_budget: usize,
 }
 
 fn options() -> EngineOptions {
@@ -171,7 +174,8 @@ impl Sim {
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
         let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
         let db = MemDb::new(rng.clone(), 3);
-        let engine = Sim::boot(&db, &clock).await?;
+        let payload_budget = [0, 400, 64 << 20][rng.lock().gen_range(0..3)];
+        let engine = Sim::boot(&db, &clock, payload_budget).await?;
         let mut sim = Sim {
             rng,
             clock,
@@ -184,14 +188,17 @@ impl Sim {
             raised: 0,
             trace: Vec::new(),
             verbose,
+            payload_budget,
         };
         sim.connect();
         Ok(sim)
     }
 
-    async fn boot(db: &Arc<MemDb>, clock: &Arc<ManualClock>) -> Result<Engine, String> {
+    async fn boot(db: &Arc<MemDb>, clock: &Arc<ManualClock>, payload_budget: usize) -> Result<Engine, String> {
         let store: Arc<dyn Store> = Arc::new(db.handle());
-        Engine::start_with_clock(store, options(), Vec::new(), clock.clone()).await.map_err(|e| e.to_string())
+        let mut opts = options();
+        opts.scheduler.max_payload_bytes = payload_budget;
+        Engine::start_with_clock(store, opts, Vec::new(), clock.clone()).await.map_err(|e| e.to_string())
     }
 
     fn roll(&self, n: usize) -> usize {
@@ -425,7 +432,7 @@ impl Sim {
         self.note("crash and restart".into());
         self.engine.shutdown();
         self.workers.clear();
-        self.engine = Sim::boot(&self.db, &self.clock).await?;
+        self.engine = Sim::boot(&self.db, &self.clock, self.payload_budget).await?;
         self.connect();
         Ok(())
     }
