@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests (which start the real
-# duro binary), the compatibility suite driven by the official Python SDK, the schema-based
-# fuzz run of the HTTP API, and the per-component suites that exist (SDKs, samples, bench
+# duro binary), the compatibility suite driven by the official Python SDK, a Go test with the
+# official Go SDK (bench/sdkcompat), the schema-based fuzz run of the HTTP API, and the per-component suites that exist (SDKs, samples, bench
 # smoke). Sets up what it needs itself (a Python venv with the pinned SDK, npm packages,
 # Go modules) on a fresh machine.
 set -euo pipefail
@@ -20,6 +20,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet -r tests/python/requirements.txt
 DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
+
+echo "==> Go SDK compatibility tests (official durabletask-go, bench/sdkcompat)"
+DURO_BIN="$PWD/target/debug/duro" bash -c 'cd bench && GOFLAGS="${GOFLAGS:--mod=mod}" go test -count=1 ./sdkcompat/'
 
 echo "==> HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh

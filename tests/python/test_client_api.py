@@ -266,3 +266,41 @@ def test_raise_event_to_unknown_instance_fails(client):
     with pytest.raises(grpc.RpcError) as ei:
         client.raise_orchestration_event(new_id("nobody"), "ev", data=1)
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND, ei.value
+
+
+def test_reuse_policy_replacing_live_instances_must_list_terminated(client, run_worker):
+    # Replacing a live instance terminates it, so a replaceableStatus list that allows live
+    # statuses but excludes TERMINATED is contradictory: refused as the managed scheduler does.
+    def reuse_contradiction_orch(ctx: task.OrchestrationContext, inp):
+        v = yield ctx.wait_for_external_event("go")
+        return [inp, v]
+
+    iid = new_id("reuse-contradiction")
+    contradictory = pb.OrchestrationIdReusePolicy(replaceableStatus=[
+        pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED,
+        pb.ORCHESTRATION_STATUS_CANCELED, pb.ORCHESTRATION_STATUS_SUSPENDED])
+    with run_worker(orchestrators=[reuse_contradiction_orch]):
+        client.schedule_new_orchestration(reuse_contradiction_orch, input="a", instance_id=iid)
+        wait_for_status(client, iid, [OrchestrationStatus.RUNNING])
+        client.suspend_orchestration(iid)
+        wait_for_status(client, iid, [OrchestrationStatus.SUSPENDED])
+        with pytest.raises(grpc.RpcError) as ei:
+            client.schedule_new_orchestration(reuse_contradiction_orch, input="b", instance_id=iid,
+                                              reuse_id_policy=contradictory)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value
+        assert ei.value.details() == ("Invalid reusable statuses: cannot exclude 'Terminated' "
+                                      "while also allowing reuse of running instances")
+        st = client.get_orchestration_state(iid)
+        assert st is not None and st.runtime_status == OrchestrationStatus.SUSPENDED
+        assert st.get_input() == "a"
+
+        # With TERMINATED listed the same replacement is consistent and happens.
+        consistent = pb.OrchestrationIdReusePolicy(replaceableStatus=[
+            pb.ORCHESTRATION_STATUS_SUSPENDED, pb.ORCHESTRATION_STATUS_TERMINATED])
+        client.schedule_new_orchestration(reuse_contradiction_orch, input="c", instance_id=iid,
+                                          reuse_id_policy=consistent)
+        wait_for_status(client, iid, [OrchestrationStatus.RUNNING])
+        client.raise_orchestration_event(iid, "go", data=1)
+        state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+
+    assert state is not None and state.get_output() == ["c", 1]

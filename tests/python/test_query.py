@@ -179,3 +179,42 @@ def test_list_instance_ids_paging(client, population):
                                               completed_time_from=population["t_before"], page_size=100)
     assert population["ids"]["failed"][0] in failed_only.items
     assert not mine.difference(population["ids"]["failed"]) & set(failed_only.items)
+
+
+def test_query_page_exactly_full_is_the_last_page(client, population, sidecar):
+    # 6 instances in pages of 3 (and one page of 6): the last full page carries no continuation
+    # token, so a client following tokens never fetches an extra empty page.
+    prefix = population["prefix"]
+    with grpc.insecure_channel(sidecar.address) as ch:
+        stub = stubs.TaskHubSidecarServiceStub(ch)
+        for size, expected_pages in ((3, 2), (6, 1)):
+            token = None
+            pages: list[list[str]] = []
+            while True:
+                q = pb.InstanceQuery(
+                    instanceIdPrefix=wrappers_pb2.StringValue(value=prefix), maxInstanceCount=size,
+                    continuationToken=wrappers_pb2.StringValue(value=token) if token is not None else None)
+                resp = stub.QueryInstances(pb.QueryInstancesRequest(query=q), timeout=10)
+                pages.append([s.instanceId for s in resp.orchestrationState])
+                if not (resp.HasField("continuationToken") and resp.continuationToken.value):
+                    break
+                token = resp.continuationToken.value
+                assert len(pages) < 10, "continuation never ends"
+            assert [len(p) for p in pages] == [size] * expected_pages, pages
+            assert sorted(sum(pages, [])) == _all_ids(population)
+
+
+def test_list_instance_ids_page_exactly_full_is_the_last_page(client, population):
+    # As the official SDK's test_list_instance_ids_paginates_terminal_instances: two terminal
+    # instances in pages of one give two pages, the second without a continuation token.
+    window = dict(runtime_status=[OrchestrationStatus.FAILED, OrchestrationStatus.COMPLETED],
+                  completed_time_from=population["t_before"], completed_time_to=population["t_after"])
+    first = client.list_instance_ids(**window, page_size=2)
+    second = client.list_instance_ids(**window, page_size=2, continuation_token=first.continuation_token)
+    assert len(first.items) == 2 and len(second.items) == 2
+    assert second.continuation_token is None, "a full last page must not promise another"
+    assert set(first.items + second.items) == set(population["ids"]["completed"] + population["ids"]["failed"])
+
+    failed = client.list_instance_ids(**{**window, "runtime_status": [OrchestrationStatus.FAILED]}, page_size=1)
+    assert failed.items == population["ids"]["failed"]
+    assert failed.continuation_token is None

@@ -164,8 +164,9 @@ async fn legacy_terminate_of_a_running_child_replaces_it_and_tells_the_parent() 
     worker.stop().await;
 }
 
-/// `replaceableStatus` listing RUNNING: the running instance is terminated and replaced;
-/// an empty list refuses any existing instance.
+/// `replaceableStatus` listing RUNNING (and TERMINATED): the running instance is terminated
+/// and replaced; an empty list refuses any existing instance; RUNNING without TERMINATED is
+/// refused as contradictory.
 #[tokio::test]
 async fn replaceable_status_listing_running_replaces_a_running_instance() {
     let (_d, sidecar, client) = setup().await;
@@ -180,7 +181,14 @@ async fn replaceable_status_listing_running_replaces_a_running_instance() {
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert_eq!(get_instance(&client, "rep-1").await.orchestration_state.expect("state").execution_id, before.execution_id);
 
-    let req = request("rep-1", "\"second\"", &[OrchestrationStatus::Running, OrchestrationStatus::Completed], 0);
+    // Replacing a live instance terminates it: a list that excludes TERMINATED is contradictory.
+    let req = request("rep-1", "\"x\"", &[OrchestrationStatus::Running, OrchestrationStatus::Completed], 0);
+    let err = start_req(&client, req).await.expect_err("RUNNING without TERMINATED");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(get_instance(&client, "rep-1").await.orchestration_state.expect("state").execution_id, before.execution_id);
+
+    let listed = [OrchestrationStatus::Running, OrchestrationStatus::Completed, OrchestrationStatus::Terminated];
+    let req = request("rep-1", "\"second\"", &listed, 0);
     start_req(&client, req).await.expect("RUNNING listed: replace");
     let after = wait_status(&client, "rep-1", T, |s| s == OrchestrationStatus::Running).await;
     assert_ne!(after.execution_id, before.execution_id);

@@ -22,6 +22,14 @@ use duro_proto::{
 
 pub use events::StartSpec;
 
+/// A new execution id: a random GUID as 32 lowercase hex digits (`Guid.ToString("N")`), the
+/// form the Durable Task Scheduler and the .NET stack use. SDKs derive ids from it (the JS
+/// SDK's default sub-orchestration id is `<executionId>:<4 hex digits>`), so its shape and
+/// length matter to them and to their users' storage.
+pub fn new_execution_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Whether a status is final: no more turns, events are dropped.
 pub fn is_terminal(status: OrchestrationStatus) -> bool {
     matches!(

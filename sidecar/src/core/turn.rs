@@ -101,7 +101,14 @@ pub fn decide(
                 }
                 out.activities.push(ActivityRequest {
                     name: a.name.clone(),
-                    version: a.version.clone(),
+                    // An activity scheduled without a version carries its orchestration's
+                    // version (as the .NET SDK stamps it), so versioned activity filters route
+                    // it; the JS, Java and Python SDKs send none. The history keeps what was sent.
+                    version: a
+                        .version
+                        .clone()
+                        .filter(|v| !v.is_empty())
+                        .or_else(|| info.version.clone().filter(|v| !v.is_empty())),
                     input: a.input.clone(),
                     orchestration_instance: Some(OrchestrationInstance {
                         instance_id: info.instance_id.clone(),
@@ -399,6 +406,31 @@ mod tests {
         assert_eq!(req.input.as_deref(), Some("{\"amount\":3}"));
         let inst = req.orchestration_instance.as_ref().unwrap();
         assert_eq!((inst.instance_id.as_str(), inst.execution_id.as_deref()), ("order-1", Some("exec-1")));
+        // No version sent: the activity carries its orchestration's version for routing;
+        // the history keeps what the worker sent.
+        assert_eq!(req.version.as_deref(), Some("1.0"));
+        match &out.append[2].event_type {
+            Some(EventType::TaskScheduled(t)) => assert_eq!(t.version, None),
+            other => panic!("expected taskScheduled, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schedule_task_keeps_its_own_version_and_an_unversioned_orchestration_stamps_none() {
+        let task = |version: Option<&str>| {
+            OrchestratorActionType::ScheduleTask(ScheduleTaskAction {
+                name: "Charge".into(),
+                version: version.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        let out = run(&info(), vec![action(1, task(Some("2.0")))]).unwrap();
+        assert_eq!(out.activities[0].version.as_deref(), Some("2.0"));
+        let out = run(&info(), vec![action(1, task(Some("")))]).unwrap();
+        assert_eq!(out.activities[0].version.as_deref(), Some("1.0"), "an empty version is no version");
+        let unversioned = InstanceInfo { version: None, ..info() };
+        let out = run(&unversioned, vec![action(1, task(None))]).unwrap();
+        assert_eq!(out.activities[0].version, None);
     }
 
     #[test]

@@ -744,7 +744,7 @@ impl Engine {
         }
         let now = self.now();
         let decision = WorkerDecision { actions: flight.actions, ..decision };
-        let mut new_id = || uuid::Uuid::new_v4().to_string();
+        let mut new_id = crate::core::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
         let outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {
@@ -1043,7 +1043,7 @@ impl Engine {
         match self.inner.store.restart(instance_id, new_id, now).await? {
             RestartResult::NotFound => Err(EngineError::NotFound(format!("no orchestration instance '{instance_id}'"))),
             RestartResult::NotTerminal(s) => Err(EngineError::FailedPrecondition(format!(
-                "instance '{instance_id}' is {} and can only be restarted once it has finished",
+                "instance '{instance_id}' is {} and can only be restarted under its own id once it has finished",
                 s.as_str_name()
             ))),
             RestartResult::Restarted(d) => {

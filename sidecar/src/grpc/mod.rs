@@ -24,6 +24,10 @@ const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 /// Events per StreamInstanceHistory chunk.
 const HISTORY_CHUNK: usize = 100;
+/// The refusal of a `replaceableStatus` list that replaces live instances but excludes
+/// TERMINATED; the text is the Durable Task Scheduler's (the JS SDK's tests expect it).
+const REUSE_WITHOUT_TERMINATED: &str =
+    "Invalid reusable statuses: cannot exclude 'Terminated' while also allowing reuse of running instances";
 /// Prefix that makes continuation tokens distinct from the values SDKs treat as "done".
 const TOKEN_PREFIX: &str = "k:";
 
@@ -113,11 +117,16 @@ fn instance_response(r: Option<InstanceRecord>, with_payloads: bool) -> GetInsta
 /// The request's id reuse policy (semantics: the table on [`IdReuse`]). `legacyAction` 0
 /// (ERROR, the proto3 default, never on the wire) is indistinguishable from the current
 /// `replaceableStatus` form and is read as it; 1 (IGNORE) and 2 (TERMINATE) are the Go SDK's
-/// legacy form.
+/// legacy form. A `replaceableStatus` list that allows replacing a live instance but not a
+/// TERMINATED one is contradictory (replacing a live instance terminates it) and is refused
+/// with the Durable Task Scheduler's message.
 fn reuse_policy(p: Option<&OrchestrationIdReusePolicy>) -> Result<IdReuse, Status> {
     let Some(p) = p else { return Ok(IdReuse::terminal()) };
     let listed = statuses(&p.replaceable_status)?;
     Ok(match p.legacy_action {
+        0 if IdReuse::replaces_live_but_not_terminated(&listed) => {
+            return Err(Status::invalid_argument(REUSE_WITHOUT_TERMINATED))
+        }
         0 => IdReuse::Replace(listed),
         1 => IdReuse::Legacy { statuses: listed, action: LegacyReuseAction::Ignore },
         2 => IdReuse::Legacy { statuses: listed, action: LegacyReuseAction::Terminate },
@@ -200,7 +209,7 @@ impl TaskHubSidecarService for SidecarService {
         let new = NewInstance {
             spec: StartSpec {
                 instance_id: instance_id.clone(),
-                execution_id: r.execution_id.filter(|e| !e.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                execution_id: r.execution_id.filter(|e| !e.is_empty()).unwrap_or_else(crate::core::new_execution_id),
                 name: r.name,
                 version: r.version,
                 input: r.input,
@@ -320,11 +329,13 @@ impl TaskHubSidecarService for SidecarService {
             created_from_ms: q.created_time_from.as_ref().map(to_ms),
             created_to_ms: q.created_time_to.as_ref().map(to_ms),
             instance_id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
-            page_size: page,
+            // One row more than the page tells whether another page follows.
+            page_size: page + 1,
             after_instance_id: decode_token(q.continuation_token.as_ref())?,
         };
-        let records = self.engine.query(&filter).await?;
-        let continuation_token = if records.len() as u32 == page {
+        let mut records = self.engine.query(&filter).await?;
+        let continuation_token = if records.len() > page as usize {
+            records.truncate(page as usize);
             records.last().map(|r| format!("{TOKEN_PREFIX}{}", r.instance_id))
         } else {
             None
@@ -359,11 +370,13 @@ impl TaskHubSidecarService for SidecarService {
             statuses: statuses(&r.runtime_status)?,
             completed_from_ms: r.completed_time_from.as_ref().map(to_ms),
             completed_to_ms: r.completed_time_to.as_ref().map(to_ms),
-            page_size: page,
+            // One row more than the page tells whether another page follows.
+            page_size: page + 1,
             after,
         };
-        let ids = self.engine.list_completed(&filter).await?;
-        let last_instance_key = if ids.len() as u32 == page {
+        let mut ids = self.engine.list_completed(&filter).await?;
+        let last_instance_key = if ids.len() > page as usize {
+            ids.truncate(page as usize);
             ids.last().map(|(t, id)| format!("{TOKEN_PREFIX}{t}:{id}"))
         } else {
             None
@@ -604,6 +617,30 @@ mod tests {
         assert_eq!(client_deadline(&with_timeout("x")), None);
         assert_eq!(client_deadline(&with_timeout("10Q")), None);
         assert_eq!(client_deadline(&Request::new(())), None);
+    }
+
+    #[test]
+    fn refuses_a_reuse_policy_that_replaces_live_instances_but_not_terminated_ones() {
+        use OrchestrationStatus as S;
+        let policy = |listed: &[S], action: i32| OrchestrationIdReusePolicy {
+            replaceable_status: listed.iter().map(|s| *s as i32).collect(),
+            legacy_action: action,
+        };
+        // The JS SDK's dedupeStatuses [TERMINATED, RUNNING, PENDING] on the wire.
+        let js = policy(&[S::Completed, S::Failed, S::Canceled, S::Suspended], 0);
+        let err = reuse_policy(Some(&js)).expect_err("contradictory");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), REUSE_WITHOUT_TERMINATED);
+        for live in [S::Running, S::Pending] {
+            assert!(reuse_policy(Some(&policy(&[live, S::Completed], 0))).is_err(), "{live:?}");
+        }
+        let ok = [S::Running, S::Terminated];
+        assert_eq!(reuse_policy(Some(&policy(&ok, 0))).expect("consistent"), IdReuse::Replace(ok.to_vec()));
+        assert!(reuse_policy(Some(&policy(&[S::Completed, S::Failed], 0))).is_ok());
+        assert!(reuse_policy(Some(&policy(&[], 0))).is_ok());
+        // The Go SDK's legacy TERMINATE and IGNORE forms are not checked.
+        assert!(reuse_policy(Some(&policy(&[S::Running], 2))).is_ok());
+        assert!(reuse_policy(Some(&policy(&[S::Running], 1))).is_ok());
     }
 }
 

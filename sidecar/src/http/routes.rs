@@ -534,7 +534,7 @@ async fn start(ctx: &Ctx, function: String, instance_id: Option<String>, body: B
     let new = NewInstance {
         spec: StartSpec {
             instance_id: id.clone(),
-            execution_id: uuid::Uuid::new_v4().to_string(),
+            execution_id: crate::core::new_execution_id(),
             name: function,
             input,
             ..Default::default()

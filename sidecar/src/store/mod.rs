@@ -145,10 +145,17 @@ pub struct QueuedActivity {
 /// | none sent ([`IdReuse::terminal`])                    | created     | finished: replaced                    | live: `AlreadyExists`      |
 /// | `replaceableStatus` = S ([`IdReuse::Replace`])       | created     | finished: replaced; live: terminated, then replaced | `AlreadyExists` |
 /// | `replaceableStatus` = [] (empty list)                | created     | —                                     | `AlreadyExists`            |
+/// | `replaceableStatus` with a live status, no TERMINATED | refused: `InvalidArgument` (gRPC), whatever exists | | |
 /// | legacy S + `TERMINATE` (Go SDK)                      | created     | finished: replaced; live: terminated, then replaced | `AlreadyExists` |
 /// | legacy S + `IGNORE` (Go SDK)                         | created     | kept: OK with the existing id, nothing changes | `AlreadyExists`   |
 /// | legacy S + `ERROR` (Go SDK)                          | created     | `AlreadyExists`                       | `AlreadyExists`            |
 ///
+/// - A `replaceableStatus` list that lists PENDING, RUNNING or SUSPENDED but not TERMINATED
+///   is contradictory (replacing a live instance terminates it) and the gRPC adapter refuses
+///   the request with `INVALID_ARGUMENT` ("Invalid reusable statuses: cannot exclude
+///   'Terminated' while also allowing reuse of running instances"), as the Durable Task
+///   Scheduler does ([`IdReuse::replaces_live_but_not_terminated`]). The Go SDK's "S + ERROR"
+///   arrives in this form and is checked the same way; its TERMINATE and IGNORE forms are not.
 /// - An unlisted status is always refused (durabletask-go answers `ErrDuplicateInstance`
 ///   before it looks at the action); it never means "replace". Issue 13 was the inverse.
 /// - No policy: durabletask-go refuses every existing id; Duro reuses finished ids (as
@@ -208,6 +215,14 @@ impl IdReuse {
             OrchestrationStatus::Terminated,
             OrchestrationStatus::Canceled,
         ])
+    }
+
+    /// Whether a `replaceableStatus` list allows replacing a live instance (PENDING, RUNNING
+    /// or SUSPENDED) while excluding TERMINATED. That is contradictory, since replacing a
+    /// live instance terminates it, and the gRPC adapter refuses such a list.
+    pub fn replaces_live_but_not_terminated(listed: &[OrchestrationStatus]) -> bool {
+        use OrchestrationStatus as S;
+        !listed.contains(&S::Terminated) && listed.iter().any(|s| matches!(s, S::Pending | S::Running | S::Suspended))
     }
 
     /// The decision for an existing instance with status `existing` (see the table above).
@@ -377,7 +392,9 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many were deleted. Live instances are never deleted.
     async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, StoreError>;
 
-    /// Starts a finished instance again from its stored name, version and input.
+    /// Starts an instance again from its stored name, version and input: under its own id
+    /// only once it has finished (`NotTerminal` otherwise), under `new_instance_id` in any
+    /// status (the original instance is left as it is).
     async fn restart(&self, instance_id: &str, new_instance_id: Option<String>, now_ms: i64)
         -> Result<RestartResult, StoreError>;
 

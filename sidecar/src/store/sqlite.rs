@@ -913,14 +913,15 @@ fn purge(c: &Connection, sel: &PurgeSelection, recursive: bool) -> Result<u32, S
 
 fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Result<RestartResult, StoreError> {
     let Some(rec) = load_instance_with(c, id)? else { return Ok(RestartResult::NotFound) };
-    if !is_terminal(rec.status) {
+    // A live instance keeps running; only a restart under its own id needs it finished.
+    if new_id.is_none() && !is_terminal(rec.status) {
         return Ok(RestartResult::NotTerminal(rec.status));
     }
     let instance_id = new_id.unwrap_or_else(|| rec.instance_id.clone());
     let new = NewInstance {
         spec: core::StartSpec {
             instance_id: instance_id.clone(),
-            execution_id: uuid::Uuid::new_v4().to_string(),
+            execution_id: core::new_execution_id(),
             name: rec.name,
             version: rec.version,
             input: rec.input,
