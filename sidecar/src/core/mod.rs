@@ -114,6 +114,27 @@ impl NewInstance {
         events::execution_started(self.created_at_ms, &self.spec)
     }
 
+    /// A top-level instance that starts at `now_ms` (tests).
+    #[cfg(test)]
+    pub fn simple(id: &str, execution_id: &str, name: &str, input: Option<String>, now_ms: i64) -> NewInstance {
+        NewInstance {
+            spec: StartSpec {
+                instance_id: id.into(),
+                execution_id: execution_id.into(),
+                name: name.into(),
+                version: None,
+                input,
+                parent: None,
+                scheduled_start_ms: None,
+                parent_trace_context: None,
+                tags: Default::default(),
+            },
+            created_at_ms: now_ms,
+            visible_at_ms: now_ms,
+            parent_task: None,
+        }
+    }
+
     /// The instance as it stands once created: pending, with an empty history.
     pub fn info(&self) -> InstanceInfo {
         let s = &self.spec;

@@ -1128,7 +1128,6 @@ mod tests {
     //! The engine against a real SQLite store and an in-process worker stream.
 
     use super::*;
-    use crate::core::StartSpec;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
     use duro_proto::orchestrator_action::OrchestratorActionType;
 
@@ -1178,23 +1177,7 @@ mod tests {
     }
 
     fn new_instance(id: &str) -> NewInstance {
-        let now = now_ms();
-        NewInstance {
-            spec: StartSpec {
-                instance_id: id.into(),
-                execution_id: uuid::Uuid::new_v4().to_string(),
-                name: "Orch".into(),
-                version: None,
-                input: None,
-                parent: None,
-                scheduled_start_ms: None,
-                parent_trace_context: None,
-                tags: Default::default(),
-            },
-            created_at_ms: now,
-            visible_at_ms: now,
-            parent_task: None,
-        }
+        NewInstance::simple(id, &uuid::Uuid::new_v4().simple().to_string(), "Orch", None, now_ms())
     }
 
     fn schedule_task(id: i32) -> OrchestratorAction {

@@ -35,7 +35,6 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::core::time::{from_ms, to_ms};
-use crate::core::StartSpec;
 use mem_store::MemDb;
 
 struct ManualClock(AtomicI64);
@@ -228,23 +227,8 @@ impl Sim {
     }
 
     fn new_instance(&self, id: &str, input: u32) -> NewInstance {
-        let now = self.now();
-        NewInstance {
-            spec: StartSpec {
-                instance_id: id.into(),
-                execution_id: format!("{id}-e{}", self.rng.lock().gen::<u32>()),
-                name: "Sim".into(),
-                version: None,
-                input: Some(input.to_string()),
-                parent: None,
-                scheduled_start_ms: None,
-                parent_trace_context: None,
-                tags: Default::default(),
-            },
-            created_at_ms: now,
-            visible_at_ms: now,
-            parent_task: None,
-        }
+        let execution_id = format!("{id}-e{}", self.rng.lock().gen::<u32>());
+        NewInstance::simple(id, &execution_id, "Sim", Some(input.to_string()), self.now())
     }
 
     /// Takes one worker's queued items off its stream.
@@ -644,22 +628,7 @@ fn a_poison_activity_whose_failure_cannot_be_recorded_is_retried() {
         let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
         let (first, mut rx) = engine.open_stream(rules.clone());
         let now = clock.now_ms();
-        let new = NewInstance {
-            spec: StartSpec {
-                instance_id: "p".into(),
-                execution_id: "p-e".into(),
-                name: "Sim".into(),
-                version: None,
-                input: Some("1".into()),
-                parent: None,
-                scheduled_start_ms: None,
-                parent_trace_context: None,
-                tags: Default::default(),
-            },
-            created_at_ms: now,
-            visible_at_ms: now,
-            parent_task: None,
-        };
+        let new = NewInstance::simple("p", "p-e", "Sim", Some("1".into()), now);
         engine.create_instance(new, IdReuse::terminal()).await.expect("created");
         settle().await;
         let Ok(Outgoing::Item(turn)) = rx.try_recv() else { panic!("no first turn") };
