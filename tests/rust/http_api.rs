@@ -425,6 +425,27 @@ async fn status_options_and_history() {
 }
 
 #[tokio::test]
+async fn an_exactly_full_last_page_ends_paging() {
+    let api = Api::start(&[]);
+    for i in 0..6 {
+        assert_eq!(api.post(&format!("/orchestrators/Paged/full-{i}")).await.status, 202);
+    }
+    let first = api.get("/instances?instanceIdPrefix=full-&top=3").await;
+    let token = first.header("x-ms-continuation-token").expect("a second page exists");
+    assert!(!token.is_empty());
+    let second = send(
+        api.client.get(api.url("/instances?instanceIdPrefix=full-&top=3")).header("x-ms-continuation-token", &token),
+    )
+    .await;
+    assert_eq!(second.json().as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        second.header("x-ms-continuation-token").as_deref(),
+        Some(""),
+        "the last page is full, but nothing follows it: no token (was: a token leading to an empty page)"
+    );
+}
+
+#[tokio::test]
 async fn list_filters_and_pages_with_the_continuation_header() {
     let api = Api::start(&[]);
     let before = api.get("/instances").await;

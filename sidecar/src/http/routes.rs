@@ -612,13 +612,16 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         created_from_ms: time_param(&ctx.query, "createdTimeFrom")?,
         created_to_ms: time_param(&ctx.query, "createdTimeTo")?,
         instance_id_prefix: ctx.query.get("instanceIdPrefix").filter(|p| !p.is_empty()).map(str::to_string),
-        page_size: page,
+        // One row more than the page says whether another page follows.
+        page_size: page.saturating_add(1),
         after_instance_id: after,
     };
     let show_input = ctx.query.flag("showInput", true);
-    let records = ctx.state.engine.query(&filter).await?;
+    let mut records = ctx.state.engine.query(&filter).await?;
+    let more = records.len() > page as usize;
+    records.truncate(page as usize);
     let next = match records.last() {
-        Some(last) if records.len() as u32 >= page => URL_SAFE_NO_PAD.encode(last.instance_id.as_bytes()),
+        Some(last) if more => URL_SAFE_NO_PAD.encode(last.instance_id.as_bytes()),
         _ => String::new(),
     };
     let body: Vec<StatusObject> = records.iter().map(|r| StatusObject::new(r, show_input, None)).collect();
