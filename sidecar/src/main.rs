@@ -9,7 +9,7 @@ use clap::Parser;
 use duro::engine::scheduler::SchedulerOptions;
 use duro::engine::EngineOptions;
 use duro::grpc::ServiceOptions;
-use duro::server::{self, Config};
+use duro::server::{self, ApiToken, Config};
 use duro::store::sqlite::SqliteOptions;
 
 /// Duro: a durable-execution sidecar for the Durable Task SDKs.
@@ -19,6 +19,14 @@ struct Cli {
     /// Address the gRPC server listens on.
     #[arg(long, env = "DURO_LISTEN", default_value = "127.0.0.1:4001")]
     listen: SocketAddr,
+    /// API token required on every gRPC call as metadata `authorization: Bearer <token>`.
+    /// Required when --listen is not a loopback address (unless --insecure-allow-remote).
+    #[arg(long, env = "DURO_API_TOKEN", hide_env_values = true)]
+    api_token: Option<ApiToken>,
+    /// Serve gRPC without --api-token on a non-loopback address (anyone who can reach the
+    /// port can run, read and delete every orchestration).
+    #[arg(long, env = "DURO_INSECURE_ALLOW_REMOTE")]
+    insecure_allow_remote: bool,
     /// SQLite database file (created if missing).
     #[arg(long, env = "DURO_DB", default_value = "duro.db")]
     db: PathBuf,
@@ -126,6 +134,8 @@ async fn run() -> anyhow::Result<()> {
         },
         service: ServiceOptions { validate_json: !cli.allow_non_json_payloads },
         max_message_bytes: cli.max_message_bytes,
+        api_token: cli.api_token.clone(),
+        insecure_allow_remote: cli.insecure_allow_remote,
         http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
         durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };

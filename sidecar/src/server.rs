@@ -23,14 +23,41 @@ pub struct Config {
     pub service: ServiceOptions,
     /// Largest gRPC message accepted and sent.
     pub max_message_bytes: usize,
+    /// gRPC API token (`authorization: Bearer …` on every call); `None`: open, loopback only.
+    pub api_token: Option<ApiToken>,
+    /// Serve gRPC without a token on a non-loopback address (`--insecure-allow-remote`).
+    pub insecure_allow_remote: bool,
     /// The HTTP management API; `None`: not served.
     pub http: Option<crate::http::HttpOptions>,
     /// Durable HTTP (`BuiltIn::HttpActivity`), run by the sidecar itself.
     pub durable_http: crate::durable_http::DurableHttpOptions,
 }
 
+/// The gRPC API token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for ApiToken {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ApiToken(s.to_string()))
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ServerError {
+    #[error(
+        "refusing to serve gRPC on {0}, which is not a loopback address, without authentication: set --api-token \
+         (DURO_API_TOKEN; workers and clients send 'authorization: Bearer <token>'), or pass --insecure-allow-remote \
+         if a network boundary you trust protects this port"
+    )]
+    InsecureRemote(SocketAddr),
     #[error("cannot open the store at {path}: {source}", path = path.display())]
     Store { path: PathBuf, source: StoreError },
     /// Another process holds the database (its own sentence names it).
@@ -92,6 +119,11 @@ impl Running {
 
 /// Opens the store, recovers pending work and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let token = config.api_token.as_ref().map(|t| t.0.as_str()).filter(|t| !t.is_empty());
+    if token.is_none() && !config.listen.ip().is_loopback() && !config.insecure_allow_remote {
+        return Err(ServerError::InsecureRemote(config.listen));
+    }
+    let auth = crate::grpc::auth::ApiTokenCheck::new(token);
     let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
         e @ StoreError::InUse { .. } => ServerError::InUse(e),
         source => ServerError::Store { path: config.db.clone(), source },
@@ -111,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let service = TaskHubSidecarServiceServer::new(SidecarService::new(engine.clone(), config.service.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let service = tonic::service::interceptor::InterceptedService::new(service, auth);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Nagle off on every accepted connection: small work items and completions must not
     // wait for delayed ACKs (the builder's `tcp_nodelay` does not apply to a custom incoming).

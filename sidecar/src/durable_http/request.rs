@@ -26,6 +26,10 @@ pub const SECRET_HEADERS: &[&str] = &[
     "x-functions-key",
     "cookie",
     "set-cookie",
+    "api-key",
+    "x-api-key",
+    "ocp-apim-subscription-key",
+    "x-ms-functions-key",
 ];
 
 /// What replaces a secret header value.
@@ -336,6 +340,14 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
                 }
             };
             spec.tenant_id = opt("tenantid")?;
+            if let Some(t) = &spec.tenant_id {
+                if !valid_tenant(t) {
+                    return Err(invalid(
+                        "tokenSource.options.tenantid",
+                        format!("'{t}' is not a tenant: expected a GUID or a domain name such as contoso.onmicrosoft.com"),
+                    ));
+                }
+            }
             spec.authority_host = opt("authorityhost")?;
             if let Some(a) = &spec.authority_host {
                 parse_http_url(a).map_err(|p| invalid("tokenSource.options.authorityhost", p))?;
@@ -349,6 +361,22 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
         }
     }
     Ok(spec)
+}
+
+/// An Entra ID tenant: a GUID, or a domain name (letters, digits, `-`, dots between
+/// labels; also `common`, `organizations`). Nothing that could leave its path segment.
+pub fn valid_tenant(t: &str) -> bool {
+    if uuid::Uuid::try_parse(t).is_ok() {
+        return true;
+    }
+    t.len() <= 253
+        && t.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -1,0 +1,440 @@
+//! The attacker's test suite: each test tries one attack on the real `duro` binary and
+//! checks that it fails. Everything runs on loopback: "evil" servers are real HTTP servers
+//! on 127.0.0.1 or on a loopback alias (127.0.0.2, …: Linux routes all of 127/8 to `lo`),
+//! which Duro must treat as a foreign, non-loopback host where the attack needs one.
+//!
+//! After each run the store (database, WAL) and the log are searched for every secret used.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::any;
+use axum::Router;
+use duro_proto::history_event::EventType;
+use duro_proto::{OrchestrationState, OrchestrationStatus, OrchestratorAction, OrchestratorRequest};
+use duro_tests::*;
+use serde_json::{json, Value};
+
+const HTTP_ACTIVITY: &str = "BuiltIn::HttpActivity";
+const WAIT: Duration = Duration::from_secs(60);
+
+// ----- orchestration: a list of durable HTTP calls ------------------------------------------
+
+/// Runs the durable HTTP requests of its input one after the other; completes with their
+/// results or fails with the first failure.
+fn http_orchestrator(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
+    let calls: Vec<Value> = orchestration_input(req).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let n = calls.len() as i32;
+    let mut results: BTreeMap<i32, Value> = BTreeMap::new();
+    let mut scheduled: BTreeSet<i32> = BTreeSet::new();
+    for e in all_events(req) {
+        match &e.event_type {
+            Some(EventType::TaskScheduled(_)) => {
+                scheduled.insert(e.event_id);
+            }
+            Some(EventType::TaskCompleted(c)) => {
+                let v = c.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null);
+                results.insert(c.task_scheduled_id, v);
+            }
+            Some(EventType::TaskFailed(f)) => {
+                let d = f.failure_details.clone().unwrap_or_default();
+                return vec![fail(n + 1, &d.error_type, &d.error_message)];
+            }
+            Some(EventType::ExecutionCompleted(_)) => return Vec::new(),
+            _ => {}
+        }
+    }
+    let done = results.len() as i32;
+    if done < n {
+        if scheduled.contains(&done) {
+            return Vec::new();
+        }
+        return vec![schedule_task(done, HTTP_ACTIVITY, Some(calls[done as usize].to_string()))];
+    }
+    vec![complete(n, OrchestrationStatus::Completed, Some(Value::Array(results.into_values().collect()).to_string()))]
+}
+
+async fn run(sidecar: &Sidecar, id: &str, calls: Value) -> OrchestrationState {
+    let worker = RawWorker::start(sidecar.endpoint(), http_orchestrator, |_| Err("not for workers".into()));
+    let client = sidecar.client().await;
+    start(&client, "HttpOrchestration", id, Some(&calls.to_string())).await.expect("start");
+    let state = wait_completion(&client, id, WAIT).await;
+    worker.stop().await;
+    state
+}
+
+fn failure(state: &OrchestrationState) -> (String, String) {
+    assert_eq!(status_of(state), OrchestrationStatus::Failed, "the attack succeeded: output {:?}", state.output);
+    let d = state.failure_details.clone().expect("failure details");
+    (d.error_type, d.error_message)
+}
+
+fn output(state: &OrchestrationState) -> Value {
+    assert_eq!(status_of(state), OrchestrationStatus::Completed, "failed: {:?}", state.failure_details);
+    serde_json::from_str(state.output.as_deref().expect("output")).expect("json")
+}
+
+// ----- fake servers ---------------------------------------------------------------------------
+
+/// Every request a fake server got: "METHOD path?query", headers, body.
+type Seen = Arc<Mutex<Vec<(String, HeaderMap, String)>>>;
+
+/// A server on `ip` that records every request and answers with `answer(path)`.
+async fn recorder(ip: &str, answer: fn(&str, &str) -> axum::response::Response) -> (SocketAddr, Seen) {
+    let seen: Seen = Default::default();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let me = format!("http://{addr}");
+    let app = Router::new()
+        .fallback(any(
+            move |State(seen): State<Seen>, m: axum::http::Method, uri: Uri, h: HeaderMap, body: String| {
+                let me = me.clone();
+                async move {
+                    let pq = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                    seen.lock().expect("lock").push((format!("{m} {pq}"), h, body));
+                    answer(&me, uri.path())
+                }
+            },
+        ))
+        .with_state(seen.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, seen)
+}
+
+/// An Entra ID token endpoint (good or evil): answers every POST with a token.
+fn token_answer(_me: &str, _path: &str) -> axum::response::Response {
+    axum::Json(json!({"token_type":"Bearer","expires_in":3599,"access_token":"entra-token-from-fake"})).into_response()
+}
+
+fn ok_answer(_me: &str, _path: &str) -> axum::response::Response {
+    (StatusCode::OK, "fine").into_response()
+}
+
+fn store_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("duro.db") {
+            out.extend(std::fs::read(entry.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Stops the sidecar and asserts that no secret is in its store files or its log.
+fn assert_secrets_nowhere(sidecar: &mut Sidecar, dir: &Path, secrets: &[&str]) {
+    assert!(sidecar.terminate(), "clean shutdown");
+    let store = store_bytes(dir);
+    let log = sidecar.log_text();
+    for s in secrets {
+        assert!(!contains(&store, s), "secret {s:?} is in the SQLite files");
+        assert!(!log.contains(s), "secret {s:?} is in the log");
+    }
+}
+
+fn secret(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Opens loopback for the durable HTTP target servers of these tests.
+const ALLOW_LOOPBACK: [&str; 2] = ["--http-allow", "127.0.0.0/8"];
+
+// ----- credentials: authority and tenant from orchestration input --------------------------
+
+/// A sidecar with a client-secret identity at a (fake) good authority.
+fn client_secret_sidecar(dir: &Path, good: SocketAddr, client_secret: &str) -> Sidecar {
+    let authority = format!("http://{good}/");
+    let mut args = vec![
+        "--identity-source",
+        "client-secret",
+        "--azure-tenant-id",
+        "11111111-2222-3333-4444-555555555555",
+        "--azure-client-id",
+        "app-1",
+        "--azure-client-secret",
+        client_secret,
+        "--azure-authority-host",
+        &authority,
+    ];
+    args.extend(ALLOW_LOOPBACK);
+    Sidecar::start_with(dir, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_host_from_the_request_cannot_receive_the_client_secret() {
+    let dir = test_dir();
+    let (good, good_seen) = recorder("127.0.0.1", token_answer).await;
+    let (evil, evil_seen) = recorder("127.0.0.1", token_answer).await;
+    let (target, _) = recorder("127.0.0.1", ok_answer).await;
+    let client_secret = secret("CLIENT-SECRET");
+    let mut sidecar = client_secret_sidecar(dir.path(), good, &client_secret);
+
+    let ts = json!({"kind": "AzureManagedIdentity", "resource": "https://vault.azure.net",
+                    "options": {"authorityhost": format!("http://{evil}/")}});
+    let state = run(&sidecar, "authority", json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}])).await;
+    let (t, m) = failure(&state);
+    assert!(evil_seen.lock().expect("lock").is_empty(), "the evil authority was contacted");
+    assert_eq!(t, "DuroHttpInvalidRequest", "{m}");
+    assert!(m.contains("authorityhost") && m.contains("--azure-allowed-authority-hosts"), "{m}");
+    assert!(good_seen.lock().expect("lock").is_empty());
+    assert_secrets_nowhere(&mut sidecar, dir.path(), &[&client_secret]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_from_the_request_cannot_redirect_the_client_secret() {
+    let dir = test_dir();
+    let (good, good_seen) = recorder("127.0.0.1", token_answer).await;
+    let (evil, evil_seen) = recorder("127.0.0.1", token_answer).await;
+    let (target, target_seen) = recorder("127.0.0.1", ok_answer).await;
+    let client_secret = secret("CLIENT-SECRET");
+    let mut sidecar = client_secret_sidecar(dir.path(), good, &client_secret);
+
+    // `Url::join` with a scheme-relative tenant replaces the host.
+    for (i, tenant) in [format!("//{evil}"), format!("..//{evil}"), "x/../../y".to_string(), "a?b".to_string()]
+        .into_iter()
+        .enumerate()
+    {
+        let ts = json!({"kind": "AzureManagedIdentity", "resource": "https://vault.azure.net",
+                        "options": {"tenantid": tenant}});
+        let state = run(&sidecar, &format!("tenant-{i}"), json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}])).await;
+        let (t, m) = failure(&state);
+        assert_eq!(t, "DuroHttpInvalidRequest", "{tenant}: {m}");
+        assert!(m.contains("tenantid"), "{m}");
+    }
+    assert!(evil_seen.lock().expect("lock").is_empty(), "the evil host got the client secret");
+    assert!(good_seen.lock().expect("lock").is_empty());
+    assert!(target_seen.lock().expect("lock").is_empty());
+
+    // A valid tenant (GUID or domain) only fills the path of the configured authority.
+    let ts = json!({"kind": "AzureManagedIdentity", "resource": "https://vault.azure.net",
+                    "options": {"tenantid": "contoso.onmicrosoft.com"}});
+    let out = output(&run(&sidecar, "tenant-ok", json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}])).await);
+    assert_eq!(out[0]["statusCode"], 200);
+    let asked = good_seen.lock().expect("lock").clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].0, "POST /contoso.onmicrosoft.com/oauth2/v2.0/token");
+    assert!(asked[0].2.contains("client_secret="));
+    assert_secrets_nowhere(&mut sidecar, dir.path(), &[&client_secret, "entra-token-from-fake"]);
+}
+
+// ----- SSRF: loopback, management API, private ranges, metadata -----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
+    let dir = test_dir();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{http_port}");
+    let sidecar = Sidecar::start_with(dir.path(), &["--http-listen", &listen]);
+    let client = sidecar.client().await;
+    // A victim instance the attacker would purge through the open loopback management API.
+    start(&client, "Victim", "victim", None).await.expect("start victim");
+
+    let (loopback_fake, loopback_seen) = recorder("127.0.0.1", ok_answer).await;
+    let targets = [
+        format!("http://127.0.0.1:{http_port}/runtime/webhooks/durabletask/instances/victim"),
+        format!("http://localhost:{http_port}/runtime/webhooks/durabletask/instances/victim"),
+        format!("http://[::ffff:127.0.0.1]:{http_port}/runtime/webhooks/durabletask/instances/victim"),
+        format!("http://{loopback_fake}/"),
+        format!("http://127.1.2.3:{}/", loopback_fake.port()),
+        "http://[::1]:9/".to_string(),
+        "http://0.0.0.0:9/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://172.16.0.1/".to_string(),
+        "http://192.168.0.1/".to_string(),
+        "http://100.64.0.1/".to_string(),
+        "http://168.63.129.16/machine?comp=goalstate".to_string(),
+        "http://169.254.169.254/metadata/identity/oauth2/token".to_string(),
+        "http://[fd00::1]/".to_string(),
+        "http://[64:ff9b:1::a00:1]/".to_string(),
+        "http://[64:ff9b::7f00:1]/".to_string(),
+    ];
+    for (i, uri) in targets.iter().enumerate() {
+        let state = run(&sidecar, &format!("ssrf-{i}"), json!([{"method": "DELETE", "uri": uri, "timeout": "00:00:02"}])).await;
+        let (t, m) = failure(&state);
+        assert_eq!(t, "DuroHttpBlockedAddress", "{uri}: {m}");
+        assert!(m.contains("--http-allow"), "the message says how to allow it: {m}");
+    }
+    assert!(loopback_seen.lock().expect("lock").is_empty());
+    let victim = get_instance(&client, "victim").await;
+    assert!(victim.exists, "the victim was purged through the management API");
+
+    // A redirect from an allowed public-looking target to loopback is refused too: here
+    // the allowed target is 127.0.0.2 (allowed explicitly), redirecting to 127.0.0.1.
+    drop(sidecar);
+    let dir2 = test_dir();
+    let sidecar = Sidecar::start_with(dir2.path(), &["--http-allow", "127.0.0.2"]);
+    let (redirector, _) = recorder("127.0.0.2", |_, _| {
+        (StatusCode::TEMPORARY_REDIRECT, [("location", "http://127.0.0.1:9/runtime/webhooks/durabletask/instances")]).into_response()
+    })
+    .await;
+    let state = run(&sidecar, "ssrf-redirect", json!([{"uri": format!("http://{redirector}/go")}])).await;
+    let (t, m) = failure(&state);
+    assert_eq!(t, "DuroHttpBlockedAddress", "{m}");
+}
+
+// ----- secrets follow the original origin only -------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_secret_headers_are_not_sent_to_a_foreign_poll_origin_or_redirect() {
+    let dir = test_dir();
+    let token = secret("MI-TOKEN");
+    let identity = {
+        let t = token.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().fallback(any(move || {
+            let t = t.clone();
+            async move { axum::Json(json!({"access_token": t, "expires_in": "3600", "token_type": "Bearer"})).into_response() }
+        }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addr
+    };
+    // The evil origin on another loopback alias.
+    let (evil, evil_seen) = recorder("127.0.0.3", ok_answer).await;
+    // The original server: a 202 whose Location is the evil origin, and a redirect to it.
+    let evil_url = format!("http://{evil}/steal");
+    let original_seen: Seen = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.expect("bind");
+    let original = listener.local_addr().expect("addr");
+    {
+        let evil_url = evil_url.clone();
+        let seen = original_seen.clone();
+        let app = Router::new().fallback(any(move |uri: Uri, h: HeaderMap| {
+            let evil_url = evil_url.clone();
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("lock").push((uri.path().to_string(), h, String::new()));
+                match uri.path() {
+                    "/start" => (StatusCode::ACCEPTED, [("location", evil_url), ("retry-after", "0".into())]).into_response(),
+                    "/same" => (StatusCode::ACCEPTED, [("location", "/done".to_string()), ("retry-after", "0".into())]).into_response(),
+                    "/redirect" => (StatusCode::TEMPORARY_REDIRECT, [("location", evil_url)]).into_response(),
+                    _ => (StatusCode::OK, "done").into_response(),
+                }
+            }
+        }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
+    let imds = format!("http://{identity}/token");
+    let mut args = vec!["--identity-source", "imds", "--identity-endpoint", &imds, "--durable-http-default-poll-interval-ms", "50"];
+    args.extend(ALLOW_LOOPBACK);
+    let mut sidecar = Sidecar::start_with(dir.path(), &args);
+
+    let api_key = secret("API-KEY");
+    let cookie = secret("COOKIE");
+    let basic = secret("BASIC");
+    let headers = json!({"x-api-key": api_key, "Cookie": format!("s={cookie}"), "Ocp-Apim-Subscription-Key": api_key});
+    let ts = json!({"kind": "AzureManagedIdentity", "resource": "https://management.azure.com"});
+    for (id, path) in [("poll", "/start"), ("redirect", "/redirect")] {
+        let state = run(
+            &sidecar,
+            id,
+            json!([{"method": "POST", "uri": format!("http://{original}{path}"), "headers": headers, "tokenSource": ts, "content": "{}"}]),
+        )
+        .await;
+        let out = output(&state);
+        assert_eq!(out[0]["statusCode"], 200, "{out}");
+    }
+    // A user Authorization header (no token source) on a redirect to the foreign origin.
+    let state = run(
+        &sidecar,
+        "basic",
+        json!([{"uri": format!("http://{original}/redirect"), "headers": {"Authorization": format!("Basic {basic}"), "api-key": api_key}}]),
+    )
+    .await;
+    assert_eq!(output(&state)[0]["statusCode"], 200);
+
+    let evil_got = evil_seen.lock().expect("lock").clone();
+    assert_eq!(evil_got.len(), 3, "the foreign origin was asked: {:?}", evil_got.iter().map(|e| &e.0).collect::<Vec<_>>());
+    for (what, h, _) in &evil_got {
+        for name in ["authorization", "cookie", "x-api-key", "api-key", "ocp-apim-subscription-key"] {
+            assert!(h.get(name).is_none(), "{what}: the foreign origin got {name}: {:?}", h.get(name));
+        }
+    }
+    // The original origin got them (same-origin polls keep them).
+    let state = run(
+        &sidecar,
+        "same",
+        json!([{"uri": format!("http://{original}/same"), "headers": {"x-api-key": api_key}, "tokenSource": ts}]),
+    )
+    .await;
+    assert_eq!(output(&state)[0]["statusCode"], 200);
+    let got = original_seen.lock().expect("lock").clone();
+    let done: Vec<_> = got.iter().filter(|(p, _, _)| p == "/done").collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.get("x-api-key").and_then(|v| v.to_str().ok()), Some(api_key.as_str()));
+    assert_eq!(done[0].1.get("authorization").and_then(|v| v.to_str().ok()), Some(format!("Bearer {token}").as_str()));
+    assert_secrets_nowhere(&mut sidecar, dir.path(), &[&token]);
+}
+
+// ----- gRPC: authentication and non-loopback binds -------------------------------------------
+
+const API_TOKEN: &str = "grpc-api-token-0123456789abcdef";
+
+#[test]
+fn grpc_refuses_a_non_loopback_address_without_a_token() {
+    let dir = test_dir();
+    let db = dir.path().join("d.db");
+    let db = db.to_string_lossy();
+    let (status, err) =
+        run_args_until_exit(&["--listen", "0.0.0.0:0", "--http-listen", "off", "--db", &db], Duration::from_secs(20));
+    assert!(!status.success(), "duro served gRPC on 0.0.0.0 without authentication");
+    assert!(err.contains("--api-token") && err.contains("--insecure-allow-remote"), "{err}");
+    assert!(!dir.path().join("d.db").exists(), "refused before opening the store");
+
+    // The escape hatch.
+    let sub = test_dir();
+    let mut s = Sidecar::start_on(sub.path(), "127.0.0.2", &["--http-listen", "off", "--insecure-allow-remote"]);
+    assert!(s.terminate());
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("metadata"));
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_need_the_api_token() {
+    let dir = test_dir();
+    let mut sidecar = Sidecar::start_on(dir.path(), "127.0.0.2", &["--http-listen", "off", "--api-token", API_TOKEN]);
+    let mut client = sidecar.client().await;
+    let create = || duro_proto::CreateInstanceRequest {
+        instance_id: "i1".into(),
+        name: "Orch".into(),
+        ..Default::default()
+    };
+    for token in [None, Some("wrong"), Some(""), Some(&API_TOKEN[..API_TOKEN.len() - 1])] {
+        let e = client.start_instance(with_token(create(), token)).await.expect_err("unauthenticated call accepted");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{token:?}: {e}");
+        assert!(e.message().contains("authorization"), "{e}");
+        let e = client
+            .get_work_items(with_token(duro_proto::GetWorkItemsRequest::default(), token))
+            .await
+            .expect_err("unauthenticated stream accepted");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
+    // Not a Bearer token.
+    let mut r = tonic::Request::new(create());
+    r.metadata_mut().insert("authorization", format!("Basic {API_TOKEN}").parse().expect("md"));
+    assert_eq!(client.start_instance(r).await.expect_err("basic").code(), tonic::Code::Unauthenticated);
+    let r = client.start_instance(with_token(create(), Some(API_TOKEN))).await.expect("right token");
+    assert_eq!(r.into_inner().instance_id, "i1");
+    assert_secrets_nowhere(&mut sidecar, dir.path(), &[API_TOKEN]);
+}
