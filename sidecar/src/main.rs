@@ -61,6 +61,10 @@ struct Cli {
     /// SQLite `synchronous=NORMAL` instead of `FULL` (survives a crash of Duro, not of the machine).
     #[arg(long, env = "DURO_SQLITE_RELAXED_SYNC")]
     sqlite_relaxed_sync: bool,
+    /// SQLite `secure_delete=OFF`: deleted rows (which may have held a durable HTTP
+    /// request's secret headers) stay readable in free pages until reused.
+    #[arg(long, env = "DURO_SQLITE_NO_SECURE_DELETE")]
+    sqlite_no_secure_delete: bool,
     #[command(flatten)]
     http: duro::http::HttpArgs,
     #[command(flatten)]
@@ -123,7 +127,11 @@ async fn run() -> anyhow::Result<()> {
     let config = Config {
         listen: cli.listen,
         db: cli.db.clone(),
-        sqlite: SqliteOptions { synchronous_full: !cli.sqlite_relaxed_sync, ..Default::default() },
+        sqlite: SqliteOptions {
+            synchronous_full: !cli.sqlite_relaxed_sync,
+            secure_delete: !cli.sqlite_no_secure_delete,
+            ..Default::default()
+        },
         engine: EngineOptions {
             scheduler: SchedulerOptions { max_attempts: cli.max_delivery_attempts.max(1), ..Default::default() },
             cache_instances: cli.cache_instances,

@@ -438,3 +438,63 @@ async fn grpc_calls_need_the_api_token() {
     assert_eq!(r.into_inner().instance_id, "i1");
     assert_secrets_nowhere(&mut sidecar, dir.path(), &[API_TOKEN]);
 }
+
+// ----- stored copies: history, checkpoints, store files, log ----------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_query_parameters_and_key_headers_are_in_no_stored_copy() {
+    let dir = test_dir();
+    let (target, target_seen) = recorder("127.0.0.1", |_, path| match path {
+        "/start" => (StatusCode::ACCEPTED, [("location", "/status"), ("retry-after", "0")]).into_response(),
+        _ => (StatusCode::OK, "fine").into_response(),
+    })
+    .await;
+    let mut args = vec!["--durable-http-default-poll-interval-ms", "50"];
+    args.extend(ALLOW_LOOPBACK);
+    let mut sidecar = Sidecar::start_with(dir.path(), &args);
+    let code = secret("FUNCTION-CODE");
+    let sig = secret("SAS-SIG");
+    let api_key = secret("APIM-KEY");
+    let x_api_key = secret("X-API-KEY");
+    let call = json!({"method": "POST", "uri": format!("http://{target}/start?code={code}&sig={sig}&keep=1"),
+                      "headers": {"Ocp-Apim-Subscription-Key": api_key, "x-api-key": x_api_key}, "content": "{}"});
+    // The orchestration builds the request itself: its input holds no secret.
+    let calls = vec![call];
+    let orchestrator = move |req: &OrchestratorRequest| -> Vec<OrchestratorAction> {
+        let mut done = None;
+        let mut scheduled = false;
+        for e in all_events(req) {
+            match &e.event_type {
+                Some(EventType::TaskScheduled(_)) => scheduled = true,
+                Some(EventType::TaskCompleted(c)) => done = Some(c.result.clone().unwrap_or_default()),
+                Some(EventType::TaskFailed(f)) => {
+                    let d = f.failure_details.clone().unwrap_or_default();
+                    return vec![fail(2, &d.error_type, &d.error_message)];
+                }
+                _ => {}
+            }
+        }
+        match (done, scheduled) {
+            (Some(r), _) => vec![complete(1, OrchestrationStatus::Completed, Some(r))],
+            (None, true) => Vec::new(),
+            (None, false) => vec![schedule_task(0, HTTP_ACTIVITY, Some(calls[0].to_string()))],
+        }
+    };
+    let worker = RawWorker::start(sidecar.endpoint(), orchestrator, |_| Err("not for workers".into()));
+    let client = sidecar.client().await;
+    start(&client, "Masked", "masked", None).await.expect("start");
+    let state = wait_completion(&client, "masked", WAIT).await;
+    assert_eq!(output(&state)["statusCode"], 200);
+    worker.stop().await;
+    // The target got everything (the request is sent as given).
+    let got = target_seen.lock().expect("lock").clone();
+    assert!(got[0].0.contains(&code) && got[0].1.get("x-api-key").is_some());
+    let all = format!("{:?}", history(&client, "masked").await);
+    for s in [&code, &sig, &api_key, &x_api_key] {
+        assert!(!all.contains(s.as_str()), "{s} is in the history");
+    }
+    assert!(all.contains("keep=1"), "other parameters stay readable");
+    // The activity row held them until the call completed: with secure_delete its bytes
+    // are gone from the file too.
+    assert_secrets_nowhere(&mut sidecar, dir.path(), &[&code, &sig, &api_key, &x_api_key]);
+}

@@ -37,8 +37,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
 /// How long shutdown waits for in-flight HTTP requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Command-line flags of the HTTP API (flattened into the `duro` command line).
-#[derive(Debug, Clone, clap::Args)]
+/// Command-line flags of the HTTP API (flattened into the `duro` command line). `Debug`
+/// prints no key.
+#[derive(Clone, clap::Args)]
 pub struct HttpArgs {
     /// Address of the HTTP management API (Durable Functions webhook routes), or `off`.
     /// Default 127.0.0.1:7071; if that default port is taken, Duro starts without the HTTP API
@@ -73,6 +74,23 @@ pub struct HttpArgs {
     /// Longest a start or restart with `timeout` waits for completion, in seconds.
     #[arg(long = "http-max-wait-seconds", env = "DURO_HTTP_MAX_WAIT_SECONDS", default_value_t = 300)]
     pub http_max_wait_seconds: u64,
+}
+
+impl std::fmt::Debug for HttpArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("HttpArgs")
+            .field("http_listen", &self.http_listen)
+            .field("http_system_key", &redacted(&self.http_system_key))
+            .field("http_insecure", &self.http_insecure)
+            .field("http_link_keys", &redacted(&self.http_link_keys))
+            .field("http_link_ttl_seconds", &self.http_link_ttl_seconds)
+            .field("http_trust_forwarded", &self.http_trust_forwarded)
+            .field("http_public_url", &self.http_public_url)
+            .field("http_max_body_bytes", &self.http_max_body_bytes)
+            .field("http_max_wait_seconds", &self.http_max_wait_seconds)
+            .finish()
+    }
 }
 
 /// Configuration of the HTTP API.
@@ -344,6 +362,16 @@ mod tests {
             http_max_body_bytes: 1024,
             http_max_wait_seconds: 10,
         }
+    }
+
+    #[test]
+    fn debug_prints_no_key() {
+        let mut a = args(None, Some("sys-key-SECRET"), false);
+        a.http_link_keys = Some("link-key-SECRET-0123456789".into());
+        let d = format!("{a:?}");
+        assert!(!d.contains("SECRET") && d.contains("<redacted>"), "{d}");
+        let o = a.into_options().unwrap().unwrap();
+        assert!(!format!("{o:?}").contains("SECRET"));
     }
 
     #[test]
