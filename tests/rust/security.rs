@@ -498,3 +498,93 @@ async fn secret_query_parameters_and_key_headers_are_in_no_stored_copy() {
     // are gone from the file too.
     assert_secrets_nowhere(&mut sidecar, dir.path(), &[&code, &sig, &api_key, &x_api_key]);
 }
+
+// ----- management API: status links ------------------------------------------------------------
+
+const SYSTEM_KEY: &str = "system-key-SECRET-0123456789";
+
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    async fn call(&self, method: reqwest::Method, path_and_query: &str, key: bool) -> (u16, Option<String>, String) {
+        let url = if path_and_query.starts_with("http") {
+            path_and_query.to_string()
+        } else {
+            format!("{}/runtime/webhooks/durabletask{path_and_query}", self.base)
+        };
+        let mut rb = self.client.request(method, url).header("content-type", "application/json").body("null");
+        if key {
+            rb = rb.header("x-functions-key", SYSTEM_KEY);
+        }
+        let r = rb.send().await.expect("http");
+        let status = r.status().as_u16();
+        let location = r.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+        (status, location, r.text().await.unwrap_or_default())
+    }
+}
+
+fn http_sidecar(dir: &Path, extra: &[&str]) -> (Sidecar, Http) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--http-listen", listen.as_str(), "--http-system-key", SYSTEM_KEY];
+    args.extend_from_slice(extra);
+    let sidecar = Sidecar::start_with(dir, &args);
+    (sidecar, Http { base: format!("http://{listen}"), client: reqwest::Client::new() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_links_never_carry_the_system_key_and_die_with_their_execution() {
+    let dir = test_dir();
+    let (mut sidecar, api) = http_sidecar(dir.path(), &[]);
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    let (status, location, body) = api.call(post.clone(), "/orchestrators/WaitEvent/reuse", true).await;
+    assert_eq!(status, 202, "{body}");
+    let location = location.expect("Location");
+    assert!(!body.contains(SYSTEM_KEY) && !location.contains(SYSTEM_KEY), "the system key is in the start response: {body}");
+    let link: Value = serde_json::from_str(&body).expect("json");
+    let first = link["statusQueryGetUri"].as_str().expect("status link").to_string();
+    assert!(first.contains("sig="), "{first}");
+    assert_eq!(api.call(get.clone(), &first, false).await.0, 202, "the link works without the key");
+
+    // Forged and cross-instance links.
+    let forged = format!("{}sig=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", first.rsplit_once("sig=").expect("sig").0);
+    assert_eq!(api.call(get.clone(), &forged, false).await.0, 401);
+    assert_eq!(api.call(post.clone(), "/orchestrators/WaitEvent/other", true).await.0, 202);
+    assert_eq!(api.call(get.clone(), &first.replace("/instances/reuse?", "/instances/other?"), false).await.0, 401);
+    // An unknown instance with a link: 401, not 404 (no existence oracle).
+    assert_eq!(api.call(get.clone(), &first.replace("/instances/reuse?", "/instances/nobody?"), false).await.0, 401);
+
+    // The id is reused by a new execution: the old link dies, the new one works.
+    assert_eq!(api.call(post.clone(), "/instances/reuse/terminate?reason=x", true).await.0, 202);
+    let client = sidecar.client().await;
+    wait_status(&client, "reuse", WAIT, |s| s == OrchestrationStatus::Terminated).await;
+    let (status, _, body) = api.call(post.clone(), "/orchestrators/WaitEvent/reuse", true).await;
+    assert_eq!(status, 202, "{body}");
+    let second: Value = serde_json::from_str(&body).expect("json");
+    let second = second["statusQueryGetUri"].as_str().expect("link").to_string();
+    let (status, _, body) = api.call(get.clone(), &first, false).await;
+    assert_eq!(status, 401, "a link of the previous execution still works: {body}");
+    assert_eq!(api.call(get.clone(), &second, false).await.0, 202);
+
+    // Expired.
+    let (_, _, body) = api.call(post.clone(), "/instances/reuse/signedLinks?signedLinkTtl=1", true).await;
+    let short: Value = serde_json::from_str(&body).expect("json");
+    let short = short["statusQueryGetUri"].as_str().expect("link").to_string();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(api.call(get.clone(), &short, false).await.0, 401);
+    assert_secrets_nowhere(&mut sidecar, dir.path(), &[SYSTEM_KEY]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_durable_functions_links_only_when_the_operator_asks() {
+    let dir = test_dir();
+    let (_sidecar, api) = http_sidecar(dir.path(), &["--http-exact-links"]);
+    let (status, location, body) = api.call(reqwest::Method::POST, "/orchestrators/WaitEvent/exact", true).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("terminatePostUri") && location.expect("Location").contains("code="), "{body}");
+}

@@ -68,6 +68,11 @@ pub struct HttpArgs {
     /// Public base URL for links (e.g. `https://api.example.com/duro`), overriding the Host header.
     #[arg(long = "http-public-url", env = "DURO_HTTP_PUBLIC_URL")]
     pub http_public_url: Option<String>,
+    /// Start and restart responses carry Durable Functions' exact management links (with the
+    /// system key as `code=`) instead of signed per-instance links. Without a system key the
+    /// exact links are always used (they hold no secret).
+    #[arg(long = "http-exact-links", env = "DURO_HTTP_EXACT_LINKS")]
+    pub http_exact_links: bool,
     /// Largest accepted request body, in bytes (larger ones get 413).
     #[arg(long = "http-max-body-bytes", env = "DURO_HTTP_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub http_max_body_bytes: usize,
@@ -87,6 +92,7 @@ impl std::fmt::Debug for HttpArgs {
             .field("http_link_ttl_seconds", &self.http_link_ttl_seconds)
             .field("http_trust_forwarded", &self.http_trust_forwarded)
             .field("http_public_url", &self.http_public_url)
+            .field("http_exact_links", &self.http_exact_links)
             .field("http_max_body_bytes", &self.http_max_body_bytes)
             .field("http_max_wait_seconds", &self.http_max_wait_seconds)
             .finish()
@@ -105,6 +111,8 @@ pub struct HttpOptions {
     pub link_ttl: Duration,
     pub trust_forwarded: bool,
     pub public_url: Option<String>,
+    /// Durable Functions' exact management links (key included) in start responses.
+    pub exact_links: bool,
     pub max_body_bytes: usize,
     pub max_wait: Duration,
 }
@@ -120,6 +128,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("link_ttl", &self.link_ttl)
             .field("trust_forwarded", &self.trust_forwarded)
             .field("public_url", &self.public_url)
+            .field("exact_links", &self.exact_links)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_wait", &self.max_wait)
             .finish()
@@ -138,6 +147,7 @@ impl HttpOptions {
             link_ttl: Duration::from_secs(86_400),
             trust_forwarded: false,
             public_url: None,
+            exact_links: false,
             max_body_bytes: 4 * 1024 * 1024,
             max_wait: Duration::from_secs(300),
         }
@@ -203,6 +213,7 @@ impl HttpArgs {
             link_ttl: Duration::from_secs(self.http_link_ttl_seconds),
             trust_forwarded: self.http_trust_forwarded,
             public_url,
+            exact_links: self.http_exact_links,
             max_body_bytes: self.http_max_body_bytes.max(1),
             max_wait: Duration::from_secs(self.http_max_wait_seconds),
         };
@@ -359,6 +370,7 @@ mod tests {
             http_link_ttl_seconds: 60,
             http_trust_forwarded: false,
             http_public_url: None,
+            http_exact_links: false,
             http_max_body_bytes: 1024,
             http_max_wait_seconds: 10,
         }
