@@ -55,6 +55,10 @@ struct Cli {
     /// Memory for cached histories, in MiB (an estimate of the events' in-memory size).
     #[arg(long, env = "DURO_CACHE_MIB", default_value_t = 128)]
     cache_mib: usize,
+    /// Events raised by clients that may wait in one instance's inbox; more get
+    /// RESOURCE_EXHAUSTED (HTTP 429) until the instance consumes some.
+    #[arg(long, env = "DURO_MAX_INBOX_EVENTS", default_value_t = 10_000)]
+    max_inbox_events: usize,
     /// Accept inputs, outputs and event payloads that are not JSON.
     #[arg(long, env = "DURO_ALLOW_NON_JSON_PAYLOADS")]
     allow_non_json_payloads: bool,
@@ -138,6 +142,7 @@ async fn run() -> anyhow::Result<()> {
             cache_bytes: cli.cache_mib.saturating_mul(1024 * 1024),
             max_work_item_bytes: cli.max_work_item_bytes,
             ping_interval: Duration::from_secs(cli.ping_seconds.max(1)),
+            max_inbox_events: cli.max_inbox_events.max(1),
             ..Default::default()
         },
         service: ServiceOptions { validate_json: !cli.allow_non_json_payloads },

@@ -588,3 +588,89 @@ async fn exact_durable_functions_links_only_when_the_operator_asks() {
     assert_eq!(status, 202, "{body}");
     assert!(body.contains("terminatePostUri") && location.expect("Location").contains("code="), "{body}");
 }
+
+// ----- limits: worker-supplied ids, inbox -----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_supplied_child_ids_and_event_targets_are_validated() {
+    use duro_proto::orchestrator_action::OrchestratorActionType as A;
+    let dir = test_dir();
+    let sidecar = Sidecar::start(dir.path());
+    let long = "x".repeat(5000);
+    let bad_ids = ["evil\u{0}id".to_string(), " padded".to_string(), long.clone()];
+    let orchestrator = move |req: &OrchestratorRequest| -> Vec<OrchestratorAction> {
+        let id = req.instance_id.clone();
+        if all_events(req).any(|e| matches!(e.event_type, Some(EventType::ExecutionCompleted(_)))) {
+            return Vec::new();
+        }
+        let (kind, n) = id.split_once('-').expect("kind-n");
+        let n: usize = n.parse().expect("n");
+        let target = ["evil\u{0}id".to_string(), " padded".to_string(), "x".repeat(5000)][n].clone();
+        let action = match kind {
+            "child" => A::CreateSubOrchestration(duro_proto::CreateSubOrchestrationAction {
+                instance_id: target,
+                name: "Child".into(),
+                ..Default::default()
+            }),
+            "send" => A::SendEvent(duro_proto::SendEventAction {
+                instance: Some(duro_proto::OrchestrationInstance { instance_id: target, execution_id: None }),
+                name: "e".into(),
+                data: None,
+            }),
+            _ => A::TerminateOrchestration(duro_proto::TerminateOrchestrationAction {
+                instance_id: target,
+                ..Default::default()
+            }),
+        };
+        vec![OrchestratorAction { id: 0, orchestrator_action_type: Some(action) }]
+    };
+    let worker = RawWorker::start(sidecar.endpoint(), orchestrator, |_| Ok("null".into()));
+    let client = sidecar.client().await;
+    for kind in ["child", "send", "terminate"] {
+        for n in 0..bad_ids.len() {
+            let id = format!("{kind}-{n}");
+            start(&client, "Attacker", &id, None).await.expect("start");
+            let state = wait_completion(&client, &id, WAIT).await;
+            let (t, m) = failure(&state);
+            assert_eq!(t, "DuroInvalidInstanceId", "{id}: {m}");
+            assert!(m.contains("instanceId"), "{m}");
+        }
+    }
+    let all = query_all(&client, "", &[]).await;
+    for bad in &bad_ids {
+        assert!(all.iter().all(|s| s.instance_id != *bad), "an instance with an invalid id was created");
+    }
+    assert_eq!(all.len(), 9, "only the attackers exist");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_flood_gets_resource_exhausted() {
+    let dir = test_dir();
+    let sidecar = Sidecar::start_with(dir.path(), &["--max-inbox-events", "5"]);
+    let mut client = sidecar.client().await;
+    // No worker: nothing consumes the inbox.
+    start(&client, "Flooded", "flooded", None).await.expect("start");
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let r = client
+            .raise_event(duro_proto::RaiseEventRequest {
+                instance_id: "flooded".into(),
+                name: format!("e{i}"),
+                input: None,
+            })
+            .await;
+        match r {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the inbox has no cap");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("--max-inbox-events"), "{e}");
+    assert!(accepted <= 5, "{accepted} events accepted");
+}

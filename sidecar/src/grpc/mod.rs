@@ -58,6 +58,7 @@ impl From<EngineError> for Status {
             EngineError::InvalidArgument(m) => Status::invalid_argument(m),
             EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
             EngineError::AlreadyExists(m) => Status::already_exists(m),
+            EngineError::ResourceExhausted(m) => Status::resource_exhausted(m),
             EngineError::ShuttingDown => Status::unavailable("the Duro sidecar is shutting down"),
             EngineError::Store(StoreError::Closed) => Status::unavailable("the Duro store is shutting down"),
             EngineError::Store(e) if e.is_transient() => {

@@ -404,6 +404,7 @@ pub enum ErrorCode {
     RouteNotFound,
     Gone,
     Conflict,
+    TooManyRequests,
     NotImplemented,
     Unavailable,
     Internal,
@@ -426,6 +427,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "DURO-2012",
             ErrorCode::Unavailable => "DURO-2013",
             ErrorCode::Internal => "DURO-2014",
+            ErrorCode::TooManyRequests => "DURO-2015",
         }
     }
 
@@ -440,6 +442,7 @@ impl ErrorCode {
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -489,6 +492,7 @@ impl From<crate::engine::EngineError> for ApiError {
             E::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             E::InvalidArgument(m) => ApiError::bad_request(m),
             E::FailedPrecondition(m) | E::AlreadyExists(m) => ApiError::new(ErrorCode::Conflict, m),
+            E::ResourceExhausted(m) => ApiError::new(ErrorCode::TooManyRequests, m),
             E::ShuttingDown | E::Store(crate::store::StoreError::Closed) => {
                 ApiError::new(ErrorCode::Unavailable, "the Duro sidecar is shutting down; retry shortly")
             }
