@@ -13,6 +13,11 @@ use crate::grpc::{ServiceOptions, SidecarService};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::StoreError;
 
+/// gRPC streams (calls) one connection may have open at once.
+const GRPC_MAX_STREAMS: u32 = 1024;
+/// Largest header block (metadata) of one gRPC call.
+const GRPC_MAX_HEADER_BYTES: u32 = 64 * 1024;
+
 /// Everything the `duro` binary can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -151,6 +156,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // A peer that stops answering pings is dropped (its streams' leases come back).
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            // Limits per connection: open streams, requests in progress, header size.
+            .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
+            .concurrency_limit_per_connection(GRPC_MAX_STREAMS as usize)
+            .http2_max_header_list_size(Some(GRPC_MAX_HEADER_BYTES))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;

@@ -674,3 +674,54 @@ async fn an_inbox_flood_gets_resource_exhausted() {
     assert!(e.message().contains("--max-inbox-events"), "{e}");
     assert!(accepted <= 5, "{accepted} events accepted");
 }
+
+// ----- server limits ------------------------------------------------------------------------
+
+/// Whether the server closes `stream` (EOF or reset) within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or similar before closing is fine; keep reading until EOF.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn the_http_api_drops_slow_headers_and_connections_over_its_limit() {
+    use std::io::Write as _;
+    let dir = test_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let _sidecar = Sidecar::start_with(
+        dir.path(),
+        &["--http-listen", &listen, "--http-header-timeout-seconds", "1", "--http-max-connections", "3"],
+    );
+    // Slowloris: headers that never end.
+    let mut slow = std::net::TcpStream::connect(&listen).expect("connect");
+    slow.write_all(b"GET /runtime/webhooks/durabletask/instances HTTP/1.1\r\nHost: x\r\n").expect("write");
+    assert!(closed_within(&mut slow, Duration::from_secs(5)), "a connection with unfinished headers is kept open");
+
+    // Connections over the limit are closed at once; the ones within it are served.
+    let mut idle: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(&listen).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(&listen).expect("connect");
+    assert!(closed_within(&mut extra, Duration::from_millis(800)), "a 4th connection was accepted");
+    idle.truncate(0);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ok = std::net::TcpStream::connect(&listen).expect("connect");
+    ok.write_all(b"GET /runtime/webhooks/durabletask/openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    use std::io::Read as _;
+    ok.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = ok.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+}

@@ -405,6 +405,7 @@ pub enum ErrorCode {
     Gone,
     Conflict,
     TooManyRequests,
+    RequestTimeout,
     NotImplemented,
     Unavailable,
     Internal,
@@ -428,6 +429,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "DURO-2013",
             ErrorCode::Internal => "DURO-2014",
             ErrorCode::TooManyRequests => "DURO-2015",
+            ErrorCode::RequestTimeout => "DURO-2016",
         }
     }
 
@@ -443,6 +445,7 @@ impl ErrorCode {
             ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -245,7 +245,19 @@ async fn read_body(ctx: &Ctx, body: Body) -> Result<Vec<u8>, ApiError> {
     }
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    // A body trickled in too slowly is refused (the server's header timeout, times four).
+    let deadline = tokio::time::Instant::now() + ctx.state.opts.header_timeout.saturating_mul(4);
+    loop {
+        let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the request body was not received in time; send it at once",
+                ))
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(payload_too_large(limit));
