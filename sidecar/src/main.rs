@@ -27,6 +27,12 @@ struct Cli {
     /// port can run, read and delete every orchestration).
     #[arg(long, env = "DURO_INSECURE_ALLOW_REMOTE")]
     insecure_allow_remote: bool,
+    /// TLS certificate chain (PEM) for gRPC; with --tls-key, gRPC is served over TLS only.
+    #[arg(long, env = "DURO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for gRPC.
+    #[arg(long, env = "DURO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// SQLite database file (created if missing).
     #[arg(long, env = "DURO_DB", default_value = "duro.db")]
     db: PathBuf,
@@ -149,6 +155,10 @@ async fn run() -> anyhow::Result<()> {
         max_message_bytes: cli.max_message_bytes,
         api_token: cli.api_token.clone(),
         insecure_allow_remote: cli.insecure_allow_remote,
+        tls: match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some(server::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
         http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
         durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };

@@ -32,10 +32,19 @@ pub struct Config {
     pub api_token: Option<ApiToken>,
     /// Serve gRPC without a token on a non-loopback address (`--insecure-allow-remote`).
     pub insecure_allow_remote: bool,
+    /// TLS for gRPC: certificate chain and private key, PEM files. `None`: plain HTTP/2.
+    pub tls: Option<TlsFiles>,
     /// The HTTP management API; `None`: not served.
     pub http: Option<crate::http::HttpOptions>,
     /// Durable HTTP (`BuiltIn::HttpActivity`), run by the sidecar itself.
     pub durable_http: crate::durable_http::DurableHttpOptions,
+}
+
+/// PEM files of the gRPC server's TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The gRPC API token; never printed.
@@ -72,6 +81,10 @@ pub enum ServerError {
     Engine(#[from] EngineError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read the TLS {what} file {path}: {source}", path = path.display())]
+    TlsFile { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("invalid TLS configuration (--tls-cert, --tls-key: PEM certificate chain and private key): {0}")]
+    Tls(tonic::transport::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
@@ -129,6 +142,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         return Err(ServerError::InsecureRemote(config.listen));
     }
     let auth = crate::grpc::auth::ApiTokenCheck::new(token);
+    let tls = match &config.tls {
+        Some(files) => {
+            let read = |what: &'static str, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| ServerError::TlsFile { what, path: path.clone(), source })
+            };
+            let identity = tonic::transport::Identity::from_pem(read("certificate", &files.cert)?, read("key", &files.key)?);
+            Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+        }
+        None => None,
+    };
+    // Checked before the store opens: a bad certificate is a start-up error.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
+    }
     let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
         e @ StoreError::InUse { .. } => ServerError::InUse(e),
         source => ServerError::Store { path: config.db.clone(), source },
@@ -154,7 +182,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     // wait for delayed ACKs (the builder's `tcp_nodelay` does not apply to a custom incoming).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // A peer that stops answering pings is dropped (its streams' leases come back).
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -170,6 +198,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             .await?;
         Ok(())
     });
-    tracing::info!(address = %local_addr, db = %config.db.display(), "duro is serving the Durable Task sidecar protocol");
+    tracing::info!(
+        address = %local_addr,
+        db = %config.db.display(),
+        tls = config.tls.is_some(),
+        auth = if token.is_some() { "api token" } else { "none (loopback or --insecure-allow-remote)" },
+        "duro is serving the Durable Task sidecar protocol"
+    );
     Ok(Running { local_addr, engine, http, task, stop, store_died })
 }

@@ -725,3 +725,61 @@ fn the_http_api_drops_slow_headers_and_connections_over_its_limit() {
     let _ = ok.read_to_string(&mut text);
     assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
 }
+
+// ----- gRPC over TLS ---------------------------------------------------------------------------
+
+/// A CA and a server certificate for `localhost` / 127.0.0.2 (openssl CLI), in `dir`.
+fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.pem", "-days", "2", "-subj", "/CN=duro test CA"]);
+    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.2\nbasicConstraints=CA:FALSE\n")
+        .expect("ext");
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_with_a_token() {
+    let dir = test_dir();
+    let certs = test_dir();
+    let (ca, cert, key) = make_certs(certs.path());
+    let (cert_s, key_s) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let sidecar = Sidecar::start_on(
+        dir.path(),
+        "127.0.0.2",
+        &["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s],
+    );
+    // Plain text is refused.
+    let plain = try_connect(&sidecar.endpoint()).await;
+    if let Ok(mut c) = plain {
+        let e = c
+            .get_instance(with_token(duro_proto::GetInstanceRequest { instance_id: "x".into(), ..Default::default() }, Some(API_TOKEN)))
+            .await
+            .expect_err("plain text served");
+        assert!(is_transport_error(&e) || e.code() == tonic::Code::Unknown, "{e}");
+    }
+    // TLS, trusting the CA, with the token.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca).expect("ca")))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.2:{}", sidecar.port))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("TLS connect");
+    let mut client = TaskHubSidecarServiceClient::new(channel);
+    let create = duro_proto::CreateInstanceRequest { instance_id: "tls-1".into(), name: "Orch".into(), ..Default::default() };
+    let e = client.start_instance(with_token(create.clone(), None)).await.expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let r = client.start_instance(with_token(create, Some(API_TOKEN))).await.expect("TLS + token");
+    assert_eq!(r.into_inner().instance_id, "tls-1");
+}
