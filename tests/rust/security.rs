@@ -783,3 +783,36 @@ async fn grpc_over_tls_with_a_token() {
     let r = client.start_instance(with_token(create, Some(API_TOKEN))).await.expect("TLS + token");
     assert_eq!(r.into_inner().instance_id, "tls-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_sdk_sends_the_token_over_tls() {
+    let dir = test_dir();
+    let certs = test_dir();
+    let (ca, cert, key) = make_certs(certs.path());
+    let (cert_s, key_s) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let sidecar = Sidecar::start_on(
+        dir.path(),
+        "127.0.0.2",
+        &["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s],
+    );
+    let address = format!("https://127.0.0.2:{}", sidecar.port);
+    let tls = duro_sdk::ConnectOptions::new()
+        .with_tls_ca_pem(std::fs::read(&ca).expect("ca"))
+        .with_tls_domain("localhost");
+    let no_token = duro_sdk::Client::connect_with(address.clone(), &tls).await.expect("connect");
+    let e = no_token.start_orchestration("Hello", "x").await.expect_err("no token accepted");
+    assert!(e.to_string().to_lowercase().contains("token") || e.to_string().contains("nauthenticated"), "{e}");
+
+    let opts = tls.with_api_token(API_TOKEN);
+    let mut worker = duro_sdk::Worker::new(address.clone()).with_connect_options(opts.clone());
+    worker.add_orchestrator("Hello", |_ctx: duro_sdk::OrchestrationContext, name: String| async move {
+        Ok(format!("hello {name}"))
+    });
+    let handle = worker.start().expect("worker");
+    let client = duro_sdk::Client::connect_with(address, &opts).await.expect("connect");
+    let id = client.start_orchestration("Hello", "tls").await.expect("start");
+    let state = client.wait_for_completion(&id, WAIT).await.expect("completion");
+    let out: String = state.output().expect("output");
+    assert_eq!(out, "hello tls");
+    handle.shutdown().await.expect("shutdown");
+}
