@@ -91,7 +91,7 @@ impl Allow {
 
     fn allows_host(&self, host: &str) -> bool {
         let h = host.trim_end_matches('.').to_ascii_lowercase();
-        self.hosts.iter().any(|a| *a == h)
+        self.hosts.contains(&h)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1117,7 +1117,6 @@ mod tests {
                 name: "Act".into(),
                 ..Default::default()
             })),
-            ..Default::default()
         }
     }
 

@@ -1213,7 +1213,7 @@ impl Scheduler {
             }
         }
         for (id, slot) in &self.instances {
-            for (_, p) in &slot.pending {
+            for p in slot.pending.values() {
                 place(&mut a, id, p.inbox_id, "pending");
             }
             if let Some(token) = &slot.leased {

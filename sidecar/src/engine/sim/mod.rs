@@ -107,7 +107,7 @@ fn orchestrate(past: &[HistoryEvent], new: &[HistoryEvent]) -> Vec<OrchestratorA
             _ => {}
         }
     }
-    let action = |id, a| OrchestratorAction { id, orchestrator_action_type: Some(a), ..Default::default() };
+    let action = |id, a| OrchestratorAction { id, orchestrator_action_type: Some(a) };
     let mut actions = Vec::new();
     if !scheduled {
         let task = ScheduleTaskAction { name: "Double".into(), input, ..Default::default() };
