@@ -459,7 +459,7 @@ async fn secret_query_parameters_and_key_headers_are_in_no_stored_copy() {
     let call = json!({"method": "POST", "uri": format!("http://{target}/start?code={code}&sig={sig}&keep=1"),
                       "headers": {"Ocp-Apim-Subscription-Key": api_key, "x-api-key": x_api_key}, "content": "{}"});
     // The orchestration builds the request itself: its input holds no secret.
-    let calls = vec![call];
+    let calls = [call];
     let orchestrator = move |req: &OrchestratorRequest| -> Vec<OrchestratorAction> {
         let mut done = None;
         let mut scheduled = false;
