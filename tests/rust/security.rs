@@ -816,3 +816,46 @@ async fn the_rust_sdk_sends_the_token_over_tls() {
     assert_eq!(out, "hello tls");
     handle.shutdown().await.expect("shutdown");
 }
+
+// ----- measurement ---------------------------------------------------------------------------
+
+/// The cost of SQLite `secure_delete` (on by default): the same workload (orchestrations of
+/// sequential activities, every inbox and activity row inserted then deleted) with and
+/// without it. Run with `cargo test -p duro-tests --test security -- --ignored --nocapture
+/// secure_delete_cost`; `DURO_BIN` picks the binary (a release build for real figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn secure_delete_cost() {
+    const INSTANCES: usize = 200;
+    const STEPS: usize = 5;
+    let mut results = Vec::new();
+    for round in 0..2 {
+        for (label, extra) in [("secure_delete=ON", vec![]), ("secure_delete=OFF", vec!["--sqlite-no-secure-delete"])] {
+            let dir = test_dir();
+            let mut args = vec!["--http-listen", "off"];
+            args.extend(extra);
+            let sidecar = Sidecar::start_with(dir.path(), &args);
+            let worker = RawWorker::start(sidecar.endpoint(), sum_orchestrator(STEPS), add_activity);
+            let client = sidecar.client().await;
+            let started = std::time::Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..INSTANCES {
+                let client = client.clone();
+                set.spawn(async move {
+                    let id = format!("m-{i}");
+                    start(&client, "Sum", &id, Some("1")).await.expect("start");
+                    wait_completion(&client, &id, WAIT).await;
+                });
+            }
+            while set.join_next().await.is_some() {}
+            let elapsed = started.elapsed();
+            worker.stop().await;
+            let db = std::fs::metadata(dir.path().join("duro.db")).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "round {round} {label}: {INSTANCES} orchestrations x {STEPS} activities in {elapsed:?} ({:.0} orchestrations/s), db {db} bytes",
+                INSTANCES as f64 / elapsed.as_secs_f64()
+            );
+            results.push((label, elapsed));
+        }
+    }
+}
