@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 "$CARGO_TARGET_DIR/debug/duro" --listen "127.0.0.1:$DURO_PORT" --http-listen "127.0.0.1:$DURO_HTTP_PORT" \
-  --db "$data/duro.db" --log-level warn &
+  --db "$data/duro.db" --log-level warn --http-allow 127.0.0.1 &
 pids+=($!)
 
 export TWILIO_ACCOUNT_SID="${TWILIO_ACCOUNT_SID:-ACtest}"

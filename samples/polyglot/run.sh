@@ -27,7 +27,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 "$DURO_BIN" --listen "$DURO_ADDRESS" --db "$TMP/duro.db" --http-listen off \
-  --durable-http-default-poll-interval-ms 100 >"$TMP/duro.log" 2>&1 &
+  --durable-http-default-poll-interval-ms 100 --http-allow 127.0.0.1 >"$TMP/duro.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 

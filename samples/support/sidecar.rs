@@ -63,7 +63,10 @@ impl Sidecar {
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--db")
-            .arg(self.dir.path().join("duro.db"));
+            .arg(self.dir.path().join("duro.db"))
+            // The samples' fake services are on loopback, which durable HTTP refuses by default.
+            .arg("--http-allow")
+            .arg("127.0.0.1");
         if !self.extra_args.iter().any(|a| a == "--http-listen") {
             cmd.arg("--http-listen").arg("off");
         }

@@ -9,7 +9,7 @@ use clap::Parser;
 use duro::engine::scheduler::SchedulerOptions;
 use duro::engine::EngineOptions;
 use duro::grpc::ServiceOptions;
-use duro::server::{self, Config};
+use duro::server::{self, ApiToken, Config};
 use duro::store::sqlite::SqliteOptions;
 
 /// Duro: a durable-execution sidecar for the Durable Task SDKs.
@@ -19,6 +19,20 @@ struct Cli {
     /// Address the gRPC server listens on.
     #[arg(long, env = "DURO_LISTEN", default_value = "127.0.0.1:4001")]
     listen: SocketAddr,
+    /// API token required on every gRPC call as metadata `authorization: Bearer <token>`.
+    /// Required when --listen is not a loopback address (unless --insecure-allow-remote).
+    #[arg(long, env = "DURO_API_TOKEN", hide_env_values = true)]
+    api_token: Option<ApiToken>,
+    /// Serve gRPC without --api-token on a non-loopback address (anyone who can reach the
+    /// port can run, read and delete every orchestration).
+    #[arg(long, env = "DURO_INSECURE_ALLOW_REMOTE")]
+    insecure_allow_remote: bool,
+    /// TLS certificate chain (PEM) for gRPC; with --tls-key, gRPC is served over TLS only.
+    #[arg(long, env = "DURO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for gRPC.
+    #[arg(long, env = "DURO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// SQLite database file (created if missing).
     #[arg(long, env = "DURO_DB", default_value = "duro.db")]
     db: PathBuf,
@@ -47,12 +61,20 @@ struct Cli {
     /// Memory for cached histories, in MiB (an estimate of the events' in-memory size).
     #[arg(long, env = "DURO_CACHE_MIB", default_value_t = 128)]
     cache_mib: usize,
+    /// Events raised by clients that may wait in one instance's inbox; more get
+    /// RESOURCE_EXHAUSTED (HTTP 429) until the instance consumes some.
+    #[arg(long, env = "DURO_MAX_INBOX_EVENTS", default_value_t = 10_000)]
+    max_inbox_events: usize,
     /// Accept inputs, outputs and event payloads that are not JSON.
     #[arg(long, env = "DURO_ALLOW_NON_JSON_PAYLOADS")]
     allow_non_json_payloads: bool,
     /// SQLite `synchronous=NORMAL` instead of `FULL` (survives a crash of Duro, not of the machine).
     #[arg(long, env = "DURO_SQLITE_RELAXED_SYNC")]
     sqlite_relaxed_sync: bool,
+    /// SQLite `secure_delete=OFF`: deleted rows (which may have held a durable HTTP
+    /// request's secret headers) stay readable in free pages until reused.
+    #[arg(long, env = "DURO_SQLITE_NO_SECURE_DELETE")]
+    sqlite_no_secure_delete: bool,
     #[command(flatten)]
     http: duro::http::HttpArgs,
     #[command(flatten)]
@@ -115,17 +137,28 @@ async fn run() -> anyhow::Result<()> {
     let config = Config {
         listen: cli.listen,
         db: cli.db.clone(),
-        sqlite: SqliteOptions { synchronous_full: !cli.sqlite_relaxed_sync, ..Default::default() },
+        sqlite: SqliteOptions {
+            synchronous_full: !cli.sqlite_relaxed_sync,
+            secure_delete: !cli.sqlite_no_secure_delete,
+            ..Default::default()
+        },
         engine: EngineOptions {
             scheduler: SchedulerOptions { max_attempts: cli.max_delivery_attempts.max(1), ..Default::default() },
             cache_instances: cli.cache_instances,
             cache_bytes: cli.cache_mib.saturating_mul(1024 * 1024),
             max_work_item_bytes: cli.max_work_item_bytes,
             ping_interval: Duration::from_secs(cli.ping_seconds.max(1)),
+            max_inbox_events: cli.max_inbox_events.max(1),
             ..Default::default()
         },
         service: ServiceOptions { validate_json: !cli.allow_non_json_payloads },
         max_message_bytes: cli.max_message_bytes,
+        api_token: cli.api_token.clone(),
+        insecure_allow_remote: cli.insecure_allow_remote,
+        tls: match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some(server::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
         http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
         durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };

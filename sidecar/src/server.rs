@@ -13,6 +13,11 @@ use crate::grpc::{ServiceOptions, SidecarService};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::StoreError;
 
+/// gRPC streams (calls) one connection may have open at once.
+const GRPC_MAX_STREAMS: u32 = 1024;
+/// Largest header block (metadata) of one gRPC call.
+const GRPC_MAX_HEADER_BYTES: u32 = 64 * 1024;
+
 /// Everything the `duro` binary can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,14 +28,50 @@ pub struct Config {
     pub service: ServiceOptions,
     /// Largest gRPC message accepted and sent.
     pub max_message_bytes: usize,
+    /// gRPC API token (`authorization: Bearer …` on every call); `None`: open, loopback only.
+    pub api_token: Option<ApiToken>,
+    /// Serve gRPC without a token on a non-loopback address (`--insecure-allow-remote`).
+    pub insecure_allow_remote: bool,
+    /// TLS for gRPC: certificate chain and private key, PEM files. `None`: plain HTTP/2.
+    pub tls: Option<TlsFiles>,
     /// The HTTP management API; `None`: not served.
     pub http: Option<crate::http::HttpOptions>,
     /// Durable HTTP (`BuiltIn::HttpActivity`), run by the sidecar itself.
     pub durable_http: crate::durable_http::DurableHttpOptions,
 }
 
+/// PEM files of the gRPC server's TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The gRPC API token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for ApiToken {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ApiToken(s.to_string()))
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ServerError {
+    #[error(
+        "refusing to serve gRPC on {0}, which is not a loopback address, without authentication: set --api-token \
+         (DURO_API_TOKEN; workers and clients send 'authorization: Bearer <token>'), or pass --insecure-allow-remote \
+         if a network boundary you trust protects this port"
+    )]
+    InsecureRemote(SocketAddr),
     #[error("cannot open the store at {path}: {source}", path = path.display())]
     Store { path: PathBuf, source: StoreError },
     /// Another process holds the database (its own sentence names it).
@@ -40,6 +81,10 @@ pub enum ServerError {
     Engine(#[from] EngineError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read the TLS {what} file {path}: {source}", path = path.display())]
+    TlsFile { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("invalid TLS configuration (--tls-cert, --tls-key: PEM certificate chain and private key): {0}")]
+    Tls(tonic::transport::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
@@ -92,6 +137,26 @@ impl Running {
 
 /// Opens the store, recovers pending work and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let token = config.api_token.as_ref().map(|t| t.0.as_str()).filter(|t| !t.is_empty());
+    if token.is_none() && !config.listen.ip().is_loopback() && !config.insecure_allow_remote {
+        return Err(ServerError::InsecureRemote(config.listen));
+    }
+    let auth = crate::grpc::auth::ApiTokenCheck::new(token);
+    let tls = match &config.tls {
+        Some(files) => {
+            let read = |what: &'static str, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| ServerError::TlsFile { what, path: path.clone(), source })
+            };
+            let identity = tonic::transport::Identity::from_pem(read("certificate", &files.cert)?, read("key", &files.key)?);
+            Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+        }
+        None => None,
+    };
+    // Checked before the store opens: a bad certificate is a start-up error.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
+    }
     let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
         e @ StoreError::InUse { .. } => ServerError::InUse(e),
         source => ServerError::Store { path: config.db.clone(), source },
@@ -111,13 +176,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let service = TaskHubSidecarServiceServer::new(SidecarService::new(engine.clone(), config.service.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let service = tonic::service::interceptor::InterceptedService::new(service, auth);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Nagle off on every accepted connection: small work items and completions must not
     // wait for delayed ACKs (the builder's `tcp_nodelay` does not apply to a custom incoming).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // A peer that stops answering pings is dropped (its streams' leases come back).
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            // Limits per connection: open streams, requests in progress, header size.
+            .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
+            .concurrency_limit_per_connection(GRPC_MAX_STREAMS as usize)
+            .http2_max_header_list_size(Some(GRPC_MAX_HEADER_BYTES))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
@@ -125,6 +198,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             .await?;
         Ok(())
     });
-    tracing::info!(address = %local_addr, db = %config.db.display(), "duro is serving the Durable Task sidecar protocol");
+    tracing::info!(
+        address = %local_addr,
+        db = %config.db.display(),
+        tls = config.tls.is_some(),
+        auth = if token.is_some() { "api token" } else { "none (loopback or --insecure-allow-remote)" },
+        "duro is serving the Durable Task sidecar protocol"
+    );
     Ok(Running { local_addr, engine, http, task, stop, store_died })
 }

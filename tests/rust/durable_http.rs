@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 
 const HTTP_ACTIVITY: &str = "BuiltIn::HttpActivity";
 const WAIT: Duration = Duration::from_secs(60);
+/// The fake servers of these tests live on loopback, which durable HTTP refuses by default.
+const ALLOW_LOOPBACK: [&str; 2] = ["--http-allow", "127.0.0.1"];
 
 // ----- the orchestration ------------------------------------------------------------------
 
@@ -279,7 +281,7 @@ async fn plain_get_completes_with_the_response() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_with(dir.path(), &ALLOW_LOOPBACK);
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -311,7 +313,12 @@ async fn accepted_202_is_polled_at_the_relative_location() {
     let base = target_server(target.clone()).await;
     let sidecar = Sidecar::start_with(
         dir.path(),
-        &["--durable-http-default-poll-interval-ms", "200"],
+        &[
+            "--http-allow",
+            "127.0.0.1",
+            "--durable-http-default-poll-interval-ms",
+            "200",
+        ],
     );
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
@@ -354,7 +361,12 @@ async fn polling_resumes_after_kill9_without_repeating_the_post() {
     let base = target_server(target.clone()).await;
     let mut sidecar = Sidecar::start_with(
         dir.path(),
-        &["--durable-http-default-poll-interval-ms", "100"],
+        &[
+            "--http-allow",
+            "127.0.0.1",
+            "--durable-http-default-poll-interval-ms",
+            "100",
+        ],
     );
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
@@ -420,6 +432,8 @@ async fn imds_token_is_attached_cached_and_never_stored() {
     let mut sidecar = Sidecar::start_with(
         dir.path(),
         &[
+            "--http-allow",
+            "127.0.0.1",
             "--identity-source",
             "imds",
             "--identity-endpoint",
@@ -499,6 +513,8 @@ async fn app_service_identity_endpoint_serves_tokens() {
     let sidecar = Sidecar::start_with(
         dir.path(),
         &[
+            "--http-allow",
+            "127.0.0.1",
             "--identity-source",
             "app-service",
             "--app-service-identity-endpoint",
@@ -535,7 +551,15 @@ async fn failures_are_clear() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start_with(dir.path(), &["--durable-http-max-response-bytes", "1000"]);
+    let sidecar = Sidecar::start_with(
+        dir.path(),
+        &[
+            "--http-allow",
+            "127.0.0.1",
+            "--durable-http-max-response-bytes",
+            "1000",
+        ],
+    );
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -602,7 +626,7 @@ async fn a_users_authorization_header_is_sent_but_history_records_it_masked() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_with(dir.path(), &ALLOW_LOOPBACK);
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 

@@ -612,7 +612,7 @@ async fn purge_one_and_by_filter() {
 
 #[tokio::test]
 async fn system_key_is_required_when_configured() {
-    let api = Api::start(&["--http-system-key", KEY]);
+    let api = Api::start(&["--http-system-key", KEY, "--http-exact-links"]);
     api.get("/instances").await.assert_error(401, "DURO-2005");
     api.post("/orchestrators/Echo").await.assert_error(401, "DURO-2005");
     api.get("/instances/x").await.assert_error(401, "DURO-2005");
@@ -685,10 +685,22 @@ fn an_explicit_http_address_that_is_taken_is_fatal() {
 
 // ----- signed status links ------------------------------------------------------------------
 
-fn sign(key: &str, id: &str, ops: &str, exp: i64) -> String {
+/// A link signature for execution `exec` of instance `id` (the sidecar's format).
+fn sign(key: &str, id: &str, exec: &str, ops: &str, exp: i64) -> String {
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
-    m.update(format!("duro-link-v1\n{}:{id}\n{ops}\n{exp}", id.len()).as_bytes());
+    m.update(format!("duro-link-v2\n{}:{id}\n{}:{exec}\n{ops}\n{exp}", id.len(), exec.len()).as_bytes());
     URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+}
+
+/// The current execution id of `id`, from its `executionStarted` event.
+async fn execution_id(api: &Api, id: &str) -> String {
+    let client = api.sidecar.client().await;
+    for e in history(&client, id).await {
+        if let Some(EventType::ExecutionStarted(s)) = e.event_type {
+            return s.orchestration_instance.expect("instance").execution_id.expect("execution id");
+        }
+    }
+    panic!("no executionStarted for {id}");
 }
 
 fn unix_now() -> i64 {
@@ -767,26 +779,28 @@ async fn signed_links_grant_one_instance_without_the_key() {
     assert_eq!(send(api.client.get(only_status["statusQueryGetUri"].as_str().expect("link"))).await.status, 202);
 
     // Expired (validly signed) and signed with an unknown key.
+    let exec = execution_id(&api, "sl1").await;
     let past = unix_now() - 10;
     let expired =
-        api.url(&format!("/instances/sl1?ops=status&exp={past}&sig={}", sign(LINK_KEY_NEW, "sl1", "status", past)));
+        api.url(&format!("/instances/sl1?ops=status&exp={past}&sig={}", sign(LINK_KEY_NEW, "sl1", &exec, "status", past)));
     let r = send(api.client.get(&expired)).await;
     r.assert_error(401, "DURO-2006");
     assert!(r.json()["Message"].as_str().expect("msg").contains("expired"));
     let future = unix_now() + 600;
     let foreign = api.url(&format!(
         "/instances/sl1?ops=status&exp={future}&sig={}",
-        sign("some-other-key-0123456789", "sl1", "status", future)
+        sign("some-other-key-0123456789", "sl1", &exec, "status", future)
     ));
     send(api.client.get(&foreign)).await.assert_error(401, "DURO-2006");
     // Rotation: a link signed with the older key still verifies.
     let old =
-        api.url(&format!("/instances/sl1?ops=status&exp={future}&sig={}", sign(LINK_KEY_OLD, "sl1", "status", future)));
+        api.url(&format!("/instances/sl1?ops=status&exp={future}&sig={}", sign(LINK_KEY_OLD, "sl1", &exec, "status", future)));
     assert_eq!(send(api.client.get(&old)).await.status, 202);
     // Our reconstruction of the format signs exactly like the sidecar's first key.
     assert!(status_link.contains(&sign(
         LINK_KEY_NEW,
         "sl1",
+        &exec,
         "status,raiseEvent",
         status_link[exp_pos..].split('&').next().expect("exp").parse().expect("exp")
     )));

@@ -27,6 +27,9 @@ fn free_port() -> u16 {
 /// A running `duro` process. Killed (SIGKILL) on drop unless stopped first.
 pub struct Sidecar {
     pub port: u16,
+    /// The loopback address the gRPC server listens on (`127.0.0.1`, or an alias such as
+    /// `127.0.0.2` that Duro treats as a non-loopback address in security tests).
+    pub host: String,
     pub db: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
@@ -40,8 +43,15 @@ impl Sidecar {
     }
 
     pub fn start_with(dir: &Path, extra_args: &[&str]) -> Sidecar {
+        Self::start_on(dir, "127.0.0.1", extra_args)
+    }
+
+    /// Starts a sidecar whose gRPC server listens on `host` (a 127/8 address: Linux routes
+    /// all of them to `lo`).
+    pub fn start_on(dir: &Path, host: &str, extra_args: &[&str]) -> Sidecar {
         let mut s = Sidecar {
             port: free_port(),
+            host: host.to_string(),
             db: dir.join("duro.db"),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -57,7 +67,7 @@ impl Sidecar {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(&bin)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host, self.port))
             .arg("--db")
             .arg(&self.db)
             .arg("--log-level")
@@ -69,7 +79,7 @@ impl Sidecar {
             .expect("spawn duro");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.host.as_str(), self.port)).is_err() {
             assert!(Instant::now() < deadline, "duro did not start listening; log:\n{}", self.log_text());
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -85,7 +95,7 @@ impl Sidecar {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub async fn client(&self) -> TaskHubSidecarServiceClient<Channel> {
@@ -137,12 +147,20 @@ impl Sidecar {
 /// Runs `duro` on `db` expecting it to exit by itself (e.g. refusing to start); returns its
 /// exit status and everything it wrote to stderr. Killed, and the test failed, after `timeout`.
 pub fn run_until_exit(db: &Path, extra_args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let db = db.to_string_lossy().into_owned();
+    let mut args = vec!["--listen", listen.as_str(), "--db", db.as_str()];
+    args.extend_from_slice(extra_args);
+    run_args_until_exit(&args, timeout)
+}
+
+/// Runs `duro` with exactly `args` expecting it to exit by itself; returns its exit status
+/// and stderr. Killed, and the test failed, after `timeout`.
+pub fn run_args_until_exit(args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(duro_bin())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--db")
-        .arg(db)
-        .args(extra_args)
+        .args(args)
+        .env_remove("DURO_API_TOKEN")
+        .env_remove("DURO_INSECURE_ALLOW_REMOTE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -155,7 +173,7 @@ pub fn run_until_exit(db: &Path, extra_args: &[&str], timeout: Duration) -> (std
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("duro did not exit within {timeout:?}");
+            panic!("duro did not exit within {timeout:?} (it kept serving)");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

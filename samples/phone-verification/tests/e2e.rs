@@ -73,6 +73,9 @@ impl Sidecar {
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--db")
             .arg(self.dir.path().join("duro.db"))
+            // The fake Twilio is on loopback, which durable HTTP refuses by default.
+            .arg("--http-allow")
+            .arg("127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

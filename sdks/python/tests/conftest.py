@@ -50,7 +50,9 @@ def sidecar() -> Iterator[Duro]:
     log = open(os.path.join(tmp, "duro.log"), "w")
     proc = subprocess.Popen(
         [binary, "--listen", f"127.0.0.1:{gport}", "--db", os.path.join(tmp, "duro.db"),
-         "--http-listen", f"127.0.0.1:{hport}", "--durable-http-default-poll-interval-ms", "100"],
+         "--http-listen", f"127.0.0.1:{hport}", "--durable-http-default-poll-interval-ms", "100",
+         # The durable HTTP targets of the tests are on loopback, refused by default.
+         "--http-allow", "127.0.0.1"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

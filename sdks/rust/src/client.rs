@@ -16,6 +16,7 @@ use duro_proto::{
     TerminateRequest,
 };
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
@@ -26,10 +27,110 @@ use crate::time;
 /// Largest message the SDK accepts or sends (the sidecar's own limit is lower by default).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// How to reach a sidecar that requires authentication or TLS (Duro's `--api-token`,
+/// `--tls-cert`): the API token sent as `authorization: Bearer …` on every call, and the CA
+/// certificate (PEM) that signed the sidecar's certificate. The default is neither, which is
+/// what a sidecar on loopback expects.
+///
+/// ```
+/// use duro_sdk::ConnectOptions;
+/// let opts = ConnectOptions::new().with_api_token("s3cret").with_tls_ca_pem(b"-----BEGIN CERTIFICATE-----".to_vec());
+/// assert!(!format!("{opts:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    api_token: Option<String>,
+    tls_ca_pem: Option<Vec<u8>>,
+    tls_domain: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
+            .field("tls_domain", &self.tls_domain)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// No token, no TLS.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From the environment: `DURO_API_TOKEN`, and `DURO_TLS_CA_FILE` (a PEM file; unreadable
+    /// files are an error) with `DURO_TLS_DOMAIN` (the name in the sidecar's certificate).
+    pub fn from_env() -> Result<Self, ClientError> {
+        let mut o = ConnectOptions::new();
+        if let Ok(t) = std::env::var("DURO_API_TOKEN") {
+            if !t.is_empty() {
+                o.api_token = Some(t);
+            }
+        }
+        if let Ok(path) = std::env::var("DURO_TLS_CA_FILE") {
+            if !path.is_empty() {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    ClientError::InvalidArgument(format!("cannot read DURO_TLS_CA_FILE {path}: {e}"))
+                })?;
+                o.tls_ca_pem = Some(pem);
+            }
+        }
+        o.tls_domain = std::env::var("DURO_TLS_DOMAIN").ok().filter(|d| !d.is_empty());
+        Ok(o)
+    }
+
+    /// The sidecar's API token (`--api-token`).
+    pub fn with_api_token(mut self, token: impl Into<String>) -> Self {
+        self.api_token = Some(token.into());
+        self
+    }
+
+    /// Trust this CA certificate (PEM) for the sidecar's TLS certificate; the address must
+    /// be `https://…`.
+    pub fn with_tls_ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.tls_ca_pem = Some(pem);
+        self
+    }
+
+    /// The name the sidecar's certificate is checked against (default: the address's host).
+    pub fn with_tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls_domain = Some(domain.into());
+        self
+    }
+}
+
+/// Adds the API token to every call.
+#[derive(Clone, Debug, Default)]
+pub struct AuthInterceptor {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The generated gRPC client with the SDK's authentication.
+pub(crate) type Grpc = TaskHubSidecarServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+
 /// The endpoint of a sidecar address like `http://127.0.0.1:4001`, with HTTP/2 keep-alive so
-/// that a dead connection is noticed even while idle.
-pub(crate) fn endpoint(address: &str) -> Result<Endpoint, String> {
-    let endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| e.to_string())?;
+/// that a dead connection is noticed even while idle, and TLS when `opts` trusts a CA.
+pub(crate) fn endpoint(address: &str, opts: &ConnectOptions) -> Result<Endpoint, String> {
+    let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| e.to_string())?;
+    if let Some(pem) = &opts.tls_ca_pem {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        if let Some(d) = &opts.tls_domain {
+            tls = tls.domain_name(d.clone());
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS configuration: {e}"))?;
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -39,14 +140,22 @@ pub(crate) fn endpoint(address: &str) -> Result<Endpoint, String> {
 }
 
 /// A lazily connecting channel (connects on first use, reconnects after failures).
-pub(crate) fn channel(address: &str) -> Result<Channel, String> {
-    Ok(endpoint(address)?.connect_lazy())
+pub(crate) fn channel(address: &str, opts: &ConnectOptions) -> Result<Channel, String> {
+    Ok(endpoint(address, opts)?.connect_lazy())
 }
 
-pub(crate) fn grpc_client(channel: Channel) -> TaskHubSidecarServiceClient<Channel> {
-    TaskHubSidecarServiceClient::new(channel)
+pub(crate) fn grpc_client(channel: Channel, opts: &ConnectOptions) -> Result<Grpc, String> {
+    let header = match &opts.api_token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| "the API token contains characters not allowed in a header".to_string())?,
+        ),
+        None => None,
+    };
+    Ok(TaskHubSidecarServiceClient::with_interceptor(channel, AuthInterceptor { header })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Which existing instance statuses a start may replace.
@@ -273,31 +382,49 @@ pub struct PurgeFilter {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    grpc: TaskHubSidecarServiceClient<Channel>,
+    grpc: Grpc,
 }
 
 impl Client {
     /// Connects to the sidecar at `address` (e.g. `http://127.0.0.1:4001`), failing if it is
     /// unreachable.
     pub async fn connect(address: impl Into<String>) -> Result<Self, ClientError> {
-        let channel = endpoint(&address.into())
+        Self::connect_with(address, &ConnectOptions::default()).await
+    }
+
+    /// Connects with an API token and/or TLS ([`ConnectOptions`]).
+    pub async fn connect_with(address: impl Into<String>, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let channel = endpoint(&address.into(), opts)
             .map_err(ClientError::InvalidArgument)?
             .connect()
             .await?;
-        Ok(Self::from_channel(channel))
+        Self::from_channel_with(channel, opts)
     }
 
     /// A client that connects on first use (and reconnects after the sidecar restarts).
     pub fn connect_lazy(address: impl Into<String>) -> Result<Self, ClientError> {
-        let channel = channel(&address.into()).map_err(ClientError::InvalidArgument)?;
-        Ok(Self::from_channel(channel))
+        Self::connect_lazy_with(address, &ConnectOptions::default())
+    }
+
+    /// [`Client::connect_lazy`] with an API token and/or TLS.
+    pub fn connect_lazy_with(address: impl Into<String>, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let channel = channel(&address.into(), opts).map_err(ClientError::InvalidArgument)?;
+        Self::from_channel_with(channel, opts)
     }
 
     /// A client on an existing tonic channel.
     pub fn from_channel(channel: Channel) -> Self {
-        Client {
-            grpc: grpc_client(channel),
-        }
+        // No token: nothing can fail.
+        let grpc = grpc_client(channel.clone(), &ConnectOptions::default())
+            .unwrap_or_else(|_| TaskHubSidecarServiceClient::with_interceptor(channel, AuthInterceptor::default()));
+        Client { grpc }
+    }
+
+    /// A client on an existing tonic channel, sending `opts`' API token.
+    pub fn from_channel_with(channel: Channel, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        Ok(Client {
+            grpc: grpc_client(channel, opts).map_err(ClientError::InvalidArgument)?,
+        })
     }
 
     /// Starts orchestrator `name` with `input` under a new random instance id; returns the id.

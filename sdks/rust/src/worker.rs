@@ -20,14 +20,13 @@ use duro_proto::{
     work_item, AbandonActivityTaskRequest, AbandonOrchestrationTaskRequest, ActivityFilter,
     ActivityRequest, ActivityResponse, CompleteOrchestrationAction, GetWorkItemsRequest,
     OrchestrationFilter, OrchestrationStatus, OrchestratorAction, OrchestratorRequest,
-    OrchestratorResponse, TaskHubSidecarServiceClient, WorkItem, WorkItemFilters,
+    OrchestratorResponse, WorkItem, WorkItemFilters,
 };
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use crate::activity::ActivityContext;
@@ -119,6 +118,7 @@ impl WorkerOptions {
 #[derive(Debug)]
 pub struct Worker {
     address: String,
+    connect: client::ConnectOptions,
     options: WorkerOptions,
     registry: Registry,
 }
@@ -128,9 +128,16 @@ impl Worker {
     pub fn new(address: impl Into<String>) -> Self {
         Worker {
             address: address.into(),
+            connect: client::ConnectOptions::default(),
             options: WorkerOptions::default(),
             registry: Registry::new(),
         }
+    }
+
+    /// Authentication and TLS for the sidecar (API token, CA certificate).
+    pub fn with_connect_options(mut self, connect: client::ConnectOptions) -> Self {
+        self.connect = connect;
+        self
     }
 
     /// Replaces the options.
@@ -177,14 +184,15 @@ impl Worker {
     /// Starts the worker on the current tokio runtime and returns its handle. Keep the handle:
     /// dropping it stops the worker like [`WorkerHandle::shutdown`] (without waiting).
     pub fn start(self) -> Result<WorkerHandle, WorkerError> {
-        let channel =
-            client::channel(&self.address).map_err(|message| WorkerError::InvalidAddress {
-                address: self.address.clone(),
-                message,
-            })?;
+        let invalid = |message| WorkerError::InvalidAddress {
+            address: self.address.clone(),
+            message,
+        };
+        let channel = client::channel(&self.address, &self.connect).map_err(invalid)?;
+        let grpc = client::grpc_client(channel, &self.connect).map_err(invalid)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (connected_tx, connected_rx) = watch::channel(false);
-        let runner = Runner::new(channel, self.registry, self.options, connected_tx);
+        let runner = Runner::new(grpc, self.registry, self.options, connected_tx);
         let task = tokio::spawn(runner.run(stop_rx));
         Ok(WorkerHandle {
             stop: stop_tx,
@@ -259,7 +267,7 @@ enum Kind {
 type InFlight = Arc<Mutex<HashMap<String, Kind>>>;
 
 struct Runner {
-    grpc: TaskHubSidecarServiceClient<Channel>,
+    grpc: client::Grpc,
     registry: Arc<Registry>,
     options: WorkerOptions,
     connected: watch::Sender<bool>,
@@ -299,13 +307,13 @@ enum StreamEnd {
 
 impl Runner {
     fn new(
-        channel: Channel,
+        grpc: client::Grpc,
         registry: Registry,
         options: WorkerOptions,
         connected: watch::Sender<bool>,
     ) -> Self {
         Runner {
-            grpc: client::grpc_client(channel),
+            grpc,
             registry: Arc::new(registry),
             orchestration_slots: Arc::new(Semaphore::new(
                 options.max_concurrent_orchestrations.max(1),
@@ -541,7 +549,7 @@ impl Runner {
 }
 
 async fn run_orchestration(
-    mut grpc: TaskHubSidecarServiceClient<Channel>,
+    mut grpc: client::Grpc,
     registry: Arc<Registry>,
     request: OrchestratorRequest,
     token: String,
@@ -580,7 +588,7 @@ async fn run_orchestration(
 }
 
 async fn run_activity(
-    mut grpc: TaskHubSidecarServiceClient<Channel>,
+    mut grpc: client::Grpc,
     registry: Arc<Registry>,
     request: ActivityRequest,
     token: String,

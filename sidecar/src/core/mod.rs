@@ -31,6 +31,27 @@ pub fn new_execution_id() -> String {
 }
 
 /// Whether a status is final: no more turns, events are dropped.
+/// Longest accepted instance id (in bytes).
+pub const MAX_INSTANCE_ID_LEN: usize = 1024;
+
+/// Why `value` is not an acceptable instance id, if it is not: the one rule for ids from
+/// clients (gRPC, HTTP) and from workers (child ids, event and terminate targets).
+pub fn instance_id_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("instanceId is required".into());
+    }
+    if value.trim() != value {
+        return Some("instanceId must not start or end with whitespace".into());
+    }
+    if value.len() > MAX_INSTANCE_ID_LEN {
+        return Some(format!("instanceId is {} bytes long; the limit is {MAX_INSTANCE_ID_LEN}", value.len()));
+    }
+    value
+        .chars()
+        .find(|c| c.is_control())
+        .map(|c| format!("instanceId contains the control character U+{:04X}", u32::from(c)))
+}
+
 pub fn is_terminal(status: OrchestrationStatus) -> bool {
     matches!(
         status,

@@ -24,6 +24,19 @@ pub enum TurnError {
     /// The response asks for something Duro does not support yet; the instance fails.
     #[error("unsupported orchestrator action: {0}")]
     Unsupported(String),
+    /// An action names an instance id clients could not use (child id, event or terminate
+    /// target); the instance fails (`DuroInvalidInstanceId`): replay would ask again.
+    #[error("{0}")]
+    BadInstanceId(String),
+}
+
+fn check_target(action: &str, id: i32, target: &str) -> Result<(), TurnError> {
+    match super::instance_id_problem(target) {
+        Some(problem) => Err(TurnError::BadInstanceId(format!(
+            "{action} action {id} names an invalid instance id: {problem}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The parts of an `OrchestratorResponse` a turn needs.
@@ -136,6 +149,7 @@ pub fn decide(
                 }
                 let child_id =
                     if a.instance_id.is_empty() { default_child_id(&info.instance_id, id) } else { a.instance_id.clone() };
+                check_target("createSubOrchestration", id, &child_id)?;
                 if child_id == info.instance_id {
                     return Err(TurnError::Unsupported(format!(
                         "createSubOrchestration action {id} names the orchestration itself ('{child_id}') as its child"
@@ -204,6 +218,7 @@ pub fn decide(
                 if target.is_empty() {
                     return Err(TurnError::Invalid(format!("sendEvent action {id} has no target instance")));
                 }
+                check_target("sendEvent", id, &target)?;
                 out.messages.push(Message::now(
                     target.clone(),
                     None,
@@ -220,6 +235,7 @@ pub fn decide(
                 if a.instance_id.is_empty() {
                     return Err(TurnError::Invalid(format!("terminateOrchestration action {id} has no instance id")));
                 }
+                check_target("terminateOrchestration", id, &a.instance_id)?;
                 out.messages.push(Message::now(
                     a.instance_id,
                     None,

@@ -12,7 +12,8 @@ use url::Url;
 use super::polling::PollLimits;
 use super::request::parse_http_url;
 use super::tokens::{
-    parse_authority, Credential, Secret, TokenOptions, DEFAULT_AUTHORITY, IMDS_ENDPOINT,
+    parse_authority, Credential, Secret, TokenOptions, DEFAULT_ALLOWED_AUTHORITIES,
+    DEFAULT_AUTHORITY, IMDS_ENDPOINT,
 };
 use super::DurableHttpOptions;
 
@@ -96,6 +97,15 @@ pub struct DurableHttpArgs {
     /// Entra ID authority host.
     #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = DEFAULT_AUTHORITY)]
     pub azure_authority_host: String,
+    /// Comma-separated Entra ID authorities a durable HTTP request may name in
+    /// `tokenSource.options.authorityhost` (the configured --azure-authority-host always may).
+    #[arg(long, env = "DURO_AZURE_ALLOWED_AUTHORITY_HOSTS", value_delimiter = ',', default_value = DEFAULT_ALLOWED_AUTHORITIES)]
+    pub azure_allowed_authority_hosts: Vec<String>,
+    /// Destinations durable HTTP and the Entra ID token client may reach although the
+    /// address guard refuses them by default (loopback, private, link-local, CGNAT,
+    /// metadata): comma-separated CIDRs, IPs or host names, e.g. `127.0.0.1,10.0.0.0/8`.
+    #[arg(long = "http-allow", env = "DURO_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
 }
 
 /// A configuration that cannot work.
@@ -136,13 +146,39 @@ impl DurableHttpArgs {
             },
             max_redirects: self.durable_http_max_redirects,
             identity: self.credential()?,
-            tokens: TokenOptions::default(),
+            tokens: TokenOptions {
+                allowed_authorities: self
+                    .azure_allowed_authority_hosts
+                    .iter()
+                    .map(|a| a.trim())
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        parse_authority(a).map_err(|problem| ConfigError::Invalid {
+                            flag: "--azure-allowed-authority-hosts",
+                            problem,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                ..TokenOptions::default()
+            },
+            allow: std::sync::Arc::new(
+                super::ssrf::Allow::parse(&self.http_allow)
+                    .map_err(|problem| ConfigError::Invalid { flag: "--http-allow", problem })?,
+            ),
         })
     }
 
     /// The identity for `tokenSource`s, `None` with `--identity-source none`.
     pub fn credential(&self) -> Result<Option<Credential>, ConfigError> {
         let tenant = nonempty(&self.azure_tenant_id);
+        if let Some(t) = &tenant {
+            if !super::request::valid_tenant(t) {
+                return Err(ConfigError::Invalid {
+                    flag: "--azure-tenant-id",
+                    problem: format!("'{t}' is not a GUID or a domain name"),
+                });
+            }
+        }
         let client = nonempty(&self.azure_client_id);
         let secret = self
             .azure_client_secret
@@ -303,6 +339,9 @@ mod tests {
         }
         if !set("--azure-authority-host") {
             a.azure_authority_host = DEFAULT_AUTHORITY.into();
+        }
+        if !set("--http-allow") {
+            a.http_allow = Vec::new();
         }
         a
     }

@@ -13,19 +13,26 @@
 //! original request and saving the first checkpoint repeats it (at-least-once, like every
 //! activity).
 //!
-//! Safety: the address guard ([`ssrf`]) refuses link-local and metadata destinations on
-//! every hop; responses are capped ([`DurableHttpOptions::max_response_bytes`]); every
-//! attempt has a timeout; bearer tokens ([`tokens`]) exist only in memory and are attached
-//! at send time, to the request and to every poll. Secret headers (`Set-Cookie`, …) are
-//! masked in the result, and checkpoints hold no header at all. What this module must not
-//! do: write a token anywhere, or log a URL's query (it may hold a key).
+//! Safety: the address guard ([`ssrf`]) refuses loopback, private, link-local and metadata
+//! destinations on every hop unless the operator allows them (`--http-allow`); redirects
+//! are followed here, hop by hop, so every hop is checked and decided; responses are capped
+//! ([`DurableHttpOptions::max_response_bytes`]); every attempt has a timeout; bearer tokens
+//! ([`tokens`]) exist only in memory and are attached at send time.
+//!
+//! Secrets follow the request, not the server: the bearer token and the secret headers
+//! ([`request::SECRET_HEADERS`]: `Authorization`, `Cookie`, `x-functions-key`, `api-key`,
+//! …) go to the origin (scheme, host, port) of the original request only. A 202 poll or a
+//! redirect to another origin — one the remote server picked — is sent without them. A
+//! token is never sent over plain `http` except to loopback. Secret headers are masked in
+//! the result and in history, and checkpoints hold no header at all. What this module must
+//! not do: write a token anywhere, or log a URL's query (it may hold a key).
 //!
 //! Failures reach the orchestration as `TaskFailureDetails` with a stable `errorType`:
 //!
 //! | errorType | when |
 //! |---|---|
 //! | `DuroHttpInvalidRequest` | the input is not a valid request (the message names the field) |
-//! | `DuroHttpBlockedAddress` | the URL, a redirect or a poll leads to a link-local/metadata address |
+//! | `DuroHttpBlockedAddress` | the URL, a redirect or a poll leads to a refused address (loopback, private, link-local, metadata; see `--http-allow`) |
 //! | `DuroHttpTimeout` | an attempt did not finish within its timeout, or polling passed its deadline |
 //! | `DuroHttpResponseTooLarge` | the body exceeds `--durable-http-max-response-bytes` |
 //! | `DuroHttpRequestFailed` | connection, TLS, DNS or protocol error; too many redirects |
@@ -56,7 +63,7 @@ use crate::core::time::now_ms;
 use crate::engine::builtin::{BuiltinActivity, BuiltinCall, Checkpoint};
 use polling::{Next, PollLimitHit, PollLimits, PollState};
 use request::{Headers, HttpRequestSpec, HttpResponseOut, InvalidRequest};
-use ssrf::{display_url, Blocked};
+use ssrf::{display_url, Allow, Blocked};
 use tokens::{Credential, TokenError, TokenOptions, Tokens};
 
 pub use config::DurableHttpArgs;
@@ -77,6 +84,8 @@ pub struct DurableHttpOptions {
     /// Identity for `tokenSource`s (`None`: such requests fail).
     pub identity: Option<Credential>,
     pub tokens: TokenOptions,
+    /// Destinations allowed despite the address guard (`--http-allow`).
+    pub allow: Arc<Allow>,
 }
 
 impl Default for DurableHttpOptions {
@@ -92,6 +101,7 @@ impl Default for DurableHttpOptions {
             max_redirects: 10,
             identity: None,
             tokens: TokenOptions::default(),
+            allow: Arc::default(),
         }
     }
 }
@@ -183,13 +193,20 @@ enum Target<'a> {
 impl HttpActivity {
     pub fn new(opts: DurableHttpOptions) -> Result<HttpActivity, DurableHttpError> {
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(ssrf::GuardedResolver))
-            .redirect(ssrf::redirect_policy(opts.max_redirects))
+            .dns_resolver(Arc::new(ssrf::GuardedResolver {
+                allow: opts.allow.clone(),
+            }))
+            // Redirects are followed by `send`, hop by hop (guard, secrets per origin).
+            .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve names itself, past the address guard.
             .no_proxy()
             .use_rustls_tls()
             .build()?;
-        let tokens = Tokens::new(opts.identity.clone(), opts.tokens.clone())?;
+        let tokens = Tokens::new(
+            opts.identity.clone(),
+            opts.tokens.clone(),
+            opts.allow.clone(),
+        )?;
         if let Some(c) = &opts.identity {
             tracing::info!(identity = %c.describe(), "durable HTTP token source");
         }
@@ -256,6 +273,17 @@ impl Inner {
         checkpoint: &Checkpoint,
     ) -> Result<HttpResponseOut, Failure> {
         let spec = request::parse_input(input)?;
+        if let Some(ts) = &spec.token_source {
+            self.tokens.check_source(ts)?;
+            if spec.uri.scheme() != "https" && !ssrf::is_loopback_host(&spec.uri) {
+                return Err(Failure::InvalidRequest(InvalidRequest {
+                    field: "uri".into(),
+                    problem: "a request with a tokenSource must use https (the token would travel in clear text); \
+                              only loopback may use http"
+                        .into(),
+                }));
+            }
+        }
         let (mut response, mut answered_by, mut state) = match progress {
             None => {
                 let (r, u) = self.send(&spec, Target::Initial).await?;
@@ -314,7 +342,8 @@ impl Inner {
         }
     }
 
-    /// One attempt: the request or a poll, with the token attached, within its timeout.
+    /// One attempt: the request or a poll, within its timeout, following redirects hop by
+    /// hop. The token and secret headers go only to hops on the original request's origin.
     /// Returns the response and the URL that gave it (after redirects).
     async fn send(
         &self,
@@ -335,43 +364,105 @@ impl Inner {
                 None,
             ),
         };
-        ssrf::check_url(&url)?;
-        let bearer = match &spec.token_source {
-            Some(ts) => Some(self.tokens.bearer(ts).await?),
-            None => None,
-        };
-        let mut map = header_map(&headers, bearer.is_some())?;
-        if body.is_some() && !map.contains_key(CONTENT_TYPE) {
-            map.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-        }
-        if !map.contains_key(USER_AGENT) {
-            map.insert(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("duro/", env!("CARGO_PKG_VERSION"))),
-            );
-        }
-        if let Some(token) = bearer {
-            // Set last so it wins over a user header; marked sensitive so nothing prints it.
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| Failure::Token(token_format_error(spec)))?;
-            v.set_sensitive(true);
-            map.insert(AUTHORIZATION, v);
-        }
+        ssrf::check_url(&url, &self.opts.allow)?;
         let timeout = spec.timeout.unwrap_or(self.opts.default_timeout);
-        let shown = format!("{method} {}", display_url(&url));
-        let mut builder = self.client.request(method, url.clone()).headers(map);
-        if let Some(b) = body {
-            builder = builder.body(b);
+        let first_shown = format!("{method} {}", display_url(&url));
+        let attempt = self.follow(spec, method, url, &headers, body);
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Timeout(format!(
+                "{first_shown} did not complete within {timeout:?} (the request's timeout, else --durable-http-timeout-seconds)"
+            ))),
         }
-        let limit = self.opts.max_response_bytes;
-        let attempt = async {
+    }
+
+    /// Sends `method url`, following up to `max_redirects` redirects.
+    async fn follow(
+        &self,
+        spec: &HttpRequestSpec,
+        mut method: reqwest::Method,
+        mut url: Url,
+        headers: &Headers,
+        mut body: Option<String>,
+    ) -> Result<(HttpResponseOut, Url), Failure> {
+        let origin = spec.uri.origin();
+        let mut hops = 0usize;
+        loop {
+            ssrf::check_url(&url, &self.opts.allow)?;
+            // Secrets only to the original origin; the token never in clear text off loopback.
+            let secrets = url.origin() == origin;
+            let bearer = match &spec.token_source {
+                Some(ts)
+                    if secrets && (url.scheme() == "https" || ssrf::is_loopback_host(&url)) =>
+                {
+                    Some(self.tokens.bearer(ts).await?)
+                }
+                _ => None,
+            };
+            let mut map = header_map(headers, bearer.is_some(), secrets)?;
+            if body.is_some() && !map.contains_key(CONTENT_TYPE) {
+                map.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+            }
+            if !map.contains_key(USER_AGENT) {
+                map.insert(
+                    USER_AGENT,
+                    HeaderValue::from_static(concat!("duro/", env!("CARGO_PKG_VERSION"))),
+                );
+            }
+            if let Some(token) = bearer {
+                // Set last so it wins over a user header; marked sensitive so nothing prints it.
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| Failure::Token(token_format_error(spec)))?;
+                v.set_sensitive(true);
+                map.insert(AUTHORIZATION, v);
+            }
+            let shown = format!("{method} {}", display_url(&url));
+            let mut builder = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(map);
+            if let Some(b) = &body {
+                builder = builder.body(b.clone());
+            }
             let mut resp = builder.send().await.map_err(|e| classify(e, &shown))?;
             let status = resp.status().as_u16();
-            let answered_by = resp.url().clone();
-            let headers = response_headers(resp.headers());
+            if let (301 | 302 | 303 | 307 | 308, Some(location)) =
+                (status, resp.headers().get(reqwest::header::LOCATION))
+            {
+                if hops >= self.opts.max_redirects {
+                    return Err(Failure::Request(format!(
+                        "{shown}: more than {} redirects (--durable-http-max-redirects)",
+                        self.opts.max_redirects
+                    )));
+                }
+                let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+                let next = polling::resolve_location(&url, &location).map_err(|p| {
+                    Failure::Request(format!("{shown}: redirect refused: {p}"))
+                })?;
+                if url.scheme() == "https" && next.scheme() == "http" {
+                    return Err(Failure::Request(format!(
+                        "{shown}: redirect from https to http refused"
+                    )));
+                }
+                // As browsers and reqwest do: 303 (and 301/302 after a POST) become a GET
+                // without a body; 307/308 repeat the request.
+                if (status == 303 && method != reqwest::Method::HEAD)
+                    || (matches!(status, 301 | 302) && method == reqwest::Method::POST)
+                {
+                    method = reqwest::Method::GET;
+                    body = None;
+                }
+                tracing::debug!(from = %shown, to = %display_url(&next), status, "durable HTTP: following a redirect");
+                url = next;
+                hops += 1;
+                continue;
+            }
+            let answered_by = url.clone();
+            let out_headers = response_headers(resp.headers());
+            let limit = self.opts.max_response_bytes;
             let too_large = || {
                 Failure::TooLarge(format!(
                     "{shown}: the response body is larger than the limit of {limit} bytes (--durable-http-max-response-bytes)"
@@ -380,29 +471,24 @@ impl Inner {
             if resp.content_length().is_some_and(|n| n > limit as u64) {
                 return Err(too_large());
             }
-            let mut body = Vec::new();
+            let mut bytes = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, &shown))? {
-                if body.len() + chunk.len() > limit {
+                if bytes.len() + chunk.len() > limit {
                     return Err(too_large());
                 }
-                body.extend_from_slice(&chunk);
+                bytes.extend_from_slice(&chunk);
             }
-            let content = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
-            tracing::debug!(request = %shown, status, bytes = body.len(), "durable HTTP response");
-            Ok((
+            let content =
+                (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
+            tracing::debug!(request = %shown, status, bytes = bytes.len(), "durable HTTP response");
+            return Ok((
                 HttpResponseOut {
                     status_code: status,
-                    headers,
+                    headers: out_headers,
                     content,
                 },
                 answered_by,
-            ))
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Timeout(format!(
-                "{shown} did not complete within {timeout:?} (the request's timeout, else --durable-http-timeout-seconds)"
-            ))),
+            ));
         }
     }
 }
@@ -419,15 +505,18 @@ fn token_format_error(spec: &HttpRequestSpec) -> TokenError {
     }
 }
 
-/// The request headers; a user `Authorization` is dropped when a token replaces it, and
-/// framing headers are left to the client.
-fn header_map(headers: &Headers, has_token: bool) -> Result<HeaderMap, Failure> {
+/// The request headers; a user `Authorization` is dropped when a token replaces it,
+/// secret headers are dropped unless `secrets` (a hop on the original origin), and framing
+/// headers are left to the client.
+fn header_map(headers: &Headers, has_token: bool, secrets: bool) -> Result<HeaderMap, Failure> {
     let mut map = HeaderMap::new();
     for (name, values) in headers {
+        let secret = request::SECRET_HEADERS.contains(&name.as_str());
         if matches!(
             name.as_str(),
             "content-length" | "transfer-encoding" | "host" | "connection"
         ) || (has_token && name == "authorization")
+            || (secret && !secrets)
         {
             continue;
         }
@@ -440,7 +529,7 @@ fn header_map(headers: &Headers, has_token: bool) -> Result<HeaderMap, Failure> 
         for v in values {
             let mut value =
                 HeaderValue::from_str(v).map_err(|_| bad("value not allowed in a header"))?;
-            if request::SECRET_HEADERS.contains(&name.as_str()) {
+            if secret {
                 value.set_sensitive(true);
             }
             map.append(n.clone(), value);
@@ -576,6 +665,8 @@ mod tests {
                 endpoint: Url::parse(&format!("{base}/token")).expect("url"),
                 client_id: None,
             }),
+            // The fake servers live on loopback, which the guard refuses by default.
+            allow: Arc::new(Allow::parse(&["127.0.0.1"]).expect("allow")),
             ..Default::default()
         };
         let a = HttpActivity::new(opts).expect("activity");
@@ -699,7 +790,8 @@ mod tests {
         assert_eq!(t, "DuroHttpRequestFailed");
         assert!(!m.contains("SECRET"), "no query in messages: {m}");
 
-        // Host names go through the guarded resolver (localhost resolves to loopback: allowed).
+        // Host names go through the guarded resolver (localhost resolves to loopback,
+        // allowed here by the operator's list).
         let port = base.rsplit(':').next().expect("port");
         let (resp, _) = i
             .send(

@@ -4,7 +4,10 @@
 //! polling without repeating the original request. No I/O, no clock: callers pass `now`.
 //!
 //! The checkpoint holds no header and no token: the headers of every poll are derived again
-//! from the activity's own input, and the token is acquired at send time.
+//! from the activity's own input, and the token is acquired at send time. It does hold the
+//! `Location` as the server gave it, secret query parameters (a SAS `sig=`) included, since
+//! a resumed poll needs them: it lives in the activity's queue row, next to the unmasked
+//! request, and is deleted (overwritten, with `secure_delete`) with it when the call ends.
 
 use std::time::{Duration, SystemTime};
 

@@ -26,7 +26,48 @@ pub const SECRET_HEADERS: &[&str] = &[
     "x-functions-key",
     "cookie",
     "set-cookie",
+    "api-key",
+    "x-api-key",
+    "ocp-apim-subscription-key",
+    "x-ms-functions-key",
 ];
+
+/// Query parameters whose values are secrets (Functions keys, SAS signatures, OAuth
+/// tokens, API keys): masked in every copy Duro stores (compared case-insensitively).
+pub const SECRET_QUERY_PARAMS: &[&str] = &[
+    "code",
+    "sig",
+    "signature",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "client_secret",
+    "api-key",
+    "api_key",
+    "apikey",
+    "key",
+    "subscription-key",
+    "password",
+    "secret",
+];
+
+/// `url` with the values of [`SECRET_QUERY_PARAMS`] replaced by [`REDACTED`]; `None` when
+/// it has none.
+pub fn mask_url_secrets(url: &str) -> Option<String> {
+    let mut u = Url::parse(url).ok()?;
+    let pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+    let secret = |k: &str| SECRET_QUERY_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k));
+    if !pairs.iter().any(|(k, _)| secret(k)) {
+        return None;
+    }
+    u.query_pairs_mut().clear().extend_pairs(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), if secret(k) { REDACTED } else { v.as_str() })),
+    );
+    Some(u.to_string())
+}
 
 /// What replaces a secret header value.
 pub const REDACTED: &str = "[redacted]";
@@ -336,6 +377,14 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
                 }
             };
             spec.tenant_id = opt("tenantid")?;
+            if let Some(t) = &spec.tenant_id {
+                if !valid_tenant(t) {
+                    return Err(invalid(
+                        "tokenSource.options.tenantid",
+                        format!("'{t}' is not a tenant: expected a GUID or a domain name such as contoso.onmicrosoft.com"),
+                    ));
+                }
+            }
             spec.authority_host = opt("authorityhost")?;
             if let Some(a) = &spec.authority_host {
                 parse_http_url(a).map_err(|p| invalid("tokenSource.options.authorityhost", p))?;
@@ -349,6 +398,22 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
         }
     }
     Ok(spec)
+}
+
+/// An Entra ID tenant: a GUID, or a domain name (letters, digits, `-`, dots between
+/// labels; also `common`, `organizations`). Nothing that could leave its path segment.
+pub fn valid_tenant(t: &str) -> bool {
+    if uuid::Uuid::try_parse(t).is_ok() {
+        return true;
+    }
+    t.len() <= 253
+        && t.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -432,7 +497,8 @@ pub fn redact(headers: &Headers) -> Headers {
         .collect()
 }
 
-/// The request JSON as history records it: the values of [`SECRET_HEADERS`] masked, the
+/// The request JSON as history records it: the values of [`SECRET_HEADERS`] and of the
+/// `uri`'s [`SECRET_QUERY_PARAMS`] masked, the
 /// rest untouched (same shape: a string stays a string, an array an array). `None` when
 /// there is nothing to mask or the input is not a request object; the sidecar still runs
 /// the unmasked request, which only the activity's queue row holds until it completes.
@@ -444,6 +510,14 @@ pub fn mask_input_secrets(input: &str) -> Option<String> {
     };
     let obj = request.as_object_mut()?;
     let mut masked = false;
+    for (key, uri) in obj.iter_mut() {
+        if key.eq_ignore_ascii_case("uri") {
+            if let Some(m) = uri.as_str().and_then(mask_url_secrets) {
+                *uri = Value::from(m);
+                masked = true;
+            }
+        }
+    }
     for (key, headers) in obj.iter_mut() {
         if !key.eq_ignore_ascii_case("headers") {
             continue;
@@ -691,6 +765,15 @@ mod tests {
         assert_eq!(mask_input_secrets(r#"{"method":"GET","uri":"https://e.com","headers":{"Accept":"x"}}"#), None);
         assert_eq!(mask_input_secrets(r#"{"method":"GET","uri":"https://e.com"}"#), None);
         assert_eq!(mask_input_secrets("not json"), None);
+        let q = mask_input_secrets(
+            r#"{"uri":"https://e.com/api/x?code=K3Y&sig=S1G&Access_Token=T0K&keep=1","headers":{"x-api-key":"AK","Ocp-Apim-Subscription-Key":"SK"}}"#,
+        )
+        .expect("masked");
+        for secret in ["K3Y", "S1G", "T0K", "AK\"", "SK\""] {
+            assert!(!q.contains(secret), "{secret} in {q}");
+        }
+        assert!(q.contains("keep=1") && q.contains("code=%5Bredacted%5D"), "{q}");
+        assert_eq!(mask_url_secrets("https://e.com/x?a=1"), None);
         assert_eq!(mask_input_secrets("42"), None);
     }
 

@@ -26,6 +26,15 @@
 //! before expiry, keep serving a still-valid token while a refresh fails, retry 404/410/
 //! 429/5xx with exponential backoff).
 //!
+//! Where client secrets and federated assertions go is the operator's decision only: the
+//! authority is `--azure-authority-host`, or one of `--azure-allowed-authority-hosts`
+//! (default: the public and sovereign Entra ID hosts) when a request names one in
+//! `tokenSource.options.authorityhost`; a request's `tenantid` must be a GUID or a domain
+//! name ([`super::request`] checks it) and only fills one path segment. The Entra ID client
+//! passes the same outbound address guard as durable HTTP ([`super::ssrf`]). The managed
+//! identity endpoints are the operator's configuration and are not guarded (IMDS is
+//! link-local by design).
+//!
 //! Tokens live only in this cache. They are never logged ([`Secret`] prints `***`), never
 //! put in history, checkpoints or the store; the `Authorization` header is added at send time.
 
@@ -39,7 +48,7 @@ use serde_json::Value;
 use thiserror::Error;
 use url::Url;
 
-use super::request::TokenSourceSpec;
+use super::request::{InvalidRequest, TokenSourceSpec};
 use crate::core::time::now_ms;
 
 /// A secret string (token, identity header, client secret) that never prints.
@@ -105,6 +114,9 @@ pub enum Credential {
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 /// The default Entra ID authority.
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
+/// Authorities a request may name by default: Entra ID public, US Government, China.
+pub const DEFAULT_ALLOWED_AUTHORITIES: &str =
+    "https://login.microsoftonline.com/,https://login.microsoftonline.us/,https://login.chinacloudapi.cn/";
 
 impl Credential {
     /// For messages and logs: the source and its endpoint, no secret.
@@ -173,6 +185,9 @@ pub struct TokenOptions {
     pub max_backoff: Duration,
     /// Time limit of one token request.
     pub attempt_timeout: Duration,
+    /// Authorities a request's `tokenSource.options.authorityhost` may name (besides the
+    /// configured one), as [`parse_authority`] normalizes them.
+    pub allowed_authorities: Vec<Url>,
 }
 
 impl Default for TokenOptions {
@@ -184,6 +199,10 @@ impl Default for TokenOptions {
             first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             attempt_timeout: Duration::from_secs(10),
+            allowed_authorities: DEFAULT_ALLOWED_AUTHORITIES
+                .split(',')
+                .filter_map(|a| parse_authority(a).ok())
+                .collect(),
         }
     }
 }
@@ -348,7 +367,11 @@ struct AttemptError {
 /// Acquires and caches tokens.
 pub struct Tokens {
     credential: Option<Credential>,
+    /// For the managed identity endpoints (the operator's, unguarded).
     client: reqwest::Client,
+    /// For Entra ID authorities: through the outbound address guard.
+    entra_client: reqwest::Client,
+    allow: Arc<super::ssrf::Allow>,
     opts: TokenOptions,
     slots: parking_lot::Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
     fetches: AtomicU64,
@@ -358,8 +381,17 @@ impl Tokens {
     pub fn new(
         credential: Option<Credential>,
         opts: TokenOptions,
+        allow: Arc<super::ssrf::Allow>,
     ) -> Result<Tokens, reqwest::Error> {
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        let entra_client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(super::ssrf::GuardedResolver {
+                allow: allow.clone(),
+            }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
@@ -367,10 +399,37 @@ impl Tokens {
         Ok(Tokens {
             credential,
             client,
+            entra_client,
+            allow,
             opts,
             slots: Default::default(),
             fetches: AtomicU64::new(0),
         })
+    }
+
+    /// Whether a request's token source may be served: an `authorityhost` it names must
+    /// be the configured authority or an allowed one (`--azure-allowed-authority-hosts`).
+    pub fn check_source(&self, source: &TokenSourceSpec) -> Result<(), InvalidRequest> {
+        let Some(a) = &source.authority_host else {
+            return Ok(());
+        };
+        let bad = |problem: String| InvalidRequest {
+            field: "tokenSource.options.authorityhost".into(),
+            problem,
+        };
+        let asked = parse_authority(a).map_err(bad)?;
+        let configured = match &self.credential {
+            Some(Credential::WorkloadIdentity { authority, .. })
+            | Some(Credential::ClientSecret { authority, .. }) => Some(authority),
+            _ => None,
+        };
+        if configured == Some(&asked) || self.opts.allowed_authorities.contains(&asked) {
+            return Ok(());
+        }
+        Err(bad(format!(
+            "'{a}' is not an allowed authority; the operator configures authorities with --azure-authority-host \
+             and --azure-allowed-authority-hosts (default: the public and sovereign Entra ID hosts)"
+        )))
     }
 
     /// Token requests sent so far (successful or not).
@@ -519,7 +578,7 @@ impl Tokens {
                                 token_file.display()
                             ),
                         })?;
-                let url = token_url(source, authority, tenant_id)?;
+                let url = token_url(source, authority, tenant_id, &self.allow)?;
                 let form = [
                     ("grant_type", "client_credentials"),
                     ("client_id", client_id.as_str()),
@@ -530,7 +589,7 @@ impl Tokens {
                     ),
                     ("client_assertion", assertion.trim()),
                 ];
-                self.client.post(url).form(&form)
+                self.entra_client.post(url).form(&form)
             }
             Credential::ClientSecret {
                 tenant_id,
@@ -538,14 +597,14 @@ impl Tokens {
                 secret,
                 authority,
             } => {
-                let url = token_url(source, authority, tenant_id)?;
+                let url = token_url(source, authority, tenant_id, &self.allow)?;
                 let form = [
                     ("grant_type", "client_credentials"),
                     ("client_id", client_id.as_str()),
                     ("scope", &resource_to_scope(&source.resource)),
                     ("client_secret", secret.expose()),
                 ];
-                self.client.post(url).form(&form)
+                self.entra_client.post(url).form(&form)
             }
         };
         let resp = request.send().await.map_err(|e| AttemptError {
@@ -613,20 +672,36 @@ fn mi_url(
     url
 }
 
-fn token_url(source: &TokenSourceSpec, authority: &Url, tenant: &str) -> Result<Url, AttemptError> {
+/// `{authority}{tenant}/oauth2/v2.0/token`. The authority was allowed by [`Tokens::check_source`]
+/// (or is the configured one); the tenant is checked again here and only fills one path
+/// segment; the URL passes the outbound address guard.
+fn token_url(
+    source: &TokenSourceSpec,
+    authority: &Url,
+    tenant: &str,
+    allow: &super::ssrf::Allow,
+) -> Result<Url, AttemptError> {
     let bad = |detail: String| AttemptError {
         retryable: false,
         retry_after: None,
         detail,
     };
-    let authority = match &source.authority_host {
+    let mut url = match &source.authority_host {
         Some(a) => parse_authority(a).map_err(bad)?,
         None => authority.clone(),
     };
     let tenant = source.tenant_id.as_deref().unwrap_or(tenant);
-    authority
-        .join(&format!("{tenant}/oauth2/v2.0/token"))
-        .map_err(|e| bad(format!("bad tenant '{tenant}': {e}")))
+    if !super::request::valid_tenant(tenant) {
+        return Err(bad(format!(
+            "tenant '{tenant}' is not a GUID or a domain name"
+        )));
+    }
+    url.path_segments_mut()
+        .map_err(|()| bad("the authority cannot have a path".into()))?
+        .pop_if_empty()
+        .extend([tenant, "oauth2", "v2.0", "token"]);
+    super::ssrf::check_url(&url, allow).map_err(|b| bad(b.to_string()))?;
+    Ok(url)
 }
 
 /// An Entra ID authority URL, with a trailing slash; `https` unless the host is loopback
@@ -706,6 +781,10 @@ mod tests {
     use axum::response::IntoResponse;
     use axum::routing::{get, post};
     use axum::{Form, Json, Router};
+
+    fn loopback() -> Arc<crate::durable_http::ssrf::Allow> {
+        Arc::new(crate::durable_http::ssrf::Allow::parse(&["127.0.0.0/8"]).expect("allow"))
+    }
 
     fn opts() -> TokenOptions {
         TokenOptions {
@@ -956,7 +1035,7 @@ mod tests {
         ];
         for (cred, version, header, value, id_param) in cases {
             fake.seen.lock().expect("lock").clear();
-            let tokens = Tokens::new(Some(cred), opts()).expect("tokens");
+            let tokens = Tokens::new(Some(cred), opts(), loopback()).expect("tokens");
             let t = tokens
                 .bearer(&spec("https://management.core.windows.net/.default"))
                 .await
@@ -993,6 +1072,7 @@ mod tests {
                 client_id: None,
             }),
             opts(),
+            loopback(),
         )
         .expect("tokens");
         *fake.fail_first.lock().expect("lock") = 2;
@@ -1022,6 +1102,7 @@ mod tests {
                 client_id: None,
             }),
             o,
+            loopback(),
         )
         .expect("tokens");
         let e = tokens
@@ -1029,7 +1110,7 @@ mod tests {
             .await
             .expect_err("no endpoint");
         assert!(e.to_string().contains("after 2 attempts"), "{e}");
-        let none = Tokens::new(None, opts()).expect("tokens");
+        let none = Tokens::new(None, opts(), loopback()).expect("tokens");
         assert_eq!(
             none.bearer(&spec("https://r1")).await,
             Err(TokenError::NotConfigured)
@@ -1049,7 +1130,7 @@ mod tests {
             token_file: dir.clone(),
             authority: authority.clone(),
         };
-        let tokens = Tokens::new(Some(wi), opts()).expect("tokens");
+        let tokens = Tokens::new(Some(wi), opts(), loopback()).expect("tokens");
         let t = tokens
             .bearer(&spec("https://vault.azure.net"))
             .await
@@ -1061,7 +1142,7 @@ mod tests {
             secret: Secret::new("s3cret"),
             authority,
         };
-        let tokens = Tokens::new(Some(cs), opts()).expect("tokens");
+        let tokens = Tokens::new(Some(cs), opts(), loopback()).expect("tokens");
         // The request's tenant option overrides the configured tenant.
         let mut s = spec("https://vault.azure.net/.default");
         s.tenant_id = Some("tenant2".into());

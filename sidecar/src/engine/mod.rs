@@ -66,6 +66,9 @@ pub struct EngineOptions {
     pub ping_interval: Duration,
     /// Longest a `WaitFor*` call blocks before answering DEADLINE_EXCEEDED.
     pub max_wait: Duration,
+    /// Events raised by clients (RaiseEvent) that may wait in one instance's inbox;
+    /// more answer RESOURCE_EXHAUSTED until the instance consumes some.
+    pub max_inbox_events: usize,
 }
 
 impl Default for EngineOptions {
@@ -78,6 +81,7 @@ impl Default for EngineOptions {
             max_work_item_bytes: 4 * 1024 * 1024 - 64 * 1024,
             ping_interval: Duration::from_secs(30),
             max_wait: Duration::from_secs(3600),
+            max_inbox_events: 10_000,
         }
     }
 }
@@ -756,8 +760,12 @@ impl Engine {
                 self.release(&token, Release::Failed);
                 return Err(EngineError::InvalidArgument(format!("invalid orchestrator response: {msg}")));
             }
-            Err(TurnError::Unsupported(msg)) => {
-                let failure = events::failure("DuroUnsupportedAction", msg, true);
+            Err(e @ (TurnError::Unsupported(_) | TurnError::BadInstanceId(_))) => {
+                let (error_type, msg) = match e {
+                    TurnError::BadInstanceId(m) => ("DuroInvalidInstanceId", m),
+                    TurnError::Unsupported(m) | TurnError::Invalid(m) => ("DuroUnsupportedAction", m),
+                };
+                let failure = events::failure(error_type, msg, true);
                 let mut o = control::fail(&ctx.info, failure, now);
                 o.consumed_new_events = ctx.shown.len();
                 o
@@ -955,6 +963,14 @@ impl Engine {
     }
 
     pub async fn raise_event(&self, instance_id: &str, name: String, input: Option<String>) -> Result<bool, EngineError> {
+        let pending = self.inner.sched.lock().pending_count(instance_id);
+        let cap = self.inner.opts.max_inbox_events;
+        if pending >= cap {
+            return Err(EngineError::ResourceExhausted(format!(
+                "instance '{instance_id}' has {pending} events waiting in its inbox, the limit (--max-inbox-events {cap}); \
+                 retry after it has consumed some"
+            )));
+        }
         let now = self.now();
         self.send_message(Message::now(instance_id, None, events::event_raised(now, name, input), now)).await
     }

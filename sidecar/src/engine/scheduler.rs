@@ -499,6 +499,11 @@ impl Scheduler {
         poisoned
     }
 
+    /// Events of `instance_id` visible and waiting for a turn (its inbox, timers not due excepted).
+    pub fn pending_count(&self, instance_id: &str) -> usize {
+        self.instances.get(instance_id).map_or(0, |s| s.pending.len())
+    }
+
     pub fn stream_count(&self) -> usize {
         self.streams.len()
     }

@@ -1,6 +1,7 @@
 //! The `TaskHubSidecarService` gRPC adapter: validates requests, calls the engine, maps
 //! results and errors to the wire. No orchestration logic lives here.
 
+pub mod auth;
 pub mod validate;
 
 use std::pin::Pin;

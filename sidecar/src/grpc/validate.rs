@@ -4,7 +4,7 @@
 use tonic::Status;
 
 /// Longest accepted instance id, orchestration/activity/event name (in bytes).
-pub const MAX_ID_LEN: usize = 1024;
+pub const MAX_ID_LEN: usize = crate::core::MAX_INSTANCE_ID_LEN;
 pub const MAX_NAME_LEN: usize = 1024;
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
@@ -20,15 +20,12 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// A required instance id.
+/// A required instance id (the rule workers' child ids and event targets follow too).
 pub fn instance_id(value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(Status::invalid_argument("instanceId is required"));
+    match crate::core::instance_id_problem(value) {
+        Some(problem) => Err(Status::invalid_argument(problem)),
+        None => Ok(()),
     }
-    if value.trim() != value {
-        return Err(Status::invalid_argument("instanceId must not start or end with whitespace"));
-    }
-    check_text("instanceId", value, MAX_ID_LEN)
 }
 
 /// A required name (orchestration, event).

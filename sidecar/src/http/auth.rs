@@ -42,8 +42,9 @@ impl SystemKey {
 pub enum Need<'a> {
     /// The management key (or an open sidecar).
     Manage,
-    /// The management key, or a signed link for this instance granting `op`.
-    Instance { instance_id: &'a str, op: LinkOp },
+    /// The management key, or a signed link for this instance's current execution
+    /// (`""` when the instance does not exist) granting `op`.
+    Instance { instance_id: &'a str, execution_id: &'a str, op: LinkOp },
 }
 
 /// What the caller proved.
@@ -81,10 +82,11 @@ pub fn authorize(
                 ErrorCode::LinkNotAllowed,
                 "a signed link only grants its instance's status (and raising events when issued so); this operation needs the system key",
             )),
-            Need::Instance { instance_id, op } => {
+            Need::Instance { instance_id, execution_id, op } => {
                 let ops = links
                     .verify(
                         instance_id,
+                        execution_id,
                         query.get(OPS_PARAM),
                         query.get(EXPIRY_PARAM),
                         query.get(SIGNATURE_PARAM),

@@ -404,6 +404,8 @@ pub enum ErrorCode {
     RouteNotFound,
     Gone,
     Conflict,
+    TooManyRequests,
+    RequestTimeout,
     NotImplemented,
     Unavailable,
     Internal,
@@ -426,6 +428,8 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "DURO-2012",
             ErrorCode::Unavailable => "DURO-2013",
             ErrorCode::Internal => "DURO-2014",
+            ErrorCode::TooManyRequests => "DURO-2015",
+            ErrorCode::RequestTimeout => "DURO-2016",
         }
     }
 
@@ -440,6 +444,8 @@ impl ErrorCode {
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -489,7 +495,7 @@ impl From<crate::engine::EngineError> for ApiError {
             E::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             E::InvalidArgument(m) => ApiError::bad_request(m),
             E::FailedPrecondition(m) | E::AlreadyExists(m) => ApiError::new(ErrorCode::Conflict, m),
-            E::ResourceExhausted(m) => ApiError::new(ErrorCode::PayloadTooLarge, m),
+            E::ResourceExhausted(m) => ApiError::new(ErrorCode::TooManyRequests, m),
             E::ShuttingDown | E::Store(crate::store::StoreError::Closed) => {
                 ApiError::new(ErrorCode::Unavailable, "the Duro sidecar is shutting down; retry shortly")
             }

@@ -37,8 +37,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
 /// How long shutdown waits for in-flight HTTP requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Command-line flags of the HTTP API (flattened into the `duro` command line).
-#[derive(Debug, Clone, clap::Args)]
+/// Command-line flags of the HTTP API (flattened into the `duro` command line). `Debug`
+/// prints no key.
+#[derive(Clone, clap::Args)]
 pub struct HttpArgs {
     /// Address of the HTTP management API (Durable Functions webhook routes), or `off`.
     /// Default 127.0.0.1:7071; if that default port is taken, Duro starts without the HTTP API
@@ -67,12 +68,44 @@ pub struct HttpArgs {
     /// Public base URL for links (e.g. `https://api.example.com/duro`), overriding the Host header.
     #[arg(long = "http-public-url", env = "DURO_HTTP_PUBLIC_URL")]
     pub http_public_url: Option<String>,
+    /// Start and restart responses carry Durable Functions' exact management links (with the
+    /// system key as `code=`) instead of signed per-instance links. Without a system key the
+    /// exact links are always used (they hold no secret).
+    #[arg(long = "http-exact-links", env = "DURO_HTTP_EXACT_LINKS")]
+    pub http_exact_links: bool,
+    /// Seconds a client may take to send a request's headers (slow clients are dropped);
+    /// also the limit for reading a request body, times four.
+    #[arg(long = "http-header-timeout-seconds", env = "DURO_HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub http_header_timeout_seconds: u64,
+    /// Open connections to the HTTP API at most; more are closed as they arrive.
+    #[arg(long = "http-max-connections", env = "DURO_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
     /// Largest accepted request body, in bytes (larger ones get 413).
     #[arg(long = "http-max-body-bytes", env = "DURO_HTTP_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub http_max_body_bytes: usize,
     /// Longest a start or restart with `timeout` waits for completion, in seconds.
     #[arg(long = "http-max-wait-seconds", env = "DURO_HTTP_MAX_WAIT_SECONDS", default_value_t = 300)]
     pub http_max_wait_seconds: u64,
+}
+
+impl std::fmt::Debug for HttpArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("HttpArgs")
+            .field("http_listen", &self.http_listen)
+            .field("http_system_key", &redacted(&self.http_system_key))
+            .field("http_insecure", &self.http_insecure)
+            .field("http_link_keys", &redacted(&self.http_link_keys))
+            .field("http_link_ttl_seconds", &self.http_link_ttl_seconds)
+            .field("http_trust_forwarded", &self.http_trust_forwarded)
+            .field("http_public_url", &self.http_public_url)
+            .field("http_exact_links", &self.http_exact_links)
+            .field("http_header_timeout_seconds", &self.http_header_timeout_seconds)
+            .field("http_max_connections", &self.http_max_connections)
+            .field("http_max_body_bytes", &self.http_max_body_bytes)
+            .field("http_max_wait_seconds", &self.http_max_wait_seconds)
+            .finish()
+    }
 }
 
 /// Configuration of the HTTP API.
@@ -87,6 +120,12 @@ pub struct HttpOptions {
     pub link_ttl: Duration,
     pub trust_forwarded: bool,
     pub public_url: Option<String>,
+    /// Durable Functions' exact management links (key included) in start responses.
+    pub exact_links: bool,
+    /// Time to send a request's headers; a request body gets four times as long.
+    pub header_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
     pub max_body_bytes: usize,
     pub max_wait: Duration,
 }
@@ -102,6 +141,9 @@ impl std::fmt::Debug for HttpOptions {
             .field("link_ttl", &self.link_ttl)
             .field("trust_forwarded", &self.trust_forwarded)
             .field("public_url", &self.public_url)
+            .field("exact_links", &self.exact_links)
+            .field("header_timeout", &self.header_timeout)
+            .field("max_connections", &self.max_connections)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_wait", &self.max_wait)
             .finish()
@@ -120,6 +162,9 @@ impl HttpOptions {
             link_ttl: Duration::from_secs(86_400),
             trust_forwarded: false,
             public_url: None,
+            exact_links: false,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             max_body_bytes: 4 * 1024 * 1024,
             max_wait: Duration::from_secs(300),
         }
@@ -185,6 +230,9 @@ impl HttpArgs {
             link_ttl: Duration::from_secs(self.http_link_ttl_seconds),
             trust_forwarded: self.http_trust_forwarded,
             public_url,
+            exact_links: self.http_exact_links,
+            header_timeout: Duration::from_secs(self.http_header_timeout_seconds.max(1)),
+            max_connections: self.http_max_connections.max(1),
             max_body_bytes: self.http_max_body_bytes.max(1),
             max_wait: Duration::from_secs(self.http_max_wait_seconds),
         };
@@ -261,19 +309,70 @@ pub async fn start(engine: Engine, opts: HttpOptions) -> Result<Option<HttpServe
     };
     let state =
         Arc::new(ApiState { key: opts.system_key.as_deref().map(SystemKey::new), engine, opts, links, local_addr });
+    let limits = (state.opts.header_timeout, state.opts.max_connections);
     let app = axum::Router::new().fallback(handle).with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
-    });
+    let task = tokio::spawn(serve(listener, app, limits, stopped));
     tracing::info!(address = %local_addr, base = BASE_PATH, auth, "serving the Durable Functions HTTP management API");
     Ok(Some(HttpServer { local_addr, task, stop }))
 }
+
+/// Accepts connections until `stopped`, then waits for in-flight requests. Limits: a
+/// client has `header_timeout` to send a request's headers (slowloris), at most
+/// `max_connections` are open (more are closed at once), HTTP/2 streams per connection are
+/// capped, and idle HTTP/2 connections are pinged and dropped when the peer is gone.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    (header_timeout, max_connections): (Duration, usize),
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_HTTP2_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "HTTP connection refused: too many open connections (--http-max-connections)");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// HTTP/2 streams one connection may have open at once.
+const MAX_HTTP2_STREAMS: u32 = 256;
 
 /// Every request goes through here: routing, then the handler, with panics caught.
 async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Response {
@@ -341,9 +440,22 @@ mod tests {
             http_link_ttl_seconds: 60,
             http_trust_forwarded: false,
             http_public_url: None,
+            http_exact_links: false,
+            http_header_timeout_seconds: 10,
+            http_max_connections: 16,
             http_max_body_bytes: 1024,
             http_max_wait_seconds: 10,
         }
+    }
+
+    #[test]
+    fn debug_prints_no_key() {
+        let mut a = args(None, Some("sys-key-SECRET"), false);
+        a.http_link_keys = Some("link-key-SECRET-0123456789".into());
+        let d = format!("{a:?}");
+        assert!(!d.contains("SECRET") && d.contains("<redacted>"), "{d}");
+        let o = a.into_options().unwrap().unwrap();
+        assert!(!format!("{o:?}").contains("SECRET"));
     }
 
     #[test]

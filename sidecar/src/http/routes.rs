@@ -245,7 +245,19 @@ async fn read_body(ctx: &Ctx, body: Body) -> Result<Vec<u8>, ApiError> {
     }
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    // A body trickled in too slowly is refused (the server's header timeout, times four).
+    let deadline = tokio::time::Instant::now() + ctx.state.opts.header_timeout.saturating_mul(4);
+    loop {
+        let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the request body was not received in time; send it at once",
+                ))
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(payload_too_large(limit));
@@ -323,9 +335,13 @@ struct LinkRequest {
     ttl_secs: u64,
 }
 
-/// `signedLinks=true` (or an explicit link route): which operations, for how long.
+/// Signed links, which operations, for how long: on an explicit link route, with
+/// `signedLinks=true`, and always when a system key is configured (so the key never appears
+/// in a response) unless the operator asked for exact Durable Functions links
+/// (`--http-exact-links`).
 fn link_request(ctx: &Ctx, always: bool) -> Result<Option<LinkRequest>, ApiError> {
-    if !always && !ctx.query.flag("signedLinks", false) {
+    let by_default = ctx.state.opts.system_key.is_some() && !ctx.state.opts.exact_links;
+    if !always && !by_default && !ctx.query.flag("signedLinks", false) {
         return Ok(None);
     }
     let ops = match ctx.query.get("signedLinkOps") {
@@ -421,9 +437,9 @@ fn management_links(ctx: &Ctx, id: &str, fail500: bool) -> CheckStatus {
     }
 }
 
-fn signed_links(ctx: &Ctx, id: &str, req: LinkRequest) -> SignedLinks {
+fn signed_links(ctx: &Ctx, id: &str, execution_id: &str, req: LinkRequest) -> SignedLinks {
     let expires = now_secs().saturating_add(i64::try_from(req.ttl_secs).unwrap_or(i64::MAX));
-    let sig = ctx.state.links.sign(id, req.ops, expires);
+    let sig = ctx.state.links.sign(id, execution_id, req.ops, expires);
     let q = format!("{OPS_PARAM}={}&{EXPIRY_PARAM}={expires}&{SIGNATURE_PARAM}={sig}", enc(req.ops.as_str()));
     let inst = format!("{}/instances/{}", ctx.base(), enc(id));
     SignedLinks {
@@ -435,12 +451,17 @@ fn signed_links(ctx: &Ctx, id: &str, req: LinkRequest) -> SignedLinks {
 }
 
 /// 202 with `Location` and `Retry-After: 10`: the management links, or signed links only.
-fn check_status_response(ctx: &Ctx, id: &str, links: Option<LinkRequest>, fail500: bool) -> Response {
+fn check_status_response(
+    ctx: &Ctx,
+    id: &str,
+    links: Option<(LinkRequest, &str)>,
+    fail500: bool,
+) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_START));
     match links {
-        Some(req) => {
-            let body = signed_links(ctx, id, req);
+        Some((req, execution_id)) => {
+            let body = signed_links(ctx, id, execution_id, req);
             if let Some(v) = header_value(&body.status_query_get_uri) {
                 headers.insert(header::LOCATION, v);
             }
@@ -504,7 +525,12 @@ async fn after_start(
             Ok(Err(e)) => return Err(e.into()),
         }
     }
-    Ok(check_status_response(ctx, id, links, fail500))
+    // Links are bound to the instance's current execution.
+    let execution_id = match links {
+        Some(_) => load(ctx, id).await?.execution_id,
+        None => String::new(),
+    };
+    Ok(check_status_response(ctx, id, links.map(|l| (l, execution_id.as_str())), fail500))
 }
 
 fn openapi_document() -> Response {
@@ -558,13 +584,17 @@ async fn start(ctx: &Ctx, function: String, instance_id: Option<String>, body: B
 
 /// `GET /instances/{instanceId}`
 async fn status(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
-    let grant = ctx.authorize(Need::Instance { instance_id: id, op: LinkOp::Status })?;
+    // Loaded first: a link is checked against the current execution. An unknown instance
+    // is authorized like a known one (401 before 404: no existence oracle).
+    let record = ctx.state.engine.get_instance(id).await?;
+    let execution_id = record.as_ref().map(|r| r.execution_id.as_str()).unwrap_or_default();
+    let grant = ctx.authorize(Need::Instance { instance_id: id, execution_id, op: LinkOp::Status })?;
     let show_input = ctx.query.flag("showInput", true);
     // A signed link shows the status, not the history of what the orchestration did.
     let show_history = ctx.query.flag("showHistory", false) && grant == Grant::Full;
     let show_output = ctx.query.flag("showHistoryOutput", false);
     let fail500 = ctx.query.flag("returnInternalServerErrorOnFailure", false);
-    let r = load(ctx, id).await?;
+    let r = record.ok_or_else(|| ApiError::not_found_instance(id))?;
     let history = if show_history {
         Some(json::history_json(&ctx.state.engine.history(id).await?, show_input, show_output))
     } else {
@@ -676,7 +706,9 @@ async fn purge_by_filter(ctx: &Ctx) -> Result<Response, ApiError> {
 
 /// `POST /instances/{instanceId}/raiseEvent/{eventName}`
 async fn raise_event(ctx: &Ctx, id: &str, name: &str, body: Body) -> Result<Response, ApiError> {
-    ctx.authorize(Need::Instance { instance_id: id, op: LinkOp::RaiseEvent })?;
+    let record = ctx.state.engine.get_instance(id).await?;
+    let execution_id = record.as_ref().map(|r| r.execution_id.as_str()).unwrap_or_default();
+    ctx.authorize(Need::Instance { instance_id: id, execution_id, op: LinkOp::RaiseEvent })?;
     crate::grpc::validate::name("eventName", name).map_err(from_status)?;
     let media = ctx.header(header::CONTENT_TYPE.as_str()).and_then(|v| v.split(';').next()).map(str::trim);
     if !media.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
@@ -774,8 +806,8 @@ async fn create_signed_links(ctx: &Ctx, id: &str) -> Result<Response, ApiError> 
     ctx.authorize(Need::Manage)?;
     let default = LinkRequest { ops: Ops::STATUS, ttl_secs: ctx.state.opts.link_ttl.as_secs().max(1) };
     let req = link_request(ctx, true)?.unwrap_or(default);
-    load(ctx, id).await?;
-    Ok(json::json_response(StatusCode::OK, HeaderMap::new(), &signed_links(ctx, id, req)))
+    let r = load(ctx, id).await?;
+    Ok(json::json_response(StatusCode::OK, HeaderMap::new(), &signed_links(ctx, id, &r.execution_id, req)))
 }
 
 /// `/entities/...`: not supported yet.

@@ -2,7 +2,11 @@
 //! hub-wide management key (Durable Functions issue #838).
 //!
 //! A link carries `ops` (what it allows: `status`, optionally `raiseEvent`), `exp` (Unix
-//! seconds) and `sig`, the HMAC of (instance id, ops, expiry) under the first signing key.
+//! seconds) and `sig`, the HMAC of (instance id, execution id, ops, expiry) under the first
+//! signing key. The execution id is not in the link: it is the instance's current one when
+//! the link is checked, so a link dies when its instance id is reused by a new execution
+//! (and also at continue-as-new or restart, which start new executions: issue a new link
+//! with `POST /instances/{id}/signedLinks`).
 //! Every configured key verifies, so keys can be rotated: put the new key first, keep the
 //! old one until its links expire. Links never contain the management key.
 
@@ -93,7 +97,8 @@ impl std::fmt::Display for LinkError {
             LinkError::Expired => write!(f, "the signed link has expired"),
             LinkError::BadSignature => write!(
                 f,
-                "the signed link's signature does not match (altered, meant for another instance, or signed with a retired key)"
+                "the signed link's signature does not match (altered, meant for another instance or an earlier execution of this \
+                 one, or signed with a retired key); ask for a new link"
             ),
         }
     }
@@ -130,16 +135,20 @@ impl LinkKeys {
         LinkKeys { keys: vec![key], source: KeySource::RandomPerProcess }
     }
 
-    /// The signature of a link for `instance_id` granting `ops` until `expires` (Unix seconds).
-    pub fn sign(&self, instance_id: &str, ops: Ops, expires: i64) -> String {
+    /// The signature of a link for execution `execution_id` of `instance_id` granting `ops`
+    /// until `expires` (Unix seconds).
+    pub fn sign(&self, instance_id: &str, execution_id: &str, ops: Ops, expires: i64) -> String {
         let key = self.keys.first().map(Vec::as_slice).unwrap_or_default();
-        URL_SAFE_NO_PAD.encode(hmac(key, &message(instance_id, ops, expires)))
+        URL_SAFE_NO_PAD.encode(hmac(key, &message(instance_id, execution_id, ops, expires)))
     }
 
-    /// Checks a link's parameters for `instance_id` at `now` (Unix seconds); returns what it grants.
+    /// Checks a link's parameters for the current execution `execution_id` of `instance_id`
+    /// at `now` (Unix seconds); returns what it grants.
+    #[allow(clippy::too_many_arguments)]
     pub fn verify(
         &self,
         instance_id: &str,
+        execution_id: &str,
         ops: Option<&str>,
         expires: Option<&str>,
         signature: Option<&str>,
@@ -155,7 +164,7 @@ impl LinkKeys {
         let sig = URL_SAFE_NO_PAD
             .decode(signature.ok_or_else(|| LinkError::Malformed(format!("'{SIGNATURE_PARAM}' is missing")))?.trim())
             .map_err(|_| LinkError::Malformed(format!("'{SIGNATURE_PARAM}' is not base64url")))?;
-        let msg = message(instance_id, ops, expires);
+        let msg = message(instance_id, execution_id, ops, expires);
         // Mac::verify_slice compares in constant time.
         let valid = self.keys.iter().any(|k| {
             HmacSha256::new_from_slice(k)
@@ -176,9 +185,19 @@ impl LinkKeys {
     }
 }
 
-/// The signed bytes; the id is length-prefixed so no two (id, ops, expiry) share a message.
-fn message(instance_id: &str, ops: Ops, expires: i64) -> Vec<u8> {
-    format!("duro-link-v1\n{}:{}\n{}\n{}", instance_id.len(), instance_id, ops.as_str(), expires).into_bytes()
+/// The signed bytes; the ids are length-prefixed so no two (id, execution, ops, expiry)
+/// share a message.
+fn message(instance_id: &str, execution_id: &str, ops: Ops, expires: i64) -> Vec<u8> {
+    format!(
+        "duro-link-v2\n{}:{}\n{}:{}\n{}\n{}",
+        instance_id.len(),
+        instance_id,
+        execution_id.len(),
+        execution_id,
+        ops.as_str(),
+        expires
+    )
+    .into_bytes()
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -203,35 +222,43 @@ mod tests {
     #[test]
     fn signs_and_verifies() {
         let k = keys(&["0123456789abcdef-first"]);
-        let sig = k.sign("i1", Ops::STATUS, 2000);
-        assert_eq!(k.verify("i1", Some("status"), Some("2000"), Some(&sig), 1000), Ok(Ops::STATUS));
+        let sig = k.sign("i1", "e1", Ops::STATUS, 2000);
+        assert_eq!(k.verify("i1", "e1", Some("status"), Some("2000"), Some(&sig), 1000), Ok(Ops::STATUS));
     }
 
     #[test]
     fn refuses_tampering_other_instances_and_expiry() {
         let k = keys(&["0123456789abcdef-first"]);
-        let sig = k.sign("i1", Ops::STATUS, 2000);
-        assert_eq!(k.verify("i2", Some("status"), Some("2000"), Some(&sig), 1000), Err(LinkError::BadSignature));
+        let sig = k.sign("i1", "e1", Ops::STATUS, 2000);
+        assert_eq!(k.verify("i2", "e1", Some("status"), Some("2000"), Some(&sig), 1000), Err(LinkError::BadSignature));
         assert_eq!(
-            k.verify("i1", Some("status,raiseEvent"), Some("2000"), Some(&sig), 1000),
+            k.verify("i1", "e1", Some("status,raiseEvent"), Some("2000"), Some(&sig), 1000),
             Err(LinkError::BadSignature)
         );
-        assert_eq!(k.verify("i1", Some("status"), Some("3000"), Some(&sig), 1000), Err(LinkError::BadSignature));
-        assert_eq!(k.verify("i1", Some("status"), Some("2000"), Some(&sig), 2001), Err(LinkError::Expired));
-        assert!(matches!(k.verify("i1", Some("status"), Some("x"), Some(&sig), 0), Err(LinkError::Malformed(_))));
-        assert!(matches!(k.verify("i1", None, Some("2000"), Some(&sig), 0), Err(LinkError::Malformed(_))));
-        assert!(matches!(k.verify("i1", Some("status"), Some("2000"), Some("!!"), 0), Err(LinkError::Malformed(_))));
+        assert_eq!(k.verify("i1", "e1", Some("status"), Some("3000"), Some(&sig), 1000), Err(LinkError::BadSignature));
+        assert_eq!(k.verify("i1", "e1", Some("status"), Some("2000"), Some(&sig), 2001), Err(LinkError::Expired));
+        assert!(matches!(k.verify("i1", "e1", Some("status"), Some("x"), Some(&sig), 0), Err(LinkError::Malformed(_))));
+        assert!(matches!(k.verify("i1", "e1", None, Some("2000"), Some(&sig), 0), Err(LinkError::Malformed(_))));
+        assert!(matches!(k.verify("i1", "e1", Some("status"), Some("2000"), Some("!!"), 0), Err(LinkError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_link_dies_with_its_execution() {
+        let k = keys(&["0123456789abcdef-first"]);
+        let sig = k.sign("i1", "e1", Ops::STATUS, 2000);
+        assert_eq!(k.verify("i1", "e2", Some("status"), Some("2000"), Some(&sig), 1000), Err(LinkError::BadSignature));
+        assert_eq!(k.verify("i1", "", Some("status"), Some("2000"), Some(&sig), 1000), Err(LinkError::BadSignature));
     }
 
     #[test]
     fn every_key_verifies_the_first_signs() {
         let old = keys(&["old-key-0123456789"]);
         let rotated = keys(&["new-key-0123456789", "old-key-0123456789"]);
-        let old_sig = old.sign("i", Ops::STATUS, 10);
-        assert!(rotated.verify("i", Some("status"), Some("10"), Some(&old_sig), 0).is_ok());
-        let new_sig = rotated.sign("i", Ops::STATUS, 10);
+        let old_sig = old.sign("i", "e1", Ops::STATUS, 10);
+        assert!(rotated.verify("i", "e1", Some("status"), Some("10"), Some(&old_sig), 0).is_ok());
+        let new_sig = rotated.sign("i", "e1", Ops::STATUS, 10);
         assert_ne!(new_sig, old_sig);
-        assert_eq!(old.verify("i", Some("status"), Some("10"), Some(&new_sig), 0), Err(LinkError::BadSignature));
+        assert_eq!(old.verify("i", "e1", Some("status"), Some("10"), Some(&new_sig), 0), Err(LinkError::BadSignature));
     }
 
     #[test]
@@ -239,7 +266,7 @@ mod tests {
         let a = LinkKeys::new(Vec::new(), Some("system"));
         let b = LinkKeys::new(Vec::new(), Some("system"));
         assert_eq!(a.source, KeySource::DerivedFromSystemKey);
-        assert_eq!(a.sign("i", Ops::STATUS, 1), b.sign("i", Ops::STATUS, 1));
+        assert_eq!(a.sign("i", "e1", Ops::STATUS, 1), b.sign("i", "e1", Ops::STATUS, 1));
         assert_ne!(a.keys[0], b"system".to_vec());
         let r = LinkKeys::new(Vec::new(), None);
         assert_eq!(r.source, KeySource::RandomPerProcess);

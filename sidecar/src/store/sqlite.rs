@@ -51,11 +51,20 @@ pub struct SqliteOptions {
     pub read_connections: u32,
     /// How long a connection waits for another one's lock before failing with "busy".
     pub busy_timeout: Duration,
+    /// `PRAGMA secure_delete=ON` on the writer: deleted rows (an activity's queue row holds
+    /// a durable HTTP request's secret headers until it completes) are overwritten with
+    /// zeros, in the database and in the WAL, instead of lingering in free pages.
+    pub secure_delete: bool,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { synchronous_full: true, read_connections: 4, busy_timeout: Duration::from_secs(30) }
+        SqliteOptions {
+            synchronous_full: true,
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(30),
+            secure_delete: true,
+        }
     }
 }
 
@@ -172,6 +181,7 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     } else {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if options.synchronous_full { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "secure_delete", if options.secure_delete { "ON" } else { "OFF" })?;
     }
     Ok(conn)
 }

@@ -76,6 +76,9 @@ impl Sidecar {
             .arg(self.dir.path().join("duro.db"))
             .arg("--log-level")
             .arg("info")
+            // The durable HTTP targets of the tests are on loopback, refused by default.
+            .arg("--http-allow")
+            .arg("127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
