@@ -137,9 +137,41 @@ impl Sidecar {
 /// Runs `duro` on `db` expecting it to exit by itself (e.g. refusing to start); returns its
 /// exit status and everything it wrote to stderr. Killed, and the test failed, after `timeout`.
 pub fn run_until_exit(db: &Path, extra_args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(duro_bin())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
+    run_until_exit_as(db, extra_args, &[], None, timeout)
+}
+
+/// An unprivileged user to run `duro` as (`nobody`), when the tests run as root: a file's
+/// permission bits do not stop root, so read-only cases need another user.
+pub const UNPRIVILEGED: (u32, u32) = (65534, 65534);
+
+/// Whether this process runs as root (tests that need an unprivileged `duro` use
+/// [`run_until_exit_as`] with [`UNPRIVILEGED`] then).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// [`run_until_exit`] with extra environment variables and, optionally, as another user
+/// (`uid`, `gid`; needs root, through `setpriv`).
+pub fn run_until_exit_as(
+    db: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = match user {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(duro_bin());
+            c
+        }
+        None => Command::new(duro_bin()),
+    };
+    cmd.envs(env.iter().copied());
+    if !extra_args.contains(&"--listen") {
+        cmd.arg("--listen").arg(format!("127.0.0.1:{}", free_port()));
+    }
+    let mut child = cmd
         .arg("--db")
         .arg(db)
         .args(extra_args)
