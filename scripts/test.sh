@@ -7,6 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Fails fast, in one message, when a tool is missing (Rust, Python, Node, Go, git).
+bash scripts/checks/prereqs.sh
+
+echo "==> repository checks"
+bash scripts/checks/no_machine_paths.sh
+
 echo "==> building"
 cargo build --workspace --all-targets
 
@@ -32,4 +38,8 @@ for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyg
     bash "$suite"
   fi
 done
+echo "==> README snippets, run as pasted against a real duro"
+.venv/bin/pip install --quiet -e sdks/python
+cargo build --quiet -p duro-sdk --examples
+DURO_SNIPPETS=1 cargo test -p duro-tests --test readme_snippets
 echo "==> all tests passed"
