@@ -27,6 +27,9 @@ fi
 .venv/bin/pip install --quiet -r tests/python/requirements.txt
 DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
 
+echo "==> deploy/ (kubeconform; the image's entrypoint and the manifest's duro as their user)"
+bash scripts/checks/deploy.sh
+
 echo "==> HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh
 

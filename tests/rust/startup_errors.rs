@@ -212,3 +212,19 @@ fn a_taken_http_port_says_so_once_with_a_hint() {
     let line = assert_one_error(status, &stderr, &[&addr, "in use", "--http-listen"]);
     assert_no_repeats(&line);
 }
+
+/// On a laptop (no identity configured) the log says so instead of naming the Azure
+/// metadata address, which user requests may not reach.
+#[test]
+fn no_identity_configured_is_said_plainly() {
+    let dir = test_dir();
+    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    assert!(s.terminate());
+    let log = s.log_text();
+    if std::env::vars().any(|(k, _)| k.starts_with("AZURE_") || k == "IDENTITY_ENDPOINT" || k == "MSI_ENDPOINT") {
+        eprintln!("skipped: an identity is configured in this environment");
+        return;
+    }
+    assert!(log.contains("no identity configured"), "log:\n{log}");
+    assert!(!log.contains("169.254.169.254"), "log:\n{log}");
+}
