@@ -41,6 +41,10 @@ for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyg
     bash "$suite"
   fi
 done
+echo "==> samples/phone-verification/run.sh next to a running Duro, on taken ports, with a failing Duro"
+(cd samples/phone-verification && cargo build --quiet --bins)
+DURO_SAMPLE_SCRIPTS=1 cargo test -p duro-tests --test sample_scripts
+
 echo "==> README snippets, run as pasted against a real duro"
 .venv/bin/pip install --quiet -e sdks/python
 cargo build --quiet -p duro-sdk --examples
