@@ -7,6 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Fails fast, in one message, when a tool is missing (Rust, Python, Node, Go, git).
+bash scripts/checks/prereqs.sh
+
+echo "==> repository checks"
+bash scripts/checks/no_machine_paths.sh
+
 echo "==> building"
 cargo build --workspace --all-targets
 
@@ -24,6 +30,9 @@ DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
 echo "==> Go SDK compatibility tests (official durabletask-go, bench/sdkcompat)"
 DURO_BIN="$PWD/target/debug/duro" bash -c 'cd bench && GOFLAGS="${GOFLAGS:--mod=mod}" go test -count=1 ./sdkcompat/'
 
+echo "==> deploy/ (kubeconform; the image's entrypoint and the manifest's duro as their user)"
+bash scripts/checks/deploy.sh
+
 echo "==> HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh
 
@@ -35,4 +44,12 @@ for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyg
     bash "$suite"
   fi
 done
+echo "==> samples/phone-verification/run.sh next to a running Duro, on taken ports, with a failing Duro"
+(cd samples/phone-verification && cargo build --quiet --bins)
+DURO_SAMPLE_SCRIPTS=1 cargo test -p duro-tests --test sample_scripts
+
+echo "==> README snippets, run as pasted against a real duro"
+.venv/bin/pip install --quiet -e sdks/python
+cargo build --quiet -p duro-sdk --examples
+DURO_SNIPPETS=1 cargo test -p duro-tests --test readme_snippets
 echo "==> all tests passed"

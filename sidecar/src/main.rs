@@ -10,7 +10,7 @@ use duro::engine::scheduler::SchedulerOptions;
 use duro::engine::EngineOptions;
 use duro::grpc::ServiceOptions;
 use duro::server::{self, ApiToken, Config};
-use duro::store::sqlite::SqliteOptions;
+use duro::store::sqlite::{SqliteOptions, StartupCheck};
 
 /// Duro: a durable-execution sidecar for the Durable Task SDKs.
 #[derive(Debug, Parser)]
@@ -75,6 +75,10 @@ struct Cli {
     /// request's secret headers) stay readable in free pages until reused.
     #[arg(long, env = "DURO_SQLITE_NO_SECURE_DELETE")]
     sqlite_no_secure_delete: bool,
+    /// Integrity check of the database at start-up (`full`: also every index; slower on
+    /// large files). A damaged database is refused.
+    #[arg(long, env = "DURO_SQLITE_CHECK", value_enum, default_value = "quick")]
+    sqlite_check: StartupCheck,
     #[command(flatten)]
     http: duro::http::HttpArgs,
     #[command(flatten)]
@@ -90,7 +94,9 @@ enum LogFormat {
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("invalid --log-level '{}'", cli.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: logs redirected to a file or collected stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -119,27 +125,69 @@ async fn shutdown_signal() {
     }
 }
 
-/// Errors end the process with one line on stderr and exit code 1 (no backtrace).
+/// Errors end the process with one line on stderr and exit code 1 (no backtrace, whatever
+/// `RUST_BACKTRACE` says): `error: …` or, with `--log-format json`, one JSON object.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    let format = cli.log_format;
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(format, &one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The error and its causes as one sentence: a cause whose text the line already holds
+/// (thiserror messages often quote their source) is not repeated. A port in use gets a hint.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    let in_use = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    });
+    if in_use {
+        line.push_str(
+            "; another program (perhaps another duro) uses that address: stop it or pass a free one (--listen, --http-listen)",
+        );
+    }
+    line
+}
+
+fn report(format: LogFormat, line: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {line}"),
+        LogFormat::Json => {
+            let ts = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let obj = serde_json::json!({
+                "timestamp": ts,
+                "level": "ERROR",
+                "fields": { "message": line },
+                "target": "duro",
+            });
+            eprintln!("{obj}");
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cli)?;
+    let cli_format = cli.log_format;
     let config = Config {
         listen: cli.listen,
         db: cli.db.clone(),
         sqlite: SqliteOptions {
             synchronous_full: !cli.sqlite_relaxed_sync,
             secure_delete: !cli.sqlite_no_secure_delete,
+            check: cli.sqlite_check,
             ..Default::default()
         },
         engine: EngineOptions {
@@ -170,7 +218,9 @@ async fn run() -> anyhow::Result<()> {
             // Every later write would fail: exit so a supervisor restarts us. No graceful
             // shutdown; nothing more can be committed anyway.
             tracing::error!(error = %why, "the store cannot write any more; exiting");
-            eprintln!("error: {why}; exiting so that duro can be restarted");
+            if matches!(cli_format, LogFormat::Text) {
+                eprintln!("error: {why}; exiting so that duro can be restarted");
+            }
             std::process::exit(1);
         }
     }

@@ -74,7 +74,8 @@ pub enum ServerError {
     InsecureRemote(SocketAddr),
     #[error("cannot open the store at {path}: {source}", path = path.display())]
     Store { path: PathBuf, source: StoreError },
-    /// Another process holds the database (its own sentence names it).
+    /// The store refused to open (in use, missing directory, read-only, damaged): its own
+    /// sentence names the file, the cause and what to do.
     #[error(transparent)]
     InUse(StoreError),
     #[error(transparent)]
@@ -158,7 +159,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
     }
     let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
-        e @ StoreError::InUse { .. } => ServerError::InUse(e),
+        e @ (StoreError::InUse { .. }
+        | StoreError::NoDirectory { .. }
+        | StoreError::ReadOnly { .. }
+        | StoreError::Damaged { .. }) => ServerError::InUse(e),
         source => ServerError::Store { path: config.db.clone(), source },
     })?;
     let store_died = Some(Box::pin(store.writer_died()) as futures::future::BoxFuture<'static, String>);

@@ -147,20 +147,56 @@ impl Sidecar {
 /// Runs `duro` on `db` expecting it to exit by itself (e.g. refusing to start); returns its
 /// exit status and everything it wrote to stderr. Killed, and the test failed, after `timeout`.
 pub fn run_until_exit(db: &Path, extra_args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let db = db.to_string_lossy().into_owned();
-    let mut args = vec!["--listen", listen.as_str(), "--db", db.as_str()];
-    args.extend_from_slice(extra_args);
-    run_args_until_exit(&args, timeout)
+    run_until_exit_as(db, extra_args, &[], None, timeout)
 }
 
 /// Runs `duro` with exactly `args` expecting it to exit by itself; returns its exit status
 /// and stderr. Killed, and the test failed, after `timeout`.
 pub fn run_args_until_exit(args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(duro_bin())
-        .args(args)
-        .env_remove("DURO_API_TOKEN")
-        .env_remove("DURO_INSECURE_ALLOW_REMOTE")
+    let mut cmd = Command::new(duro_bin());
+    cmd.args(args).env_remove("DURO_API_TOKEN").env_remove("DURO_INSECURE_ALLOW_REMOTE");
+    wait_for_exit(cmd, timeout)
+}
+
+/// An unprivileged user to run `duro` as (`nobody`), when the tests run as root: a file's
+/// permission bits do not stop root, so read-only cases need another user.
+pub const UNPRIVILEGED: (u32, u32) = (65534, 65534);
+
+/// Whether this process runs as root (tests that need an unprivileged `duro` use
+/// [`run_until_exit_as`] with [`UNPRIVILEGED`] then).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// [`run_until_exit`] with extra environment variables and, optionally, as another user
+/// (`uid`, `gid`; needs root, through `setpriv`).
+pub fn run_until_exit_as(
+    db: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = match user {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(duro_bin());
+            c
+        }
+        None => Command::new(duro_bin()),
+    };
+    if !extra_args.contains(&"--listen") {
+        cmd.arg("--listen").arg(format!("127.0.0.1:{}", free_port()));
+    }
+    cmd.arg("--db").arg(db).args(extra_args);
+    cmd.env_remove("DURO_API_TOKEN").env_remove("DURO_INSECURE_ALLOW_REMOTE");
+    cmd.envs(env.iter().copied());
+    wait_for_exit(cmd, timeout)
+}
+
+/// Spawns `cmd` (a `duro` expected to exit by itself) and waits for it.
+fn wait_for_exit(mut cmd: Command, timeout: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

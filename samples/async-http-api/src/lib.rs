@@ -7,6 +7,11 @@
 //! * **Being one**: clients start the orchestration through Duro's HTTP API
 //!   (`POST /runtime/webhooks/durabletask/orchestrators/CallLongRunningApi`), get `202` +
 //!   `Location`, and poll that status URL until `runtimeStatus` is `Completed`.
+//!
+//! [`lro_api`] is a small long-running-operation API to call, shipped with the sample.
+//! The custom status says `waiting for the API`, then `done`.
+
+pub mod lro_api;
 
 use duro_sdk::{DurableHttpRequest, Failure, OrchestrationContext, Worker};
 use serde::{Deserialize, Serialize};
@@ -43,6 +48,7 @@ pub async fn call_long_running_api(
         .with_asynchronous_pattern(true);
     ctx.set_custom_status("waiting for the API");
     let response = ctx.call_http(request).await?;
+    ctx.set_custom_status("done");
     let body = response.json().unwrap_or_else(|_| {
         serde_json::Value::String(response.content.clone().unwrap_or_default())
     });

@@ -1,68 +1,25 @@
 //! A client starts `CallLongRunningApi` through Duro's HTTP API and polls its status URL; the
-//! orchestration calls a fake long-running API (202 + Location + Retry-After) through durable
-//! HTTP. Real `duro` binary.
+//! orchestration calls the sample's long-running API (202 + Location + Retry-After) through
+//! durable HTTP; its custom status ends as "done". Real `duro` binary.
 
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../support/sidecar.rs"]
 mod sidecar;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use async_http_api::lro_api::LroApi;
+use axum::http::header;
 use serde_json::{json, Value};
-
-#[derive(Clone)]
-struct Api {
-    base: String,
-    polls: Arc<AtomicU32>,
-}
-
-async fn start_job(State(api): State<Api>, Json(body): Json<Value>) -> impl IntoResponse {
-    assert_eq!(body["n"], 21);
-    (
-        StatusCode::ACCEPTED,
-        [
-            (header::LOCATION, format!("{}/jobs/1", api.base)),
-            (header::RETRY_AFTER, "1".to_string()),
-        ],
-    )
-}
-
-async fn job_status(State(api): State<Api>) -> axum::response::Response {
-    if api.polls.fetch_add(1, Ordering::SeqCst) < 1 {
-        (
-            StatusCode::ACCEPTED,
-            [
-                (header::LOCATION, format!("{}/jobs/1", api.base)),
-                (header::RETRY_AFTER, "1".to_string()),
-            ],
-        )
-            .into_response()
-    } else {
-        Json(json!({ "answer": 42 })).into_response()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_over_http_and_poll() {
+    // The long-running API shipped with the sample (src/lro_api.rs).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let api = Api {
-        base: base.clone(),
-        polls: Arc::default(),
-    };
-    let app = Router::new()
-        .route("/jobs", post(start_job))
-        .route("/jobs/1", get(job_status))
-        .with_state(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = LroApi::default();
+    tokio::spawn(async_http_api::lro_api::serve(listener, api.clone()));
 
     let http_port = sidecar::free_port();
     let duro = sidecar::Sidecar::start_with(vec![
@@ -77,7 +34,7 @@ async fn start_over_http_and_poll() {
             "http://127.0.0.1:{http_port}/runtime/webhooks/durabletask/orchestrators/{}",
             async_http_api::ORCHESTRATION
         ))
-        .json(&json!({ "url": format!("{base}/jobs"), "body": { "n": 21 } }))
+        .json(&json!({ "url": format!("{base}/jobs"), "body": { "seconds": 1 } }))
         .send()
         .await
         .unwrap();
@@ -100,10 +57,31 @@ async fn start_over_http_and_poll() {
         assert!(Instant::now() < deadline, "never completed: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(
-        status["output"],
-        json!({ "statusCode": 200, "body": { "answer": 42 } })
-    );
-    assert_eq!(api.polls.load(Ordering::SeqCst), 2);
+    assert_eq!(status["output"]["statusCode"], 200, "{status}");
+    assert_eq!(status["output"]["body"]["status"], "done", "{status}");
+    assert_eq!(status["output"]["body"]["input"], json!({ "seconds": 1 }));
+    assert_eq!(status["output"]["body"]["result"], json!({ "answer": 42 }));
+    assert_eq!(status["customStatus"], "done", "{status}");
+    assert!(api.polls() >= 1, "the status URL was never polled");
     worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_shipped_api_answers_202_then_200_and_404_for_unknown_jobs() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async_http_api::lro_api::serve(listener, LroApi::default()));
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{base}/jobs")).json(&json!({ "seconds": 1 })).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()[header::RETRY_AFTER.as_str()], "1");
+    let location = r.headers()[header::LOCATION.as_str()].to_str().unwrap().to_string();
+    assert_eq!(location, format!("{base}/jobs/1"));
+    assert_eq!(http.get(&location).send().await.unwrap().status(), 202);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let done = http.get(&location).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    let body: Value = done.json().await.unwrap();
+    assert_eq!(body["status"], "done");
+    assert_eq!(http.get(format!("{base}/jobs/9")).send().await.unwrap().status(), 404);
 }

@@ -202,13 +202,15 @@ impl HttpActivity {
             .no_proxy()
             .use_rustls_tls()
             .build()?;
-        let tokens = Tokens::new(
-            opts.identity.clone(),
-            opts.tokens.clone(),
-            opts.allow.clone(),
-        )?;
-        if let Some(c) = &opts.identity {
-            tracing::info!(identity = %c.describe(), "durable HTTP token source");
+        let tokens = Tokens::new(opts.identity.clone(), opts.tokens.clone(), opts.allow.clone())?;
+        match &opts.identity {
+            // The fallback when nothing is configured: outside Azure there is no identity
+            // (and the address is one that user requests may not reach), so say that.
+            Some(tokens::Credential::Imds { endpoint, client_id: None }) if endpoint.as_str() == tokens::IMDS_ENDPOINT => {
+                tracing::info!("durable HTTP: no identity configured (token sources would ask Azure IMDS, which exists only on Azure)");
+            }
+            Some(c) => tracing::info!(identity = %c.describe(), "durable HTTP token source"),
+            None => {}
         }
         Ok(HttpActivity {
             inner: Arc::new(Inner {

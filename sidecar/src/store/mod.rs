@@ -27,6 +27,10 @@ pub enum StoreError {
     /// The group commit holding this write failed; nothing of it was stored.
     #[error("database commit failed: {0}")]
     CommitFailed(String),
+    /// A write failed for a reason that retrying does not cure (a corrupt or read-only
+    /// file); nothing of its group was stored.
+    #[error("database write failed permanently: {0}")]
+    Broken(String),
     #[error("database migration failed: {0}")]
     Migrate(String),
     /// A database task could not run to the end (its thread panicked or was cancelled).
@@ -44,6 +48,15 @@ pub enum StoreError {
     /// file names it (`holder`: e.g. " (pid 1234)", empty when unknown).
     #[error("the database {} is in use by another duro process{holder}; stop it or use another --db", path.display())]
     InUse { path: std::path::PathBuf, holder: String },
+    /// The directory of the database file does not exist.
+    #[error("the directory {} of the database {} does not exist; create it (mkdir -p) or pass another --db", dir.display(), path.display())]
+    NoDirectory { path: std::path::PathBuf, dir: std::path::PathBuf },
+    /// The database (or its directory) cannot be written by this process.
+    #[error("the database {} cannot be written ({why}); make it and its directory writable for this user or pass another --db", path.display())]
+    ReadOnly { path: std::path::PathBuf, why: String },
+    /// The start-up integrity check found damage: serving would fail writes or lose data.
+    #[error("the database {} is damaged ({check}: {detail}); restore it from a backup, or move it and its -wal file away to start with an empty store", path.display())]
+    Damaged { path: std::path::PathBuf, check: &'static str, detail: String },
     /// The database's lock file could not be created or locked.
     #[error("cannot lock the database {}: {source}", path.display())]
     Lock { path: std::path::PathBuf, source: std::io::Error },
@@ -427,6 +440,9 @@ mod tests {
         assert!(StoreError::CommitFailed("disk I/O error".into()).is_transient());
         assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_transient());
         assert!(!StoreError::Corrupt("bad bytes".into()).is_transient());
+        assert!(!StoreError::Broken("database disk image is malformed".into()).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_READONLY).is_transient());
         assert!(!StoreError::Conflict("a".into()).is_transient());
     }
 }

@@ -55,6 +55,22 @@ pub struct SqliteOptions {
     /// a durable HTTP request's secret headers until it completes) are overwritten with
     /// zeros, in the database and in the WAL, instead of lingering in free pages.
     pub secure_delete: bool,
+    /// The integrity check run when the store opens.
+    pub check: StartupCheck,
+}
+
+/// How thoroughly the database is checked when the store opens: a damaged file is refused
+/// rather than served (it would fail writes later, for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(clap::ValueEnum)]
+pub enum StartupCheck {
+    /// No integrity check (the file is still opened, migrated and test-written).
+    Off,
+    /// `PRAGMA quick_check`: every page and record, not index contents (linear in size).
+    #[default]
+    Quick,
+    /// `PRAGMA integrity_check`: also every index against its table (slower).
+    Full,
 }
 
 impl Default for SqliteOptions {
@@ -64,8 +80,83 @@ impl Default for SqliteOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(30),
             secure_delete: true,
+            check: StartupCheck::default(),
         }
     }
+}
+
+/// Refuses a database whose directory is missing, before anything is created.
+fn check_directory(path: &Path) -> Result<(), StoreError> {
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" || name.to_string_lossy().starts_with("file:") {
+        return Ok(());
+    }
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            Err(StoreError::NoDirectory { path: path.to_path_buf(), dir: dir.to_path_buf() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Says what an SQLite failure while opening means for the operator: a file that cannot
+/// be written or one that is damaged is refused with its own sentence.
+fn opening_error(path: &Path, e: StoreError) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        StoreError::Database(rusqlite::Error::SqliteFailure(f, _)) => match f.code {
+            C::ReadOnly | C::CannotOpen | C::PermissionDenied => {
+                StoreError::ReadOnly { path: path.to_path_buf(), why: e.to_string().replace("database error: ", "") }
+            }
+            C::DatabaseCorrupt | C::NotADatabase => StoreError::Damaged {
+                path: path.to_path_buf(),
+                check: "opening it",
+                detail: e.to_string().replace("database error: ", ""),
+            },
+            _ => e,
+        },
+        StoreError::Migrate(m) if m.contains("malformed") || m.contains("not a database") => {
+            StoreError::Damaged { path: path.to_path_buf(), check: "migrating it", detail: m.clone() }
+        }
+        StoreError::Lock { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            StoreError::ReadOnly { path: path.to_path_buf(), why: format!("cannot create its lock file: {source}") }
+        }
+        _ => e,
+    }
+}
+
+/// Start-up checks on the writer's connection: the file is writable (a read-only file
+/// would otherwise be served and fail every write) and, unless turned off, intact.
+fn check_database(conn: &Connection, path: &Path, check: StartupCheck) -> Result<(), StoreError> {
+    let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+    if read_only {
+        return Err(StoreError::ReadOnly { path: path.to_path_buf(), why: "SQLite opened it read-only".into() });
+    }
+    let pragma = match check {
+        StartupCheck::Off => None,
+        StartupCheck::Quick => Some("quick_check"),
+        StartupCheck::Full => Some("integrity_check"),
+    };
+    if let Some(pragma) = pragma {
+        let started = std::time::Instant::now();
+        let problems: Vec<String> = {
+            let mut stmt = conn.prepare(&format!("PRAGMA {pragma}(5)"))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if problems.iter().any(|p| p != "ok") {
+            let detail = problems.join("; ").split_whitespace().collect::<Vec<_>>().join(" ");
+            return Err(StoreError::Damaged { path: path.to_path_buf(), check: pragma, detail });
+        }
+        tracing::debug!(check = pragma, took_ms = started.elapsed().as_millis() as u64, "database integrity checked");
+    }
+    // A real write (the header's user_version, unchanged): fails now, not at the first
+    // request, when the file or its directory cannot be written.
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;")).inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })?;
+    Ok(())
 }
 
 pub struct SqliteStore {
@@ -262,9 +353,15 @@ impl SqliteStore {
             tokio::task::spawn_blocking(move || -> Result<(Connection, Option<std::fs::File>), StoreError> {
                 // Before anything touches the database: a second process must not migrate
                 // it, recover its inbox or write to it.
-                let lock = lock_database(&path)?;
-                let mut conn = open_connection(&path, &options, false)?;
-                migrate(&mut conn)?;
+                check_directory(&path)?;
+                let lock = lock_database(&path).map_err(|e| opening_error(&path, e))?;
+                let opened = (|| {
+                    let mut conn = open_connection(&path, &options, false)?;
+                    check_database(&conn, &path, options.check)?;
+                    migrate(&mut conn)?;
+                    Ok(conn)
+                })();
+                let conn = opened.map_err(|e| opening_error(&path, e))?;
                 Ok((conn, lock))
             })
             .await
@@ -348,7 +445,9 @@ enum GroupRun {
     WriteFailed(usize, StoreError),
     /// Nothing was committed: the transaction could not start, SQLite rolled it back by
     /// itself after the write at the given index failed, or the final COMMIT failed.
-    Lost { failed: Option<(usize, StoreError)>, cause: String },
+    /// `transient`: whether retrying may succeed (busy, full, I/O) or not (a corrupt or
+    /// read-only file).
+    Lost { failed: Option<(usize, StoreError)>, cause: String, transient: bool },
 }
 
 /// Runs a group of writes and answers each one, never saying OK for a write that is not
@@ -365,20 +464,21 @@ fn run_group(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<WriteResul
         GroupRun::WriteFailed(..) => try_group(conn, batch, true),
         run => run,
     };
-    let (mut failed, cause) = match run {
+    let (mut failed, cause, transient) = match run {
         GroupRun::Committed(results) => return results,
         // Not returned with savepoints; kept honest anyway.
         GroupRun::WriteFailed(i, e) => {
-            let cause = e.to_string();
-            (Some((i, e)), cause)
+            let (cause, transient) = (e.to_string(), e.is_transient());
+            (Some((i, e)), cause, transient)
         }
-        GroupRun::Lost { failed, cause } => (failed, cause),
+        GroupRun::Lost { failed, cause, transient } => (failed, cause, transient),
     };
     tracing::error!(error = %cause, writes = batch.len(), "group commit failed; no write in it is stored");
     (0..batch.len())
         .map(|i| match failed.take_if(|(at, _)| *at == i) {
             Some((_, e)) => Err(e),
-            None => Err(StoreError::CommitFailed(cause.clone())),
+            None if transient => Err(StoreError::CommitFailed(cause.clone())),
+            None => Err(StoreError::Broken(cause.clone())),
         })
         .collect()
 }
@@ -386,22 +486,25 @@ fn run_group(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<WriteResul
 /// One attempt at running a group of writes in one transaction, with or without a
 /// savepoint per write. Leaves the connection outside any transaction.
 fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> GroupRun {
-    let lost = |cause: &dyn std::fmt::Display| GroupRun::Lost { failed: None, cause: cause.to_string() };
+    let lost = |e: rusqlite::Error| {
+        let e = StoreError::from(e);
+        GroupRun::Lost { failed: None, cause: e.to_string(), transient: e.is_transient() }
+    };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return lost(&e),
+        Err(e) => return lost(e),
     };
     let mut results = Vec::with_capacity(batch.len());
     for (i, job) in batch.iter().enumerate() {
         let r = if savepoints {
             let sp = match tx.savepoint() {
                 Ok(sp) => sp,
-                Err(e) => return lost(&e),
+                Err(e) => return lost(e),
             };
             let r = run_op(&sp, &job.op);
             if r.is_ok() {
                 if let Err(e) = sp.commit() {
-                    return lost(&e);
+                    return lost(e);
                 }
             }
             // Dropping an uncommitted savepoint rolls it back.
@@ -414,7 +517,8 @@ fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> Gro
             // then nothing before is stored, and what follows would run outside of it.
             Err(e) if tx.is_autocommit() => {
                 let cause = format!("SQLite rolled back the transaction after a write failed: {e}");
-                return GroupRun::Lost { failed: Some((i, e)), cause };
+                let transient = e.is_transient();
+                return GroupRun::Lost { failed: Some((i, e)), cause, transient };
             }
             // Dropping the transaction rolls it back.
             Err(e) if !savepoints => return GroupRun::WriteFailed(i, e),
@@ -425,7 +529,7 @@ fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> Gro
         Ok(()) => GroupRun::Committed(results),
         // A failed COMMIT left the transaction open (busy) or rolled it back; dropping
         // the transaction (done by `commit` on failure) rolls back what is left.
-        Err(e) => lost(&e),
+        Err(e) => lost(e),
     }
 }
 
