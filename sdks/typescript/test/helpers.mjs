@@ -34,7 +34,7 @@ async function waitPort(port, timeoutMs = 20000) {
   throw new Error(`port ${port} not listening`);
 }
 
-export async function startDuro() {
+export async function startDuro(extraArgs = []) {
   const bin = process.env.DURO_BIN ?? path.join(REPO, "target", "debug", "duro");
   if (!existsSync(bin)) throw new Error(`duro binary not found at ${bin}`);
   const grpcPort = await freePort();
@@ -44,6 +44,9 @@ export async function startDuro() {
   const proc = spawn(bin, [
     "--listen", `127.0.0.1:${grpcPort}`, "--db", path.join(dir, "duro.db"),
     "--http-listen", `127.0.0.1:${httpPort}`, "--durable-http-default-poll-interval-ms", "100",
+    // The tests' fake HTTP servers are on loopback, which durable HTTP refuses by default.
+    "--http-allow", "127.0.0.1",
+    ...extraArgs,
   ], { stdio: ["ignore", log, log] });
   await waitPort(grpcPort);
   await waitPort(httpPort);
