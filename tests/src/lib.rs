@@ -20,8 +20,19 @@ pub fn duro_bin() -> PathBuf {
     profile_dir.join(if cfg!(windows) { "duro.exe" } else { "duro" })
 }
 
+/// A loopback port nothing listens on, never the same one twice in this process: tests
+/// run in parallel threads, and a port handed to one sidecar must not be given to another
+/// test's sidecar after the first exits (its test would then talk to the wrong one).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `duro` process. Killed (SIGKILL) on drop unless stopped first.
