@@ -19,10 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let fds = protox::compile([PROTO], ["."])?;
-    std::fs::write(
-        out_dir.join("orchestrator_service.bin"),
-        fds.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("orchestrator_service.bin"), fds.encode_to_vec())?;
 
     let mut config = tonic_prost_build::Config::new();
     config.default_package_filename("orchestrator_service");

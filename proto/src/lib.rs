@@ -37,26 +37,17 @@
 
 pub use prost_types;
 
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/orchestrator_service.rs"));
 }
 
 pub use generated::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
-pub use generated::task_hub_sidecar_service_server::{
-    TaskHubSidecarService, TaskHubSidecarServiceServer,
-};
+pub use generated::task_hub_sidecar_service_server::{TaskHubSidecarService, TaskHubSidecarServiceServer};
 pub use generated::*;
 
 /// Encoded `google.protobuf.FileDescriptorSet` of `orchestrator_service.proto` and its imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/orchestrator_service.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orchestrator_service.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -67,52 +58,35 @@ mod tests {
 
     #[test]
     fn work_item_health_ping_tags() {
-        let ping = WorkItem {
-            request: Some(work_item::Request::HealthPing(HealthPing {})),
-            completion_token: String::new(),
-        };
+        let ping =
+            WorkItem { request: Some(work_item::Request::HealthPing(HealthPing {})), completion_token: String::new() };
         // field 4, wire type 2 (LEN) = 0x22, empty message.
         assert_eq!(ping.encode_to_vec(), vec![0x22, 0x00]);
 
-        let with_token = WorkItem {
-            request: Some(work_item::Request::HealthPing(HealthPing {})),
-            completion_token: "t".to_owned(),
-        };
+        let with_token =
+            WorkItem { request: Some(work_item::Request::HealthPing(HealthPing {})), completion_token: "t".to_owned() };
         let bytes = with_token.encode_to_vec();
         // prost emits fields in tag order: healthPing (4) then completionToken (10, LEN → 0x52).
         assert_eq!(bytes, vec![0x22, 0x00, 0x52, 0x01, b't']);
 
-        let token_only = WorkItem {
-            request: None,
-            completion_token: "t".to_owned(),
-        };
+        let token_only = WorkItem { request: None, completion_token: "t".to_owned() };
         assert_eq!(token_only.encode_to_vec()[0], 0x52);
-        assert_eq!(
-            WorkItem::decode(bytes.as_slice()).expect("decode"),
-            with_token
-        );
+        assert_eq!(WorkItem::decode(bytes.as_slice()).expect("decode"), with_token);
     }
 
     #[test]
     fn work_item_orchestrator_request_tags() {
         let item = WorkItem {
-            request: Some(work_item::Request::OrchestratorRequest(
-                OrchestratorRequest {
-                    instance_id: "i".to_owned(),
-                    execution_id: Some("e".to_owned()),
-                    new_events: vec![HistoryEvent {
-                        event_id: -1,
-                        timestamp: Some(prost_types::Timestamp {
-                            seconds: 1,
-                            nanos: 0,
-                        }),
-                        event_type: Some(history_event::EventType::OrchestratorStarted(
-                            OrchestratorStartedEvent {},
-                        )),
-                    }],
-                    ..Default::default()
-                },
-            )),
+            request: Some(work_item::Request::OrchestratorRequest(OrchestratorRequest {
+                instance_id: "i".to_owned(),
+                execution_id: Some("e".to_owned()),
+                new_events: vec![HistoryEvent {
+                    event_id: -1,
+                    timestamp: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+                    event_type: Some(history_event::EventType::OrchestratorStarted(OrchestratorStartedEvent {})),
+                }],
+                ..Default::default()
+            })),
             completion_token: String::new(),
         };
         let bytes = item.encode_to_vec();
@@ -121,19 +95,13 @@ mod tests {
         let inner = &bytes[2..];
         assert_eq!(bytes[1] as usize, inner.len());
         // OrchestratorRequest.instanceId (1) = "i"; executionId (2) = StringValue{value (1) = "e"}.
-        assert_eq!(
-            &inner[..8],
-            &[0x0A, 0x01, b'i', 0x12, 0x03, 0x0A, 0x01, b'e']
-        );
+        assert_eq!(&inner[..8], &[0x0A, 0x01, b'i', 0x12, 0x03, 0x0A, 0x01, b'e']);
         // newEvents: field 4, LEN.
         assert_eq!(inner[8], 0x22);
         let event = &inner[10..];
         assert_eq!(inner[9] as usize, event.len());
         // eventId (1) = -1 as int32 → 10-byte varint.
-        assert_eq!(
-            &event[..11],
-            &[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]
-        );
+        assert_eq!(&event[..11], &[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
         // timestamp (2) = {seconds (1) = 1}; orchestratorStarted (14, LEN) = 0x72, empty.
         assert_eq!(&event[11..], &[0x12, 0x02, 0x08, 0x01, 0x72, 0x00]);
         assert_eq!(WorkItem::decode(bytes.as_slice()).expect("decode"), item);
@@ -142,8 +110,7 @@ mod tests {
     #[test]
     fn reuse_policy_keeps_legacy_go_action() {
         // Go SDK shape: field 1 statuses (unpacked here), field 2 CreateOrchestrationAction IGNORE.
-        let policy = OrchestrationIdReusePolicy::decode(&[0x08, 0x03, 0x08, 0x05, 0x10, 0x01][..])
-            .expect("decode");
+        let policy = OrchestrationIdReusePolicy::decode(&[0x08, 0x03, 0x08, 0x05, 0x10, 0x01][..]).expect("decode");
         assert_eq!(
             policy.replaceable_status().collect::<Vec<_>>(),
             vec![OrchestrationStatus::Failed, OrchestrationStatus::Terminated]
@@ -156,16 +123,10 @@ mod tests {
         assert!(GENERATED.contains("\"/TaskHubSidecarService/StartInstance\""));
         assert!(GENERATED.contains("\"/TaskHubSidecarService/GetWorkItems\""));
         assert!(GENERATED.contains("\"/TaskHubSidecarService/StreamInstanceHistory\""));
-        assert!(
-            GENERATED.contains("\"/TaskHubSidecarService/SkipGracefulOrchestrationTerminations\"")
-        );
+        assert!(GENERATED.contains("\"/TaskHubSidecarService/SkipGracefulOrchestrationTerminations\""));
 
         let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("fds");
-        let file = fds
-            .file
-            .iter()
-            .find(|f| f.name() == "orchestrator_service.proto")
-            .expect("file in set");
+        let file = fds.file.iter().find(|f| f.name() == "orchestrator_service.proto").expect("file in set");
         assert_eq!(file.package(), "");
         let service = file.service.first().expect("service");
         assert_eq!(service.name(), "TaskHubSidecarService");
@@ -184,9 +145,7 @@ mod tests {
 
     #[test]
     fn client_paths() {
-        let _ = task_hub_sidecar_service_client::TaskHubSidecarServiceClient::<
-            tonic::transport::Channel,
-        >::new;
+        let _ = task_hub_sidecar_service_client::TaskHubSidecarServiceClient::<tonic::transport::Channel>::new;
         let _ = TaskHubSidecarServiceClient::<tonic::transport::Channel>::new;
     }
 }

@@ -21,14 +21,8 @@ pub fn duro_bin() -> PathBuf {
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut handed = HANDED_OUT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !handed.contains(&port) {
             handed.push(port);
             return port;
@@ -50,28 +44,15 @@ impl Sidecar {
     }
 
     pub fn start_with(extra_args: Vec<String>) -> Sidecar {
-        let mut s = Sidecar {
-            port: free_port(),
-            extra_args,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
+        let mut s = Sidecar { port: free_port(), extra_args, dir: tempfile::tempdir().unwrap(), child: None };
         s.spawn();
         s
     }
 
     pub fn spawn(&mut self) {
         let bin = duro_bin();
-        assert!(
-            bin.exists(),
-            "no duro binary at {} (cargo build -p duro)",
-            bin.display()
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("duro.log"))
-            .unwrap();
+        assert!(bin.exists(), "no duro binary at {} (cargo build -p duro)", bin.display());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("duro.log")).unwrap();
         let mut cmd = Command::new(&bin);
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -83,20 +64,12 @@ impl Sidecar {
         if !self.extra_args.iter().any(|a| a == "--http-listen") {
             cmd.arg("--http-listen").arg("off");
         }
-        let child = cmd
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn duro");
+        let child =
+            cmd.args(&self.extra_args).stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().expect("spawn duro");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "duro did not start:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "duro did not start:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,10 +97,7 @@ impl Drop for Sidecar {
 }
 
 /// Starts a worker with what `register` adds and waits until it is connected.
-pub async fn start_worker(
-    sidecar: &Sidecar,
-    register: impl FnOnce(&mut duro_sdk::Worker),
-) -> duro_sdk::WorkerHandle {
+pub async fn start_worker(sidecar: &Sidecar, register: impl FnOnce(&mut duro_sdk::Worker)) -> duro_sdk::WorkerHandle {
     let mut worker = duro_sdk::Worker::new(sidecar.address()).with_options(
         duro_sdk::WorkerOptions::default()
             .with_reconnect_delays(Duration::from_millis(50), Duration::from_millis(300))

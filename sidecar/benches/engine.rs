@@ -86,11 +86,8 @@ fn bench_turn(c: &mut Criterion) {
                 new_events: new_events.clone(),
                 ..Default::default()
             };
-            WorkItem {
-                request: Some(work_item::Request::OrchestratorRequest(req)),
-                completion_token: "t".into(),
-            }
-            .encode_to_vec()
+            WorkItem { request: Some(work_item::Request::OrchestratorRequest(req)), completion_token: "t".into() }
+                .encode_to_vec()
         })
     });
 }

@@ -151,9 +151,9 @@ fn one_line(e: &anyhow::Error) -> String {
             line.push_str(&text);
         }
     }
-    let in_use = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-    });
+    let in_use = e
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse));
     if in_use {
         line.push_str(
             "; another program (perhaps another duro) uses that address: stop it or pass a free one (--listen, --http-listen)",
@@ -166,7 +166,8 @@ fn report(format: LogFormat, line: &str) {
     match format {
         LogFormat::Text => eprintln!("error: {line}"),
         LogFormat::Json => {
-            let ts = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let ts = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             let obj = serde_json::json!({
                 "timestamp": ts,
                 "level": "ERROR",

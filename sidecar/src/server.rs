@@ -148,7 +148,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             let read = |what: &'static str, path: &PathBuf| {
                 std::fs::read(path).map_err(|source| ServerError::TlsFile { what, path: path.clone(), source })
             };
-            let identity = tonic::transport::Identity::from_pem(read("certificate", &files.cert)?, read("key", &files.key)?);
+            let identity =
+                tonic::transport::Identity::from_pem(read("certificate", &files.cert)?, read("key", &files.key)?);
             Some(tonic::transport::ServerTlsConfig::new().identity(identity))
         }
         None => None,

@@ -114,7 +114,13 @@ async fn kill9_mid_run_then_restart_completes_all_200_with_exact_outputs() {
             ));
         }
     }
-    assert!(bad.is_empty(), "{} instances wrong after recovery:\n{}\nlog tail:\n{}", bad.len(), bad.join("\n"), sidecar.log_tail(40));
+    assert!(
+        bad.is_empty(),
+        "{} instances wrong after recovery:\n{}\nlog tail:\n{}",
+        bad.len(),
+        bad.join("\n"),
+        sidecar.log_tail(40)
+    );
 
     // Instances completed before the crash kept their outputs.
     for (id, out) in &outputs_before {
@@ -268,7 +274,8 @@ async fn acknowledged_start_survives_immediate_kill9() {
     for id in &acked {
         let r = loop {
             let req = duro_proto::GetInstanceRequest { instance_id: id.clone(), get_inputs_and_outputs: false };
-            match tokio::time::timeout(CALL_TIMEOUT, client.clone().get_instance(req)).await.expect("GetInstance hung") {
+            match tokio::time::timeout(CALL_TIMEOUT, client.clone().get_instance(req)).await.expect("GetInstance hung")
+            {
                 Ok(r) => break r.into_inner(),
                 Err(s) if is_transport_error(&s) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(s) => panic!("GetInstance({id}): {s:?}"),

@@ -15,9 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duro_proto::history_event::EventType;
-use duro_proto::{
-    OrchestrationState, OrchestrationStatus, OrchestratorAction, OrchestratorRequest,
-};
+use duro_proto::{OrchestrationState, OrchestrationStatus, OrchestratorAction, OrchestratorRequest};
 use duro_tests::*;
 use serde_json::{json, Value};
 
@@ -32,9 +30,7 @@ const ALLOW_LOOPBACK: [&str; 2] = ["--http-allow", "127.0.0.1"];
 /// other as `BuiltIn::HttpActivity` and completes with the array of their results (parsed),
 /// or fails with the first failure's errorType and message.
 fn http_orchestrator(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
-    let calls: Vec<Value> = orchestration_input(req)
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
+    let calls: Vec<Value> = orchestration_input(req).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
     let n = calls.len() as i32;
     let mut results: BTreeMap<i32, Value> = BTreeMap::new();
     let mut scheduled: BTreeSet<i32> = BTreeSet::new();
@@ -44,11 +40,7 @@ fn http_orchestrator(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
                 scheduled.insert(e.event_id);
             }
             Some(EventType::TaskCompleted(c)) => {
-                let v = c
-                    .result
-                    .as_deref()
-                    .and_then(|r| serde_json::from_str(r).ok())
-                    .unwrap_or(Value::Null);
+                let v = c.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null);
                 results.insert(c.task_scheduled_id, v);
             }
             Some(EventType::TaskFailed(f)) => {
@@ -64,18 +56,10 @@ fn http_orchestrator(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
         if scheduled.contains(&done) {
             return Vec::new();
         }
-        return vec![schedule_task(
-            done,
-            HTTP_ACTIVITY,
-            Some(calls[done as usize].to_string()),
-        )];
+        return vec![schedule_task(done, HTTP_ACTIVITY, Some(calls[done as usize].to_string()))];
     }
     let out = Value::Array(results.into_values().collect());
-    vec![complete(
-        n,
-        OrchestrationStatus::Completed,
-        Some(out.to_string()),
-    )]
+    vec![complete(n, OrchestrationStatus::Completed, Some(out.to_string()))]
 }
 
 /// A worker running [`http_orchestrator`]; its activity callback counts calls (the
@@ -91,29 +75,17 @@ fn start_worker(sidecar: &Sidecar) -> (RawWorker, Arc<AtomicUsize>) {
 }
 
 async fn run(client: &Client, id: &str, calls: Value) -> OrchestrationState {
-    start(client, "HttpOrchestration", id, Some(&calls.to_string()))
-        .await
-        .expect("start");
+    start(client, "HttpOrchestration", id, Some(&calls.to_string())).await.expect("start");
     wait_completion(client, id, WAIT).await
 }
 
 fn output(state: &OrchestrationState) -> Value {
-    assert_eq!(
-        status_of(state),
-        OrchestrationStatus::Completed,
-        "instance failed: {:?}",
-        state.failure_details
-    );
+    assert_eq!(status_of(state), OrchestrationStatus::Completed, "instance failed: {:?}", state.failure_details);
     serde_json::from_str(state.output.as_deref().expect("output")).expect("output JSON")
 }
 
 fn failure(state: &OrchestrationState) -> (String, String) {
-    assert_eq!(
-        status_of(state),
-        OrchestrationStatus::Failed,
-        "expected a failure, output {:?}",
-        state.output
-    );
+    assert_eq!(status_of(state), OrchestrationStatus::Failed, "expected a failure, output {:?}", state.output);
     let d = state.failure_details.clone().expect("failure details");
     (d.error_type, d.error_message)
 }
@@ -121,9 +93,7 @@ fn failure(state: &OrchestrationState) -> (String, String) {
 // ----- fake servers -----------------------------------------------------------------------
 
 async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -145,14 +115,8 @@ struct Target {
 
 impl Target {
     fn record(&self, what: &str, h: &HeaderMap) {
-        let auth = h
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        self.seen
-            .lock()
-            .expect("lock")
-            .push((what.to_string(), auth));
+        let auth = h.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+        self.seen.lock().expect("lock").push((what.to_string(), auth));
     }
 
     fn seen(&self) -> Vec<(String, Option<String>)> {
@@ -166,23 +130,18 @@ async fn target_server(t: Arc<Target>) -> String {
             "/plain",
             get(|State(t): State<Arc<Target>>, h: HeaderMap| async move {
                 t.record("GET /plain", &h);
-                (
-                    [("content-type", "text/plain"), ("x-answer", "42")],
-                    "plain body",
-                )
+                ([("content-type", "text/plain"), ("x-answer", "42")], "plain body")
             }),
         )
         .route(
             "/api/jobs",
-            post(
-                |State(t): State<Arc<Target>>, h: HeaderMap, body: String| async move {
-                    t.record("POST /api/jobs", &h);
-                    t.posts.fetch_add(1, Ordering::SeqCst);
-                    assert_eq!(body, r#"{"job":1}"#);
-                    // Relative Location, no Retry-After: the sidecar's default interval applies.
-                    (StatusCode::ACCEPTED, [("location", "status/1")], "accepted")
-                },
-            ),
+            post(|State(t): State<Arc<Target>>, h: HeaderMap, body: String| async move {
+                t.record("POST /api/jobs", &h);
+                t.posts.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(body, r#"{"job":1}"#);
+                // Relative Location, no Retry-After: the sidecar's default interval applies.
+                (StatusCode::ACCEPTED, [("location", "status/1")], "accepted")
+            }),
         )
         .route(
             "/api/status/1",
@@ -191,8 +150,7 @@ async fn target_server(t: Arc<Target>) -> String {
                 let n = t.polls.fetch_add(1, Ordering::SeqCst);
                 let hold = t.hold.load(Ordering::SeqCst) && !t.release.load(Ordering::SeqCst);
                 if hold || n == 0 {
-                    return (StatusCode::ACCEPTED, [("retry-after", "1")], "running")
-                        .into_response();
+                    return (StatusCode::ACCEPTED, [("retry-after", "1")], "running").into_response();
                 }
                 Json(json!({"done": true, "polls": n + 1})).into_response()
             }),
@@ -228,16 +186,9 @@ async fn identity_token(
 ) -> Response {
     id.calls.fetch_add(1, Ordering::SeqCst);
     let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    id.seen.lock().expect("lock").push((
-        q.clone(),
-        header("metadata"),
-        header("x-identity-header"),
-    ));
-    let expires_on = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
+    id.seen.lock().expect("lock").push((q.clone(), header("metadata"), header("x-identity-header")));
+    let expires_on =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
     Json(json!({
         "access_token": id.token,
         "expires_in": "3600",
@@ -269,9 +220,7 @@ fn store_bytes(dir: &Path) -> Vec<u8> {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 // ----- tests --------------------------------------------------------------------------------
@@ -285,23 +234,14 @@ async fn plain_get_completes_with_the_response() {
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
-    let state = run(
-        &client,
-        "plain",
-        json!([{"method": "GET", "uri": format!("{base}/plain")}]),
-    )
-    .await;
+    let state = run(&client, "plain", json!([{"method": "GET", "uri": format!("{base}/plain")}])).await;
     let out = output(&state);
     let resp = &out[0];
     assert_eq!(resp["statusCode"], 200, "{resp}");
     assert_eq!(resp["content"], "plain body");
     assert_eq!(resp["headers"]["content-type"], "text/plain");
     assert_eq!(resp["headers"]["x-answer"], "42");
-    assert_eq!(
-        activity_calls.load(Ordering::SeqCst),
-        0,
-        "the built-in activity never reaches a worker"
-    );
+    assert_eq!(activity_calls.load(Ordering::SeqCst), 0, "the built-in activity never reaches a worker");
     assert_eq!(target.seen(), vec![("GET /plain".to_string(), None)]);
     worker.stop().await;
 }
@@ -313,12 +253,7 @@ async fn accepted_202_is_polled_at_the_relative_location() {
     let base = target_server(target.clone()).await;
     let sidecar = Sidecar::start_with(
         dir.path(),
-        &[
-            "--http-allow",
-            "127.0.0.1",
-            "--durable-http-default-poll-interval-ms",
-            "200",
-        ],
+        &["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "200"],
     );
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
@@ -328,27 +263,14 @@ async fn accepted_202_is_polled_at_the_relative_location() {
     let state = run(&client, "poll", req).await;
     let out = output(&state);
     assert_eq!(out[0]["statusCode"], 200, "{out}");
-    let body: Value =
-        serde_json::from_str(out[0]["content"].as_str().expect("content")).expect("json body");
+    let body: Value = serde_json::from_str(out[0]["content"].as_str().expect("content")).expect("json body");
     assert_eq!(body, json!({"done": true, "polls": 2}));
-    assert_eq!(
-        target.posts.load(Ordering::SeqCst),
-        1,
-        "the POST is made exactly once"
-    );
-    assert_eq!(
-        target.polls.load(Ordering::SeqCst),
-        2,
-        "202 (Retry-After: 1), then 200"
-    );
+    assert_eq!(target.posts.load(Ordering::SeqCst), 1, "the POST is made exactly once");
+    assert_eq!(target.polls.load(Ordering::SeqCst), 2, "202 (Retry-After: 1), then 200");
     assert_eq!(activity_calls.load(Ordering::SeqCst), 0);
     // Polling happens inside the one activity: no timers, one task in the history.
     let kinds = kinds(&history(&client, "poll").await);
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "taskScheduled").count(),
-        1,
-        "{kinds:?}"
-    );
+    assert_eq!(kinds.iter().filter(|k| **k == "taskScheduled").count(), 1, "{kinds:?}");
     assert!(!kinds.contains(&"timerCreated"), "{kinds:?}");
     worker.stop().await;
 }
@@ -361,33 +283,16 @@ async fn polling_resumes_after_kill9_without_repeating_the_post() {
     let base = target_server(target.clone()).await;
     let mut sidecar = Sidecar::start_with(
         dir.path(),
-        &[
-            "--http-allow",
-            "127.0.0.1",
-            "--durable-http-default-poll-interval-ms",
-            "100",
-        ],
+        &["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "100"],
     );
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
-    let req =
-        json!([{"method": "POST", "uri": format!("{base}/api/jobs"), "content": "{\"job\":1}"}]);
-    start(
-        &client,
-        "HttpOrchestration",
-        "crash",
-        Some(&req.to_string()),
-    )
-    .await
-    .expect("start");
+    let req = json!([{"method": "POST", "uri": format!("{base}/api/jobs"), "content": "{\"job\":1}"}]);
+    start(&client, "HttpOrchestration", "crash", Some(&req.to_string())).await.expect("start");
     let deadline = tokio::time::Instant::now() + WAIT;
     while target.polls.load(Ordering::SeqCst) < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no polling; log:\n{}",
-            sidecar.log_tail(40)
-        );
+        assert!(tokio::time::Instant::now() < deadline, "no polling; log:\n{}", sidecar.log_tail(40));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sidecar.kill9();
@@ -400,20 +305,9 @@ async fn polling_resumes_after_kill9_without_repeating_the_post() {
     let state = wait_completion(&client, "crash", WAIT).await;
     let out = output(&state);
     assert_eq!(out[0]["statusCode"], 200, "{out}");
-    assert_eq!(
-        target.posts.load(Ordering::SeqCst),
-        1,
-        "the POST is not repeated after the restart"
-    );
-    assert!(
-        target.polls.load(Ordering::SeqCst) > polls_before,
-        "polling resumed"
-    );
-    assert!(
-        sidecar.log_text().contains("resuming durable HTTP polling"),
-        "log:\n{}",
-        sidecar.log_tail(40)
-    );
+    assert_eq!(target.posts.load(Ordering::SeqCst), 1, "the POST is not repeated after the restart");
+    assert!(target.polls.load(Ordering::SeqCst) > polls_before, "polling resumed");
+    assert!(sidecar.log_text().contains("resuming durable HTTP polling"), "log:\n{}", sidecar.log_tail(40));
     worker.stop().await;
 }
 
@@ -423,10 +317,7 @@ async fn imds_token_is_attached_cached_and_never_stored() {
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
     let token = format!("tok-SECRET-{}", uuid::Uuid::new_v4().simple());
-    let identity = Arc::new(Identity {
-        token: token.clone(),
-        ..Default::default()
-    });
+    let identity = Arc::new(Identity { token: token.clone(), ..Default::default() });
     let id_base = identity_server(identity.clone()).await;
     let imds = format!("{id_base}/metadata/identity/oauth2/token");
     let mut sidecar = Sidecar::start_with(
@@ -458,41 +349,19 @@ async fn imds_token_is_attached_cached_and_never_stored() {
     let bearer = format!("Bearer {token}");
     let seen = target.seen();
     let whats: Vec<&str> = seen.iter().map(|(w, _)| w.as_str()).collect();
-    assert_eq!(
-        whats,
-        vec![
-            "POST /api/jobs",
-            "GET /api/status/1",
-            "GET /api/status/1",
-            "GET /plain"
-        ]
-    );
+    assert_eq!(whats, vec!["POST /api/jobs", "GET /api/status/1", "GET /api/status/1", "GET /plain"]);
     for (what, auth) in &seen {
-        assert_eq!(
-            auth.as_deref(),
-            Some(bearer.as_str()),
-            "{what} without the bearer token"
-        );
+        assert_eq!(auth.as_deref(), Some(bearer.as_str()), "{what} without the bearer token");
     }
-    assert_eq!(
-        identity.calls.load(Ordering::SeqCst),
-        1,
-        "one token, cached across both calls and the polls"
-    );
+    assert_eq!(identity.calls.load(Ordering::SeqCst), 1, "one token, cached across both calls and the polls");
     let (q, metadata, _) = identity.seen.lock().expect("lock")[0].clone();
     assert_eq!(q.get("api-version").map(String::as_str), Some("2018-02-01"));
-    assert_eq!(
-        q.get("resource").map(String::as_str),
-        Some("https://management.core.windows.net")
-    );
+    assert_eq!(q.get("resource").map(String::as_str), Some("https://management.core.windows.net"));
     assert_eq!(metadata.as_deref(), Some("true"));
 
     worker.stop().await;
     assert!(sidecar.terminate(), "clean shutdown");
-    assert!(
-        !contains(&store_bytes(dir.path()), &token),
-        "the token is in the SQLite files"
-    );
+    assert!(!contains(&store_bytes(dir.path()), &token), "the token is in the SQLite files");
     let log = sidecar.log_text();
     assert!(!log.is_empty());
     assert!(!log.contains(&token), "the token is in the sidecar log");
@@ -504,10 +373,7 @@ async fn app_service_identity_endpoint_serves_tokens() {
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
     let token = format!("app-svc-{}", uuid::Uuid::new_v4().simple());
-    let identity = Arc::new(Identity {
-        token: token.clone(),
-        ..Default::default()
-    });
+    let identity = Arc::new(Identity { token: token.clone(), ..Default::default() });
     let id_base = identity_server(identity.clone()).await;
     let endpoint = format!("{id_base}/msi/token");
     let sidecar = Sidecar::start_with(
@@ -531,16 +397,10 @@ async fn app_service_identity_endpoint_serves_tokens() {
     let req = json!([{"uri": format!("{base}/plain"), "tokenSource": {"kind": "AzureManagedIdentity", "resource": "https://vault.azure.net"}}]);
     let out = output(&run(&client, "app-service", req).await);
     assert_eq!(out[0]["statusCode"], 200);
-    assert_eq!(
-        target.seen(),
-        vec![("GET /plain".to_string(), Some(format!("Bearer {token}")))]
-    );
+    assert_eq!(target.seen(), vec![("GET /plain".to_string(), Some(format!("Bearer {token}")))]);
     let (q, _, header) = identity.seen.lock().expect("lock")[0].clone();
     assert_eq!(q.get("api-version").map(String::as_str), Some("2019-08-01"));
-    assert_eq!(
-        q.get("resource").map(String::as_str),
-        Some("https://vault.azure.net")
-    );
+    assert_eq!(q.get("resource").map(String::as_str), Some("https://vault.azure.net"));
     assert_eq!(q.get("client_id").map(String::as_str), Some("uami-1"));
     assert_eq!(header.as_deref(), Some("hdr-value"));
     worker.stop().await;
@@ -551,36 +411,17 @@ async fn failures_are_clear() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start_with(
-        dir.path(),
-        &[
-            "--http-allow",
-            "127.0.0.1",
-            "--durable-http-max-response-bytes",
-            "1000",
-        ],
-    );
+    let sidecar =
+        Sidecar::start_with(dir.path(), &["--http-allow", "127.0.0.1", "--durable-http-max-response-bytes", "1000"]);
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
     // SSRF: the metadata address is not the configured identity endpoint's business.
-    let (t, m) = failure(
-        &run(
-            &client,
-            "ssrf",
-            json!([{"uri": "http://169.254.169.254/metadata/instance"}]),
-        )
-        .await,
-    );
+    let (t, m) = failure(&run(&client, "ssrf", json!([{"uri": "http://169.254.169.254/metadata/instance"}])).await);
     assert_eq!(t, "DuroHttpBlockedAddress", "{m}");
     assert!(m.contains("169.254.169.254"), "{m}");
     let (t, _) = failure(
-        &run(
-            &client,
-            "ssrf-name",
-            json!([{"uri": "http://metadata.google.internal/computeMetadata/v1/"}]),
-        )
-        .await,
+        &run(&client, "ssrf-name", json!([{"uri": "http://metadata.google.internal/computeMetadata/v1/"}])).await,
     );
     assert_eq!(t, "DuroHttpBlockedAddress");
 
@@ -589,29 +430,11 @@ async fn failures_are_clear() {
     assert!(m.contains("1000 bytes"), "{m}");
 
     let started = std::time::Instant::now();
-    let (t, m) = failure(
-        &run(
-            &client,
-            "hang",
-            json!([{"uri": format!("{base}/hang"), "timeout": "00:00:01"}]),
-        )
-        .await,
-    );
+    let (t, m) = failure(&run(&client, "hang", json!([{"uri": format!("{base}/hang"), "timeout": "00:00:01"}])).await);
     assert_eq!(t, "DuroHttpTimeout", "{m}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the timeout took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout took {:?}", started.elapsed());
 
-    let (t, m) = failure(
-        &run(
-            &client,
-            "invalid",
-            json!([{"method": "GET", "headers": {}}]),
-        )
-        .await,
-    );
+    let (t, m) = failure(&run(&client, "invalid", json!([{"method": "GET", "headers": {}}])).await);
     assert_eq!(t, "DuroHttpInvalidRequest");
     assert!(m.contains("'uri'"), "{m}");
 

@@ -25,7 +25,9 @@ fn code_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
 }
 
 /// Bounded unary call.
-async fn call<T>(fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, tonic::Status> {
+async fn call<T>(
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     tokio::time::timeout(CALL_TIMEOUT, fut).await.expect("call hung").map(|r| r.into_inner())
 }
 
@@ -60,9 +62,11 @@ const T: Duration = Duration::from_secs(15);
 #[tokio::test]
 async fn unknown_instance_get_and_wait_answer_exists_false() {
     let (_d, _s, client) = setup(&[]).await;
-    let r = call(client.clone().get_instance(GetInstanceRequest { instance_id: "nope".into(), get_inputs_and_outputs: true }))
-        .await
-        .expect("GetInstance of an unknown id must be OK");
+    let r = call(
+        client.clone().get_instance(GetInstanceRequest { instance_id: "nope".into(), get_inputs_and_outputs: true }),
+    )
+    .await
+    .expect("GetInstance of an unknown id must be OK");
     assert!(!r.exists);
     assert!(r.orchestration_state.is_none());
     let r = call(client.clone().wait_for_instance_completion(GetInstanceRequest {
@@ -72,9 +76,13 @@ async fn unknown_instance_get_and_wait_answer_exists_false() {
     .await
     .expect("WaitForInstanceCompletion of an unknown id must be OK");
     assert!(!r.exists);
-    let r = call(client.clone().wait_for_instance_start(GetInstanceRequest { instance_id: "nope".into(), get_inputs_and_outputs: false }))
-        .await
-        .expect("WaitForInstanceStart of an unknown id must be OK");
+    let r = call(
+        client
+            .clone()
+            .wait_for_instance_start(GetInstanceRequest { instance_id: "nope".into(), get_inputs_and_outputs: false }),
+    )
+    .await
+    .expect("WaitForInstanceStart of an unknown id must be OK");
     assert!(!r.exists);
 }
 
@@ -175,16 +183,30 @@ async fn start_instance_reuses_completed_id_unless_policy_forbids() {
 #[tokio::test]
 async fn raise_terminate_suspend_on_unknown_or_invalid() {
     let (_d, _s, client) = setup(&[]).await;
-    let r = call(client.clone().raise_event(RaiseEventRequest { instance_id: "ghost".into(), name: "E".into(), input: None })).await;
+    let r = call(client.clone().raise_event(RaiseEventRequest {
+        instance_id: "ghost".into(),
+        name: "E".into(),
+        input: None,
+    }))
+    .await;
     assert_eq!(code_of(r), Code::NotFound, "RaiseEvent to an unknown id");
 
     start(&client, "Orch", "real-1", None).await.expect("start");
-    let r = call(client.clone().raise_event(RaiseEventRequest { instance_id: "real-1".into(), name: String::new(), input: None })).await;
+    let r = call(client.clone().raise_event(RaiseEventRequest {
+        instance_id: "real-1".into(),
+        name: String::new(),
+        input: None,
+    }))
+    .await;
     assert_eq!(code_of(r), Code::InvalidArgument, "RaiseEvent with an empty name");
 
-    call(client.clone().terminate_instance(TerminateRequest { instance_id: "ghost".into(), output: None, recursive: false }))
-        .await
-        .expect("Terminate of an unknown id must be OK");
+    call(client.clone().terminate_instance(TerminateRequest {
+        instance_id: "ghost".into(),
+        output: None,
+        recursive: false,
+    }))
+    .await
+    .expect("Terminate of an unknown id must be OK");
     assert!(!get_instance(&client, "ghost").await.exists, "terminate must not create the instance");
 
     let r = call(client.clone().suspend_instance(SuspendRequest { instance_id: "ghost".into(), reason: None })).await;
@@ -202,12 +224,20 @@ async fn forged_stale_and_duplicate_completion_tokens_are_not_found() {
     let req = orchestrator_request(&turn).clone();
     assert!(!turn.completion_token.is_empty(), "work items must carry a completion token");
 
-    let forged = complete_turn_with_token(&client, "tok-1", "forged-token-123", vec![complete(0, OrchestrationStatus::Completed, None)]).await;
+    let forged = complete_turn_with_token(
+        &client,
+        "tok-1",
+        "forged-token-123",
+        vec![complete(0, OrchestrationStatus::Completed, None)],
+    )
+    .await;
     assert_eq!(code_of(forged), Code::NotFound, "forged orchestrator token");
 
     // The live lease is unaffected by the forged attempt.
     complete_turn(&client, &turn, vec![schedule_task(0, ADD, Some("5".into()))]).await.expect("real token");
-    let again = complete_turn(&client, &turn, vec![complete(1, OrchestrationStatus::Completed, Some("\"twice\"".into()))]).await;
+    let again =
+        complete_turn(&client, &turn, vec![complete(1, OrchestrationStatus::Completed, Some("\"twice\"".into()))])
+            .await;
     assert_eq!(code_of(again), Code::NotFound, "the same orchestrator token twice");
 
     let act = next_work(&mut stream, T).await.expect("activity item");
@@ -237,9 +267,17 @@ async fn forged_stale_and_duplicate_completion_tokens_are_not_found() {
         .collect();
     assert_eq!(results, vec![(0, Some("6".to_string()))]);
     // A token of an earlier turn is stale for the later one.
-    let stale = complete_turn_with_token(&client, "tok-1", &turn.completion_token, vec![complete(1, OrchestrationStatus::Completed, None)]).await;
+    let stale = complete_turn_with_token(
+        &client,
+        "tok-1",
+        &turn.completion_token,
+        vec![complete(1, OrchestrationStatus::Completed, None)],
+    )
+    .await;
     assert_eq!(code_of(stale), Code::NotFound, "stale token of an earlier turn");
-    complete_turn(&client, &turn2, vec![complete(1, OrchestrationStatus::Completed, Some("6".into()))]).await.expect("finish");
+    complete_turn(&client, &turn2, vec![complete(1, OrchestrationStatus::Completed, Some("6".into()))])
+        .await
+        .expect("finish");
     let s = wait_completion(&client, "tok-1", T).await;
     assert_eq!(s.output.as_deref(), Some("6"));
 }
@@ -261,11 +299,23 @@ async fn turn_of_a_disconnected_stream_is_redelivered_and_old_token_rejected() {
     let req = orchestrator_request(&second);
     assert_eq!(req.instance_id, "redeliver-1");
     assert_ne!(second.completion_token, old_token, "a redelivery needs a new token");
-    assert_eq!(kinds(&req.new_events), kinds(&orchestrator_request(&first).new_events)[..].to_vec(), "same events redelivered");
+    assert_eq!(
+        kinds(&req.new_events),
+        kinds(&orchestrator_request(&first).new_events)[..].to_vec(),
+        "same events redelivered"
+    );
 
-    let stale = complete_turn_with_token(&client, "redeliver-1", &old_token, vec![complete(0, OrchestrationStatus::Completed, Some("\"old\"".into()))]).await;
+    let stale = complete_turn_with_token(
+        &client,
+        "redeliver-1",
+        &old_token,
+        vec![complete(0, OrchestrationStatus::Completed, Some("\"old\"".into()))],
+    )
+    .await;
     assert_eq!(code_of(stale), Code::NotFound, "the old token must be rejected");
-    complete_turn(&client, &second, vec![complete(0, OrchestrationStatus::Completed, Some("\"new\"".into()))]).await.expect("new token");
+    complete_turn(&client, &second, vec![complete(0, OrchestrationStatus::Completed, Some("\"new\"".into()))])
+        .await
+        .expect("new token");
     let s = wait_completion(&client, "redeliver-1", T).await;
     assert_eq!(s.output.as_deref(), Some("\"new\""));
 }
@@ -314,9 +364,9 @@ async fn abandoned_activity_beyond_limit_reaches_orchestration_as_task_failed() 
 
     let mut activity_deliveries = 0;
     let failed_turn = loop {
-        let item = next_work(&mut stream, Duration::from_secs(10)).await.unwrap_or_else(|| {
-            panic!("nothing delivered for 10 s after {activity_deliveries} activity deliveries")
-        });
+        let item = next_work(&mut stream, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("nothing delivered for 10 s after {activity_deliveries} activity deliveries"));
         match &item.request {
             Some(work_item::Request::ActivityRequest(a)) => {
                 assert_eq!(a.task_id, 4);
@@ -347,7 +397,9 @@ async fn abandoned_activity_beyond_limit_reaches_orchestration_as_task_failed() 
     assert_eq!(failed[0].task_scheduled_id, 4);
     let details = failed[0].failure_details.as_ref().expect("failureDetails");
     assert_eq!(details.error_type, "DuroPoisonWorkItem", "{details:?}");
-    complete_turn(&client, &failed_turn, vec![fail(5, &details.error_type, &details.error_message)]).await.expect("complete");
+    complete_turn(&client, &failed_turn, vec![fail(5, &details.error_type, &details.error_message)])
+        .await
+        .expect("complete");
     let s = wait_completion(&client, "flaky-1", T).await;
     assert_eq!(status_of(&s), OrchestrationStatus::Failed);
 }
@@ -370,7 +422,10 @@ async fn work_item_filters_route_by_orchestration_name() {
     start(&client, "A", "a-1", None).await.expect("start A");
     let item = next_work(&mut a, T).await.expect("the filtered stream gets A's turn");
     assert_eq!(orchestrator_request(&item).instance_id, "a-1");
-    assert!(next_work(&mut a, Duration::from_millis(1500)).await.is_none(), "the filtered stream must never get B's turn");
+    assert!(
+        next_work(&mut a, Duration::from_millis(1500)).await.is_none(),
+        "the filtered stream must never get B's turn"
+    );
     assert_eq!(
         status_of(&get_instance(&client, "b-1").await.orchestration_state.expect("b-1")),
         OrchestrationStatus::Pending
@@ -389,21 +444,22 @@ async fn max_concurrent_orchestration_work_items_is_respected() {
     for i in 0..3 {
         start(&client, "Orch", &format!("cap-{i}"), None).await.expect("start");
     }
-    let mut stream = open_stream(
-        &client,
-        GetWorkItemsRequest { max_concurrent_orchestration_work_items: 1, ..Default::default() },
-    )
-    .await;
+    let mut stream =
+        open_stream(&client, GetWorkItemsRequest { max_concurrent_orchestration_work_items: 1, ..Default::default() })
+            .await;
     let mut seen = BTreeSet::new();
     for round in 0..3 {
         let item = next_work(&mut stream, T).await.unwrap_or_else(|| panic!("round {round}: no work item"));
         let id = orchestrator_request(&item).instance_id.clone();
         // While this one is held, no second orchestration work item may arrive.
         if let Some(extra) = next_work(&mut stream, Duration::from_millis(800)).await {
-            panic!("round {round}: a second item arrived while {id} was held: {:?}", extra.request.map(|r| match r {
-                work_item::Request::OrchestratorRequest(o) => o.instance_id,
-                _ => "other".into(),
-            }));
+            panic!(
+                "round {round}: a second item arrived while {id} was held: {:?}",
+                extra.request.map(|r| match r {
+                    work_item::Request::OrchestratorRequest(o) => o.instance_id,
+                    _ => "other".into(),
+                })
+            );
         }
         complete_turn(&client, &item, vec![complete(0, OrchestrationStatus::Completed, None)]).await.expect("complete");
         assert!(seen.insert(id.clone()), "{id} delivered twice");
@@ -498,7 +554,9 @@ async fn turn_events_follow_the_protocol() {
     }
     assert_eq!(r2.new_events[1].event_id, -1);
     assert_eq!(r2.execution_id, r1.execution_id);
-    complete_turn(&client, &t2, vec![complete(8, OrchestrationStatus::Completed, Some("42".into()))]).await.expect("turn 2");
+    complete_turn(&client, &t2, vec![complete(8, OrchestrationStatus::Completed, Some("42".into()))])
+        .await
+        .expect("turn 2");
     let s = wait_completion(&client, "shape-1", T).await;
     assert_eq!(s.output.as_deref(), Some("42"));
 
@@ -593,7 +651,9 @@ async fn entity_rpcs_are_unimplemented() {
     }))
     .await;
     assert_eq!(code_of(r), Code::Unimplemented);
-    let r = call(client.clone().get_entity(GetEntityRequest { instance_id: "@counter@one".into(), include_state: true })).await;
+    let r =
+        call(client.clone().get_entity(GetEntityRequest { instance_id: "@counter@one".into(), include_state: true }))
+            .await;
     assert_eq!(code_of(r), Code::Unimplemented);
 }
 
@@ -608,20 +668,23 @@ async fn query_instances_pages_and_filters() {
     for i in 0..3 {
         start(&client, "Orch", &format!("other-{i}"), None).await.expect("start");
     }
-    let query = |token: Option<String>, statuses: Vec<OrchestrationStatus>, prefix: Option<&str>, size: i32| QueryInstancesRequest {
-        query: Some(InstanceQuery {
-            runtime_status: statuses.into_iter().map(|s| s as i32).collect(),
-            instance_id_prefix: prefix.map(str::to_string),
-            max_instance_count: size,
-            continuation_token: token,
-            ..Default::default()
-        }),
+    let query = |token: Option<String>, statuses: Vec<OrchestrationStatus>, prefix: Option<&str>, size: i32| {
+        QueryInstancesRequest {
+            query: Some(InstanceQuery {
+                runtime_status: statuses.into_iter().map(|s| s as i32).collect(),
+                instance_id_prefix: prefix.map(str::to_string),
+                max_instance_count: size,
+                continuation_token: token,
+                ..Default::default()
+            }),
+        }
     };
     let mut sizes = Vec::new();
     let mut ids = Vec::new();
     let mut token = None;
     for page in 0..10 {
-        let r = call(client.clone().query_instances(query(token.clone(), vec![], Some("page-"), 10))).await.expect("query");
+        let r =
+            call(client.clone().query_instances(query(token.clone(), vec![], Some("page-"), 10))).await.expect("query");
         sizes.push(r.orchestration_state.len());
         ids.extend(r.orchestration_state.iter().map(|s| s.instance_id.clone()));
         match r.continuation_token {
@@ -639,21 +702,32 @@ async fn query_instances_pages_and_filters() {
 
     // Terminate five, then filter by status.
     for i in 0..5 {
-        call(client.clone().terminate_instance(TerminateRequest { instance_id: format!("page-{i:02}"), output: None, recursive: false }))
-            .await
-            .expect("terminate");
+        call(client.clone().terminate_instance(TerminateRequest {
+            instance_id: format!("page-{i:02}"),
+            output: None,
+            recursive: false,
+        }))
+        .await
+        .expect("terminate");
     }
     for i in 0..5 {
         wait_status(&client, &format!("page-{i:02}"), T, |s| s == OrchestrationStatus::Terminated).await;
     }
-    let r = call(client.clone().query_instances(query(None, vec![OrchestrationStatus::Terminated], Some("page-"), 100))).await.expect("q");
+    let r =
+        call(client.clone().query_instances(query(None, vec![OrchestrationStatus::Terminated], Some("page-"), 100)))
+            .await
+            .expect("q");
     let got: BTreeSet<_> = r.orchestration_state.iter().map(|s| s.instance_id.clone()).collect();
     let want: BTreeSet<_> = (0..5).map(|i| format!("page-{i:02}")).collect();
     assert_eq!(got, want);
     assert!(r.continuation_token.as_deref().unwrap_or("").is_empty(), "a short last page has no token");
-    let r = call(client.clone().query_instances(query(None, vec![OrchestrationStatus::Pending], Some("page-"), 100))).await.expect("q");
+    let r = call(client.clone().query_instances(query(None, vec![OrchestrationStatus::Pending], Some("page-"), 100)))
+        .await
+        .expect("q");
     assert_eq!(r.orchestration_state.len(), 20);
-    let r = call(client.clone().query_instances(query(None, vec![OrchestrationStatus::Pending], None, 100))).await.expect("q");
+    let r = call(client.clone().query_instances(query(None, vec![OrchestrationStatus::Pending], None, 100)))
+        .await
+        .expect("q");
     assert_eq!(r.orchestration_state.len(), 23, "no prefix: all pending instances");
     let r = call(client.clone().query_instances(query(None, vec![], Some("other-"), 100))).await.expect("q");
     assert_eq!(r.orchestration_state.len(), 3);
@@ -664,9 +738,17 @@ async fn query_instances_pages_and_filters() {
 #[tokio::test]
 async fn purge_only_deletes_finished_instances() {
     let (_d, sidecar, client) = setup(&[]).await;
-    let worker = RawWorker::start(sidecar.endpoint(), |req: &OrchestratorRequest| {
-        if req.instance_id.starts_with("done") { echo(req) } else { Vec::new() }
-    }, no_activities);
+    let worker = RawWorker::start(
+        sidecar.endpoint(),
+        |req: &OrchestratorRequest| {
+            if req.instance_id.starts_with("done") {
+                echo(req)
+            } else {
+                Vec::new()
+            }
+        },
+        no_activities,
+    );
     start(&client, "Orch", "run-1", None).await.expect("start");
     start(&client, "Orch", "done-1", Some("1")).await.expect("start");
     wait_status(&client, "run-1", T, |s| s == OrchestrationStatus::Running).await;

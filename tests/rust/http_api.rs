@@ -781,8 +781,8 @@ async fn signed_links_grant_one_instance_without_the_key() {
     // Expired (validly signed) and signed with an unknown key.
     let exec = execution_id(&api, "sl1").await;
     let past = unix_now() - 10;
-    let expired =
-        api.url(&format!("/instances/sl1?ops=status&exp={past}&sig={}", sign(LINK_KEY_NEW, "sl1", &exec, "status", past)));
+    let expired = api
+        .url(&format!("/instances/sl1?ops=status&exp={past}&sig={}", sign(LINK_KEY_NEW, "sl1", &exec, "status", past)));
     let r = send(api.client.get(&expired)).await;
     r.assert_error(401, "DURO-2006");
     assert!(r.json()["Message"].as_str().expect("msg").contains("expired"));
@@ -793,8 +793,10 @@ async fn signed_links_grant_one_instance_without_the_key() {
     ));
     send(api.client.get(&foreign)).await.assert_error(401, "DURO-2006");
     // Rotation: a link signed with the older key still verifies.
-    let old =
-        api.url(&format!("/instances/sl1?ops=status&exp={future}&sig={}", sign(LINK_KEY_OLD, "sl1", &exec, "status", future)));
+    let old = api.url(&format!(
+        "/instances/sl1?ops=status&exp={future}&sig={}",
+        sign(LINK_KEY_OLD, "sl1", &exec, "status", future)
+    ));
     assert_eq!(send(api.client.get(&old)).await.status, 202);
     // Our reconstruction of the format signs exactly like the sidecar's first key.
     assert!(status_link.contains(&sign(

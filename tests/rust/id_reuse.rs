@@ -45,7 +45,11 @@ fn orchestrator(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
         match &e.event_type {
             Some(EventType::SubOrchestrationInstanceFailed(f)) => {
                 let d = f.failure_details.clone().unwrap_or_default();
-                return vec![complete(1, OrchestrationStatus::Completed, Some(format!("failed:{}:{}", d.error_type, d.error_message)))];
+                return vec![complete(
+                    1,
+                    OrchestrationStatus::Completed,
+                    Some(format!("failed:{}:{}", d.error_type, d.error_message)),
+                )];
             }
             Some(EventType::SubOrchestrationInstanceCompleted(_)) => {
                 return vec![complete(1, OrchestrationStatus::Completed, Some("completed".into()))];
@@ -56,12 +60,14 @@ fn orchestrator(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
     if req.past_events.is_empty() {
         vec![OrchestratorAction {
             id: 0,
-            orchestrator_action_type: Some(OrchestratorActionType::CreateSubOrchestration(CreateSubOrchestrationAction {
-                instance_id: "child-of-parent".into(),
-                name: "Idle".into(),
-                input: Some("\"old child\"".into()),
-                ..Default::default()
-            })),
+            orchestrator_action_type: Some(OrchestratorActionType::CreateSubOrchestration(
+                CreateSubOrchestrationAction {
+                    instance_id: "child-of-parent".into(),
+                    name: "Idle".into(),
+                    input: Some("\"old child\"".into()),
+                    ..Default::default()
+                },
+            )),
         }]
     } else {
         Vec::new()
@@ -89,7 +95,12 @@ async fn start_req(client: &Client, req: CreateInstanceRequest) -> Result<String
 }
 
 async fn running(client: &Client, id: &str, input: &str) -> OrchestrationState {
-    let req = CreateInstanceRequest { instance_id: id.into(), name: "Idle".into(), input: Some(input.into()), ..Default::default() };
+    let req = CreateInstanceRequest {
+        instance_id: id.into(),
+        name: "Idle".into(),
+        input: Some(input.into()),
+        ..Default::default()
+    };
     start_req(client, req).await.expect("first start");
     wait_status(client, id, T, |s| s == OrchestrationStatus::Running).await
 }
@@ -179,13 +190,19 @@ async fn replaceable_status_listing_running_replaces_a_running_instance() {
         .await
         .expect_err("RUNNING not listed");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert_eq!(get_instance(&client, "rep-1").await.orchestration_state.expect("state").execution_id, before.execution_id);
+    assert_eq!(
+        get_instance(&client, "rep-1").await.orchestration_state.expect("state").execution_id,
+        before.execution_id
+    );
 
     // Replacing a live instance terminates it: a list that excludes TERMINATED is contradictory.
     let req = request("rep-1", "\"x\"", &[OrchestrationStatus::Running, OrchestrationStatus::Completed], 0);
     let err = start_req(&client, req).await.expect_err("RUNNING without TERMINATED");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(get_instance(&client, "rep-1").await.orchestration_state.expect("state").execution_id, before.execution_id);
+    assert_eq!(
+        get_instance(&client, "rep-1").await.orchestration_state.expect("state").execution_id,
+        before.execution_id
+    );
 
     let listed = [OrchestrationStatus::Running, OrchestrationStatus::Completed, OrchestrationStatus::Terminated];
     let req = request("rep-1", "\"second\"", &listed, 0);

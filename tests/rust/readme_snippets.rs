@@ -97,9 +97,8 @@ fn every_readme_snippet_runs_and_ends() {
         return;
     }
     let root = repo();
-    let python = std::env::var("DURO_SNIPPET_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join(".venv/bin/python"));
+    let python =
+        std::env::var("DURO_SNIPPET_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
     let dir = test_dir();
     let sidecar = Sidecar::start_with(dir.path(), &["--http-listen", "off", "--ping-seconds", "1"]);
     let address = format!("localhost:{}", sidecar.port);
@@ -139,7 +138,8 @@ fn every_readme_snippet_runs_and_ends() {
                     match found {
                         None => (false, "not a verbatim part of any sdks/rust/examples/*.rs".to_string()),
                         Some(e) => {
-                            let name = e.path().file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            let name =
+                                e.path().file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                             let bin = duro_bin().parent().expect("target dir").join("examples").join(&name);
                             let mut cmd = Command::new(bin);
                             cmd.env("DURO_ADDRESS", format!("http://{address}"));
@@ -147,7 +147,9 @@ fn every_readme_snippet_runs_and_ends() {
                         }
                     }
                 }
-                other => (false, format!("no runner for code blocks in '{other}': add one to tests/rust/readme_snippets.rs")),
+                other => {
+                    (false, format!("no runner for code blocks in '{other}': add one to tests/rust/readme_snippets.rs"))
+                }
             };
             ran += 1;
             match result {

@@ -162,5 +162,9 @@ fn run_sh_fails_with_one_line_when_duro_cannot_start() {
     let status = s.child.wait().expect("wait");
     assert_eq!(status.code(), Some(1), "output:\n{}", s.seen.join("\n"));
     assert_eq!(s.seen.len(), 1, "expected one line:\n{}", s.seen.join("\n"));
-    assert!(s.seen[0].starts_with("error: duro did not start: ") && s.seen[0].contains("DURO_LINK_KEYS"), "{}", s.seen[0]);
+    assert!(
+        s.seen[0].starts_with("error: duro did not start: ") && s.seen[0].contains("DURO_LINK_KEYS"),
+        "{}",
+        s.seen[0]
+    );
 }

@@ -92,16 +92,14 @@ async fn recorder(ip: &str, answer: fn(&str, &str) -> axum::response::Response) 
     let addr = listener.local_addr().expect("addr");
     let me = format!("http://{addr}");
     let app = Router::new()
-        .fallback(any(
-            move |State(seen): State<Seen>, m: axum::http::Method, uri: Uri, h: HeaderMap, body: String| {
-                let me = me.clone();
-                async move {
-                    let pq = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                    seen.lock().expect("lock").push((format!("{m} {pq}"), h, body));
-                    answer(&me, uri.path())
-                }
-            },
-        ))
+        .fallback(any(move |State(seen): State<Seen>, m: axum::http::Method, uri: Uri, h: HeaderMap, body: String| {
+            let me = me.clone();
+            async move {
+                let pq = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                seen.lock().expect("lock").push((format!("{m} {pq}"), h, body));
+                answer(&me, uri.path())
+            }
+        }))
         .with_state(seen.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -201,13 +199,14 @@ async fn tenant_from_the_request_cannot_redirect_the_client_secret() {
     let mut sidecar = client_secret_sidecar(dir.path(), good, &client_secret);
 
     // `Url::join` with a scheme-relative tenant replaces the host.
-    for (i, tenant) in [format!("//{evil}"), format!("..//{evil}"), "x/../../y".to_string(), "a?b".to_string()]
-        .into_iter()
-        .enumerate()
+    for (i, tenant) in
+        [format!("//{evil}"), format!("..//{evil}"), "x/../../y".to_string(), "a?b".to_string()].into_iter().enumerate()
     {
         let ts = json!({"kind": "AzureManagedIdentity", "resource": "https://vault.azure.net",
                         "options": {"tenantid": tenant}});
-        let state = run(&sidecar, &format!("tenant-{i}"), json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}])).await;
+        let state =
+            run(&sidecar, &format!("tenant-{i}"), json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}]))
+                .await;
         let (t, m) = failure(&state);
         assert_eq!(t, "DuroHttpInvalidRequest", "{tenant}: {m}");
         assert!(m.contains("tenantid"), "{m}");
@@ -219,7 +218,8 @@ async fn tenant_from_the_request_cannot_redirect_the_client_secret() {
     // A valid tenant (GUID or domain) only fills the path of the configured authority.
     let ts = json!({"kind": "AzureManagedIdentity", "resource": "https://vault.azure.net",
                     "options": {"tenantid": "contoso.onmicrosoft.com"}});
-    let out = output(&run(&sidecar, "tenant-ok", json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}])).await);
+    let out =
+        output(&run(&sidecar, "tenant-ok", json!([{"uri": format!("http://{target}/x"), "tokenSource": ts}])).await);
     assert_eq!(out[0]["statusCode"], 200);
     let asked = good_seen.lock().expect("lock").clone();
     assert_eq!(asked.len(), 1);
@@ -260,7 +260,8 @@ async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
         "http://[64:ff9b::7f00:1]/".to_string(),
     ];
     for (i, uri) in targets.iter().enumerate() {
-        let state = run(&sidecar, &format!("ssrf-{i}"), json!([{"method": "DELETE", "uri": uri, "timeout": "00:00:02"}])).await;
+        let state =
+            run(&sidecar, &format!("ssrf-{i}"), json!([{"method": "DELETE", "uri": uri, "timeout": "00:00:02"}])).await;
         let (t, m) = failure(&state);
         assert_eq!(t, "DuroHttpBlockedAddress", "{uri}: {m}");
         assert!(m.contains("--http-allow"), "the message says how to allow it: {m}");
@@ -275,7 +276,8 @@ async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
     let dir2 = test_dir();
     let sidecar = Sidecar::start_with(dir2.path(), &["--http-allow", "127.0.0.2"]);
     let (redirector, _) = recorder("127.0.0.2", |_, _| {
-        (StatusCode::TEMPORARY_REDIRECT, [("location", "http://127.0.0.1:9/runtime/webhooks/durabletask/instances")]).into_response()
+        (StatusCode::TEMPORARY_REDIRECT, [("location", "http://127.0.0.1:9/runtime/webhooks/durabletask/instances")])
+            .into_response()
     })
     .await;
     let state = run(&sidecar, "ssrf-redirect", json!([{"uri": format!("http://{redirector}/go")}])).await;
@@ -295,7 +297,9 @@ async fn tokens_and_secret_headers_are_not_sent_to_a_foreign_poll_origin_or_redi
         let addr = listener.local_addr().expect("addr");
         let app = Router::new().fallback(any(move || {
             let t = t.clone();
-            async move { axum::Json(json!({"access_token": t, "expires_in": "3600", "token_type": "Bearer"})).into_response() }
+            async move {
+                axum::Json(json!({"access_token": t, "expires_in": "3600", "token_type": "Bearer"})).into_response()
+            }
         }));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -318,8 +322,11 @@ async fn tokens_and_secret_headers_are_not_sent_to_a_foreign_poll_origin_or_redi
             async move {
                 seen.lock().expect("lock").push((uri.path().to_string(), h, String::new()));
                 match uri.path() {
-                    "/start" => (StatusCode::ACCEPTED, [("location", evil_url), ("retry-after", "0".into())]).into_response(),
-                    "/same" => (StatusCode::ACCEPTED, [("location", "/done".to_string()), ("retry-after", "0".into())]).into_response(),
+                    "/start" => {
+                        (StatusCode::ACCEPTED, [("location", evil_url), ("retry-after", "0".into())]).into_response()
+                    }
+                    "/same" => (StatusCode::ACCEPTED, [("location", "/done".to_string()), ("retry-after", "0".into())])
+                        .into_response(),
                     "/redirect" => (StatusCode::TEMPORARY_REDIRECT, [("location", evil_url)]).into_response(),
                     _ => (StatusCode::OK, "done").into_response(),
                 }
@@ -330,7 +337,14 @@ async fn tokens_and_secret_headers_are_not_sent_to_a_foreign_poll_origin_or_redi
         });
     }
     let imds = format!("http://{identity}/token");
-    let mut args = vec!["--identity-source", "imds", "--identity-endpoint", &imds, "--durable-http-default-poll-interval-ms", "50"];
+    let mut args = vec![
+        "--identity-source",
+        "imds",
+        "--identity-endpoint",
+        &imds,
+        "--durable-http-default-poll-interval-ms",
+        "50",
+    ];
     args.extend(ALLOW_LOOPBACK);
     let mut sidecar = Sidecar::start_with(dir.path(), &args);
 
@@ -359,7 +373,12 @@ async fn tokens_and_secret_headers_are_not_sent_to_a_foreign_poll_origin_or_redi
     assert_eq!(output(&state)[0]["statusCode"], 200);
 
     let evil_got = evil_seen.lock().expect("lock").clone();
-    assert_eq!(evil_got.len(), 3, "the foreign origin was asked: {:?}", evil_got.iter().map(|e| &e.0).collect::<Vec<_>>());
+    assert_eq!(
+        evil_got.len(),
+        3,
+        "the foreign origin was asked: {:?}",
+        evil_got.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
     for (what, h, _) in &evil_got {
         for name in ["authorization", "cookie", "x-api-key", "api-key", "ocp-apim-subscription-key"] {
             assert!(h.get(name).is_none(), "{what}: the foreign origin got {name}: {:?}", h.get(name));
@@ -415,11 +434,8 @@ async fn grpc_calls_need_the_api_token() {
     let dir = test_dir();
     let mut sidecar = Sidecar::start_on(dir.path(), "127.0.0.2", &["--http-listen", "off", "--api-token", API_TOKEN]);
     let mut client = sidecar.client().await;
-    let create = || duro_proto::CreateInstanceRequest {
-        instance_id: "i1".into(),
-        name: "Orch".into(),
-        ..Default::default()
-    };
+    let create =
+        || duro_proto::CreateInstanceRequest { instance_id: "i1".into(), name: "Orch".into(), ..Default::default() };
     for token in [None, Some("wrong"), Some(""), Some(&API_TOKEN[..API_TOKEN.len() - 1])] {
         let e = client.start_instance(with_token(create(), token)).await.expect_err("unauthenticated call accepted");
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{token:?}: {e}");
@@ -545,14 +561,18 @@ async fn status_links_never_carry_the_system_key_and_die_with_their_execution() 
     let (status, location, body) = api.call(post.clone(), "/orchestrators/WaitEvent/reuse", true).await;
     assert_eq!(status, 202, "{body}");
     let location = location.expect("Location");
-    assert!(!body.contains(SYSTEM_KEY) && !location.contains(SYSTEM_KEY), "the system key is in the start response: {body}");
+    assert!(
+        !body.contains(SYSTEM_KEY) && !location.contains(SYSTEM_KEY),
+        "the system key is in the start response: {body}"
+    );
     let link: Value = serde_json::from_str(&body).expect("json");
     let first = link["statusQueryGetUri"].as_str().expect("status link").to_string();
     assert!(first.contains("sig="), "{first}");
     assert_eq!(api.call(get.clone(), &first, false).await.0, 202, "the link works without the key");
 
     // Forged and cross-instance links.
-    let forged = format!("{}sig=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", first.rsplit_once("sig=").expect("sig").0);
+    let forged =
+        format!("{}sig=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", first.rsplit_once("sig=").expect("sig").0);
     assert_eq!(api.call(get.clone(), &forged, false).await.0, 401);
     assert_eq!(api.call(post.clone(), "/orchestrators/WaitEvent/other", true).await.0, 202);
     assert_eq!(api.call(get.clone(), &first.replace("/instances/reuse?", "/instances/other?"), false).await.0, 401);
@@ -687,7 +707,9 @@ fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
             Ok(0) => return true,
             // A 408 or similar before closing is fine; keep reading until EOF.
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -734,14 +756,56 @@ fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path:
         let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
-        "-out", "ca.pem", "-days", "2", "-subj", "/CN=duro test CA"]);
-    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key",
-        "-out", "server.csr", "-subj", "/CN=localhost"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=duro test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.2\nbasicConstraints=CA:FALSE\n")
         .expect("ext");
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-        "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
     (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
 }
 
@@ -761,7 +825,10 @@ async fn grpc_over_tls_with_a_token() {
     if let Ok(mut c) = plain {
         // Any error will do (connection reset, HTTP/2 protocol error): nothing is served.
         let r = c
-            .get_instance(with_token(duro_proto::GetInstanceRequest { instance_id: "x".into(), ..Default::default() }, Some(API_TOKEN)))
+            .get_instance(with_token(
+                duro_proto::GetInstanceRequest { instance_id: "x".into(), ..Default::default() },
+                Some(API_TOKEN),
+            ))
             .await;
         assert!(r.is_err(), "plain text served: {r:?}");
     }
@@ -777,7 +844,8 @@ async fn grpc_over_tls_with_a_token() {
         .await
         .expect("TLS connect");
     let mut client = TaskHubSidecarServiceClient::new(channel);
-    let create = duro_proto::CreateInstanceRequest { instance_id: "tls-1".into(), name: "Orch".into(), ..Default::default() };
+    let create =
+        duro_proto::CreateInstanceRequest { instance_id: "tls-1".into(), name: "Orch".into(), ..Default::default() };
     let e = client.start_instance(with_token(create.clone(), None)).await.expect_err("no token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     let r = client.start_instance(with_token(create, Some(API_TOKEN))).await.expect("TLS + token");
@@ -796,9 +864,8 @@ async fn the_rust_sdk_sends_the_token_over_tls() {
         &["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s],
     );
     let address = format!("https://127.0.0.2:{}", sidecar.port);
-    let tls = duro_sdk::ConnectOptions::new()
-        .with_tls_ca_pem(std::fs::read(&ca).expect("ca"))
-        .with_tls_domain("localhost");
+    let tls =
+        duro_sdk::ConnectOptions::new().with_tls_ca_pem(std::fs::read(&ca).expect("ca")).with_tls_domain("localhost");
     let no_token = duro_sdk::Client::connect_with(address.clone(), &tls).await.expect("connect");
     let e = no_token.start_orchestration("Hello", "x").await.expect_err("no token accepted");
     assert!(e.to_string().to_lowercase().contains("token") || e.to_string().contains("nauthenticated"), "{e}");
@@ -941,17 +1008,42 @@ fn fuzz_message(rng: &mut impl rand::Rng) -> Vec<u8> {
 async fn grpc_fuzz_random_messages_to_every_rpc_no_panic_no_hang() {
     use rand::SeedableRng as _;
     const UNARY: &[&str] = &[
-        "Hello", "StartInstance", "GetInstance", "RewindInstance", "RestartInstance", "RaiseEvent",
-        "TerminateInstance", "SuspendInstance", "ResumeInstance", "QueryInstances", "ListInstanceIds",
-        "PurgeInstances", "CompleteActivityTask", "CompleteOrchestratorTask", "CompleteEntityTask", "CreateTaskHub",
-        "DeleteTaskHub", "SignalEntity", "GetEntity", "QueryEntities", "CleanEntityStorage",
-        "AbandonTaskActivityWorkItem", "AbandonTaskOrchestratorWorkItem", "AbandonTaskEntityWorkItem",
-        "SkipGracefulOrchestrationTerminations", "WaitForInstanceStart", "WaitForInstanceCompletion",
+        "Hello",
+        "StartInstance",
+        "GetInstance",
+        "RewindInstance",
+        "RestartInstance",
+        "RaiseEvent",
+        "TerminateInstance",
+        "SuspendInstance",
+        "ResumeInstance",
+        "QueryInstances",
+        "ListInstanceIds",
+        "PurgeInstances",
+        "CompleteActivityTask",
+        "CompleteOrchestratorTask",
+        "CompleteEntityTask",
+        "CreateTaskHub",
+        "DeleteTaskHub",
+        "SignalEntity",
+        "GetEntity",
+        "QueryEntities",
+        "CleanEntityStorage",
+        "AbandonTaskActivityWorkItem",
+        "AbandonTaskOrchestratorWorkItem",
+        "AbandonTaskEntityWorkItem",
+        "SkipGracefulOrchestrationTerminations",
+        "WaitForInstanceStart",
+        "WaitForInstanceCompletion",
     ];
     const STREAMING: &[&str] = &["GetWorkItems", "StreamInstanceHistory"];
     let dir = test_dir();
     let mut sidecar = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
-    let channel = tonic::transport::Endpoint::from_shared(sidecar.endpoint()).expect("endpoint").connect().await.expect("connect");
+    let channel = tonic::transport::Endpoint::from_shared(sidecar.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
     let seed: u64 = std::env::var("DURO_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut calls = 0;
@@ -979,13 +1071,13 @@ async fn grpc_fuzz_random_messages_to_every_rpc_no_panic_no_hang() {
                 Err(_) => panic!("seed {seed} round {round}: {method} hung on {} bytes", body.len()),
                 Ok(Ok(())) => "Ok".to_string(),
                 Ok(Err(s)) => {
-                if s.code() == tonic::Code::Internal {
-                    // tonic answers INTERNAL for bytes that are not the message (before Duro sees them).
-                    assert!(s.message().contains("decode"), "seed {seed}: {method}: INTERNAL {}", s.message());
+                    if s.code() == tonic::Code::Internal {
+                        // tonic answers INTERNAL for bytes that are not the message (before Duro sees them).
+                        assert!(s.message().contains("decode"), "seed {seed}: {method}: INTERNAL {}", s.message());
+                    }
+                    format!("{:?}", s.code())
                 }
-                format!("{:?}", s.code())
-            }
-        };
+            };
             assert_ne!(code, "Unknown", "seed {seed}: {method}: an unmapped error (panic?)");
             *by_code.entry(code).or_default() += 1;
             calls += 1;

@@ -41,8 +41,7 @@ fn assert_no_repeats(line: &str) {
 #[test]
 fn missing_directory_is_named_with_what_to_do_even_with_rust_backtrace() {
     let db = Path::new("/nonexistent-duro-dir/sub/duro.db");
-    let (status, stderr) =
-        run_until_exit_as(db, &["--http-listen", "off"], &[("RUST_BACKTRACE", "1")], None, EXIT);
+    let (status, stderr) = run_until_exit_as(db, &["--http-listen", "off"], &[("RUST_BACKTRACE", "1")], None, EXIT);
     let line = assert_one_error(
         status,
         &stderr,
@@ -55,8 +54,7 @@ fn missing_directory_is_named_with_what_to_do_even_with_rust_backtrace() {
 #[test]
 fn json_log_format_applies_to_start_up_errors() {
     let db = Path::new("/nonexistent-duro-dir/duro.db");
-    let (status, stderr) =
-        run_until_exit_as(db, &["--http-listen", "off", "--log-format", "json"], &[], None, EXIT);
+    let (status, stderr) = run_until_exit_as(db, &["--http-listen", "off", "--log-format", "json"], &[], None, EXIT);
     assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "stderr:\n{stderr}");
@@ -208,8 +206,13 @@ fn a_taken_http_port_says_so_once_with_a_hint() {
     let dir = test_dir();
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let (status, stderr) =
-        run_until_exit_as(&dir.path().join("duro.db"), &["--http-listen", &addr], &[("RUST_BACKTRACE", "1")], None, EXIT);
+    let (status, stderr) = run_until_exit_as(
+        &dir.path().join("duro.db"),
+        &["--http-listen", &addr],
+        &[("RUST_BACKTRACE", "1")],
+        None,
+        EXIT,
+    );
     let line = assert_one_error(status, &stderr, &[&addr, "in use", "--http-listen"]);
     assert_no_repeats(&line);
 }

@@ -207,11 +207,7 @@ pub fn run_until_exit_as(
 
 /// Spawns `cmd` (a `duro` expected to exit by itself) and waits for it.
 fn wait_for_exit(mut cmd: Command, timeout: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn duro");
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn duro");
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for duro") {
@@ -251,9 +247,9 @@ use duro_proto::history_event::EventType;
 use duro_proto::orchestrator_action::OrchestratorActionType;
 use duro_proto::{
     work_item, ActivityRequest, ActivityResponse, CompleteOrchestrationAction, CreateInstanceRequest,
-    CreateTimerAction, GetInstanceRequest, GetInstanceResponse, GetWorkItemsRequest, HistoryEvent,
-    OrchestrationState, OrchestrationStatus, OrchestratorAction, OrchestratorRequest, OrchestratorResponse,
-    ScheduleTaskAction, TaskFailureDetails, WorkItem,
+    CreateTimerAction, GetInstanceRequest, GetInstanceResponse, GetWorkItemsRequest, HistoryEvent, OrchestrationState,
+    OrchestrationStatus, OrchestratorAction, OrchestratorRequest, OrchestratorResponse, ScheduleTaskAction,
+    TaskFailureDetails, WorkItem,
 };
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -444,12 +440,7 @@ fn dispatch(
             tasks.spawn(async move {
                 let instance_id = req.instance_id.clone();
                 let Ok(actions) = tokio::task::spawn_blocking(move || f(&req)).await else { return };
-                let resp = OrchestratorResponse {
-                    instance_id,
-                    actions,
-                    completion_token: token,
-                    ..Default::default()
-                };
+                let resp = OrchestratorResponse { instance_id, actions, completion_token: token, ..Default::default() };
                 let r = tokio::time::timeout(CALL_TIMEOUT, client.complete_orchestrator_task(resp)).await;
                 wlog(|| format!("turn completed: {r:?}"));
                 let ok = matches!(r, Ok(Ok(_)));
@@ -462,7 +453,8 @@ fn dispatch(
             wlog(|| format!("activity {:?} task {} received", req.orchestration_instance, req.task_id));
             let (mut client, f, stats) = (client.clone(), activity.clone(), stats.clone());
             tasks.spawn(async move {
-                let instance_id = req.orchestration_instance.as_ref().map(|o| o.instance_id.clone()).unwrap_or_default();
+                let instance_id =
+                    req.orchestration_instance.as_ref().map(|o| o.instance_id.clone()).unwrap_or_default();
                 let task_id = req.task_id;
                 let Ok(outcome) = tokio::task::spawn_blocking(move || f(&req)).await else { return };
                 let (result, failure_details) = match outcome {
@@ -528,7 +520,8 @@ pub async fn get_instance(client: &Client, id: &str) -> GetInstanceResponse {
 
 /// The status of an existing instance.
 pub fn status_of(state: &OrchestrationState) -> OrchestrationStatus {
-    OrchestrationStatus::try_from(state.orchestration_status).unwrap_or_else(|_| panic!("bad status {}", state.orchestration_status))
+    OrchestrationStatus::try_from(state.orchestration_status)
+        .unwrap_or_else(|_| panic!("bad status {}", state.orchestration_status))
 }
 
 /// Waits with WaitForInstanceCompletion (retrying across transport errors, e.g. during a
@@ -546,7 +539,8 @@ pub async fn try_wait_completion(client: &Client, id: &str, timeout: Duration) -
         if left.is_zero() {
             return Err(format!("instance '{id}' did not complete within {timeout:?} (last error: {last_error:?})"));
         }
-        let mut req = tonic::Request::new(GetInstanceRequest { instance_id: id.to_string(), get_inputs_and_outputs: true });
+        let mut req =
+            tonic::Request::new(GetInstanceRequest { instance_id: id.to_string(), get_inputs_and_outputs: true });
         req.set_timeout(left);
         match tokio::time::timeout(left, client.clone().wait_for_instance_completion(req)).await {
             Err(_) => continue,

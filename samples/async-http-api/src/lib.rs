@@ -39,23 +39,16 @@ pub struct ApiResult {
 }
 
 /// The orchestrator.
-pub async fn call_long_running_api(
-    ctx: OrchestrationContext,
-    call: ApiCall,
-) -> Result<ApiResult, Failure> {
+pub async fn call_long_running_api(ctx: OrchestrationContext, call: ApiCall) -> Result<ApiResult, Failure> {
     let request = DurableHttpRequest::post(&call.url, call.body.to_string())
         .with_header("Content-Type", "application/json")
         .with_asynchronous_pattern(true);
     ctx.set_custom_status("waiting for the API");
     let response = ctx.call_http(request).await?;
     ctx.set_custom_status("done");
-    let body = response.json().unwrap_or_else(|_| {
-        serde_json::Value::String(response.content.clone().unwrap_or_default())
-    });
-    Ok(ApiResult {
-        status_code: response.status_code,
-        body,
-    })
+    let body =
+        response.json().unwrap_or_else(|_| serde_json::Value::String(response.content.clone().unwrap_or_default()));
+    Ok(ApiResult { status_code: response.status_code, body })
 }
 
 /// Registers the orchestrator.

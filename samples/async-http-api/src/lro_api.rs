@@ -41,19 +41,13 @@ impl LroApi {
 
     /// The axum router serving the API.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/jobs", post(start_job))
-            .route("/jobs/{id}", get(job_status))
-            .with_state(self.clone())
+        Router::new().route("/jobs", post(start_job)).route("/jobs/{id}", get(job_status)).with_state(self.clone())
     }
 }
 
 /// `http://<Host header>`: where the caller reached us, for absolute `Location`s.
 fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
     format!("http://{host}")
 }
 
@@ -69,22 +63,12 @@ fn accepted(headers: &HeaderMap, id: u64) -> Response {
 
 async fn start_job(State(api): State<LroApi>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
     let input = body.map(|Json(v)| v).unwrap_or(Value::Null);
-    let seconds = input
-        .get("seconds")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_SECONDS)
-        .min(3600);
+    let seconds = input.get("seconds").and_then(Value::as_u64).unwrap_or(DEFAULT_SECONDS).min(3600);
     let Ok(mut jobs) = api.jobs.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let id = jobs.len() as u64 + 1;
-    jobs.insert(
-        id,
-        Job {
-            input,
-            done_at: Instant::now() + Duration::from_secs(seconds),
-        },
-    );
+    jobs.insert(id, Job { input, done_at: Instant::now() + Duration::from_secs(seconds) });
     drop(jobs);
     accepted(&headers, id)
 }

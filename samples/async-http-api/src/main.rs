@@ -28,14 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let http = std::env::var("DURO_HTTP_URL").unwrap_or_else(|_| "http://127.0.0.1:7071".into());
     let listen = std::env::var("LRO_API_LISTEN").unwrap_or_else(|_| "127.0.0.1:8098".into());
     if listen != "off" {
-        let listener = bind_free(&listen)
-            .await
-            .map_err(|e| format!("cannot serve the long-running API on {listen}: {e}"))?;
+        let listener =
+            bind_free(&listen).await.map_err(|e| format!("cannot serve the long-running API on {listen}: {e}"))?;
         let api_addr = listener.local_addr()?;
-        tokio::spawn(async_http_api::lro_api::serve(
-            listener,
-            async_http_api::lro_api::LroApi::default(),
-        ));
+        tokio::spawn(async_http_api::lro_api::serve(listener, async_http_api::lro_api::LroApi::default()));
         println!("long-running API: http://{api_addr}/jobs (POST: 202 + Location, done after 3 s)");
         println!(
             "start one:  curl -i -X POST {http}/runtime/webhooks/durabletask/orchestrators/{} \

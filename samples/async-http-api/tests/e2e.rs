@@ -22,10 +22,7 @@ async fn start_over_http_and_poll() {
     tokio::spawn(async_http_api::lro_api::serve(listener, api.clone()));
 
     let http_port = sidecar::free_port();
-    let duro = sidecar::Sidecar::start_with(vec![
-        "--http-listen".into(),
-        format!("127.0.0.1:{http_port}"),
-    ]);
+    let duro = sidecar::Sidecar::start_with(vec!["--http-listen".into(), format!("127.0.0.1:{http_port}")]);
     let worker = sidecar::start_worker(&duro, async_http_api::register).await;
 
     let http = reqwest::Client::new();
@@ -39,10 +36,7 @@ async fn start_over_http_and_poll() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let status_url = r.headers()[header::LOCATION.as_str()]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let status_url = r.headers()[header::LOCATION.as_str()].to_str().unwrap().to_string();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

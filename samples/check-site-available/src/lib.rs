@@ -22,10 +22,7 @@ pub struct SiteStatus {
 }
 
 /// The orchestrator: input is the URL.
-pub async fn check_site_available(
-    ctx: OrchestrationContext,
-    url: String,
-) -> Result<SiteStatus, Failure> {
+pub async fn check_site_available(ctx: OrchestrationContext, url: String) -> Result<SiteStatus, Failure> {
     match ctx.call_http(DurableHttpRequest::get(&url)).await {
         Ok(response) => Ok(SiteStatus {
             available: response.is_success(),
@@ -33,12 +30,7 @@ pub async fn check_site_available(
             url,
             error: None,
         }),
-        Err(e) => Ok(SiteStatus {
-            url,
-            available: false,
-            status_code: None,
-            error: Some(e.to_string()),
-        }),
+        Err(e) => Ok(SiteStatus { url, available: false, status_code: None, error: Some(e.to_string()) }),
     }
 }
 

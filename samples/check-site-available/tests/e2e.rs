@@ -14,14 +14,8 @@ use check_site_available::SiteStatus;
 use duro_sdk::Client;
 
 async fn check(client: &Client, url: &str) -> SiteStatus {
-    let id = client
-        .start_orchestration(check_site_available::ORCHESTRATION, url)
-        .await
-        .unwrap();
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let id = client.start_orchestration(check_site_available::ORCHESTRATION, url).await.unwrap();
+    let state = client.wait_for_completion(&id, Duration::from_secs(60)).await.unwrap();
     state.output().unwrap()
 }
 

@@ -25,7 +25,5 @@ pub async fn say_hello(_: ActivityContext, city: String) -> Result<String, Failu
 
 /// Registers both on `worker`.
 pub fn register(worker: &mut Worker) {
-    worker
-        .add_orchestrator(ORCHESTRATION, hello_cities)
-        .add_activity(SAY_HELLO, say_hello);
+    worker.add_orchestrator(ORCHESTRATION, hello_cities).add_activity(SAY_HELLO, say_hello);
 }

@@ -11,12 +11,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     hello_cities::register(&mut worker);
     let worker = worker.start()?;
     let client = Client::connect(address).await?;
-    let id = client
-        .start_orchestration(hello_cities::ORCHESTRATION, ())
-        .await?;
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(30))
-        .await?;
+    let id = client.start_orchestration(hello_cities::ORCHESTRATION, ()).await?;
+    let state = client.wait_for_completion(&id, Duration::from_secs(30)).await?;
     for greeting in state.output::<Vec<String>>()? {
         println!("{greeting}");
     }

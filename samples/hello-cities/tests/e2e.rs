@@ -14,17 +14,8 @@ async fn greets_three_cities_in_order() {
     let duro = sidecar::Sidecar::start();
     let worker = sidecar::start_worker(&duro, hello_cities::register).await;
     let client = Client::connect(duro.address()).await.unwrap();
-    let id = client
-        .start_orchestration(hello_cities::ORCHESTRATION, ())
-        .await
-        .unwrap();
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(
-        state.output::<Vec<String>>().unwrap(),
-        ["Hello, Tokyo!", "Hello, Seattle!", "Hello, London!"]
-    );
+    let id = client.start_orchestration(hello_cities::ORCHESTRATION, ()).await.unwrap();
+    let state = client.wait_for_completion(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(state.output::<Vec<String>>().unwrap(), ["Hello, Tokyo!", "Hello, Seattle!", "Hello, London!"]);
     worker.shutdown().await.unwrap();
 }

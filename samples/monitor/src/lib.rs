@@ -42,10 +42,7 @@ pub struct MonitorResult {
 }
 
 /// The orchestrator.
-pub async fn job_monitor(
-    ctx: OrchestrationContext,
-    mut input: MonitorInput,
-) -> Result<MonitorResult, Failure> {
+pub async fn job_monitor(ctx: OrchestrationContext, mut input: MonitorInput) -> Result<MonitorResult, Failure> {
     let now = ctx.current_utc_datetime();
     let expires_at: DateTime<Utc> = match &input.expires_at {
         Some(s) => DateTime::parse_from_rfc3339(s)
@@ -57,28 +54,17 @@ pub async fn job_monitor(
     input.checks += 1;
     ctx.set_custom_status(format!("check {}: {status}", input.checks));
     if status == "Completed" {
-        ctx.call_activity::<()>("SendAlert", format!("job {} completed", input.job_id))
-            .await?;
-        return Ok(MonitorResult {
-            outcome: "completed".into(),
-            checks: input.checks,
-        });
+        ctx.call_activity::<()>("SendAlert", format!("job {} completed", input.job_id)).await?;
+        return Ok(MonitorResult { outcome: "completed".into(), checks: input.checks });
     }
-    let next = ctx.current_utc_datetime()
-        + TimeDelta::seconds(i64::try_from(input.interval_seconds).unwrap_or(0));
+    let next = ctx.current_utc_datetime() + TimeDelta::seconds(i64::try_from(input.interval_seconds).unwrap_or(0));
     if next > expires_at {
-        return Ok(MonitorResult {
-            outcome: "expired".into(),
-            checks: input.checks,
-        });
+        return Ok(MonitorResult { outcome: "expired".into(), checks: input.checks });
     }
     ctx.create_timer_at(next).await?;
     input.expires_at = Some(expires_at.to_rfc3339());
     ctx.continue_as_new(&input, true);
-    Ok(MonitorResult {
-        outcome: "continued".into(),
-        checks: input.checks,
-    })
+    Ok(MonitorResult { outcome: "continued".into(), checks: input.checks })
 }
 
 /// Where activities look up job status and send alerts (a real app would call an API).
@@ -116,19 +102,14 @@ pub struct CountdownJob {
 impl CountdownJob {
     /// Completes at the `ticks`th check.
     pub fn new(ticks: u32) -> Self {
-        Self {
-            remaining: std::sync::atomic::AtomicU32::new(ticks),
-        }
+        Self { remaining: std::sync::atomic::AtomicU32::new(ticks) }
     }
 }
 
 impl JobBackend for CountdownJob {
     fn status(&self, _: &str) -> String {
         use std::sync::atomic::Ordering;
-        let left = self
-            .remaining
-            .fetch_sub(1, Ordering::SeqCst)
-            .saturating_sub(1);
+        let left = self.remaining.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
         if left == 0 { "Completed" } else { "Running" }.into()
     }
     fn alert(&self, message: &str) {

@@ -21,12 +21,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         expires_at: None,
         checks: 0,
     };
-    let id = client
-        .start_orchestration(monitor::ORCHESTRATION, &input)
-        .await?;
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(90))
-        .await?;
+    let id = client.start_orchestration(monitor::ORCHESTRATION, &input).await?;
+    let state = client.wait_for_completion(&id, Duration::from_secs(90)).await?;
     println!("{:?}", state.output::<MonitorResult>()?);
     worker.shutdown().await?;
     Ok(())

@@ -38,28 +38,13 @@ fn input(interval: u64, max: u64) -> MonitorInput {
 #[tokio::test(flavor = "multi_thread")]
 async fn stops_when_the_job_completes() {
     let duro = sidecar::Sidecar::start();
-    let backend = Arc::new(Recorder {
-        job: CountdownJob::new(3),
-        alerts: Mutex::default(),
-    });
+    let backend = Arc::new(Recorder { job: CountdownJob::new(3), alerts: Mutex::default() });
     let b: Arc<dyn JobBackend> = backend.clone();
     let worker = sidecar::start_worker(&duro, |w| monitor::register(w, b)).await;
     let client = Client::connect(duro.address()).await.unwrap();
-    let id = client
-        .start_orchestration(monitor::ORCHESTRATION, input(1, 60))
-        .await
-        .unwrap();
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(
-        state.output::<MonitorResult>().unwrap(),
-        MonitorResult {
-            outcome: "completed".into(),
-            checks: 3
-        }
-    );
+    let id = client.start_orchestration(monitor::ORCHESTRATION, input(1, 60)).await.unwrap();
+    let state = client.wait_for_completion(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(state.output::<MonitorResult>().unwrap(), MonitorResult { outcome: "completed".into(), checks: 3 });
     assert_eq!(*backend.alerts.lock().unwrap(), ["job job-7 completed"]);
     worker.shutdown().await.unwrap();
 }
@@ -67,21 +52,12 @@ async fn stops_when_the_job_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gives_up_at_expiry() {
     let duro = sidecar::Sidecar::start();
-    let backend = Arc::new(Recorder {
-        job: CountdownJob::new(1000),
-        alerts: Mutex::default(),
-    });
+    let backend = Arc::new(Recorder { job: CountdownJob::new(1000), alerts: Mutex::default() });
     let b: Arc<dyn JobBackend> = backend.clone();
     let worker = sidecar::start_worker(&duro, |w| monitor::register(w, b)).await;
     let client = Client::connect(duro.address()).await.unwrap();
-    let id = client
-        .start_orchestration(monitor::ORCHESTRATION, input(1, 2))
-        .await
-        .unwrap();
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let id = client.start_orchestration(monitor::ORCHESTRATION, input(1, 2)).await.unwrap();
+    let state = client.wait_for_completion(&id, Duration::from_secs(30)).await.unwrap();
     let result = state.output::<MonitorResult>().unwrap();
     assert_eq!(result.outcome, "expired");
     assert!((2..=3).contains(&result.checks), "{result:?}");

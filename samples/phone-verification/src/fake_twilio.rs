@@ -60,11 +60,7 @@ pub struct FakeTwilio {
 
 impl FakeTwilio {
     /// Serves on `addr` (port 0 picks a free one) accepting these credentials.
-    pub async fn start(
-        addr: SocketAddr,
-        account_sid: &str,
-        auth_token: &str,
-    ) -> std::io::Result<FakeTwilio> {
+    pub async fn start(addr: SocketAddr, account_sid: &str, auth_token: &str) -> std::io::Result<FakeTwilio> {
         let state = AppState {
             account_sid: account_sid.to_string(),
             auth_token: auth_token.to_string(),
@@ -76,11 +72,7 @@ impl FakeTwilio {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(FakeTwilio {
-            base_url,
-            state,
-            task,
-        })
+        Ok(FakeTwilio { base_url, state, task })
     }
 
     /// Messages received so far.
@@ -108,10 +100,7 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 
 fn router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/2010-04-01/Accounts/{sid}/Messages.json",
-            post(create_message),
-        )
+        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(create_message))
         .route("/_test/messages", get(list_messages))
         .route("/_test/fail_next", post(set_fail_next))
         .with_state(state)
@@ -134,9 +123,7 @@ fn is_e164(s: &str) -> bool {
     let Some(digits) = s.strip_prefix('+') else {
         return false;
     };
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
@@ -167,8 +154,7 @@ async fn create_message(
         let mut inner = lock(&state.inner);
         if inner.fail_next > 0 {
             inner.fail_next -= 1;
-            let status =
-                StatusCode::from_u16(inner.fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let status = StatusCode::from_u16(inner.fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return twilio_error(status, 20500, "Injected failure");
         }
     }
@@ -179,11 +165,7 @@ async fn create_message(
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let (to, from, text) = (field("To"), field("From"), field("Body"));
     if to.is_empty() {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21604,
-            "A 'To' phone number is required.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21604, "A 'To' phone number is required.");
     }
     if !is_e164(to) {
         return twilio_error(
@@ -193,11 +175,7 @@ async fn create_message(
         );
     }
     if from.is_empty() {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21603,
-            "A 'From' phone number is required.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21603, "A 'From' phone number is required.");
     }
     if text.is_empty() {
         return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
@@ -235,9 +213,7 @@ async fn create_message(
 fn hex32() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    (0..32)
-        .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0'))
-        .collect()
+    (0..32).map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0')).collect()
 }
 
 async fn list_messages(State(state): State<AppState>) -> Json<Vec<ReceivedMessage>> {

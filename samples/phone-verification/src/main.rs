@@ -12,16 +12,11 @@ use phone_verification::{orchestration, twilio, web};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let duro = std::env::var("DURO_ADDRESS").unwrap_or_else(|_| "http://127.0.0.1:4001".into());
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    let timeout: u64 = std::env::var("VERIFY_TIMEOUT_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
+    let timeout: u64 = std::env::var("VERIFY_TIMEOUT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
     let twilio = twilio::TwilioClient::new(twilio::TwilioConfig::from_env()?);
 
     let mut worker = Worker::new(duro.clone());

@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duro_sdk::{
-    when_any, ActivityContext, DurableTask, Failure, OrchestrationContext, RetryPolicy, Worker,
-};
+use duro_sdk::{when_any, ActivityContext, DurableTask, Failure, OrchestrationContext, RetryPolicy, Worker};
 use serde::{Deserialize, Serialize};
 
 use crate::twilio::{TwilioClient, TwilioError};
@@ -48,11 +46,7 @@ fn default_attempts() -> u32 {
 impl VerificationInput {
     /// Defaults: 90 s, 4 attempts.
     pub fn new(phone: impl Into<String>) -> Self {
-        Self {
-            phone: phone.into(),
-            timeout_seconds: default_timeout(),
-            max_attempts: default_attempts(),
-        }
+        Self { phone: phone.into(), timeout_seconds: default_timeout(), max_attempts: default_attempts() }
     }
 }
 
@@ -74,17 +68,9 @@ enum Outcome {
 }
 
 /// The orchestrator function.
-pub async fn phone_verification(
-    ctx: OrchestrationContext,
-    input: VerificationInput,
-) -> Result<bool, Failure> {
-    let code: String = ctx
-        .call_activity_with_retry(
-            SEND_SMS,
-            &input.phone,
-            &RetryPolicy::new(3, Duration::from_secs(1)),
-        )
-        .await?;
+pub async fn phone_verification(ctx: OrchestrationContext, input: VerificationInput) -> Result<bool, Failure> {
+    let code: String =
+        ctx.call_activity_with_retry(SEND_SMS, &input.phone, &RetryPolicy::new(3, Duration::from_secs(1))).await?;
 
     let expires_at = ctx.current_utc_datetime() + chrono_secs(input.timeout_seconds);
     for attempt in 0..input.max_attempts {
@@ -94,11 +80,8 @@ pub async fn phone_verification(
             expires_at: expires_at.to_rfc3339(),
         });
         // Same deadline every round: a fresh durable timer for the same instant.
-        let timer: DurableTask<Outcome> =
-            ctx.create_timer_at(expires_at).map(|()| Outcome::TimedOut);
-        let reply: DurableTask<Outcome> = ctx
-            .wait_for_external_event::<String>(RESPONSE_EVENT)
-            .map(Outcome::Code);
+        let timer: DurableTask<Outcome> = ctx.create_timer_at(expires_at).map(|()| Outcome::TimedOut);
+        let reply: DurableTask<Outcome> = ctx.wait_for_external_event::<String>(RESPONSE_EVENT).map(Outcome::Code);
         let (_, outcome) = when_any(vec![reply, timer]).await;
         match outcome? {
             Outcome::Code(c) if c.trim() == code => return Ok(true),
@@ -132,11 +115,7 @@ pub async fn send_sms_challenge(
         Err(e) => {
             let transient = e.is_transient();
             let failure = Failure::new(error_type(&e), e.to_string());
-            Err(if transient {
-                failure
-            } else {
-                failure.non_retriable()
-            })
+            Err(if transient { failure } else { failure.non_retriable() })
         }
     }
 }
@@ -154,10 +133,11 @@ fn error_type(e: &TwilioError) -> &'static str {
 /// Registers the orchestration and its activity on `worker`.
 pub fn register(worker: &mut Worker, twilio: TwilioClient) {
     let twilio = Arc::new(twilio);
-    worker
-        .add_orchestrator(ORCHESTRATION, phone_verification)
-        .add_activity(SEND_SMS, move |ctx: ActivityContext, phone: String| {
+    worker.add_orchestrator(ORCHESTRATION, phone_verification).add_activity(
+        SEND_SMS,
+        move |ctx: ActivityContext, phone: String| {
             let twilio = Arc::clone(&twilio);
             async move { send_sms_challenge(&twilio, ctx, phone).await }
-        });
+        },
+    );
 }

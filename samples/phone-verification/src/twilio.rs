@@ -22,14 +22,12 @@ pub struct TwilioConfig {
 impl TwilioConfig {
     /// Reads `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_FROM` and `TWILIO_BASE_URL`.
     pub fn from_env() -> Result<Self, TwilioError> {
-        let var =
-            |name: &'static str| std::env::var(name).map_err(|_| TwilioError::MissingConfig(name));
+        let var = |name: &'static str| std::env::var(name).map_err(|_| TwilioError::MissingConfig(name));
         Ok(Self {
             account_sid: var("TWILIO_ACCOUNT_SID")?,
             auth_token: var("TWILIO_AUTH_TOKEN")?,
             from: var("TWILIO_FROM")?,
-            base_url: std::env::var("TWILIO_BASE_URL")
-                .unwrap_or_else(|_| "https://api.twilio.com".to_string()),
+            base_url: std::env::var("TWILIO_BASE_URL").unwrap_or_else(|_| "https://api.twilio.com".to_string()),
         })
     }
 }
@@ -114,10 +112,7 @@ impl TwilioClient {
     pub fn new(config: TwilioConfig) -> Self {
         Self {
             config,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default(),
             max_attempts: 4,
             initial_backoff: Duration::from_millis(200),
         }
@@ -137,11 +132,7 @@ impl TwilioClient {
             self.config.base_url.trim_end_matches('/'),
             self.config.account_sid
         );
-        let form = [
-            ("To", to),
-            ("From", self.config.from.as_str()),
-            ("Body", body),
-        ];
+        let form = [("To", to), ("From", self.config.from.as_str()), ("Body", body)];
         let mut backoff = self.initial_backoff;
         let mut attempt = 1;
         loop {
@@ -158,11 +149,7 @@ impl TwilioClient {
         }
     }
 
-    async fn send_once(
-        &self,
-        url: &str,
-        form: &[(&str, &str)],
-    ) -> Result<MessageResource, TwilioError> {
+    async fn send_once(&self, url: &str, form: &[(&str, &str)]) -> Result<MessageResource, TwilioError> {
         let response = self
             .http
             .post(url)
@@ -173,18 +160,12 @@ impl TwilioClient {
         let status = response.status().as_u16();
         let text = response.text().await?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&text).map_err(|_| TwilioError::Unexpected {
-                status,
-                body: truncate(&text),
-            });
+            return serde_json::from_str(&text).map_err(|_| TwilioError::Unexpected { status, body: truncate(&text) });
         }
         match serde_json::from_str::<TwilioApiError>(&text) {
             Ok(api) if status == 401 => Err(TwilioError::Unauthorized(api.message)),
             Ok(api) => Err(TwilioError::Api(api)),
-            Err(_) => Err(TwilioError::Unexpected {
-                status,
-                body: truncate(&text),
-            }),
+            Err(_) => Err(TwilioError::Unexpected { status, body: truncate(&text) }),
         }
     }
 }

@@ -32,11 +32,7 @@ pub struct FrontEndConfig {
 
 impl Default for FrontEndConfig {
     fn default() -> Self {
-        Self {
-            challenge_timeout: Duration::from_secs(90),
-            max_attempts: 4,
-            duro_http_url: None,
-        }
+        Self { challenge_timeout: Duration::from_secs(90), max_attempts: 4, duro_http_url: None }
     }
 }
 
@@ -49,14 +45,11 @@ struct AppState {
 
 /// The router, ready for `axum::serve`.
 pub fn router(client: Client, config: FrontEndConfig) -> Router {
-    Router::new()
-        .route("/verify", post(start))
-        .route("/verify/{id}", get(status).post(respond))
-        .with_state(AppState {
-            client,
-            config,
-            http: reqwest::Client::new(),
-        })
+    Router::new().route("/verify", post(start)).route("/verify/{id}", get(status).post(respond)).with_state(AppState {
+        client,
+        config,
+        http: reqwest::Client::new(),
+    })
 }
 
 /// Whether `s` is an E.164 number: `+`, then 8 to 15 digits, not starting with 0.
@@ -64,9 +57,7 @@ pub fn is_e164(s: &str) -> bool {
     let Some(digits) = s.strip_prefix('+') else {
         return false;
     };
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -93,52 +84,26 @@ async fn start(
     body: Result<Json<StartRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected JSON {\"phone\": \"+15551234567\"}",
-        );
+        return error(StatusCode::BAD_REQUEST, "expected JSON {\"phone\": \"+15551234567\"}");
     };
     let phone = request.phone.unwrap_or_default();
     if !is_e164(&phone) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("'{phone}' is not an E.164 phone number (e.g. +15551234567)"),
-        );
+        return error(StatusCode::BAD_REQUEST, format!("'{phone}' is not an E.164 phone number (e.g. +15551234567)"));
     }
     let input = VerificationInput {
         phone,
         timeout_seconds: state.config.challenge_timeout.as_secs().max(1),
         max_attempts: state.config.max_attempts,
     };
-    let id = match state
-        .client
-        .start_orchestration(ORCHESTRATION, &input)
-        .await
-    {
+    let id = match state.client.start_orchestration(ORCHESTRATION, &input).await {
         Ok(id) => id,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("could not start: {e}"),
-            )
-        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("could not start: {e}")),
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let status_url = format!("http://{host}/verify/{id}");
     let status_query_get_uri = signed_status_link(&state, &id).await;
     let location = format!("/verify/{id}");
-    (
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(StartResponse {
-            id,
-            status_url,
-            status_query_get_uri,
-        }),
-    )
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(StartResponse { id, status_url, status_query_get_uri }))
         .into_response()
 }
 
@@ -155,10 +120,7 @@ async fn signed_status_link(state: &AppState, id: &str) -> Option<String> {
         return None;
     }
     let links: serde_json::Value = response.json().await.ok()?;
-    links
-        .get("statusQueryGetUri")
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
+    links.get("statusQueryGetUri").and_then(|v| v.as_str()).map(str::to_string)
 }
 
 #[derive(Deserialize)]
@@ -172,27 +134,17 @@ async fn respond(
     body: Result<Json<CodeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(CodeRequest { code: Some(code) })) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected JSON {\"code\": \"1234\"}",
-        );
+        return error(StatusCode::BAD_REQUEST, "expected JSON {\"code\": \"1234\"}");
     };
     match state.client.get_orchestration(&id, false).await {
         Ok(Some(m)) if m.status.is_terminal() => {
-            return error(
-                StatusCode::CONFLICT,
-                "this verification is already finished",
-            )
+            return error(StatusCode::CONFLICT, "this verification is already finished")
         }
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such verification"),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    match state
-        .client
-        .raise_event(&id, RESPONSE_EVENT, code.trim())
-        .await
-    {
+    match state.client.raise_event(&id, RESPONSE_EVENT, code.trim()).await {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -212,9 +164,7 @@ async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Respon
                 "status": if verified { "verified" } else { "failed" },
             })
         }
-        OrchestrationStatus::Failed
-        | OrchestrationStatus::Terminated
-        | OrchestrationStatus::Canceled => {
+        OrchestrationStatus::Failed | OrchestrationStatus::Terminated | OrchestrationStatus::Canceled => {
             json!({
                 "id": id,
                 "status": "failed",

@@ -32,14 +32,8 @@ fn duro_bin() -> PathBuf {
 fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut handed = HANDED_OUT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !handed.contains(&port) {
             handed.push(port);
             return port;
@@ -57,28 +51,16 @@ struct Sidecar {
 
 impl Sidecar {
     fn start() -> Sidecar {
-        let mut s = Sidecar {
-            port: free_port(),
-            http_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
+        let mut s =
+            Sidecar { port: free_port(), http_port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
         let bin = duro_bin();
-        assert!(
-            bin.exists(),
-            "no duro binary at {} (cargo build -p duro)",
-            bin.display()
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("duro.log"))
-            .unwrap();
+        assert!(bin.exists(), "no duro binary at {} (cargo build -p duro)", bin.display());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("duro.log")).unwrap();
         let child = Command::new(&bin)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -134,11 +116,8 @@ struct App {
 impl App {
     async fn start(timeout: Duration) -> App {
         let sidecar = Sidecar::start();
-        let twilio = FakeTwilio::start("127.0.0.1:0".parse().unwrap(), SID, TOKEN)
-            .await
-            .unwrap();
-        let client =
-            TwilioClient::new(config(&twilio.base_url)).with_retries(3, Duration::from_millis(20));
+        let twilio = FakeTwilio::start("127.0.0.1:0".parse().unwrap(), SID, TOKEN).await.unwrap();
+        let client = TwilioClient::new(config(&twilio.base_url)).with_retries(3, Duration::from_millis(20));
         let mut worker = Worker::new(sidecar.address()).with_options(
             WorkerOptions::default()
                 .with_reconnect_delays(Duration::from_millis(50), Duration::from_millis(300))
@@ -159,24 +138,11 @@ impl App {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, web::router(duro, cfg)).await;
         });
-        App {
-            sidecar,
-            twilio,
-            _worker: worker,
-            base,
-            http: reqwest::Client::new(),
-            _server: server,
-        }
+        App { sidecar, twilio, _worker: worker, base, http: reqwest::Client::new(), _server: server }
     }
 
     async fn start_verification(&self, phone: &str) -> (String, Value) {
-        let r = self
-            .http
-            .post(format!("{}/verify", self.base))
-            .json(&json!({ "phone": phone }))
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.post(format!("{}/verify", self.base)).json(&json!({ "phone": phone })).send().await.unwrap();
         assert_eq!(r.status(), 202);
         let location = r.headers()["location"].to_str().unwrap().to_string();
         let body: Value = r.json().await.unwrap();
@@ -223,26 +189,14 @@ impl App {
     }
 
     async fn status(&self, id: &str) -> Value {
-        self.http
-            .get(format!("{}/verify/{id}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.http.get(format!("{}/verify/{id}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
     async fn wait_final(&self, id: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             // The front end may briefly answer 503 while the sidecar restarts.
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/verify/{id}", self.base))
-                .send()
-                .await
-            {
+            if let Ok(r) = self.http.get(format!("{}/verify/{id}", self.base)).send().await {
                 if let Ok(v) = r.json::<Value>().await {
                     if let Some(s) = v["status"].as_str() {
                         if s != "pending" {
@@ -251,22 +205,14 @@ impl App {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "verification {id} never finished"
-            );
+            assert!(Instant::now() < deadline, "verification {id} never finished");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
 fn config(base: &str) -> TwilioConfig {
-    TwilioConfig {
-        account_sid: SID.into(),
-        auth_token: TOKEN.into(),
-        from: FROM.into(),
-        base_url: base.into(),
-    }
+    TwilioConfig { account_sid: SID.into(), auth_token: TOKEN.into(), from: FROM.into(), base_url: base.into() }
 }
 
 fn wrong(code: &str) -> String {
@@ -278,18 +224,11 @@ fn wrong(code: &str) -> String {
 async fn right_code_first_try() {
     let app = App::start(Duration::from_secs(90)).await;
     let (id, body) = app.start_verification(PHONE).await;
-    assert!(body["statusUrl"]
-        .as_str()
-        .unwrap()
-        .ends_with(&format!("/verify/{id}")));
+    assert!(body["statusUrl"].as_str().unwrap().ends_with(&format!("/verify/{id}")));
     // The signed Duro status link works without a key.
     let signed = body["statusQueryGetUri"].as_str().expect("signed link");
     let r = app.http.get(signed).send().await.unwrap();
-    assert!(
-        r.status().is_success(),
-        "signed link answered {}",
-        r.status()
-    );
+    assert!(r.status().is_success(), "signed link answered {}", r.status());
 
     let code = app.sms_code(1).await;
     assert_eq!(code.len(), 4);
@@ -355,10 +294,7 @@ async fn sidecar_killed_between_sms_and_reply() {
     // The front end's client and the worker reconnect on their own.
     let deadline = Instant::now() + Duration::from_secs(30);
     while app.send_code(&id, &code).await != 202 {
-        assert!(
-            Instant::now() < deadline,
-            "front end never reached the restarted sidecar"
-        );
+        assert!(Instant::now() < deadline, "front end never reached the restarted sidecar");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(app.wait_final(&id).await, "verified");
@@ -370,39 +306,19 @@ async fn sidecar_killed_between_sms_and_reply() {
 async fn invalid_phone_is_rejected() {
     let app = App::start(Duration::from_secs(90)).await;
     for phone in ["5551234567", "+1555", "+1555abc4567", "+0123456789", ""] {
-        let r = app
-            .http
-            .post(format!("{}/verify", app.base))
-            .json(&json!({ "phone": phone }))
-            .send()
-            .await
-            .unwrap();
+        let r = app.http.post(format!("{}/verify", app.base)).json(&json!({ "phone": phone })).send().await.unwrap();
         assert_eq!(r.status(), 400, "{phone}");
     }
-    let r = app
-        .http
-        .post(format!("{}/verify", app.base))
-        .body("not json")
-        .send()
-        .await
-        .unwrap();
+    let r = app.http.post(format!("{}/verify", app.base)).body("not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = app
-        .http
-        .get(format!("{}/verify/nope", app.base))
-        .send()
-        .await
-        .unwrap();
+    let r = app.http.get(format!("{}/verify/nope", app.base)).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]
 async fn twilio_client_maps_errors_and_retries() {
-    let fake = FakeTwilio::start("127.0.0.1:0".parse().unwrap(), SID, TOKEN)
-        .await
-        .unwrap();
-    let client =
-        TwilioClient::new(config(&fake.base_url)).with_retries(3, Duration::from_millis(10));
+    let fake = FakeTwilio::start("127.0.0.1:0".parse().unwrap(), SID, TOKEN).await.unwrap();
+    let client = TwilioClient::new(config(&fake.base_url)).with_retries(3, Duration::from_millis(10));
 
     let sent = client.send_sms(PHONE, "hi").await.unwrap();
     assert!(sent.sid.starts_with("SM"));

@@ -37,18 +37,13 @@ pub fn restart_url(vm: &VmRef) -> String {
 
 /// The orchestrator: returns the final status code (200 once ARM reports the restart done).
 pub async fn restart_vm(ctx: OrchestrationContext, vm: VmRef) -> Result<u16, Failure> {
-    let request = DurableHttpRequest::post(restart_url(&vm), "").with_token_source(
-        TokenSource::azure_managed_identity("https://management.core.windows.net"),
-    );
+    let request = DurableHttpRequest::post(restart_url(&vm), "")
+        .with_token_source(TokenSource::azure_managed_identity("https://management.core.windows.net"));
     let response = ctx.call_http(request).await?;
     if !response.is_success() {
         return Err(Failure::new(
             "RestartFailed",
-            format!(
-                "ARM answered {}: {}",
-                response.status_code,
-                response.content.unwrap_or_default()
-            ),
+            format!("ARM answered {}: {}", response.status_code, response.content.unwrap_or_default()),
         ));
     }
     Ok(response.status_code)

@@ -33,18 +33,11 @@ impl Fake {
     }
 }
 
-async fn imds(
-    State(f): State<Fake>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn imds(State(f): State<Fake>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
         return (StatusCode::BAD_REQUEST, "Metadata header required").into_response();
     }
-    f.record(format!(
-        "token for {}",
-        q.get("resource").cloned().unwrap_or_default()
-    ));
+    f.record(format!("token for {}", q.get("resource").cloned().unwrap_or_default()));
     Json(json!({
         "access_token": TOKEN,
         "expires_in": "3599",
@@ -56,27 +49,17 @@ async fn imds(
 }
 
 fn bearer_ok(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {TOKEN}"))
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
 }
 
 async fn restart(State(f): State<Fake>, headers: HeaderMap) -> Response {
     if !bearer_ok(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": {"code": "AuthenticationFailed"}})),
-        )
-            .into_response();
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "AuthenticationFailed"}}))).into_response();
     }
     f.record("restart".into());
     (
         StatusCode::ACCEPTED,
-        [
-            (header::LOCATION, format!("{}/operations/op-1", f.base)),
-            (header::RETRY_AFTER, "1".to_string()),
-        ],
+        [(header::LOCATION, format!("{}/operations/op-1", f.base)), (header::RETRY_AFTER, "1".to_string())],
     )
         .into_response()
 }
@@ -90,10 +73,7 @@ async fn operation(State(f): State<Fake>) -> Response {
     if polls < 2 {
         (
             StatusCode::ACCEPTED,
-            [
-                (header::LOCATION, format!("{}/operations/op-1", f.base)),
-                (header::RETRY_AFTER, "1".to_string()),
-            ],
+            [(header::LOCATION, format!("{}/operations/op-1", f.base)), (header::RETRY_AFTER, "1".to_string())],
         )
             .into_response()
     } else {
@@ -105,10 +85,7 @@ async fn operation(State(f): State<Fake>) -> Response {
 async fn restarts_with_a_managed_identity_token() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let fake = Fake {
-        base: base.clone(),
-        log: Arc::default(),
-    };
+    let fake = Fake { base: base.clone(), log: Arc::default() };
     let app = Router::new()
         .route("/metadata/identity/oauth2/token", get(imds))
         .route(
@@ -133,21 +110,12 @@ async fn restarts_with_a_managed_identity_token() {
         vm_name: "vm-1".into(),
         arm_base_url: Some(base),
     };
-    let id = client
-        .start_orchestration(restart_vm::ORCHESTRATION, &vm)
-        .await
-        .unwrap();
-    let state = client
-        .wait_for_completion(&id, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let id = client.start_orchestration(restart_vm::ORCHESTRATION, &vm).await.unwrap();
+    let state = client.wait_for_completion(&id, Duration::from_secs(60)).await.unwrap();
     assert_eq!(state.output::<u16>().unwrap(), 200, "{state:?}");
 
     let log = fake.log.lock().unwrap().clone();
-    assert!(
-        log[0].starts_with("token for https://management.core.windows.net"),
-        "{log:?}"
-    );
+    assert!(log[0].starts_with("token for https://management.core.windows.net"), "{log:?}");
     assert!(log.contains(&"restart".to_string()), "{log:?}");
     assert_eq!(log.iter().filter(|s| *s == "poll").count(), 2, "{log:?}");
     // The token never enters the history.

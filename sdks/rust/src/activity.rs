@@ -25,12 +25,7 @@ pub struct ActivityContext {
 impl ActivityContext {
     /// A context for calling an activity function directly (e.g. in unit tests).
     pub fn new(name: impl Into<String>, instance_id: impl Into<String>, task_id: i32) -> Self {
-        ActivityContext {
-            name: name.into(),
-            instance_id: instance_id.into(),
-            execution_id: None,
-            task_id,
-        }
+        ActivityContext { name: name.into(), instance_id: instance_id.into(), execution_id: None, task_id }
     }
 
     /// The registered activity name.

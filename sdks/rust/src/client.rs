@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use duro_proto::{
-    purge_instances_request, CreateInstanceRequest, GetInstanceRequest,
-    InstanceQuery as ProtoQuery, OrchestrationIdReusePolicy, PurgeInstanceFilter,
-    PurgeInstancesRequest, QueryInstancesRequest, RaiseEventRequest, RestartInstanceRequest,
-    ResumeRequest, RewindInstanceRequest, SuspendRequest, TaskHubSidecarServiceClient,
+    purge_instances_request, CreateInstanceRequest, GetInstanceRequest, InstanceQuery as ProtoQuery,
+    OrchestrationIdReusePolicy, PurgeInstanceFilter, PurgeInstancesRequest, QueryInstancesRequest, RaiseEventRequest,
+    RestartInstanceRequest, ResumeRequest, RewindInstanceRequest, SuspendRequest, TaskHubSidecarServiceClient,
     TerminateRequest,
 };
 use serde::Serialize;
@@ -71,9 +70,8 @@ impl ConnectOptions {
         }
         if let Ok(path) = std::env::var("DURO_TLS_CA_FILE") {
             if !path.is_empty() {
-                let pem = std::fs::read(&path).map_err(|e| {
-                    ClientError::InvalidArgument(format!("cannot read DURO_TLS_CA_FILE {path}: {e}"))
-                })?;
+                let pem = std::fs::read(&path)
+                    .map_err(|e| ClientError::InvalidArgument(format!("cannot read DURO_TLS_CA_FILE {path}: {e}")))?;
                 o.tls_ca_pem = Some(pem);
             }
         }
@@ -124,8 +122,8 @@ pub(crate) type Grpc = TaskHubSidecarServiceClient<InterceptedService<Channel, A
 pub(crate) fn endpoint(address: &str, opts: &ConnectOptions) -> Result<Endpoint, String> {
     let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| e.to_string())?;
     if let Some(pem) = &opts.tls_ca_pem {
-        let mut tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        let mut tls =
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
         if let Some(d) = &opts.tls_domain {
             tls = tls.domain_name(d.clone());
         }
@@ -176,9 +174,7 @@ pub struct ReusePolicy {
 impl ReusePolicy {
     /// Never replace: any existing instance with the id is a conflict.
     pub fn never() -> Self {
-        ReusePolicy {
-            replaceable_statuses: Vec::new(),
-        }
+        ReusePolicy { replaceable_statuses: Vec::new() }
     }
 
     /// Replace finished instances (Completed, Failed, Terminated, Canceled).
@@ -302,20 +298,13 @@ impl InstanceQuery {
     }
 
     /// Restricts to statuses.
-    pub fn with_statuses(
-        mut self,
-        statuses: impl IntoIterator<Item = OrchestrationStatus>,
-    ) -> Self {
+    pub fn with_statuses(mut self, statuses: impl IntoIterator<Item = OrchestrationStatus>) -> Self {
         self.statuses = statuses.into_iter().collect();
         self
     }
 
     /// Restricts the creation time to `[from, to)`.
-    pub fn with_created_between(
-        mut self,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
-    ) -> Self {
+    pub fn with_created_between(mut self, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Self {
         self.created_from = from;
         self.created_to = to;
         self
@@ -394,10 +383,7 @@ impl Client {
 
     /// Connects with an API token and/or TLS ([`ConnectOptions`]).
     pub async fn connect_with(address: impl Into<String>, opts: &ConnectOptions) -> Result<Self, ClientError> {
-        let channel = endpoint(&address.into(), opts)
-            .map_err(ClientError::InvalidArgument)?
-            .connect()
-            .await?;
+        let channel = endpoint(&address.into(), opts).map_err(ClientError::InvalidArgument)?.connect().await?;
         Self::from_channel_with(channel, opts)
     }
 
@@ -422,19 +408,12 @@ impl Client {
 
     /// A client on an existing tonic channel, sending `opts`' API token.
     pub fn from_channel_with(channel: Channel, opts: &ConnectOptions) -> Result<Self, ClientError> {
-        Ok(Client {
-            grpc: grpc_client(channel, opts).map_err(ClientError::InvalidArgument)?,
-        })
+        Ok(Client { grpc: grpc_client(channel, opts).map_err(ClientError::InvalidArgument)? })
     }
 
     /// Starts orchestrator `name` with `input` under a new random instance id; returns the id.
-    pub async fn start_orchestration(
-        &self,
-        name: &str,
-        input: impl Serialize,
-    ) -> Result<String, ClientError> {
-        self.start_orchestration_with(name, input, StartOptions::default())
-            .await
+    pub async fn start_orchestration(&self, name: &str, input: impl Serialize) -> Result<String, ClientError> {
+        self.start_orchestration_with(name, input, StartOptions::default()).await
     }
 
     /// Starts orchestrator `name` with options (instance id, start time, reuse policy, …).
@@ -456,40 +435,23 @@ impl Client {
         input: impl Serialize,
         options: StartOptions,
     ) -> Result<String, ClientError> {
-        let instance_id = options
-            .instance_id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let instance_id = options.instance_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let request = CreateInstanceRequest {
             instance_id: instance_id.clone(),
             name: name.to_string(),
             version: options.version,
             input: Some(payload::encode(&input)?),
             scheduled_start_timestamp: options.start_at.map(time::to_timestamp),
-            orchestration_id_reuse_policy: options.reuse_policy.map(|p| {
-                OrchestrationIdReusePolicy {
-                    replaceable_status: p
-                        .replaceable_statuses
-                        .iter()
-                        .map(|s| s.to_proto() as i32)
-                        .collect(),
-                    legacy_action: 0,
-                }
+            orchestration_id_reuse_policy: options.reuse_policy.map(|p| OrchestrationIdReusePolicy {
+                replaceable_status: p.replaceable_statuses.iter().map(|s| s.to_proto() as i32).collect(),
+                legacy_action: 0,
             }),
             tags: options.tags.into_iter().collect(),
             request_time: Some(time::to_timestamp(Utc::now())),
             ..Default::default()
         };
-        let response = self
-            .grpc
-            .clone()
-            .start_instance(request)
-            .await?
-            .into_inner();
-        Ok(if response.instance_id.is_empty() {
-            instance_id
-        } else {
-            response.instance_id
-        })
+        let response = self.grpc.clone().start_instance(request).await?.into_inner();
+        Ok(if response.instance_id.is_empty() { instance_id } else { response.instance_id })
     }
 
     /// The instance's state, or `None` if it does not exist. With `fetch_payloads`, input,
@@ -508,11 +470,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(if r.exists {
-            r.orchestration_state.map(OrchestrationMetadata::from_proto)
-        } else {
-            None
-        })
+        Ok(if r.exists { r.orchestration_state.map(OrchestrationMetadata::from_proto) } else { None })
     }
 
     /// Waits until the instance has started (left PENDING), up to `timeout`.
@@ -553,10 +511,7 @@ impl Client {
         completion: bool,
     ) -> Result<OrchestrationMetadata, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let timed_out = || ClientError::Timeout {
-            instance_id: instance_id.to_string(),
-            timeout,
-        };
+        let timed_out = || ClientError::Timeout { instance_id: instance_id.to_string(), timeout };
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
@@ -581,29 +536,18 @@ impl Client {
                     let r = r.into_inner();
                     return match (r.exists, r.orchestration_state) {
                         (true, Some(state)) => Ok(OrchestrationMetadata::from_proto(state)),
-                        _ => Err(ClientError::NotFound(format!(
-                            "no orchestration instance '{instance_id}'"
-                        ))),
+                        _ => Err(ClientError::NotFound(format!("no orchestration instance '{instance_id}'"))),
                     };
                 }
                 // The sidecar caps each wait; keep waiting until our own deadline.
-                Ok(Err(status))
-                    if matches!(
-                        status.code(),
-                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-                    ) => {}
+                Ok(Err(status)) if matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {}
                 Ok(Err(status)) => return Err(status.into()),
             }
         }
     }
 
     /// Raises external event `name` with `data` on an instance.
-    pub async fn raise_event(
-        &self,
-        instance_id: &str,
-        name: &str,
-        data: impl Serialize,
-    ) -> Result<(), ClientError> {
+    pub async fn raise_event(&self, instance_id: &str, name: &str, data: impl Serialize) -> Result<(), ClientError> {
         self.grpc
             .clone()
             .raise_event(RaiseEventRequest {
@@ -635,11 +579,7 @@ impl Client {
     }
 
     /// Suspends an instance: it records no progress until resumed (events are kept).
-    pub async fn suspend(
-        &self,
-        instance_id: &str,
-        reason: Option<&str>,
-    ) -> Result<(), ClientError> {
+    pub async fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
         self.grpc
             .clone()
             .suspend_instance(SuspendRequest {
@@ -654,10 +594,7 @@ impl Client {
     pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
         self.grpc
             .clone()
-            .resume_instance(ResumeRequest {
-                instance_id: instance_id.to_string(),
-                reason: reason.map(str::to_string),
-            })
+            .resume_instance(ResumeRequest { instance_id: instance_id.to_string(), reason: reason.map(str::to_string) })
             .await?;
         Ok(())
     }
@@ -665,34 +602,18 @@ impl Client {
     /// Deletes a finished instance (and with `recursive` its sub-orchestrations); returns the
     /// number of instances deleted (0 if it is unknown or still running).
     pub async fn purge(&self, instance_id: &str, recursive: bool) -> Result<u32, ClientError> {
-        self.purge_request(
-            purge_instances_request::Request::InstanceId(instance_id.to_string()),
-            recursive,
-        )
-        .await
+        self.purge_request(purge_instances_request::Request::InstanceId(instance_id.to_string()), recursive).await
     }
 
     /// Deletes the finished instances matching `filter`; returns how many were deleted.
-    pub async fn purge_by_filter(
-        &self,
-        filter: PurgeFilter,
-        recursive: bool,
-    ) -> Result<u32, ClientError> {
+    pub async fn purge_by_filter(&self, filter: PurgeFilter, recursive: bool) -> Result<u32, ClientError> {
         let f = PurgeInstanceFilter {
             created_time_from: filter.created_from.map(time::to_timestamp),
             created_time_to: filter.created_to.map(time::to_timestamp),
-            runtime_status: filter
-                .statuses
-                .iter()
-                .map(|s| s.to_proto() as i32)
-                .collect(),
+            runtime_status: filter.statuses.iter().map(|s| s.to_proto() as i32).collect(),
             timeout: None,
         };
-        self.purge_request(
-            purge_instances_request::Request::PurgeInstanceFilter(f),
-            recursive,
-        )
-        .await
+        self.purge_request(purge_instances_request::Request::PurgeInstanceFilter(f), recursive).await
     }
 
     async fn purge_request(
@@ -703,11 +624,7 @@ impl Client {
         let r = self
             .grpc
             .clone()
-            .purge_instances(PurgeInstancesRequest {
-                request: Some(request),
-                recursive,
-                is_orchestration: true,
-            })
+            .purge_instances(PurgeInstancesRequest { request: Some(request), recursive, is_orchestration: true })
             .await?
             .into_inner();
         Ok(u32::try_from(r.deleted_instance_count).unwrap_or(0))
@@ -742,36 +659,22 @@ impl Client {
             instance_id_prefix: query.instance_id_prefix.clone(),
             fetch_inputs_and_outputs: query.fetch_payloads,
         };
-        let r = self
-            .grpc
-            .clone()
-            .query_instances(QueryInstancesRequest { query: Some(q) })
-            .await?
-            .into_inner();
+        let r = self.grpc.clone().query_instances(QueryInstancesRequest { query: Some(q) }).await?.into_inner();
         let continuation_token = r.continuation_token.filter(|t| !t.is_empty() && t != "0");
         Ok(QueryPage {
-            instances: r
-                .orchestration_state
-                .into_iter()
-                .map(OrchestrationMetadata::from_proto)
-                .collect(),
+            instances: r.orchestration_state.into_iter().map(OrchestrationMetadata::from_proto).collect(),
             continuation_token,
         })
     }
 
     /// All instances matching `query`, following continuation tokens.
-    pub async fn query_all(
-        &self,
-        mut query: InstanceQuery,
-    ) -> Result<Vec<OrchestrationMetadata>, ClientError> {
+    pub async fn query_all(&self, mut query: InstanceQuery) -> Result<Vec<OrchestrationMetadata>, ClientError> {
         let mut all = Vec::new();
         loop {
             let page = self.query(&query).await?;
             all.extend(page.instances);
             match page.continuation_token {
-                Some(t) if query.continuation_token.as_ref() != Some(&t) => {
-                    query.continuation_token = Some(t)
-                }
+                Some(t) if query.continuation_token.as_ref() != Some(&t) => query.continuation_token = Some(t),
                 _ => return Ok(all),
             }
         }
@@ -779,11 +682,7 @@ impl Client {
 
     /// Starts a finished instance again with its original name and input, under the same id
     /// or (with `new_instance_id`) a new one; returns the id.
-    pub async fn restart(
-        &self,
-        instance_id: &str,
-        new_instance_id: bool,
-    ) -> Result<String, ClientError> {
+    pub async fn restart(&self, instance_id: &str, new_instance_id: bool) -> Result<String, ClientError> {
         let r = self
             .grpc
             .clone()

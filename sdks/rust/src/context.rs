@@ -13,8 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use duro_proto::orchestrator_action::OrchestratorActionType;
 use duro_proto::{
-    CreateSubOrchestrationAction, CreateTimerAction, OrchestrationInstance, ScheduleTaskAction,
-    SendEventAction,
+    CreateSubOrchestrationAction, CreateTimerAction, OrchestrationInstance, ScheduleTaskAction, SendEventAction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -168,12 +167,7 @@ impl OrchestrationContext {
     /// `9e952958-5e33-4daf-827f-2fa12937b875`, as in the .NET and Go SDKs.
     pub fn new_uuid(&self) -> uuid::Uuid {
         let mut s = self.state.borrow_mut();
-        let name = format!(
-            "{}_{}_{}",
-            s.instance_id,
-            time::dotnet_roundtrip(s.current_time),
-            s.uuid_counter
-        );
+        let name = format!("{}_{}_{}", s.instance_id, time::dotnet_roundtrip(s.current_time), s.uuid_counter);
         s.uuid_counter += 1;
         uuid::Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes())
     }
@@ -206,15 +200,10 @@ impl OrchestrationContext {
         O: DeserializeOwned + 'static,
     {
         match payload::encode(&input) {
-            Ok(json) => DurableTask::from_slot(
-                self.schedule_activity(name, &json),
-                TaskKind::Activity,
-                name.to_string(),
-            ),
-            Err(e) => DurableTask::ready(Err(TaskError::Serialize {
-                name: name.to_string(),
-                message: e.to_string(),
-            })),
+            Ok(json) => {
+                DurableTask::from_slot(self.schedule_activity(name, &json), TaskKind::Activity, name.to_string())
+            }
+            Err(e) => DurableTask::ready(Err(TaskError::Serialize { name: name.to_string(), message: e.to_string() })),
         }
     }
 
@@ -229,34 +218,22 @@ impl OrchestrationContext {
     /// Ok(ctx.call_activity_with_retry::<String>("Flaky", (), &policy).await?)
     /// # }
     /// ```
-    pub fn call_activity_with_retry<O>(
-        &self,
-        name: &str,
-        input: impl Serialize,
-        policy: &RetryPolicy,
-    ) -> DurableTask<O>
+    pub fn call_activity_with_retry<O>(&self, name: &str, input: impl Serialize, policy: &RetryPolicy) -> DurableTask<O>
     where
         O: DeserializeOwned + 'static,
     {
         let json = match payload::encode(&input) {
             Ok(json) => json,
             Err(e) => {
-                return DurableTask::ready(Err(TaskError::Serialize {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                }))
+                return DurableTask::ready(Err(TaskError::Serialize { name: name.to_string(), message: e.to_string() }))
             }
         };
         let first = self.schedule_activity(name, &json);
         let ctx = self.clone();
         let name = name.to_string();
-        self.with_retry(
-            first,
-            policy.clone(),
-            TaskKind::Activity,
-            name.clone(),
-            move || ctx.schedule_activity(&name, &json),
-        )
+        self.with_retry(first, policy.clone(), TaskKind::Activity, name.clone(), move || {
+            ctx.schedule_activity(&name, &json)
+        })
     }
 
     /// Starts a sub-orchestration (default instance id `<this id>:<action id as 4 hex>`) and
@@ -289,35 +266,19 @@ impl OrchestrationContext {
         let json = match payload::encode(&input) {
             Ok(json) => json,
             Err(e) => {
-                return DurableTask::ready(Err(TaskError::Serialize {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                }))
+                return DurableTask::ready(Err(TaskError::Serialize { name: name.to_string(), message: e.to_string() }))
             }
         };
-        let (first, instance_id) =
-            self.schedule_sub_orchestration(name, &json, options.instance_id, &options.version);
+        let (first, instance_id) = self.schedule_sub_orchestration(name, &json, options.instance_id, &options.version);
         match options.retry {
             None => DurableTask::from_slot(first, TaskKind::SubOrchestration, name.to_string()),
             Some(policy) => {
                 let ctx = self.clone();
                 let name = name.to_string();
                 let version = options.version;
-                self.with_retry(
-                    first,
-                    policy,
-                    TaskKind::SubOrchestration,
-                    name.clone(),
-                    move || {
-                        ctx.schedule_sub_orchestration(
-                            &name,
-                            &json,
-                            Some(instance_id.clone()),
-                            &version,
-                        )
-                        .0
-                    },
-                )
+                self.with_retry(first, policy, TaskKind::SubOrchestration, name.clone(), move || {
+                    ctx.schedule_sub_orchestration(&name, &json, Some(instance_id.clone()), &version).0
+                })
             }
         }
     }
@@ -381,20 +342,14 @@ impl OrchestrationContext {
     /// }
     /// # }
     /// ```
-    pub fn wait_for_external_event_with_timeout<T>(
-        &self,
-        name: &str,
-        timeout: Duration,
-    ) -> DurableTask<T>
+    pub fn wait_for_external_event_with_timeout<T>(&self, name: &str, timeout: Duration) -> DurableTask<T>
     where
         T: DeserializeOwned + 'static,
     {
         let wait = self.event_wait(name);
         let name = name.to_string();
         if wait.is_ready() {
-            return DurableTask::new(async move {
-                task::decode_outcome(wait.await, TaskKind::Activity, &name)
-            });
+            return DurableTask::new(async move { task::decode_outcome(wait.await, TaskKind::Activity, &name) });
         }
         if timeout.is_zero() {
             return DurableTask::ready(Err(TaskError::Timeout { name }));
@@ -421,16 +376,11 @@ impl OrchestrationContext {
                 None
             }
         };
-        self.state
-            .borrow_mut()
-            .push_action(OrchestratorActionType::SendEvent(SendEventAction {
-                instance: Some(OrchestrationInstance {
-                    instance_id: instance_id.to_string(),
-                    execution_id: None,
-                }),
-                name: name.to_string(),
-                data,
-            }));
+        self.state.borrow_mut().push_action(OrchestratorActionType::SendEvent(SendEventAction {
+            instance: Some(OrchestrationInstance { instance_id: instance_id.to_string(), execution_id: None }),
+            name: name.to_string(),
+            data,
+        }));
     }
 
     /// Restarts this orchestration as a new execution with `input` once the function returns
@@ -457,10 +407,7 @@ impl OrchestrationContext {
                 None
             }
         };
-        self.state.borrow_mut().continue_as_new = Some(ContinueAsNew {
-            input,
-            preserve_unprocessed_events,
-        });
+        self.state.borrow_mut().continue_as_new = Some(ContinueAsNew { input, preserve_unprocessed_events });
     }
 
     /// Calls an HTTP endpoint durably through the built-in activity `BuiltIn::HttpActivity`
@@ -476,36 +423,25 @@ impl OrchestrationContext {
     /// # }
     /// ```
     pub fn call_http(&self, request: DurableHttpRequest) -> DurableTask<DurableHttpResponse> {
-        let first: DurableTask<DurableHttpResponse> =
-            self.call_activity(http::HTTP_ACTIVITY, &request);
+        let first: DurableTask<DurableHttpResponse> = self.call_activity(http::HTTP_ACTIVITY, &request);
         let ctx = self.clone();
         DurableTask::new(async move {
             let mut response = first.await?;
-            while let Some((delay, poll)) =
-                http::next_poll(&request, &response, ctx.current_utc_datetime())
-            {
+            while let Some((delay, poll)) = http::next_poll(&request, &response, ctx.current_utc_datetime()) {
                 ctx.create_timer(delay).await?;
-                response = ctx
-                    .call_activity::<DurableHttpResponse>(http::HTTP_ACTIVITY, &poll)
-                    .await?;
+                response = ctx.call_activity::<DurableHttpResponse>(http::HTTP_ACTIVITY, &poll).await?;
             }
             Ok(response)
         })
     }
 
     /// Waits for all tasks; see [`when_all`](crate::when_all).
-    pub fn when_all<T: 'static>(
-        &self,
-        tasks: impl IntoIterator<Item = DurableTask<T>>,
-    ) -> DurableTask<Vec<T>> {
+    pub fn when_all<T: 'static>(&self, tasks: impl IntoIterator<Item = DurableTask<T>>) -> DurableTask<Vec<T>> {
         task::when_all(tasks)
     }
 
     /// Waits for the first task to finish; see [`when_any`](crate::when_any).
-    pub fn when_any<T: 'static>(
-        &self,
-        tasks: impl IntoIterator<Item = DurableTask<T>>,
-    ) -> WhenAny<T> {
+    pub fn when_any<T: 'static>(&self, tasks: impl IntoIterator<Item = DurableTask<T>>) -> WhenAny<T> {
         task::when_any(tasks)
     }
 
@@ -535,15 +471,13 @@ impl OrchestrationContext {
             let next = s.pending_id_preview();
             format!("{}:{:04x}", s.instance_id, next)
         });
-        let (_, slot) = s.schedule(OrchestratorActionType::CreateSubOrchestration(
-            CreateSubOrchestrationAction {
-                instance_id: child_id.clone(),
-                name: name.to_string(),
-                version: version.clone(),
-                input: Some(input_json.to_string()),
-                ..Default::default()
-            },
-        ));
+        let (_, slot) = s.schedule(OrchestratorActionType::CreateSubOrchestration(CreateSubOrchestrationAction {
+            instance_id: child_id.clone(),
+            name: name.to_string(),
+            version: version.clone(),
+            input: Some(input_json.to_string()),
+            ..Default::default()
+        }));
         (slot, child_id)
     }
 
@@ -559,16 +493,10 @@ impl OrchestrationContext {
     fn event_wait(&self, name: &str) -> EventWait {
         let mut s = self.state.borrow_mut();
         match s.take_buffered_event(name) {
-            Some(e) => EventWait {
-                slot: task::ready_slot(Ok(e.input)),
-                waiter: None,
-            },
+            Some(e) => EventWait { slot: task::ready_slot(Ok(e.input)), waiter: None },
             None => {
                 let (id, slot) = s.add_waiter(name);
-                EventWait {
-                    slot,
-                    waiter: Some((id, Rc::downgrade(&self.state))),
-                }
+                EventWait { slot, waiter: Some((id, Rc::downgrade(&self.state))) }
             }
         }
     }
@@ -630,10 +558,7 @@ impl EventWait {
 impl std::future::Future for EventWait {
     type Output = task::Outcome;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         let mut inner = SlotFuture(self.slot.clone());
         std::pin::Pin::new(&mut inner).poll(cx)
     }

@@ -49,11 +49,7 @@ pub struct FailureDetails {
 impl FailureDetails {
     /// Details with a type and a message.
     pub fn new(error_type: impl Into<String>, error_message: impl Into<String>) -> Self {
-        FailureDetails {
-            error_type: error_type.into(),
-            error_message: error_message.into(),
-            ..Default::default()
-        }
+        FailureDetails { error_type: error_type.into(), error_message: error_message.into(), ..Default::default() }
     }
 
     pub(crate) fn from_proto(p: TaskFailureDetails) -> Self {
@@ -61,9 +57,7 @@ impl FailureDetails {
             error_type: p.error_type,
             error_message: p.error_message,
             stack_trace: p.stack_trace,
-            inner_failure: p
-                .inner_failure
-                .map(|i| Box::new(FailureDetails::from_proto(*i))),
+            inner_failure: p.inner_failure.map(|i| Box::new(FailureDetails::from_proto(*i))),
             is_non_retriable: p.is_non_retriable,
         }
     }
@@ -209,9 +203,7 @@ pub struct Failure {
 impl Failure {
     /// A failure with an explicit error type and message.
     pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
-        Failure {
-            details: FailureDetails::new(error_type, message),
-        }
+        Failure { details: FailureDetails::new(error_type, message) }
     }
 
     /// A failure with only a message (error type `Error`).
@@ -255,9 +247,7 @@ where
     fn from(e: E) -> Self {
         let any: &dyn Any = &e;
         if let Some(t) = any.downcast_ref::<TaskError>() {
-            return Failure {
-                details: t.to_details(),
-            };
+            return Failure { details: t.to_details() };
         }
         if let Some(d) = any.downcast_ref::<FailureDetails>() {
             return Failure { details: d.clone() };

@@ -53,11 +53,7 @@ impl TokenSource {
             }
             _ => resource,
         };
-        TokenSource {
-            kind: "AzureManagedIdentity".into(),
-            resource,
-            options: None,
-        }
+        TokenSource { kind: "AzureManagedIdentity".into(), resource, options: None }
     }
 }
 
@@ -85,11 +81,7 @@ pub struct DurableHttpRequest {
     /// Absolute URL.
     pub uri: String,
     /// Request headers.
-    #[serde(
-        default,
-        serialize_with = "ser_headers",
-        deserialize_with = "de_headers"
-    )]
+    #[serde(default, serialize_with = "ser_headers", deserialize_with = "de_headers")]
     pub headers: HttpHeaders,
     /// Request body text.
     #[serde(default)]
@@ -102,11 +94,7 @@ pub struct DurableHttpRequest {
     #[serde(default = "default_true")]
     pub asynchronous_pattern_enabled: bool,
     /// Timeout of each HTTP attempt (a .NET `TimeSpan` string on the wire, e.g. `00:00:05`).
-    #[serde(
-        default,
-        serialize_with = "ser_timespan",
-        deserialize_with = "de_timespan"
-    )]
+    #[serde(default, serialize_with = "ser_timespan", deserialize_with = "de_timespan")]
     pub timeout: Option<Duration>,
 }
 
@@ -144,10 +132,7 @@ impl DurableHttpRequest {
 
     /// Adds a header value (repeat for multi-valued headers).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers
-            .entry(name.into())
-            .or_default()
-            .push(value.into());
+        self.headers.entry(name.into()).or_default().push(value.into());
         self
     }
 
@@ -195,11 +180,7 @@ pub struct DurableHttpResponse {
     /// HTTP status code.
     pub status_code: u16,
     /// Response headers.
-    #[serde(
-        default,
-        serialize_with = "ser_headers",
-        deserialize_with = "de_headers"
-    )]
+    #[serde(default, serialize_with = "ser_headers", deserialize_with = "de_headers")]
     pub headers: HttpHeaders,
     /// Body text.
     #[serde(default)]
@@ -209,11 +190,7 @@ pub struct DurableHttpResponse {
 impl DurableHttpResponse {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.first())
-            .map(String::as_str)
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first()).map(String::as_str)
     }
 
     /// `true` for 2xx status codes.
@@ -237,10 +214,7 @@ pub(crate) fn next_poll(
         return None;
     }
     let location = response.header("Location")?;
-    let delay = response
-        .header("Retry-After")
-        .map(|v| retry_after(v, now))
-        .unwrap_or(DEFAULT_POLL_INTERVAL);
+    let delay = response.header("Retry-After").map(|v| retry_after(v, now)).unwrap_or(DEFAULT_POLL_INTERVAL);
     let mut headers = request.headers.clone();
     headers.retain(|k, _| !k.eq_ignore_ascii_case("x-functions-key"));
     let poll = DurableHttpRequest {
@@ -262,9 +236,7 @@ fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Duration {
         return Duration::from_secs(secs);
     }
     match chrono::DateTime::parse_from_rfc2822(value) {
-        Ok(at) => (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
+        Ok(at) => (at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO),
         Err(_) => DEFAULT_POLL_INTERVAL,
     }
 }
@@ -305,16 +277,7 @@ fn ser_headers<S: Serializer>(headers: &HttpHeaders, s: S) -> Result<S::Ok, S::E
     }
     let map: BTreeMap<&str, One<'_>> = headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                if v.len() == 1 {
-                    One::Single(&v[0])
-                } else {
-                    One::Many(v)
-                },
-            )
-        })
+        .map(|(k, v)| (k.as_str(), if v.len() == 1 { One::Single(&v[0]) } else { One::Many(v) }))
         .collect();
     map.serialize(s)
 }
@@ -363,19 +326,14 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("time")
+        chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("time")
     }
 
     #[test]
     fn request_json_matches_durable_functions_shape() {
         let req = DurableHttpRequest::get("https://example.org/x")
             .with_header("Accept", "application/json")
-            .with_token_source(TokenSource::azure_managed_identity(
-                "https://management.core.windows.net/.default",
-            ));
+            .with_token_source(TokenSource::azure_managed_identity("https://management.core.windows.net/.default"));
         let v = serde_json::to_value(&req).expect("json");
         assert_eq!(
             v,
@@ -402,17 +360,9 @@ mod tests {
         let req = DurableHttpRequest::post("https://api.example.org/v1/jobs?x=1", "{}")
             .with_header("x-functions-key", "secret")
             .with_header("Accept", "application/json");
-        let mut resp = DurableHttpResponse {
-            status_code: 202,
-            headers: HttpHeaders::new(),
-            content: None,
-        };
-        assert!(
-            next_poll(&req, &resp, now()).is_none(),
-            "202 without Location is final"
-        );
-        resp.headers
-            .insert("Location".into(), vec!["status/7".into()]);
+        let mut resp = DurableHttpResponse { status_code: 202, headers: HttpHeaders::new(), content: None };
+        assert!(next_poll(&req, &resp, now()).is_none(), "202 without Location is final");
+        resp.headers.insert("Location".into(), vec!["status/7".into()]);
         resp.headers.insert("Retry-After".into(), vec!["5".into()]);
         let (delay, poll) = next_poll(&req, &resp, now()).expect("poll");
         assert_eq!(delay, Duration::from_secs(5));
@@ -423,19 +373,13 @@ mod tests {
         assert!(poll.headers.contains_key("Accept"));
 
         resp.headers.insert("Location".into(), vec!["/abs".into()]);
-        resp.headers.insert(
-            "Retry-After".into(),
-            vec!["Thu, 01 Jan 2026 00:00:10 GMT".into()],
-        );
+        resp.headers.insert("Retry-After".into(), vec!["Thu, 01 Jan 2026 00:00:10 GMT".into()]);
         let (delay, poll) = next_poll(&req, &resp, now()).expect("poll");
         assert_eq!(delay, Duration::from_secs(10));
         assert_eq!(poll.uri, "https://api.example.org/abs");
 
         resp.headers.remove("Retry-After");
-        assert_eq!(
-            next_poll(&req, &resp, now()).expect("poll").0,
-            DEFAULT_POLL_INTERVAL
-        );
+        assert_eq!(next_poll(&req, &resp, now()).expect("poll").0, DEFAULT_POLL_INTERVAL);
         let no_async = req.clone().with_asynchronous_pattern(false);
         assert!(next_poll(&no_async, &resp, now()).is_none());
         resp.status_code = 200;
@@ -447,9 +391,6 @@ mod tests {
         assert_eq!(resolve("https://a.b/c/d", "https://x.y/z"), "https://x.y/z");
         assert_eq!(resolve("https://a.b/c/d", "//x.y/z"), "https://x.y/z");
         assert_eq!(resolve("https://a.b", "s"), "https://a.b/s");
-        assert_eq!(
-            resolve("https://a.b:8080/c/d?q=/x", "s?t=1"),
-            "https://a.b:8080/c/s?t=1"
-        );
+        assert_eq!(resolve("https://a.b:8080/c/d?q=/x", "s?t=1"), "https://a.b:8080/c/s?t=1");
     }
 }

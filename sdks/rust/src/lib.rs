@@ -64,9 +64,7 @@ mod time;
 mod worker;
 
 pub use activity::ActivityContext;
-pub use client::{
-    Client, ConnectOptions, InstanceQuery, PurgeFilter, QueryPage, ReusePolicy, StartOptions,
-};
+pub use client::{Client, ConnectOptions, InstanceQuery, PurgeFilter, QueryPage, ReusePolicy, StartOptions};
 pub use context::{OrchestrationContext, ParentOrchestration, SubOrchestrationOptions};
 pub use error::{ClientError, Failure, FailureDetails, TaskError, TaskKind, WorkerError};
 pub use http::{DurableHttpRequest, DurableHttpResponse, HttpHeaders, TokenSource};

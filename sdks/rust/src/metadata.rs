@@ -131,10 +131,7 @@ impl OrchestrationMetadata {
             created_at: s.created_timestamp.as_ref().map(time::from_timestamp),
             last_updated_at: s.last_updated_timestamp.as_ref().map(time::from_timestamp),
             completed_at: s.completed_timestamp.as_ref().map(time::from_timestamp),
-            scheduled_start_at: s
-                .scheduled_start_timestamp
-                .as_ref()
-                .map(time::from_timestamp),
+            scheduled_start_at: s.scheduled_start_timestamp.as_ref().map(time::from_timestamp),
             serialized_input: s.input,
             serialized_output: s.output,
             serialized_custom_status: s.custom_status,
@@ -149,17 +146,12 @@ impl OrchestrationMetadata {
     /// [`ClientError::OrchestrationFailed`], any other status [`ClientError::NotCompleted`].
     pub fn output<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
         match self.status {
-            OrchestrationStatus::Completed => {
-                Ok(payload::decode(self.serialized_output.as_deref())?)
-            }
+            OrchestrationStatus::Completed => Ok(payload::decode(self.serialized_output.as_deref())?),
             OrchestrationStatus::Failed => Err(ClientError::OrchestrationFailed {
                 instance_id: self.instance_id.clone(),
                 details: self.failure_details.clone().unwrap_or_default(),
             }),
-            status => Err(ClientError::NotCompleted {
-                instance_id: self.instance_id.clone(),
-                status,
-            }),
+            status => Err(ClientError::NotCompleted { instance_id: self.instance_id.clone(), status }),
         }
     }
 

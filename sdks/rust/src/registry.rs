@@ -21,11 +21,8 @@ use crate::payload;
 /// Result of a type-erased function: the output JSON or the failure to record.
 pub(crate) type ErasedResult = Result<Option<String>, FailureDetails>;
 
-pub(crate) type OrchestratorFn = Arc<
-    dyn Fn(OrchestrationContext, Option<String>) -> LocalBoxFuture<'static, ErasedResult>
-        + Send
-        + Sync,
->;
+pub(crate) type OrchestratorFn =
+    Arc<dyn Fn(OrchestrationContext, Option<String>) -> LocalBoxFuture<'static, ErasedResult> + Send + Sync>;
 pub(crate) type ActivityFn =
     Arc<dyn Fn(ActivityContext, Option<String>) -> BoxFuture<'static, ErasedResult> + Send + Sync>;
 
@@ -53,10 +50,7 @@ pub struct Registry {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field(
-                "orchestrators",
-                &self.orchestrators.keys().collect::<Vec<_>>(),
-            )
+            .field("orchestrators", &self.orchestrators.keys().collect::<Vec<_>>())
             .field("activities", &self.activities.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -81,12 +75,11 @@ impl Registry {
         O: Serialize + 'static,
     {
         let name = name.into();
-        let erased: OrchestratorFn =
-            Arc::new(move |ctx: OrchestrationContext, raw: Option<String>| {
-                let input = payload::decode::<I>(raw.as_deref());
-                let fut = input.map(|i| f(ctx, i));
-                Box::pin(run_typed("orchestration", fut))
-            });
+        let erased: OrchestratorFn = Arc::new(move |ctx: OrchestrationContext, raw: Option<String>| {
+            let input = payload::decode::<I>(raw.as_deref());
+            let fut = input.map(|i| f(ctx, i));
+            Box::pin(run_typed("orchestration", fut))
+        });
         self.orchestrators.insert(name, erased);
         self
     }
@@ -145,11 +138,10 @@ async fn run_typed<O: Serialize>(
     kind: &'static str,
     started: Result<impl Future<Output = Result<O, Failure>>, serde_json::Error>,
 ) -> Result<Option<String>, FailureDetails> {
-    let fut = started.map_err(|e| {
-        FailureDetails::new("InputDeserializationError", format!("invalid {kind} input: {e}"))
-    })?;
+    let fut =
+        started.map_err(|e| FailureDetails::new("InputDeserializationError", format!("invalid {kind} input: {e}")))?;
     let out = fut.await.map_err(Failure::into_details)?;
-    payload::encode(&out).map(Some).map_err(|e| {
-        FailureDetails::new("OutputSerializationError", format!("could not serialize the output: {e}"))
-    })
+    payload::encode(&out)
+        .map(Some)
+        .map_err(|e| FailureDetails::new("OutputSerializationError", format!("could not serialize the output: {e}")))
 }

@@ -34,8 +34,8 @@ use chrono::{DateTime, Utc};
 use duro_proto::history_event::EventType;
 use duro_proto::orchestrator_action::OrchestratorActionType;
 use duro_proto::{
-    CompleteOrchestrationAction, EventRaisedEvent, HistoryEvent, OrchestrationStatus,
-    OrchestratorAction, OrchestratorRequest, OrchestratorResponse,
+    CompleteOrchestrationAction, EventRaisedEvent, HistoryEvent, OrchestrationStatus, OrchestratorAction,
+    OrchestratorRequest, OrchestratorResponse,
 };
 use futures::future::LocalBoxFuture;
 use futures::task::ArcWake;
@@ -68,19 +68,15 @@ pub struct ReplayOutput {
 impl ReplayOutput {
     /// The `completeOrchestration` action, if the orchestration finished in this turn.
     pub fn completion(&self) -> Option<&CompleteOrchestrationAction> {
-        self.actions
-            .iter()
-            .rev()
-            .find_map(|a| match &a.orchestrator_action_type {
-                Some(OrchestratorActionType::CompleteOrchestration(c)) => Some(c),
-                _ => None,
-            })
+        self.actions.iter().rev().find_map(|a| match &a.orchestrator_action_type {
+            Some(OrchestratorActionType::CompleteOrchestration(c)) => Some(c),
+            _ => None,
+        })
     }
 
     /// The completion status, if the orchestration finished in this turn.
     pub fn status(&self) -> Option<OrchestrationStatus> {
-        self.completion()
-            .and_then(|c| OrchestrationStatus::try_from(c.orchestration_status).ok())
+        self.completion().and_then(|c| OrchestrationStatus::try_from(c.orchestration_status).ok())
     }
 }
 
@@ -121,12 +117,7 @@ pub fn execute(
 /// Runs one turn for an `OrchestratorRequest` and builds the `OrchestratorResponse` (without
 /// its completion token).
 pub fn execute_request(registry: &Registry, request: &OrchestratorRequest) -> OrchestratorResponse {
-    let out = execute(
-        registry,
-        &request.instance_id,
-        &request.past_events,
-        &request.new_events,
-    );
+    let out = execute(registry, &request.instance_id, &request.past_events, &request.new_events);
     OrchestratorResponse {
         instance_id: request.instance_id.clone(),
         actions: out.actions,
@@ -221,23 +212,14 @@ impl ReplayState {
     pub(crate) fn push_action(&mut self, kind: OrchestratorActionType) -> i32 {
         let id = self.next_action_id;
         self.next_action_id += 1;
-        self.pending_actions.insert(
-            id,
-            OrchestratorAction {
-                id,
-                orchestrator_action_type: Some(kind),
-            },
-        );
+        self.pending_actions.insert(id, OrchestratorAction { id, orchestrator_action_type: Some(kind) });
         id
     }
 
     /// Takes the oldest buffered event with this name, if any.
     pub(crate) fn take_buffered_event(&mut self, name: &str) -> Option<BufferedEvent> {
         let key = event_key(name);
-        let pos = self
-            .buffered_events
-            .iter()
-            .position(|e| event_key(&e.name) == key)?;
+        let pos = self.buffered_events.iter().position(|e| event_key(&e.name) == key)?;
         self.buffered_events.remove(pos)
     }
 
@@ -246,11 +228,7 @@ impl ReplayState {
         let id = self.next_waiter_id;
         self.next_waiter_id += 1;
         let slot = task::new_slot();
-        self.waiters.push_back(Waiter {
-            id,
-            key: event_key(name),
-            slot: slot.clone(),
-        });
+        self.waiters.push_back(Waiter { id, key: event_key(name), slot: slot.clone() });
         (id, slot)
     }
 
@@ -267,9 +245,7 @@ impl ReplayState {
                     task::complete(&w.slot, Ok(input));
                 }
             }
-            None => self
-                .buffered_events
-                .push_back(BufferedEvent { name, input }),
+            None => self.buffered_events.push_back(BufferedEvent { name, input }),
         }
     }
 
@@ -373,19 +349,13 @@ fn describe_action(a: &OrchestratorAction) -> String {
 /// Whether the action is the one that produced this history event.
 fn action_matches(event: &EventType, action: &OrchestratorAction) -> bool {
     match (event, &action.orchestrator_action_type) {
-        (EventType::TaskScheduled(e), Some(OrchestratorActionType::ScheduleTask(a))) => {
+        (EventType::TaskScheduled(e), Some(OrchestratorActionType::ScheduleTask(a))) => e.name == a.name,
+        (EventType::TimerCreated(_), Some(OrchestratorActionType::CreateTimer(_))) => true,
+        (EventType::SubOrchestrationInstanceCreated(e), Some(OrchestratorActionType::CreateSubOrchestration(a))) => {
             e.name == a.name
         }
-        (EventType::TimerCreated(_), Some(OrchestratorActionType::CreateTimer(_))) => true,
-        (
-            EventType::SubOrchestrationInstanceCreated(e),
-            Some(OrchestratorActionType::CreateSubOrchestration(a)),
-        ) => e.name == a.name,
         (EventType::EventSent(e), Some(OrchestratorActionType::SendEvent(a))) => {
-            e.name == a.name
-                && a.instance
-                    .as_ref()
-                    .is_none_or(|i| i.instance_id == e.instance_id)
+            e.name == a.name && a.instance.as_ref().is_none_or(|i| i.instance_id == e.instance_id)
         }
         _ => false,
     }
@@ -416,10 +386,7 @@ impl<'r> Engine<'r> {
     }
 
     fn run(mut self, past: &[HistoryEvent], new: &[HistoryEvent]) -> ReplayOutput {
-        let all = past
-            .iter()
-            .map(|e| (true, e))
-            .chain(new.iter().map(|e| (false, e)));
+        let all = past.iter().map(|e| (true, e)).chain(new.iter().map(|e| (false, e)));
         for (replaying, event) in all {
             if self.finish.is_some() {
                 self.after_finish(event);
@@ -437,10 +404,7 @@ impl<'r> Engine<'r> {
         // Events still held by a suspension stay unprocessed; carry raised ones over if needed.
         for e in std::mem::take(&mut self.suspended_events) {
             if let Some(EventType::EventRaised(r)) = &e.event_type {
-                self.late_events.push(BufferedEvent {
-                    name: r.name.clone(),
-                    input: r.input.clone(),
-                });
+                self.late_events.push(BufferedEvent { name: r.name.clone(), input: r.input.clone() });
             }
         }
         // Drop the orchestrator future before reading the state (its drop may unregister waiters).
@@ -450,10 +414,7 @@ impl<'r> Engine<'r> {
 
     fn after_finish(&mut self, event: &HistoryEvent) {
         if let Some(EventType::EventRaised(r)) = &event.event_type {
-            self.late_events.push(BufferedEvent {
-                name: r.name.clone(),
-                input: r.input.clone(),
-            });
+            self.late_events.push(BufferedEvent { name: r.name.clone(), input: r.input.clone() });
         }
     }
 
@@ -461,12 +422,7 @@ impl<'r> Engine<'r> {
         let Some(kind) = &event.event_type else {
             return;
         };
-        if self.suspended
-            && !matches!(
-                kind,
-                EventType::ExecutionResumed(_) | EventType::ExecutionTerminated(_)
-            )
-        {
+        if self.suspended && !matches!(kind, EventType::ExecutionResumed(_) | EventType::ExecutionTerminated(_)) {
             self.suspended_events.push(event.clone());
             return;
         }
@@ -515,32 +471,23 @@ impl<'r> Engine<'r> {
                         }
                         s.execution_id = inst.execution_id.clone();
                     }
-                    s.parent = started
-                        .parent_instance
-                        .as_ref()
-                        .map(|p| ParentOrchestration {
-                            name: p.name.clone(),
-                            instance_id: p
-                                .orchestration_instance
-                                .as_ref()
-                                .map(|i| i.instance_id.clone())
-                                .unwrap_or_default(),
-                            execution_id: p
-                                .orchestration_instance
-                                .as_ref()
-                                .and_then(|i| i.execution_id.clone()),
-                            task_scheduled_id: p.task_scheduled_id,
-                        });
+                    s.parent = started.parent_instance.as_ref().map(|p| ParentOrchestration {
+                        name: p.name.clone(),
+                        instance_id: p
+                            .orchestration_instance
+                            .as_ref()
+                            .map(|i| i.instance_id.clone())
+                            .unwrap_or_default(),
+                        execution_id: p.orchestration_instance.as_ref().and_then(|i| i.execution_id.clone()),
+                        task_scheduled_id: p.task_scheduled_id,
+                    });
                 }
                 let Some(f) = self.registry.orchestrator(&started.name) else {
                     return Err(FailureDetails {
                         is_non_retriable: true,
                         ..FailureDetails::new(
                             NOT_REGISTERED_ERROR,
-                            format!(
-                                "no orchestrator named '{}' is registered with this worker",
-                                started.name
-                            ),
+                            format!("no orchestrator named '{}' is registered with this worker", started.name),
                         )
                     });
                 };
@@ -555,47 +502,29 @@ impl<'r> Engine<'r> {
             | EventType::TimerCreated(_)
             | EventType::SubOrchestrationInstanceCreated(_)
             | EventType::EventSent(_) => self.match_action(event.event_id, kind)?,
-            EventType::TaskCompleted(c) => {
-                self.deliver(c.task_scheduled_id, Ok(c.result.clone()), "taskCompleted")
-            }
+            EventType::TaskCompleted(c) => self.deliver(c.task_scheduled_id, Ok(c.result.clone()), "taskCompleted"),
             EventType::TaskFailed(f) => self.deliver(
                 f.task_scheduled_id,
-                Err(f
-                    .failure_details
-                    .clone()
-                    .map(FailureDetails::from_proto)
-                    .unwrap_or_else(|| {
-                        FailureDetails::new(
-                            "TaskFailed",
-                            "the activity failed without failure details",
-                        )
-                    })),
+                Err(f.failure_details.clone().map(FailureDetails::from_proto).unwrap_or_else(|| {
+                    FailureDetails::new("TaskFailed", "the activity failed without failure details")
+                })),
                 "taskFailed",
             ),
-            EventType::SubOrchestrationInstanceCompleted(c) => self.deliver(
-                c.task_scheduled_id,
-                Ok(c.result.clone()),
-                "subOrchestrationInstanceCompleted",
-            ),
+            EventType::SubOrchestrationInstanceCompleted(c) => {
+                self.deliver(c.task_scheduled_id, Ok(c.result.clone()), "subOrchestrationInstanceCompleted")
+            }
             EventType::SubOrchestrationInstanceFailed(f) => self.deliver(
                 f.task_scheduled_id,
-                Err(f
-                    .failure_details
-                    .clone()
-                    .map(FailureDetails::from_proto)
-                    .unwrap_or_else(|| {
-                        FailureDetails::new(
-                            "SubOrchestrationFailed",
-                            "the sub-orchestration failed without failure details",
-                        )
-                    })),
+                Err(f.failure_details.clone().map(FailureDetails::from_proto).unwrap_or_else(|| {
+                    FailureDetails::new(
+                        "SubOrchestrationFailed",
+                        "the sub-orchestration failed without failure details",
+                    )
+                })),
                 "subOrchestrationInstanceFailed",
             ),
             EventType::TimerFired(t) => self.deliver(t.timer_id, Ok(None), "timerFired"),
-            EventType::EventRaised(r) => self
-                .state
-                .borrow_mut()
-                .deliver_event(r.name.clone(), r.input.clone()),
+            EventType::EventRaised(r) => self.state.borrow_mut().deliver_event(r.name.clone(), r.input.clone()),
             // orchestratorCompleted, executionCompleted, executionRewound, genericEvent,
             // historyState, continueAsNew and entity events carry nothing this SDK needs.
             other => {
@@ -632,11 +561,7 @@ impl<'r> Engine<'r> {
                     tracing::debug!(id, kind, "ignoring a second result for a completed task");
                 }
             }
-            None => tracing::warn!(
-                id,
-                kind,
-                "ignoring a result for a task the orchestrator never scheduled"
-            ),
+            None => tracing::warn!(id, kind, "ignoring a result for a task the orchestrator never scheduled"),
         }
     }
 
@@ -664,10 +589,7 @@ impl<'r> Engine<'r> {
                 Err(payload) => {
                     self.finish = Some(Finish::Broken(FailureDetails::new(
                         PANIC_ERROR,
-                        format!(
-                            "the orchestrator panicked: {}",
-                            panic_message(payload.as_ref())
-                        ),
+                        format!("the orchestrator panicked: {}", panic_message(payload.as_ref())),
                     )));
                     self.root = None;
                     return;
@@ -683,12 +605,7 @@ impl<'r> Engine<'r> {
     }
 
     fn output(self) -> ReplayOutput {
-        let Engine {
-            state,
-            finish,
-            late_events,
-            ..
-        } = self;
+        let Engine { state, finish, late_events, .. } = self;
         let mut s = state.borrow_mut();
         let custom_status = s.custom_status.clone();
         let mut actions: Vec<OrchestratorAction> = Vec::new();
@@ -698,13 +615,9 @@ impl<'r> Engine<'r> {
         };
         let completion = match finish {
             None => None,
-            Some(Finish::Returned(Ok(result))) => Some((
-                true,
-                CompleteOrchestrationAction {
-                    result,
-                    ..complete(OrchestrationStatus::Completed)
-                },
-            )),
+            Some(Finish::Returned(Ok(result))) => {
+                Some((true, CompleteOrchestrationAction { result, ..complete(OrchestrationStatus::Completed) }))
+            }
             Some(Finish::Returned(Err(details))) => Some((
                 true,
                 CompleteOrchestrationAction {
@@ -721,10 +634,7 @@ impl<'r> Engine<'r> {
                         carryover.push(HistoryEvent {
                             event_id: -1,
                             timestamp: now,
-                            event_type: Some(EventType::EventRaised(EventRaisedEvent {
-                                name: e.name,
-                                input: e.input,
-                            })),
+                            event_type: Some(EventType::EventRaised(EventRaisedEvent { name: e.name, input: e.input })),
                         });
                     }
                 }
@@ -739,10 +649,7 @@ impl<'r> Engine<'r> {
             }
             Some(Finish::Terminated(output)) => Some((
                 false,
-                CompleteOrchestrationAction {
-                    result: output,
-                    ..complete(OrchestrationStatus::Terminated)
-                },
+                CompleteOrchestrationAction { result: output, ..complete(OrchestrationStatus::Terminated) },
             )),
             Some(Finish::Broken(details)) => Some((
                 false,
@@ -760,14 +667,9 @@ impl<'r> Engine<'r> {
             let id = s.next_action_id;
             actions.push(OrchestratorAction {
                 id,
-                orchestrator_action_type: Some(OrchestratorActionType::CompleteOrchestration(
-                    action,
-                )),
+                orchestrator_action_type: Some(OrchestratorActionType::CompleteOrchestration(action)),
             });
         }
-        ReplayOutput {
-            actions,
-            custom_status,
-        }
+        ReplayOutput { actions, custom_status }
     }
 }

@@ -73,8 +73,7 @@ impl RetryPolicy {
     /// The delay after failed attempt `attempt` (1-based), before the next one.
     pub fn delay_after_attempt(&self, attempt: u32) -> Duration {
         let mut secs = self.first_retry_interval.as_secs_f64();
-        let coefficient = if self.backoff_coefficient.is_finite() && self.backoff_coefficient > 0.0
-        {
+        let coefficient = if self.backoff_coefficient.is_finite() && self.backoff_coefficient > 0.0 {
             self.backoff_coefficient
         } else {
             1.0
@@ -126,10 +125,7 @@ mod tests {
         let f = FailureDetails::new("E", "x");
         assert!(p.should_retry(1, &f));
         assert!(!p.should_retry(2, &f));
-        let nr = FailureDetails {
-            is_non_retriable: true,
-            ..f
-        };
+        let nr = FailureDetails { is_non_retriable: true, ..f };
         assert!(!p.should_retry(1, &nr));
         assert_eq!(RetryPolicy::new(0, Duration::ZERO).max_attempts, 1);
     }

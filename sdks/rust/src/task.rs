@@ -42,11 +42,7 @@ pub(crate) fn new_slot() -> SlotRef {
 
 /// A slot that is already complete (e.g. a buffered external event).
 pub(crate) fn ready_slot(outcome: Outcome) -> SlotRef {
-    Rc::new(RefCell::new(Slot {
-        outcome: Some(outcome),
-        waker: None,
-        done: true,
-    }))
+    Rc::new(RefCell::new(Slot { outcome: Some(outcome), waker: None, done: true }))
 }
 
 /// Completes a slot and wakes its task. Returns `false` if it was already complete (a
@@ -97,15 +93,9 @@ pub(crate) fn decode_outcome<T: DeserializeOwned>(
     name: &str,
 ) -> Result<T, TaskError> {
     match outcome {
-        Ok(raw) => payload::decode(raw.as_deref()).map_err(|e| TaskError::Deserialize {
-            name: name.to_string(),
-            message: e.to_string(),
-        }),
-        Err(details) => Err(TaskError::Failed {
-            kind,
-            name: name.to_string(),
-            details,
-        }),
+        Ok(raw) => payload::decode(raw.as_deref())
+            .map_err(|e| TaskError::Deserialize { name: name.to_string(), message: e.to_string() }),
+        Err(details) => Err(TaskError::Failed { kind, name: name.to_string(), details }),
     }
 }
 
@@ -130,9 +120,7 @@ pub struct DurableTask<T> {
 
 impl<T: 'static> DurableTask<T> {
     pub(crate) fn new(fut: impl Future<Output = Result<T, TaskError>> + 'static) -> Self {
-        DurableTask {
-            inner: Box::pin(fut),
-        }
+        DurableTask { inner: Box::pin(fut) }
     }
 
     pub(crate) fn ready(result: Result<T, TaskError>) -> Self {
@@ -189,9 +177,7 @@ impl<T> fmt::Debug for DurableTask<T> {
 /// Ok(squares.iter().sum())
 /// # }
 /// ```
-pub fn when_all<T: 'static>(
-    tasks: impl IntoIterator<Item = DurableTask<T>>,
-) -> DurableTask<Vec<T>> {
+pub fn when_all<T: 'static>(tasks: impl IntoIterator<Item = DurableTask<T>>) -> DurableTask<Vec<T>> {
     let mut set = FuturesUnordered::new();
     let mut n = 0usize;
     for (i, t) in tasks.into_iter().enumerate() {

@@ -47,10 +47,7 @@ impl HistoryBuilder {
     pub fn new() -> Self {
         HistoryBuilder {
             instance_id: "instance-1".into(),
-            now: Utc
-                .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
-                .single()
-                .unwrap_or_else(time::epoch),
+            now: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().unwrap_or_else(time::epoch),
             past: Vec::new(),
             new: Vec::new(),
         }
@@ -79,28 +76,19 @@ impl HistoryBuilder {
     }
 
     fn push(&mut self, event_id: i32, kind: EventType) -> &mut Self {
-        self.new.push(HistoryEvent {
-            event_id,
-            timestamp: Some(time::to_timestamp(self.now)),
-            event_type: Some(kind),
-        });
+        self.new.push(HistoryEvent { event_id, timestamp: Some(time::to_timestamp(self.now)), event_type: Some(kind) });
         self
     }
 
     /// Begins a turn: `orchestratorStarted` stamped with the clock.
     pub fn start_turn(&mut self) -> &mut Self {
-        self.push(
-            -1,
-            EventType::OrchestratorStarted(OrchestratorStartedEvent {}),
-        )
+        self.push(-1, EventType::OrchestratorStarted(OrchestratorStartedEvent {}))
     }
 
     /// `executionStarted` for orchestrator `name` with a JSON input.
     pub fn execution_started(&mut self, name: &str, input: Option<&str>) -> &mut Self {
-        let instance = OrchestrationInstance {
-            instance_id: self.instance_id.clone(),
-            execution_id: Some("execution-1".into()),
-        };
+        let instance =
+            OrchestrationInstance { instance_id: self.instance_id.clone(), execution_id: Some("execution-1".into()) };
         self.push(
             -1,
             EventType::ExecutionStarted(ExecutionStartedEvent {
@@ -116,10 +104,7 @@ impl HistoryBuilder {
     pub fn task_completed(&mut self, id: i32, result: Option<&str>) -> &mut Self {
         self.push(
             -1,
-            EventType::TaskCompleted(TaskCompletedEvent {
-                task_scheduled_id: id,
-                result: result.map(str::to_string),
-            }),
+            EventType::TaskCompleted(TaskCompletedEvent { task_scheduled_id: id, result: result.map(str::to_string) }),
         )
     }
 
@@ -127,10 +112,7 @@ impl HistoryBuilder {
     pub fn task_failed(&mut self, id: i32, details: FailureDetails) -> &mut Self {
         self.push(
             -1,
-            EventType::TaskFailed(TaskFailedEvent {
-                task_scheduled_id: id,
-                failure_details: Some(details.to_proto()),
-            }),
+            EventType::TaskFailed(TaskFailedEvent { task_scheduled_id: id, failure_details: Some(details.to_proto()) }),
         )
     }
 
@@ -167,40 +149,22 @@ impl HistoryBuilder {
                 _ => None,
             })
             .unwrap_or_else(|| time::to_timestamp(self.now));
-        self.push(
-            -1,
-            EventType::TimerFired(TimerFiredEvent {
-                fire_at: Some(fire_at),
-                timer_id: id,
-            }),
-        )
+        self.push(-1, EventType::TimerFired(TimerFiredEvent { fire_at: Some(fire_at), timer_id: id }))
     }
 
     /// `eventRaised` with a JSON payload.
     pub fn event_raised(&mut self, name: &str, input: Option<&str>) -> &mut Self {
-        self.push(
-            -1,
-            EventType::EventRaised(EventRaisedEvent {
-                name: name.into(),
-                input: input.map(str::to_string),
-            }),
-        )
+        self.push(-1, EventType::EventRaised(EventRaisedEvent { name: name.into(), input: input.map(str::to_string) }))
     }
 
     /// `executionSuspended`.
     pub fn execution_suspended(&mut self) -> &mut Self {
-        self.push(
-            -1,
-            EventType::ExecutionSuspended(ExecutionSuspendedEvent { input: None }),
-        )
+        self.push(-1, EventType::ExecutionSuspended(ExecutionSuspendedEvent { input: None }))
     }
 
     /// `executionResumed`.
     pub fn execution_resumed(&mut self) -> &mut Self {
-        self.push(
-            -1,
-            EventType::ExecutionResumed(ExecutionResumedEvent { input: None }),
-        )
+        self.push(-1, EventType::ExecutionResumed(ExecutionResumedEvent { input: None }))
     }
 
     /// `executionTerminated` with a JSON output.
@@ -216,31 +180,17 @@ impl HistoryBuilder {
 
     /// `taskScheduled` with event id `id` (to hand-build a history).
     pub fn task_scheduled(&mut self, id: i32, name: &str) -> &mut Self {
-        self.push(
-            id,
-            EventType::TaskScheduled(TaskScheduledEvent {
-                name: name.into(),
-                ..Default::default()
-            }),
-        )
+        self.push(id, EventType::TaskScheduled(TaskScheduledEvent { name: name.into(), ..Default::default() }))
     }
 
     /// `timerCreated` with event id `id` firing at `fire_at`.
     pub fn timer_created(&mut self, id: i32, fire_at: DateTime<Utc>) -> &mut Self {
-        self.push(
-            id,
-            EventType::TimerCreated(TimerCreatedEvent {
-                fire_at: Some(time::to_timestamp(fire_at)),
-            }),
-        )
+        self.push(id, EventType::TimerCreated(TimerCreatedEvent { fire_at: Some(time::to_timestamp(fire_at)) }))
     }
 
     /// `orchestratorCompleted`.
     pub fn orchestrator_completed(&mut self) -> &mut Self {
-        self.push(
-            -1,
-            EventType::OrchestratorCompleted(OrchestratorCompletedEvent {}),
-        )
+        self.push(-1, EventType::OrchestratorCompleted(OrchestratorCompletedEvent {}))
     }
 
     /// Any event, stamped with the clock.
@@ -255,28 +205,18 @@ impl HistoryBuilder {
 
     /// Appends a finished turn to the past history as the sidecar does: its new events, one
     /// event per action (with the action's id), then `orchestratorCompleted`.
-    pub fn commit_turn(
-        &mut self,
-        new_events: &[HistoryEvent],
-        actions: &[OrchestratorAction],
-    ) -> &mut Self {
+    pub fn commit_turn(&mut self, new_events: &[HistoryEvent], actions: &[OrchestratorAction]) -> &mut Self {
         self.past.extend(new_events.iter().cloned());
         let ts = Some(time::to_timestamp(self.now));
         for a in actions {
             if let Some(kind) = action_event(a) {
-                self.past.push(HistoryEvent {
-                    event_id: a.id,
-                    timestamp: ts,
-                    event_type: Some(kind),
-                });
+                self.past.push(HistoryEvent { event_id: a.id, timestamp: ts, event_type: Some(kind) });
             }
         }
         self.past.push(HistoryEvent {
             event_id: -1,
             timestamp: ts,
-            event_type: Some(EventType::OrchestratorCompleted(
-                OrchestratorCompletedEvent {},
-            )),
+            event_type: Some(EventType::OrchestratorCompleted(OrchestratorCompletedEvent {})),
         });
         self
     }
@@ -285,34 +225,26 @@ impl HistoryBuilder {
 /// The history event the sidecar records for an action, if any.
 pub fn action_event(action: &OrchestratorAction) -> Option<EventType> {
     match action.orchestrator_action_type.as_ref()? {
-        OrchestratorActionType::ScheduleTask(a) => {
-            Some(EventType::TaskScheduled(TaskScheduledEvent {
-                name: a.name.clone(),
-                version: a.version.clone(),
-                input: a.input.clone(),
-                ..Default::default()
-            }))
-        }
+        OrchestratorActionType::ScheduleTask(a) => Some(EventType::TaskScheduled(TaskScheduledEvent {
+            name: a.name.clone(),
+            version: a.version.clone(),
+            input: a.input.clone(),
+            ..Default::default()
+        })),
         OrchestratorActionType::CreateTimer(a) => {
-            Some(EventType::TimerCreated(TimerCreatedEvent {
-                fire_at: a.fire_at,
-            }))
+            Some(EventType::TimerCreated(TimerCreatedEvent { fire_at: a.fire_at }))
         }
-        OrchestratorActionType::CreateSubOrchestration(a) => Some(
-            EventType::SubOrchestrationInstanceCreated(SubOrchestrationInstanceCreatedEvent {
+        OrchestratorActionType::CreateSubOrchestration(a) => {
+            Some(EventType::SubOrchestrationInstanceCreated(SubOrchestrationInstanceCreatedEvent {
                 instance_id: a.instance_id.clone(),
                 name: a.name.clone(),
                 version: a.version.clone(),
                 input: a.input.clone(),
                 ..Default::default()
-            }),
-        ),
+            }))
+        }
         OrchestratorActionType::SendEvent(a) => Some(EventType::EventSent(EventSentEvent {
-            instance_id: a
-                .instance
-                .as_ref()
-                .map(|i| i.instance_id.clone())
-                .unwrap_or_default(),
+            instance_id: a.instance.as_ref().map(|i| i.instance_id.clone()).unwrap_or_default(),
             name: a.name.clone(),
             input: a.data.clone(),
         })),

@@ -14,17 +14,12 @@ pub(crate) fn epoch() -> DateTime<Utc> {
 /// `Timestamp` → `DateTime<Utc>`; out-of-range values clamp to the epoch.
 pub(crate) fn from_timestamp(ts: &Timestamp) -> DateTime<Utc> {
     let nanos = u32::try_from(ts.nanos.clamp(0, 999_999_999)).unwrap_or(0);
-    Utc.timestamp_opt(ts.seconds, nanos)
-        .single()
-        .unwrap_or_else(epoch)
+    Utc.timestamp_opt(ts.seconds, nanos).single().unwrap_or_else(epoch)
 }
 
 /// `DateTime<Utc>` → `Timestamp`.
 pub(crate) fn to_timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 /// `std::time::Duration` → `chrono::Duration`, saturating at the largest representable value.
@@ -35,11 +30,7 @@ pub(crate) fn to_chrono(d: std::time::Duration) -> chrono::Duration {
 /// .NET's round-trip (`"o"`) format: `2023-05-06T07:08:09.1234567Z` (7 fractional digits),
 /// used by the deterministic UUIDs of the .NET and Go SDKs.
 pub(crate) fn dotnet_roundtrip(t: DateTime<Utc>) -> String {
-    format!(
-        "{}.{:07}Z",
-        t.format("%Y-%m-%dT%H:%M:%S"),
-        t.timestamp_subsec_nanos() / 100
-    )
+    format!("{}.{:07}Z", t.format("%Y-%m-%dT%H:%M:%S"), t.timestamp_subsec_nanos() / 100)
 }
 
 /// Formats a duration as a .NET `TimeSpan` string: `[d.]hh:mm:ss[.fffffff]`.
@@ -89,9 +80,7 @@ pub(crate) fn parse_timespan(s: &str) -> Option<std::time::Duration> {
         let padded = format!("{frac:0<9}");
         nanos = padded.parse().ok()?;
     }
-    let total = days
-        .checked_mul(86_400)?
-        .checked_add(h * 3600 + m * 60 + secs)?;
+    let total = days.checked_mul(86_400)?.checked_add(h * 3600 + m * 60 + secs)?;
     Some(std::time::Duration::new(total, nanos))
 }
 
@@ -103,28 +92,16 @@ mod tests {
     #[test]
     fn timespan_round_trip() {
         assert_eq!(format_timespan(Duration::from_secs(5)), "00:00:05");
-        assert_eq!(
-            format_timespan(Duration::from_millis(90_061_500)),
-            "1.01:01:01.5000000"
-        );
+        assert_eq!(format_timespan(Duration::from_millis(90_061_500)), "1.01:01:01.5000000");
         assert_eq!(parse_timespan("00:00:05"), Some(Duration::from_secs(5)));
-        assert_eq!(
-            parse_timespan("1.01:01:01.5000000"),
-            Some(Duration::from_millis(90_061_500))
-        );
-        assert_eq!(
-            parse_timespan("6.00:00:00"),
-            Some(Duration::from_secs(6 * 86_400))
-        );
+        assert_eq!(parse_timespan("1.01:01:01.5000000"), Some(Duration::from_millis(90_061_500)));
+        assert_eq!(parse_timespan("6.00:00:00"), Some(Duration::from_secs(6 * 86_400)));
         assert_eq!(parse_timespan("nope"), None);
     }
 
     #[test]
     fn dotnet_format_has_seven_digits() {
-        let t = Utc
-            .timestamp_opt(1_683_356_889, 123_456_700)
-            .single()
-            .expect("time");
+        let t = Utc.timestamp_opt(1_683_356_889, 123_456_700).single().expect("time");
         assert_eq!(dotnet_roundtrip(t), "2023-05-06T07:08:09.1234567Z");
         let ts = to_timestamp(t);
         assert_eq!(from_timestamp(&ts), t);

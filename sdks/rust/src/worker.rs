@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use duro_proto::orchestrator_action::OrchestratorActionType;
 use duro_proto::{
-    work_item, AbandonActivityTaskRequest, AbandonOrchestrationTaskRequest, ActivityFilter,
-    ActivityRequest, ActivityResponse, CompleteOrchestrationAction, GetWorkItemsRequest,
-    OrchestrationFilter, OrchestrationStatus, OrchestratorAction, OrchestratorRequest,
-    OrchestratorResponse, WorkItem, WorkItemFilters,
+    work_item, AbandonActivityTaskRequest, AbandonOrchestrationTaskRequest, ActivityFilter, ActivityRequest,
+    ActivityResponse, CompleteOrchestrationAction, GetWorkItemsRequest, OrchestrationFilter, OrchestrationStatus,
+    OrchestratorAction, OrchestratorRequest, OrchestratorResponse, WorkItem, WorkItemFilters,
 };
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -184,21 +183,14 @@ impl Worker {
     /// Starts the worker on the current tokio runtime and returns its handle. Keep the handle:
     /// dropping it stops the worker like [`WorkerHandle::shutdown`] (without waiting).
     pub fn start(self) -> Result<WorkerHandle, WorkerError> {
-        let invalid = |message| WorkerError::InvalidAddress {
-            address: self.address.clone(),
-            message,
-        };
+        let invalid = |message| WorkerError::InvalidAddress { address: self.address.clone(), message };
         let channel = client::channel(&self.address, &self.connect).map_err(invalid)?;
         let grpc = client::grpc_client(channel, &self.connect).map_err(invalid)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (connected_tx, connected_rx) = watch::channel(false);
         let runner = Runner::new(grpc, self.registry, self.options, connected_tx);
         let task = tokio::spawn(runner.run(stop_rx));
-        Ok(WorkerHandle {
-            stop: stop_tx,
-            connected: connected_rx,
-            task: Some(task),
-        })
+        Ok(WorkerHandle { stop: stop_tx, connected: connected_rx, task: Some(task) })
     }
 
     /// Runs the worker until `shutdown` completes, then shuts down gracefully.
@@ -226,9 +218,7 @@ impl WorkerHandle {
     /// Waits until the work-item stream is open; `false` on timeout.
     pub async fn wait_until_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.connected.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Stops taking work, lets in-flight work finish within the shutdown timeout, abandons
@@ -293,10 +283,8 @@ impl Drop for InFlightGuard {
 
 /// A cheap pseudo-random fraction in [0, 1) for backoff jitter.
 fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
@@ -306,18 +294,11 @@ enum StreamEnd {
 }
 
 impl Runner {
-    fn new(
-        grpc: client::Grpc,
-        registry: Registry,
-        options: WorkerOptions,
-        connected: watch::Sender<bool>,
-    ) -> Self {
+    fn new(grpc: client::Grpc, registry: Registry, options: WorkerOptions, connected: watch::Sender<bool>) -> Self {
         Runner {
             grpc,
             registry: Arc::new(registry),
-            orchestration_slots: Arc::new(Semaphore::new(
-                options.max_concurrent_orchestrations.max(1),
-            )),
+            orchestration_slots: Arc::new(Semaphore::new(options.max_concurrent_orchestrations.max(1))),
             activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities.max(1))),
             options,
             connected,
@@ -329,9 +310,7 @@ impl Runner {
     fn request(&self) -> GetWorkItemsRequest {
         let cap = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         GetWorkItemsRequest {
-            max_concurrent_orchestration_work_items: cap(self
-                .options
-                .max_concurrent_orchestrations),
+            max_concurrent_orchestration_work_items: cap(self.options.max_concurrent_orchestrations),
             max_concurrent_activity_work_items: cap(self.options.max_concurrent_activities),
             max_concurrent_entity_work_items: 0,
             capabilities: Vec::new(),
@@ -339,18 +318,12 @@ impl Runner {
                 orchestrations: self
                     .registry
                     .orchestrator_names()
-                    .map(|n| OrchestrationFilter {
-                        name: n.to_string(),
-                        versions: Vec::new(),
-                    })
+                    .map(|n| OrchestrationFilter { name: n.to_string(), versions: Vec::new() })
                     .collect(),
                 activities: self
                     .registry
                     .activity_names()
-                    .map(|n| ActivityFilter {
-                        name: n.to_string(),
-                        versions: Vec::new(),
-                    })
+                    .map(|n| ActivityFilter { name: n.to_string(), versions: Vec::new() })
                     .collect(),
                 entities: Vec::new(),
             }),
@@ -405,11 +378,7 @@ impl Runner {
     }
 
     /// Reads work items until the stream ends (→ reconnect) or shutdown is requested.
-    async fn serve(
-        &mut self,
-        mut stream: Streaming<WorkItem>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> StreamEnd {
+    async fn serve(&mut self, mut stream: Streaming<WorkItem>, stop: &mut watch::Receiver<bool>) -> StreamEnd {
         let silent = self.options.silent_disconnect_timeout;
         loop {
             tokio::select! {
@@ -478,15 +447,11 @@ impl Runner {
         let mut grpc = self.grpc.clone();
         let result = match kind {
             Kind::Orchestration => grpc
-                .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest {
-                    completion_token: token,
-                })
+                .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest { completion_token: token })
                 .await
                 .map(|_| ()),
             Kind::Activity => grpc
-                .abandon_task_activity_work_item(AbandonActivityTaskRequest {
-                    completion_token: token,
-                })
+                .abandon_task_activity_work_item(AbandonActivityTaskRequest { completion_token: token })
                 .await
                 .map(|_| ()),
         };
@@ -499,10 +464,7 @@ impl Runner {
         if let Ok(mut set) = self.in_flight.lock() {
             set.insert(token.to_string(), kind);
         }
-        InFlightGuard {
-            set: self.in_flight.clone(),
-            token: token.to_string(),
-        }
+        InFlightGuard { set: self.in_flight.clone(), token: token.to_string() }
     }
 
     fn dispatch(&mut self, item: WorkItem) {
@@ -531,15 +493,12 @@ impl Runner {
                 });
             }
             Some(work_item::Request::HealthPing(_)) => tracing::trace!("health ping"),
-            Some(work_item::Request::EntityRequest(_))
-            | Some(work_item::Request::EntityRequestV2(_)) => {
+            Some(work_item::Request::EntityRequest(_)) | Some(work_item::Request::EntityRequestV2(_)) => {
                 tracing::warn!("this worker has no entities; abandoning an entity work item");
                 let mut grpc = self.grpc.clone();
                 self.tasks.spawn(async move {
                     let _ = grpc
-                        .abandon_task_entity_work_item(duro_proto::AbandonEntityTaskRequest {
-                            completion_token: token,
-                        })
+                        .abandon_task_entity_work_item(duro_proto::AbandonEntityTaskRequest { completion_token: token })
                         .await;
                 });
             }
@@ -555,15 +514,13 @@ async fn run_orchestration(
     token: String,
 ) {
     let instance_id = request.instance_id.clone();
-    let turn =
-        tokio::task::spawn_blocking(move || replay::execute_request(&registry, &request)).await;
+    let turn = tokio::task::spawn_blocking(move || replay::execute_request(&registry, &request)).await;
     let mut response = match turn {
         Ok(r) => r,
         Err(e) => {
             // The engine catches orchestrator panics; this is a bug in the engine itself.
             tracing::error!(instance = %instance_id, error = %e, "the replay engine failed");
-            let details =
-                FailureDetails::new("WorkerError", format!("the replay engine failed: {e}"));
+            let details = FailureDetails::new("WorkerError", format!("the replay engine failed: {e}"));
             OrchestratorResponse {
                 instance_id: instance_id.clone(),
                 actions: vec![OrchestratorAction {
@@ -587,12 +544,7 @@ async fn run_orchestration(
     }
 }
 
-async fn run_activity(
-    mut grpc: client::Grpc,
-    registry: Arc<Registry>,
-    request: ActivityRequest,
-    token: String,
-) {
+async fn run_activity(mut grpc: client::Grpc, registry: Arc<Registry>, request: ActivityRequest, token: String) {
     let instance = request.orchestration_instance.clone().unwrap_or_default();
     let ctx = ActivityContext {
         name: request.name.clone(),
@@ -603,10 +555,7 @@ async fn run_activity(
     let outcome = match registry.activity(&request.name) {
         None => Err(FailureDetails::new(
             "ActivityNotRegisteredError",
-            format!(
-                "no activity named '{}' is registered with this worker",
-                request.name
-            ),
+            format!("no activity named '{}' is registered with this worker", request.name),
         )),
         Some(f) => match AssertUnwindSafe(f(ctx, request.input)).catch_unwind().await {
             Ok(r) => r,
@@ -616,10 +565,7 @@ async fn run_activity(
                     .map(|s| (*s).to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic payload".into());
-                Err(FailureDetails::new(
-                    "ActivityPanic",
-                    format!("the activity panicked: {msg}"),
-                ))
+                Err(FailureDetails::new("ActivityPanic", format!("the activity panicked: {msg}")))
             }
         },
     };

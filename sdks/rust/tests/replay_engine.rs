@@ -12,8 +12,8 @@ use duro_sdk::proto::{HistoryEvent, OrchestrationStatus, OrchestratorAction};
 use duro_sdk::replay::{self, ReplayOutput};
 use duro_sdk::testing::HistoryBuilder;
 use duro_sdk::{
-    DurableHttpRequest, DurableHttpResponse, Failure, FailureDetails, OrchestrationContext,
-    Registry, RetryPolicy, SubOrchestrationOptions, TaskError,
+    DurableHttpRequest, DurableHttpResponse, Failure, FailureDetails, OrchestrationContext, Registry, RetryPolicy,
+    SubOrchestrationOptions, TaskError,
 };
 
 const ID: &str = "instance-1";
@@ -28,21 +28,13 @@ fn describe_action(a: &OrchestratorAction) -> String {
         OrchestratorActionType::ScheduleTask(t) => format!("scheduleTask {} #{}", t.name, a.id),
         OrchestratorActionType::CreateTimer(_) => format!("createTimer #{}", a.id),
         OrchestratorActionType::CreateSubOrchestration(s) => {
-            format!(
-                "createSubOrchestration {} {} #{}",
-                s.name, s.instance_id, a.id
-            )
+            format!("createSubOrchestration {} {} #{}", s.name, s.instance_id, a.id)
         }
         OrchestratorActionType::SendEvent(s) => format!("sendEvent {} #{}", s.name, a.id),
         OrchestratorActionType::CompleteOrchestration(c) => {
             let status = OrchestrationStatus::try_from(c.orchestration_status).expect("status");
             match (&c.result, &c.failure_details) {
-                (_, Some(f)) => format!(
-                    "complete {} {}: {}",
-                    status.as_str_name(),
-                    f.error_type,
-                    f.error_message
-                ),
+                (_, Some(f)) => format!("complete {} {}: {}", status.as_str_name(), f.error_type, f.error_message),
                 (Some(r), None) => format!("complete {} {r}", status.as_str_name()),
                 (None, None) => format!("complete {}", status.as_str_name()),
             }
@@ -60,11 +52,7 @@ struct Driver {
 
 impl Driver {
     fn new(registry: Registry) -> Self {
-        Driver {
-            registry,
-            history: HistoryBuilder::new(),
-            turns: Vec::new(),
-        }
+        Driver { registry, history: HistoryBuilder::new(), turns: Vec::new() }
     }
 
     fn start(&mut self, name: &str, input: Option<&str>) -> ReplayOutput {
@@ -111,10 +99,7 @@ fn sequence_of_activities_then_full_replay() {
         });
     });
     let mut d = Driver::new(registry);
-    assert_eq!(
-        describe(&d.start("Seq", Some("1"))),
-        ["scheduleTask Add1 #0"]
-    );
+    assert_eq!(describe(&d.start("Seq", Some("1"))), ["scheduleTask Add1 #0"]);
     // The scheduled input is the JSON of the argument.
     let input = match &d.turns[0].2.actions[0].orchestrator_action_type {
         Some(OrchestratorActionType::ScheduleTask(t)) => t.input.clone(),
@@ -145,19 +130,14 @@ fn sequence_of_activities_then_full_replay() {
     let mut all = d.history.past().to_vec();
     all.retain(|e| !matches!(e.event_type, Some(EventType::ExecutionCompleted(_))));
     let out = replay::execute(&d.registry, ID, &[], &all);
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED 6"]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED 6"]);
 }
 
 #[test]
 fn parallel_activities_with_when_all() {
     let registry = registry_with("Fan", |r, n| {
         r.add_orchestrator(n, |ctx: OrchestrationContext, count: u32| async move {
-            let tasks: Vec<_> = (0..count)
-                .map(|i| ctx.call_activity::<u32>("Sq", i))
-                .collect();
+            let tasks: Vec<_> = (0..count).map(|i| ctx.call_activity::<u32>("Sq", i)).collect();
             let results = ctx.when_all(tasks).await?;
             Ok::<_, Failure>(results)
         });
@@ -165,11 +145,7 @@ fn parallel_activities_with_when_all() {
     let mut d = Driver::new(registry);
     assert_eq!(
         describe(&d.start("Fan", Some("3"))),
-        [
-            "scheduleTask Sq #0",
-            "scheduleTask Sq #1",
-            "scheduleTask Sq #2"
-        ]
+        ["scheduleTask Sq #0", "scheduleTask Sq #1", "scheduleTask Sq #2"]
     );
     // Results arrive out of order, in two turns.
     assert!(d
@@ -191,10 +167,7 @@ fn parallel_activities_with_when_all() {
 fn when_all_fails_fast_and_failures_can_be_matched() {
     let registry = registry_with("Fail", |r, n| {
         r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
-            let tasks = vec![
-                ctx.call_activity::<u32>("A", 1),
-                ctx.call_activity::<u32>("B", 2),
-            ];
+            let tasks = vec![ctx.call_activity::<u32>("A", 1), ctx.call_activity::<u32>("B", 2)];
             match ctx.when_all(tasks).await {
                 Err(TaskError::Failed { name, details, .. }) => {
                     Ok::<_, Failure>(format!("{name} failed with {}", details.error_type))
@@ -208,10 +181,7 @@ fn when_all_fails_fast_and_failures_can_be_matched() {
     let out = d.turn(|h| {
         h.task_failed(1, FailureDetails::new("Boom", "b broke"));
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED \"B failed with Boom\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED \"B failed with Boom\""]);
 }
 
 #[test]
@@ -230,11 +200,7 @@ fn unhandled_task_failure_fails_the_orchestration_with_inner_failure() {
     assert_eq!(out.status(), Some(OrchestrationStatus::Failed));
     let failure = out.completion().unwrap().failure_details.clone().unwrap();
     assert_eq!(failure.error_type, "TaskFailedError");
-    assert!(
-        failure.error_message.contains("activity 'A' failed"),
-        "{}",
-        failure.error_message
-    );
+    assert!(failure.error_message.contains("activity 'A' failed"), "{}", failure.error_message);
     assert_eq!(failure.inner_failure.unwrap().error_type, "Boom");
 }
 
@@ -292,10 +258,7 @@ fn events_are_buffered_in_order_and_names_are_case_insensitive() {
     let out = d.turn(|h| {
         h.timer_fired(0);
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED \"first,second,7\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED \"first,second,7\""]);
     d.assert_replay_is_deterministic();
 }
 
@@ -320,10 +283,7 @@ fn one_event_goes_to_one_waiter_in_wait_order() {
     let out = d.turn(|h| {
         h.event_raised("x", Some("2"));
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED [2,1]"]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED [2,1]"]);
 }
 
 #[test]
@@ -338,17 +298,11 @@ fn when_any_with_a_timer_timeout() {
     });
     // The timer wins.
     let mut d = Driver::new(registry.clone());
-    assert_eq!(
-        describe(&d.start("Race", None)),
-        ["scheduleTask Slow #0", "createTimer #1"]
-    );
+    assert_eq!(describe(&d.start("Race", None)), ["scheduleTask Slow #0", "createTimer #1"]);
     let out = d.turn(|h| {
         h.timer_fired(1);
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED \"1:None\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED \"1:None\""]);
     // A late activity result afterwards changes nothing on replay.
     d.assert_replay_is_deterministic();
 
@@ -358,10 +312,7 @@ fn when_any_with_a_timer_timeout() {
     let out = d.turn(|h| {
         h.task_completed(0, Some("\"done\"")).timer_fired(1);
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED \"0:Some(\\\"done\\\")\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED \"0:Some(\\\"done\\\")\""]);
 }
 
 #[test]
@@ -381,19 +332,14 @@ fn futures_select_also_works() {
     let out = d.turn(|h| {
         h.task_completed(0, Some("5"));
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED \"work 5\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED \"work 5\""]);
 }
 
 #[test]
 fn wait_for_event_with_timeout() {
     let registry = registry_with("Wt", |r, n| {
         r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
-            let first = ctx
-                .wait_for_external_event_with_timeout::<u32>("Ping", Duration::from_secs(10))
-                .await;
+            let first = ctx.wait_for_external_event_with_timeout::<u32>("Ping", Duration::from_secs(10)).await;
             let first = match first {
                 Ok(v) => format!("got {v}"),
                 Err(TaskError::Timeout { name }) => format!("timeout {name}"),
@@ -415,10 +361,7 @@ fn wait_for_event_with_timeout() {
     let out = d.turn(|h| {
         h.event_raised("PING", Some("3"));
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_COMPLETED \"timeout Ping, then 3\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_COMPLETED \"timeout Ping, then 3\""]);
     d.assert_replay_is_deterministic();
 }
 
@@ -428,20 +371,12 @@ fn sub_orchestration_completes_and_fails() {
         r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
             let a: u32 = ctx.call_sub_orchestration("Child", 1).await?;
             let opts = SubOrchestrationOptions::new().with_instance_id("explicit-child");
-            let b = ctx
-                .call_sub_orchestration_with_options::<u32>("Child", 2, opts)
-                .await;
-            Ok::<_, Failure>(format!(
-                "{a} {:?}",
-                b.map_err(|e| e.failure_details().cloned())
-            ))
+            let b = ctx.call_sub_orchestration_with_options::<u32>("Child", 2, opts).await;
+            Ok::<_, Failure>(format!("{a} {:?}", b.map_err(|e| e.failure_details().cloned())))
         });
     });
     let mut d = Driver::new(registry);
-    assert_eq!(
-        describe(&d.start("Parent", None)),
-        [format!("createSubOrchestration Child {ID}:0000 #0")]
-    );
+    assert_eq!(describe(&d.start("Parent", None)), [format!("createSubOrchestration Child {ID}:0000 #0")]);
     assert_eq!(
         describe(&d.turn(|h| {
             h.sub_orchestration_completed(0, Some("10"));
@@ -453,10 +388,7 @@ fn sub_orchestration_completes_and_fails() {
     });
     assert_eq!(out.status(), Some(OrchestrationStatus::Completed));
     let result = out.completion().unwrap().result.clone().unwrap();
-    assert!(
-        result.contains("10 Err(Some(FailureDetails { error_type: \\\"ChildError\\\""),
-        "{result}"
-    );
+    assert!(result.contains("10 Err(Some(FailureDetails { error_type: \\\"ChildError\\\""), "{result}");
     d.assert_replay_is_deterministic();
 }
 
@@ -503,11 +435,7 @@ fn retry_waits_on_durable_timers_with_backoff() {
     let out = d.turn(|h| {
         h.task_failed(4, FailureDetails::new("Transient", "still"));
     });
-    assert_eq!(
-        out.status(),
-        Some(OrchestrationStatus::Failed),
-        "3 attempts used up"
-    );
+    assert_eq!(out.status(), Some(OrchestrationStatus::Failed), "3 attempts used up");
     d.assert_replay_is_deterministic();
 
     // Success on a retry completes; a non-retriable failure is not retried.
@@ -528,13 +456,7 @@ fn retry_waits_on_durable_timers_with_backoff() {
     let mut d = Driver::new(registry);
     d.start("R", None);
     let out = d.turn(|h| {
-        h.task_failed(
-            0,
-            FailureDetails {
-                is_non_retriable: true,
-                ..FailureDetails::new("Fatal", "x")
-            },
-        );
+        h.task_failed(0, FailureDetails { is_non_retriable: true, ..FailureDetails::new("Fatal", "x") });
     });
     assert_eq!(out.status(), Some(OrchestrationStatus::Failed));
 }
@@ -543,19 +465,13 @@ fn retry_waits_on_durable_timers_with_backoff() {
 fn sub_orchestration_retry_reuses_the_instance_id() {
     let registry = registry_with("P", |r, n| {
         r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
-            let opts = SubOrchestrationOptions::new()
-                .with_retry(RetryPolicy::new(2, Duration::from_secs(1)));
-            let v: u32 = ctx
-                .call_sub_orchestration_with_options("C", (), opts)
-                .await?;
+            let opts = SubOrchestrationOptions::new().with_retry(RetryPolicy::new(2, Duration::from_secs(1)));
+            let v: u32 = ctx.call_sub_orchestration_with_options("C", (), opts).await?;
             Ok::<_, Failure>(v)
         });
     });
     let mut d = Driver::new(registry);
-    assert_eq!(
-        describe(&d.start("P", None)),
-        [format!("createSubOrchestration C {ID}:0000 #0")]
-    );
+    assert_eq!(describe(&d.start("P", None)), [format!("createSubOrchestration C {ID}:0000 #0")]);
     assert_eq!(
         describe(&d.turn(|h| {
             h.sub_orchestration_failed(0, FailureDetails::new("E", "x"));
@@ -582,9 +498,7 @@ fn continue_as_new_carries_over_unprocessed_events() {
     let mut d = Driver::new(registry.clone());
     d.start("Can", Some("1"));
     let out = d.turn(|h| {
-        h.event_raised("go", Some("\"a\""))
-            .event_raised("go", Some("\"b\""))
-            .event_raised("other", None);
+        h.event_raised("go", Some("\"a\"")).event_raised("go", Some("\"b\"")).event_raised("other", None);
     });
     let c = out.completion().expect("complete");
     assert_eq!(out.status(), Some(OrchestrationStatus::ContinuedAsNew));
@@ -608,8 +522,7 @@ fn continue_as_new_carries_over_unprocessed_events() {
     });
     let mut d = Driver::new(registry);
     let out = d.turn(|h| {
-        h.execution_started("Can2", Some("5"))
-            .event_raised("x", None);
+        h.execution_started("Can2", Some("5")).event_raised("x", None);
     });
     let c = out.completion().expect("complete");
     assert_eq!(c.result.as_deref(), Some("6"));
@@ -627,9 +540,7 @@ fn custom_status_and_deterministic_context_values() {
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let id1 = ctx.new_uuid();
-                ctx.set_custom_status(
-                    serde_json::json!({"step": 1, "replaying": ctx.is_replaying()}),
-                );
+                ctx.set_custom_status(serde_json::json!({"step": 1, "replaying": ctx.is_replaying()}));
                 let _: () = ctx.call_activity("A", ()).await?;
                 let id2 = ctx.new_uuid();
                 ctx.set_custom_status("step 2");
@@ -639,25 +550,18 @@ fn custom_status_and_deterministic_context_values() {
     });
     let mut d = Driver::new(registry);
     let out = d.start("S", None);
-    assert_eq!(
-        out.custom_status.as_deref(),
-        Some(r#"{"replaying":false,"step":1}"#)
-    );
+    assert_eq!(out.custom_status.as_deref(), Some(r#"{"replaying":false,"step":1}"#));
     d.history.advance(Duration::from_secs(1));
     let out = d.turn(|h| {
         h.task_completed(0, None);
     });
     assert_eq!(out.custom_status.as_deref(), Some("\"step 2\""));
-    let ids: Vec<String> =
-        serde_json::from_str(out.completion().unwrap().result.as_deref().unwrap()).unwrap();
+    let ids: Vec<String> = serde_json::from_str(out.completion().unwrap().result.as_deref().unwrap()).unwrap();
     assert_ne!(ids[0], ids[1]);
     d.assert_replay_is_deterministic();
     // Replays produce the same UUIDs.
     let again = replay::execute(&d.registry, ID, &d.turns[1].0, &d.turns[1].1);
-    assert_eq!(
-        again.completion().unwrap().result,
-        out.completion().unwrap().result
-    );
+    assert_eq!(again.completion().unwrap().result, out.completion().unwrap().result);
     assert!(calls.load(Ordering::SeqCst) >= 2);
 }
 
@@ -666,33 +570,22 @@ fn new_uuid_matches_the_dotnet_sdk() {
     use chrono::TimeZone;
     let registry = registry_with("U", |r, n| {
         r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
-            Ok::<_, Failure>(
-                (0..3)
-                    .map(|_| ctx.new_uuid().to_string())
-                    .collect::<Vec<_>>(),
-            )
+            Ok::<_, Failure>((0..3).map(|_| ctx.new_uuid().to_string()).collect::<Vec<_>>())
         });
     });
     // Golden values from durabletask-dotnet's NewGuid tests ("fixed-instance-id",
     // 2023-05-06T07:08:09.1234567Z).
-    let t = chrono::Utc
-        .timestamp_opt(1_683_356_889, 123_456_700)
-        .single()
-        .unwrap();
+    let t = chrono::Utc.timestamp_opt(1_683_356_889, 123_456_700).single().unwrap();
     let started = HistoryEvent {
         event_id: -1,
-        timestamp: Some(duro_sdk::proto::prost_types::Timestamp {
-            seconds: t.timestamp(),
-            nanos: 123_456_700,
-        }),
+        timestamp: Some(duro_sdk::proto::prost_types::Timestamp { seconds: t.timestamp(), nanos: 123_456_700 }),
         event_type: Some(EventType::OrchestratorStarted(Default::default())),
     };
     let mut h = HistoryBuilder::new().with_instance_id("fixed-instance-id");
     let mut new = vec![started];
     new.extend(h.execution_started("U", None).take_new());
     let out = replay::execute(&registry, "fixed-instance-id", &[], &new);
-    let ids: Vec<String> =
-        serde_json::from_str(out.completion().unwrap().result.as_deref().unwrap()).unwrap();
+    let ids: Vec<String> = serde_json::from_str(out.completion().unwrap().result.as_deref().unwrap()).unwrap();
     assert_eq!(
         ids,
         [
@@ -739,10 +632,7 @@ fn terminate_completes_terminated_with_its_output() {
     let out = d.turn(|h| {
         h.execution_terminated(Some("\"stopped by admin\""));
     });
-    assert_eq!(
-        describe(&out),
-        ["complete ORCHESTRATION_STATUS_TERMINATED \"stopped by admin\""]
-    );
+    assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_TERMINATED \"stopped by admin\""]);
 }
 
 #[test]
@@ -770,9 +660,7 @@ fn suspend_buffers_events_until_resume() {
     );
     // Terminate bypasses suspension.
     let out = d.turn(|h| {
-        h.execution_suspended()
-            .task_completed(0, Some("1"))
-            .execution_terminated(None);
+        h.execution_suspended().task_completed(0, Some("1")).execution_terminated(None);
     });
     assert_eq!(describe(&out), ["complete ORCHESTRATION_STATUS_TERMINATED"]);
     d.assert_replay_is_deterministic();
@@ -788,12 +676,7 @@ fn scheduling_registry() -> Registry {
 }
 
 fn failure_message(out: &ReplayOutput) -> (String, String) {
-    assert_eq!(
-        out.actions.len(),
-        1,
-        "only the failing completion: {:?}",
-        describe(out)
-    );
+    assert_eq!(out.actions.len(), 1, "only the failing completion: {:?}", describe(out));
     let f = out.completion().unwrap().failure_details.clone().unwrap();
     (f.error_type, f.error_message)
 }
@@ -801,34 +684,32 @@ fn failure_message(out: &ReplayOutput) -> (String, String) {
 #[test]
 fn non_determinism_different_name() {
     let mut h = HistoryBuilder::new();
-    let past = h
-        .start_turn()
-        .execution_started("N", None)
-        .task_scheduled(0, "A")
-        .orchestrator_completed()
-        .take_new();
+    let past = h.start_turn().execution_started("N", None).task_scheduled(0, "A").orchestrator_completed().take_new();
     let new = h.start_turn().task_completed(0, Some("1")).take_new();
     let out = replay::execute(&scheduling_registry(), ID, &past, &new);
     let (kind, msg) = failure_message(&out);
     assert_eq!(kind, "NonDeterminismError");
-    assert!(msg.contains(r#"history has taskScheduled "A" (id 0) but the orchestrator code produced scheduleTask "B" (id 0)"#), "{msg}");
+    assert!(
+        msg.contains(
+            r#"history has taskScheduled "A" (id 0) but the orchestrator code produced scheduleTask "B" (id 0)"#
+        ),
+        "{msg}"
+    );
 }
 
 #[test]
 fn non_determinism_different_kind() {
     let mut h = HistoryBuilder::new();
     let fire = h.now();
-    let past = h
-        .start_turn()
-        .execution_started("N", None)
-        .timer_created(0, fire)
-        .orchestrator_completed()
-        .take_new();
+    let past = h.start_turn().execution_started("N", None).timer_created(0, fire).orchestrator_completed().take_new();
     let new = h.start_turn().timer_fired(0).take_new();
     let out = replay::execute(&scheduling_registry(), ID, &past, &new);
     let (kind, msg) = failure_message(&out);
     assert_eq!(kind, "NonDeterminismError");
-    assert!(msg.contains(r#"history has timerCreated (id 0) but the orchestrator code produced scheduleTask "B" (id 0)"#), "{msg}");
+    assert!(
+        msg.contains(r#"history has timerCreated (id 0) but the orchestrator code produced scheduleTask "B" (id 0)"#),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -845,7 +726,12 @@ fn non_determinism_missing_action() {
     let out = replay::execute(&scheduling_registry(), ID, &past, &new);
     let (kind, msg) = failure_message(&out);
     assert_eq!(kind, "NonDeterminismError");
-    assert!(msg.contains(r#"history has taskScheduled "Extra" (id 1) but the orchestrator code produced no action with id 1"#), "{msg}");
+    assert!(
+        msg.contains(
+            r#"history has taskScheduled "Extra" (id 1) but the orchestrator code produced no action with id 1"#
+        ),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -871,15 +757,10 @@ fn unregistered_orchestrator_and_panics_fail_cleanly() {
 
     // Bad input fails with a clear error.
     let registry = registry_with("Typed", |r, n| {
-        r.add_orchestrator(n, |_ctx: OrchestrationContext, n: u32| async move {
-            Ok::<_, Failure>(n)
-        });
+        r.add_orchestrator(n, |_ctx: OrchestrationContext, n: u32| async move { Ok::<_, Failure>(n) });
     });
     let mut h = HistoryBuilder::new();
-    let new = h
-        .start_turn()
-        .execution_started("Typed", Some("\"not a number\""))
-        .take_new();
+    let new = h.start_turn().execution_started("Typed", Some("\"not a number\"")).take_new();
     let out = replay::execute(&registry, ID, &[], &new);
     let f = out.completion().unwrap().failure_details.clone().unwrap();
     assert_eq!(f.error_type, "InputDeserializationError");
@@ -911,10 +792,7 @@ fn send_event_is_recorded_and_matched() {
         });
     });
     let mut d = Driver::new(registry);
-    assert_eq!(
-        describe(&d.start("Send", None)),
-        ["sendEvent Hello #0", "createTimer #1"]
-    );
+    assert_eq!(describe(&d.start("Send", None)), ["sendEvent Hello #0", "createTimer #1"]);
     assert_eq!(
         describe(&d.turn(|h| {
             h.timer_fired(1);
@@ -928,8 +806,8 @@ fn send_event_is_recorded_and_matched() {
 fn call_http_schedules_the_builtin_activity_and_polls_202() {
     let registry = registry_with("Http", |r, n| {
         r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
-            let req = DurableHttpRequest::post("https://example.org/jobs", "{}")
-                .with_header("Accept", "application/json");
+            let req =
+                DurableHttpRequest::post("https://example.org/jobs", "{}").with_header("Accept", "application/json");
             let resp: DurableHttpResponse = ctx.call_http(req).await?;
             Ok::<_, Failure>(resp.status_code)
         });
@@ -948,7 +826,8 @@ fn call_http_schedules_the_builtin_activity_and_polls_202() {
             "content": "{}", "tokenSource": null, "asynchronousPatternEnabled": true, "timeout": null})
     );
     // 202 with Location: wait Retry-After seconds on a durable timer, then GET the status URL.
-    let accepted = r#"{"statusCode":202,"headers":{"Location":"https://example.org/status/1","Retry-After":"7"},"content":""}"#;
+    let accepted =
+        r#"{"statusCode":202,"headers":{"Location":"https://example.org/status/1","Retry-After":"7"},"content":""}"#;
     assert_eq!(
         describe(&d.turn(|h| {
             h.task_completed(0, Some(accepted));
@@ -964,10 +843,7 @@ fn call_http_schedules_the_builtin_activity_and_polls_202() {
         _ => unreachable!(),
     };
     let poll: DurableHttpRequest = serde_json::from_str(&poll).unwrap();
-    assert_eq!(
-        (poll.method.as_str(), poll.uri.as_str()),
-        ("GET", "https://example.org/status/1")
-    );
+    assert_eq!((poll.method.as_str(), poll.uri.as_str()), ("GET", "https://example.org/status/1"));
     let done = r#"{"statusCode":200,"headers":{},"content":"ok"}"#;
     assert_eq!(
         describe(&d.turn(|h| {

@@ -71,7 +71,8 @@ fn terminate(
 
 /// The reason a live instance terminated by an id reuse policy gives (a JSON string, as
 /// the output of a client's terminate would be).
-pub const REPLACED_REASON: &str = "\"terminated to start a new orchestration with the same instance id (id reuse policy)\"";
+pub const REPLACED_REASON: &str =
+    "\"terminated to start a new orchestration with the same instance id (id reuse policy)\"";
 
 /// Terminates a live instance so that a new one can take its id (an id reuse policy that
 /// lists its status). Non-recursive, like a default terminate: its children keep running.
@@ -307,11 +308,7 @@ mod tests {
     }
 
     fn scheduled(id: i32) -> HistoryEvent {
-        events::event(
-            id,
-            NOW,
-            EventType::TaskScheduled(TaskScheduledEvent { name: "A".into(), ..Default::default() }),
-        )
+        events::event(id, NOW, EventType::TaskScheduled(TaskScheduledEvent { name: "A".into(), ..Default::default() }))
     }
 
     #[test]

@@ -20,7 +20,6 @@ pub fn sidecar_event(now_ms: i64, kind: EventType) -> HistoryEvent {
     event(-1, now_ms, kind)
 }
 
-
 pub fn orchestrator_started(now_ms: i64) -> HistoryEvent {
     sidecar_event(now_ms, EventType::OrchestratorStarted(OrchestratorStartedEvent::default()))
 }

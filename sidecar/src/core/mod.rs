@@ -100,7 +100,6 @@ impl Priority {
     }
 }
 
-
 /// An event for an instance's inbox (its own timers, another instance's events, a
 /// parent's child-completion notice).
 #[derive(Debug, Clone, PartialEq)]
@@ -297,10 +296,5 @@ pub fn parent_notice(
             }),
         ),
     };
-    Some(Message::now(
-        parent_instance.instance_id.clone(),
-        parent_instance.execution_id.clone(),
-        event,
-        now_ms,
-    ))
+    Some(Message::now(parent_instance.instance_id.clone(), parent_instance.execution_id.clone(), event, now_ms))
 }

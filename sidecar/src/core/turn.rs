@@ -13,7 +13,9 @@ use thiserror::Error;
 
 use super::events::{self, StartSpec};
 use super::time::to_ms;
-use super::{parent_notice, CustomStatus, InstanceInfo, Message, NewExecution, NewInstance, ParentTask, Priority, TurnOutcome};
+use super::{
+    parent_notice, CustomStatus, InstanceInfo, Message, NewExecution, NewInstance, ParentTask, Priority, TurnOutcome,
+};
 
 /// Why a worker's response cannot be applied.
 #[derive(Debug, Error, PartialEq)]
@@ -32,9 +34,9 @@ pub enum TurnError {
 
 fn check_target(action: &str, id: i32, target: &str) -> Result<(), TurnError> {
     match super::instance_id_problem(target) {
-        Some(problem) => Err(TurnError::BadInstanceId(format!(
-            "{action} action {id} names an invalid instance id: {problem}"
-        ))),
+        Some(problem) => {
+            Err(TurnError::BadInstanceId(format!("{action} action {id} names an invalid instance id: {problem}")))
+        }
         None => Ok(()),
     }
 }
@@ -147,8 +149,11 @@ pub fn decide(
                 if a.name.is_empty() {
                     return Err(TurnError::Invalid(format!("createSubOrchestration action {id} has an empty name")));
                 }
-                let child_id =
-                    if a.instance_id.is_empty() { default_child_id(&info.instance_id, id) } else { a.instance_id.clone() };
+                let child_id = if a.instance_id.is_empty() {
+                    default_child_id(&info.instance_id, id)
+                } else {
+                    a.instance_id.clone()
+                };
                 check_target("createSubOrchestration", id, &child_id)?;
                 if child_id == info.instance_id {
                     return Err(TurnError::Unsupported(format!(
@@ -324,7 +329,6 @@ pub fn decide(
     Ok(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,7 +417,10 @@ mod tests {
             ..Default::default()
         });
         let out = run(&info(), vec![action(5, a)]).unwrap();
-        assert_eq!(kinds(&out.append), ["orchestratorStarted", "eventRaised", "taskScheduled", "orchestratorCompleted"]);
+        assert_eq!(
+            kinds(&out.append),
+            ["orchestratorStarted", "eventRaised", "taskScheduled", "orchestratorCompleted"]
+        );
         assert_eq!(out.append[2].event_id, 5);
         assert_eq!(out.append[0].event_id, -1);
         let req = &out.activities[0];
@@ -638,7 +645,8 @@ mod tests {
 
     #[test]
     fn actions_after_completion_are_ignored() {
-        let task = OrchestratorActionType::ScheduleTask(ScheduleTaskAction { name: "Late".into(), ..Default::default() });
+        let task =
+            OrchestratorActionType::ScheduleTask(ScheduleTaskAction { name: "Late".into(), ..Default::default() });
         let out =
             run(&info(), vec![action(1, complete(OrchestrationStatus::Completed, None)), action(2, task)]).unwrap();
         assert!(out.activities.is_empty());
@@ -647,8 +655,8 @@ mod tests {
 
     #[test]
     fn custom_status_is_set_only_when_sent() {
-        let out =
-            run_with(&info(), WorkerDecision { custom_status: Some("\"step 2\"".into()), ..Default::default() }).unwrap();
+        let out = run_with(&info(), WorkerDecision { custom_status: Some("\"step 2\"".into()), ..Default::default() })
+            .unwrap();
         assert_eq!(out.custom_status, CustomStatus::Set(Some("\"step 2\"".into())));
     }
 
@@ -659,7 +667,8 @@ mod tests {
         assert_eq!(kinds(&out.append), ["orchestratorStarted", "orchestratorCompleted"]);
         // Nonsense counts mean "all".
         for n in [0, -3, 2, 50] {
-            let out = run_with(&info(), WorkerDecision { num_events_processed: Some(n), ..Default::default() }).unwrap();
+            let out =
+                run_with(&info(), WorkerDecision { num_events_processed: Some(n), ..Default::default() }).unwrap();
             assert_eq!(out.consumed_new_events, 1, "n = {n}");
         }
     }

@@ -12,8 +12,7 @@ use url::Url;
 use super::polling::PollLimits;
 use super::request::parse_http_url;
 use super::tokens::{
-    parse_authority, Credential, Secret, TokenOptions, DEFAULT_ALLOWED_AUTHORITIES,
-    DEFAULT_AUTHORITY, IMDS_ENDPOINT,
+    parse_authority, Credential, Secret, TokenOptions, DEFAULT_ALLOWED_AUTHORITIES, DEFAULT_AUTHORITY, IMDS_ENDPOINT,
 };
 use super::DurableHttpOptions;
 
@@ -45,11 +44,7 @@ pub struct DurableHttpArgs {
     #[arg(long, env = "DURO_DURABLE_HTTP_TIMEOUT_SECONDS", default_value_t = 240)]
     pub durable_http_timeout_seconds: u64,
     /// Wait between polls of a 202 response without Retry-After, in milliseconds.
-    #[arg(
-        long,
-        env = "DURO_DURABLE_HTTP_DEFAULT_POLL_INTERVAL_MS",
-        default_value_t = 30_000
-    )]
+    #[arg(long, env = "DURO_DURABLE_HTTP_DEFAULT_POLL_INTERVAL_MS", default_value_t = 30_000)]
     pub durable_http_default_poll_interval_ms: u64,
     /// Polling of one durable HTTP call gives up after this many seconds (DuroHttpTimeout).
     #[arg(long, env = "DURO_DURABLE_HTTP_MAX_POLL_SECONDS", default_value_t = 24 * 3600)]
@@ -112,10 +107,7 @@ pub struct DurableHttpArgs {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("--identity-source {source_name} needs {missing}")]
-    Missing {
-        source_name: &'static str,
-        missing: &'static str,
-    },
+    Missing { source_name: &'static str, missing: &'static str },
     #[error("{flag}: {problem}")]
     Invalid { flag: &'static str, problem: String },
 }
@@ -125,10 +117,7 @@ fn url_flag(flag: &'static str, s: &str) -> Result<Url, ConfigError> {
 }
 
 fn nonempty(s: &Option<String>) -> Option<String> {
-    s.as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 impl DurableHttpArgs {
@@ -137,9 +126,7 @@ impl DurableHttpArgs {
         Ok(DurableHttpOptions {
             max_response_bytes: self.durable_http_max_response_bytes,
             default_timeout: Duration::from_secs(self.durable_http_timeout_seconds.max(1)),
-            default_poll_interval: Duration::from_millis(
-                self.durable_http_default_poll_interval_ms,
-            ),
+            default_poll_interval: Duration::from_millis(self.durable_http_default_poll_interval_ms),
             poll_limits: PollLimits {
                 max_polls: self.durable_http_max_polls.max(1),
                 max_duration: Duration::from_secs(self.durable_http_max_poll_seconds),
@@ -180,27 +167,16 @@ impl DurableHttpArgs {
             }
         }
         let client = nonempty(&self.azure_client_id);
-        let secret = self
-            .azure_client_secret
-            .clone()
-            .filter(|s| !s.expose().is_empty());
-        let fed_file = self
-            .azure_federated_token_file
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty());
+        let secret = self.azure_client_secret.clone().filter(|s| !s.expose().is_empty());
+        let fed_file = self.azure_federated_token_file.clone().filter(|p| !p.as_os_str().is_empty());
         let app_endpoint = nonempty(&self.app_service_identity_endpoint);
-        let app_header = self
-            .app_service_identity_header
-            .clone()
-            .filter(|s| !s.expose().is_empty());
+        let app_header = self.app_service_identity_header.clone().filter(|s| !s.expose().is_empty());
         let msi_endpoint = nonempty(&self.msi_endpoint);
         let msi_secret = self.msi_secret.clone().filter(|s| !s.expose().is_empty());
         let mi_client = nonempty(&self.identity_client_id).or_else(|| client.clone());
         let authority = || {
-            parse_authority(&self.azure_authority_host).map_err(|problem| ConfigError::Invalid {
-                flag: "--azure-authority-host",
-                problem,
-            })
+            parse_authority(&self.azure_authority_host)
+                .map_err(|problem| ConfigError::Invalid { flag: "--azure-authority-host", problem })
         };
 
         let source = match self.identity_source {
@@ -219,10 +195,7 @@ impl DurableHttpArgs {
             }
             s => s,
         };
-        let missing = |source_name, missing| ConfigError::Missing {
-            source_name,
-            missing,
-        };
+        let missing = |source_name, missing| ConfigError::Missing { source_name, missing };
         Ok(Some(match source {
             IdentitySource::None => return Ok(None),
             IdentitySource::Auto | IdentitySource::Imds => Credential::Imds {
@@ -232,15 +205,10 @@ impl DurableHttpArgs {
             IdentitySource::AppService => Credential::AppService {
                 endpoint: url_flag(
                     "--app-service-identity-endpoint",
-                    &app_endpoint.ok_or(missing(
-                        "app-service",
-                        "--app-service-identity-endpoint (IDENTITY_ENDPOINT)",
-                    ))?,
+                    &app_endpoint
+                        .ok_or(missing("app-service", "--app-service-identity-endpoint (IDENTITY_ENDPOINT)"))?,
                 )?,
-                header: app_header.ok_or(missing(
-                    "app-service",
-                    "--app-service-identity-header (IDENTITY_HEADER)",
-                ))?,
+                header: app_header.ok_or(missing("app-service", "--app-service-identity-header (IDENTITY_HEADER)"))?,
                 client_id: mi_client,
             },
             IdentitySource::Msi => Credential::LegacyMsi {
@@ -252,33 +220,16 @@ impl DurableHttpArgs {
                 client_id: mi_client,
             },
             IdentitySource::WorkloadIdentity => Credential::WorkloadIdentity {
-                tenant_id: tenant.ok_or(missing(
-                    "workload-identity",
-                    "--azure-tenant-id (AZURE_TENANT_ID)",
-                ))?,
-                client_id: client.ok_or(missing(
-                    "workload-identity",
-                    "--azure-client-id (AZURE_CLIENT_ID)",
-                ))?,
-                token_file: fed_file.ok_or(missing(
-                    "workload-identity",
-                    "--azure-federated-token-file (AZURE_FEDERATED_TOKEN_FILE)",
-                ))?,
+                tenant_id: tenant.ok_or(missing("workload-identity", "--azure-tenant-id (AZURE_TENANT_ID)"))?,
+                client_id: client.ok_or(missing("workload-identity", "--azure-client-id (AZURE_CLIENT_ID)"))?,
+                token_file: fed_file
+                    .ok_or(missing("workload-identity", "--azure-federated-token-file (AZURE_FEDERATED_TOKEN_FILE)"))?,
                 authority: authority()?,
             },
             IdentitySource::ClientSecret => Credential::ClientSecret {
-                tenant_id: tenant.ok_or(missing(
-                    "client-secret",
-                    "--azure-tenant-id (AZURE_TENANT_ID)",
-                ))?,
-                client_id: client.ok_or(missing(
-                    "client-secret",
-                    "--azure-client-id (AZURE_CLIENT_ID)",
-                ))?,
-                secret: secret.ok_or(missing(
-                    "client-secret",
-                    "--azure-client-secret (AZURE_CLIENT_SECRET)",
-                ))?,
+                tenant_id: tenant.ok_or(missing("client-secret", "--azure-tenant-id (AZURE_TENANT_ID)"))?,
+                client_id: client.ok_or(missing("client-secret", "--azure-client-id (AZURE_CLIENT_ID)"))?,
+                secret: secret.ok_or(missing("client-secret", "--azure-client-secret (AZURE_CLIENT_SECRET)"))?,
                 authority: authority()?,
             },
         }))
@@ -299,9 +250,7 @@ mod tests {
     /// Parses flags only (no environment fallbacks leak in: every env-backed field is set or
     /// cleared explicitly by the cases that matter).
     fn args(flags: &[&str]) -> DurableHttpArgs {
-        let mut a = Cli::try_parse_from(std::iter::once("duro").chain(flags.iter().copied()))
-            .expect("flags")
-            .http;
+        let mut a = Cli::try_parse_from(std::iter::once("duro").chain(flags.iter().copied())).expect("flags").http;
         // Neutralize whatever the test machine's environment holds.
         let set = |f: &str| flags.contains(&f);
         if !set("--azure-tenant-id") {
@@ -352,14 +301,9 @@ mod tests {
         assert!(
             matches!(imds, Some(Credential::Imds { ref endpoint, client_id: None }) if endpoint.as_str() == IMDS_ENDPOINT)
         );
-        let imds = args(&[
-            "--identity-endpoint",
-            "http://127.0.0.1:5/token",
-            "--azure-client-id",
-            "uami",
-        ])
-        .credential()
-        .expect("ok");
+        let imds = args(&["--identity-endpoint", "http://127.0.0.1:5/token", "--azure-client-id", "uami"])
+            .credential()
+            .expect("ok");
         assert!(
             matches!(imds, Some(Credential::Imds { ref endpoint, client_id: Some(ref c) }) if endpoint.as_str() == "http://127.0.0.1:5/token" && c == "uami"),
             "AZURE_CLIENT_ID doubles as the user-assigned identity: {imds:?}"
@@ -373,25 +317,11 @@ mod tests {
         .credential()
         .expect("ok");
         assert!(matches!(app, Some(Credential::AppService { .. })));
-        let msi = args(&[
-            "--msi-endpoint",
-            "http://localhost:1/msi",
-            "--msi-secret",
-            "s",
-        ])
-        .credential()
-        .expect("ok");
+        let msi = args(&["--msi-endpoint", "http://localhost:1/msi", "--msi-secret", "s"]).credential().expect("ok");
         assert!(matches!(msi, Some(Credential::LegacyMsi { .. })));
-        let wi = args(&[
-            "--azure-tenant-id",
-            "t",
-            "--azure-client-id",
-            "c",
-            "--azure-federated-token-file",
-            "/f",
-        ])
-        .credential()
-        .expect("ok");
+        let wi = args(&["--azure-tenant-id", "t", "--azure-client-id", "c", "--azure-federated-token-file", "/f"])
+            .credential()
+            .expect("ok");
         assert!(matches!(wi, Some(Credential::WorkloadIdentity { .. })));
         let cs = args(&[
             "--azure-tenant-id",
@@ -405,34 +335,18 @@ mod tests {
         ])
         .credential()
         .expect("ok");
-        assert!(
-            matches!(cs, Some(Credential::ClientSecret { .. })),
-            "client secret comes first"
-        );
+        assert!(matches!(cs, Some(Credential::ClientSecret { .. })), "client secret comes first");
     }
 
     #[test]
     fn explicit_sources_need_their_settings() {
         assert_eq!(args(&["--identity-source", "none"]).credential(), Ok(None));
-        let e = args(&["--identity-source", "app-service"])
-            .credential()
-            .expect_err("missing");
-        assert!(
-            e.to_string().contains("--app-service-identity-endpoint"),
-            "{e}"
-        );
-        let e = args(&[
-            "--identity-source",
-            "client-secret",
-            "--azure-tenant-id",
-            "t",
-        ])
-        .credential()
-        .expect_err("missing");
+        let e = args(&["--identity-source", "app-service"]).credential().expect_err("missing");
+        assert!(e.to_string().contains("--app-service-identity-endpoint"), "{e}");
+        let e =
+            args(&["--identity-source", "client-secret", "--azure-tenant-id", "t"]).credential().expect_err("missing");
         assert!(e.to_string().contains("--azure-client-id"), "{e}");
-        let e = args(&["--identity-endpoint", "not a url"])
-            .credential()
-            .expect_err("bad url");
+        let e = args(&["--identity-endpoint", "not a url"]).credential().expect_err("bad url");
         assert!(e.to_string().contains("--identity-endpoint"), "{e}");
         let e = args(&[
             "--identity-source",
@@ -449,14 +363,9 @@ mod tests {
         .credential()
         .expect_err("http authority");
         assert!(e.to_string().contains("https"), "{e}");
-        let o = args(&[
-            "--durable-http-max-response-bytes",
-            "10",
-            "--durable-http-default-poll-interval-ms",
-            "250",
-        ])
-        .options()
-        .expect("ok");
+        let o = args(&["--durable-http-max-response-bytes", "10", "--durable-http-default-poll-interval-ms", "250"])
+            .options()
+            .expect("ok");
         assert_eq!(o.max_response_bytes, 10);
         assert_eq!(o.default_poll_interval, Duration::from_millis(250));
     }

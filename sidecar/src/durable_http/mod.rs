@@ -52,9 +52,7 @@ use std::time::{Duration, SystemTime};
 
 use duro_proto::TaskFailureDetails;
 use futures::future::BoxFuture;
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT,
-};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use thiserror::Error;
 use url::Url;
 
@@ -94,10 +92,7 @@ impl Default for DurableHttpOptions {
             max_response_bytes: 1024 * 1024,
             default_timeout: Duration::from_secs(240),
             default_poll_interval: Duration::from_secs(30),
-            poll_limits: PollLimits {
-                max_polls: 10_000,
-                max_duration: Duration::from_secs(24 * 3600),
-            },
+            poll_limits: PollLimits { max_polls: 10_000, max_duration: Duration::from_secs(24 * 3600) },
             max_redirects: 10,
             identity: None,
             tokens: TokenOptions::default(),
@@ -143,9 +138,7 @@ impl Failure {
         match self {
             Failure::InvalidRequest(_) => "DuroHttpInvalidRequest",
             Failure::Blocked(_) => "DuroHttpBlockedAddress",
-            Failure::Timeout(_) | Failure::Polling(PollLimitHit::Deadline { .. }) => {
-                "DuroHttpTimeout"
-            }
+            Failure::Timeout(_) | Failure::Polling(PollLimitHit::Deadline { .. }) => "DuroHttpTimeout",
             Failure::TooLarge(_) => "DuroHttpResponseTooLarge",
             Failure::Request(_) => "DuroHttpRequestFailed",
             Failure::Polling(PollLimitHit::TooManyPolls { .. }) => "DuroHttpTooManyPolls",
@@ -158,13 +151,7 @@ impl Failure {
 
     /// Failures that the same input would hit again.
     fn non_retriable(&self) -> bool {
-        matches!(
-            self,
-            Failure::InvalidRequest(_)
-                | Failure::Blocked(_)
-                | Failure::TooLarge(_)
-                | Failure::Location(_)
-        )
+        matches!(self, Failure::InvalidRequest(_) | Failure::Blocked(_) | Failure::TooLarge(_) | Failure::Location(_))
     }
 
     fn details(&self) -> TaskFailureDetails {
@@ -193,9 +180,7 @@ enum Target<'a> {
 impl HttpActivity {
     pub fn new(opts: DurableHttpOptions) -> Result<HttpActivity, DurableHttpError> {
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(ssrf::GuardedResolver {
-                allow: opts.allow.clone(),
-            }))
+            .dns_resolver(Arc::new(ssrf::GuardedResolver { allow: opts.allow.clone() }))
             // Redirects are followed by `send`, hop by hop (guard, secrets per origin).
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve names itself, past the address guard.
@@ -206,19 +191,15 @@ impl HttpActivity {
         match &opts.identity {
             // The fallback when nothing is configured: outside Azure there is no identity
             // (and the address is one that user requests may not reach), so say that.
-            Some(tokens::Credential::Imds { endpoint, client_id: None }) if endpoint.as_str() == tokens::IMDS_ENDPOINT => {
+            Some(tokens::Credential::Imds { endpoint, client_id: None })
+                if endpoint.as_str() == tokens::IMDS_ENDPOINT =>
+            {
                 tracing::info!("durable HTTP: no identity configured (token sources would ask Azure IMDS, which exists only on Azure)");
             }
             Some(c) => tracing::info!(identity = %c.describe(), "durable HTTP token source"),
             None => {}
         }
-        Ok(HttpActivity {
-            inner: Arc::new(Inner {
-                opts,
-                client,
-                tokens,
-            }),
-        })
+        Ok(HttpActivity { inner: Arc::new(Inner { opts, client, tokens }) })
     }
 }
 
@@ -231,10 +212,7 @@ impl BuiltinActivity for HttpActivity {
         request::mask_input_secrets(input)
     }
 
-    fn run(
-        &self,
-        call: BuiltinCall,
-    ) -> BoxFuture<'static, Result<Option<String>, TaskFailureDetails>> {
+    fn run(&self, call: BuiltinCall) -> BoxFuture<'static, Result<Option<String>, TaskFailureDetails>> {
         let inner = self.inner.clone();
         Box::pin(async move { inner.run(call).await })
     }
@@ -242,21 +220,9 @@ impl BuiltinActivity for HttpActivity {
 
 impl Inner {
     async fn run(&self, call: BuiltinCall) -> Result<Option<String>, TaskFailureDetails> {
-        let instance = call
-            .request
-            .orchestration_instance
-            .as_ref()
-            .map(|o| o.instance_id.clone())
-            .unwrap_or_default();
+        let instance = call.request.orchestration_instance.as_ref().map(|o| o.instance_id.clone()).unwrap_or_default();
         let task_id = call.request.task_id;
-        match self
-            .execute(
-                call.request.input.as_deref(),
-                call.progress.as_deref(),
-                &call.checkpoint,
-            )
-            .await
-        {
+        match self.execute(call.request.input.as_deref(), call.progress.as_deref(), &call.checkpoint).await {
             Ok(resp) => {
                 tracing::debug!(%instance, task_id, status = resp.status_code, "durable HTTP call finished");
                 Ok(Some(resp.to_json()))
@@ -318,22 +284,12 @@ impl Inner {
             let Next::Poll { location, delay } = next else {
                 return Ok(response);
             };
-            let st = PollState::advance(
-                state.as_ref(),
-                &location,
-                delay,
-                now_ms(),
-                self.opts.poll_limits,
-            )?;
+            let st = PollState::advance(state.as_ref(), &location, delay, now_ms(), self.opts.poll_limits)?;
             // Saved before waiting: a restart from here polls `location`, never re-sends.
             match checkpoint.save(st.encode()).await {
                 Ok(true) => {}
                 Ok(false) => return Err(Failure::Cancelled),
-                Err(e) => {
-                    return Err(Failure::Checkpoint(format!(
-                        "cannot save polling progress: {e}"
-                    )))
-                }
+                Err(e) => return Err(Failure::Checkpoint(format!("cannot save polling progress: {e}"))),
             }
             tracing::debug!(location = %display_url(&location), ?delay, polls = st.polls, "durable HTTP: 202, polling");
             sleep_until_ms(st.next_poll_at_ms).await;
@@ -347,24 +303,10 @@ impl Inner {
     /// One attempt: the request or a poll, within its timeout, following redirects hop by
     /// hop. The token and secret headers go only to hops on the original request's origin.
     /// Returns the response and the URL that gave it (after redirects).
-    async fn send(
-        &self,
-        spec: &HttpRequestSpec,
-        target: Target<'_>,
-    ) -> Result<(HttpResponseOut, Url), Failure> {
+    async fn send(&self, spec: &HttpRequestSpec, target: Target<'_>) -> Result<(HttpResponseOut, Url), Failure> {
         let (method, url, headers, body) = match target {
-            Target::Initial => (
-                spec.method.clone(),
-                spec.uri.clone(),
-                spec.headers.clone(),
-                spec.content.clone(),
-            ),
-            Target::Poll(u) => (
-                reqwest::Method::GET,
-                u.clone(),
-                polling::poll_headers(&spec.headers),
-                None,
-            ),
+            Target::Initial => (spec.method.clone(), spec.uri.clone(), spec.headers.clone(), spec.content.clone()),
+            Target::Poll(u) => (reqwest::Method::GET, u.clone(), polling::poll_headers(&spec.headers), None),
         };
         ssrf::check_url(&url, &self.opts.allow)?;
         let timeout = spec.timeout.unwrap_or(self.opts.default_timeout);
@@ -394,25 +336,17 @@ impl Inner {
             // Secrets only to the original origin; the token never in clear text off loopback.
             let secrets = url.origin() == origin;
             let bearer = match &spec.token_source {
-                Some(ts)
-                    if secrets && (url.scheme() == "https" || ssrf::is_loopback_host(&url)) =>
-                {
+                Some(ts) if secrets && (url.scheme() == "https" || ssrf::is_loopback_host(&url)) => {
                     Some(self.tokens.bearer(ts).await?)
                 }
                 _ => None,
             };
             let mut map = header_map(headers, bearer.is_some(), secrets)?;
             if body.is_some() && !map.contains_key(CONTENT_TYPE) {
-                map.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
+                map.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             }
             if !map.contains_key(USER_AGENT) {
-                map.insert(
-                    USER_AGENT,
-                    HeaderValue::from_static(concat!("duro/", env!("CARGO_PKG_VERSION"))),
-                );
+                map.insert(USER_AGENT, HeaderValue::from_static(concat!("duro/", env!("CARGO_PKG_VERSION"))));
             }
             if let Some(token) = bearer {
                 // Set last so it wins over a user header; marked sensitive so nothing prints it.
@@ -422,10 +356,7 @@ impl Inner {
                 map.insert(AUTHORIZATION, v);
             }
             let shown = format!("{method} {}", display_url(&url));
-            let mut builder = self
-                .client
-                .request(method.clone(), url.clone())
-                .headers(map);
+            let mut builder = self.client.request(method.clone(), url.clone()).headers(map);
             if let Some(b) = &body {
                 builder = builder.body(b.clone());
             }
@@ -441,13 +372,10 @@ impl Inner {
                     )));
                 }
                 let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
-                let next = polling::resolve_location(&url, &location).map_err(|p| {
-                    Failure::Request(format!("{shown}: redirect refused: {p}"))
-                })?;
+                let next = polling::resolve_location(&url, &location)
+                    .map_err(|p| Failure::Request(format!("{shown}: redirect refused: {p}")))?;
                 if url.scheme() == "https" && next.scheme() == "http" {
-                    return Err(Failure::Request(format!(
-                        "{shown}: redirect from https to http refused"
-                    )));
+                    return Err(Failure::Request(format!("{shown}: redirect from https to http refused")));
                 }
                 // As browsers and reqwest do: 303 (and 301/302 after a POST) become a GET
                 // without a body; 307/308 repeat the request.
@@ -480,17 +408,9 @@ impl Inner {
                 }
                 bytes.extend_from_slice(&chunk);
             }
-            let content =
-                (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
+            let content = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
             tracing::debug!(request = %shown, status, bytes = bytes.len(), "durable HTTP response");
-            return Ok((
-                HttpResponseOut {
-                    status_code: status,
-                    headers: out_headers,
-                    content,
-                },
-                answered_by,
-            ));
+            return Ok((HttpResponseOut { status_code: status, headers: out_headers, content }, answered_by));
         }
     }
 }
@@ -498,11 +418,7 @@ impl Inner {
 fn token_format_error(spec: &HttpRequestSpec) -> TokenError {
     TokenError::Failed {
         source_desc: "the identity endpoint".into(),
-        resource: spec
-            .token_source
-            .as_ref()
-            .map(|t| t.resource.clone())
-            .unwrap_or_default(),
+        resource: spec.token_source.as_ref().map(|t| t.resource.clone()).unwrap_or_default(),
         detail: "the token contains characters not allowed in a header".into(),
     }
 }
@@ -514,23 +430,16 @@ fn header_map(headers: &Headers, has_token: bool, secrets: bool) -> Result<Heade
     let mut map = HeaderMap::new();
     for (name, values) in headers {
         let secret = request::SECRET_HEADERS.contains(&name.as_str());
-        if matches!(
-            name.as_str(),
-            "content-length" | "transfer-encoding" | "host" | "connection"
-        ) || (has_token && name == "authorization")
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "host" | "connection")
+            || (has_token && name == "authorization")
             || (secret && !secrets)
         {
             continue;
         }
-        let bad = |problem: &str| InvalidRequest {
-            field: format!("headers.{name}"),
-            problem: problem.into(),
-        };
-        let n =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
+        let bad = |problem: &str| InvalidRequest { field: format!("headers.{name}"), problem: problem.into() };
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
         for v in values {
-            let mut value =
-                HeaderValue::from_str(v).map_err(|_| bad("value not allowed in a header"))?;
+            let mut value = HeaderValue::from_str(v).map_err(|_| bad("value not allowed in a header"))?;
             if secret {
                 value.set_sensitive(true);
             }
@@ -595,11 +504,7 @@ mod tests {
                 let seen = seen.clone();
                 async move {
                     seen.lock().expect("lock").push((uri.to_string(), h, body));
-                    (
-                        StatusCode::OK,
-                        [("set-cookie", "s=1"), ("x-multi", "a")],
-                        "hello",
-                    )
+                    (StatusCode::OK, [("set-cookie", "s=1"), ("x-multi", "a")], "hello")
                 }
             }
         };
@@ -609,9 +514,7 @@ mod tests {
             .route(
                 "/big-chunked",
                 get(|| async {
-                    let chunks = futures::stream::iter(
-                        (0..64).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 64])),
-                    );
+                    let chunks = futures::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 64])));
                     axum::body::Body::from_stream(chunks)
                 }),
             )
@@ -624,35 +527,15 @@ mod tests {
             )
             .route(
                 "/to-metadata",
-                get(|| async {
-                    (
-                        StatusCode::FOUND,
-                        [("location", "http://169.254.169.254/latest")],
-                    )
-                }),
+                get(|| async { (StatusCode::FOUND, [("location", "http://169.254.169.254/latest")]) }),
             )
-            .route(
-                "/to-gce",
-                get(|| async {
-                    (
-                        StatusCode::FOUND,
-                        [("location", "http://metadata.google.internal/")],
-                    )
-                }),
-            )
+            .route("/to-gce", get(|| async { (StatusCode::FOUND, [("location", "http://metadata.google.internal/")]) }))
             .route(
                 "/token",
-                get(|| async {
-                    axum::Json(serde_json::json!({"access_token":"tkn-1","expires_in":3600}))
-                }),
+                get(|| async { axum::Json(serde_json::json!({"access_token":"tkn-1","expires_in":3600})) }),
             )
-            .route(
-                "/loop",
-                get(|| async { (StatusCode::FOUND, [("location", "/loop")]).into_response() }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+            .route("/loop", get(|| async { (StatusCode::FOUND, [("location", "/loop")]).into_response() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -692,11 +575,7 @@ mod tests {
         assert_eq!(resp.status_code, 200);
         assert_eq!(resp.content.as_deref(), Some("hello"));
         assert_eq!(by.path(), "/echo");
-        assert!(
-            resp.to_json().contains(r#""set-cookie":"[redacted]""#),
-            "{}",
-            resp.to_json()
-        );
+        assert!(resp.to_json().contains(r#""set-cookie":"[redacted]""#), "{}", resp.to_json());
         let seen = seen.lock().expect("lock").clone();
         let (uri, h, body) = &seen[0];
         assert_eq!(uri, "/echo?q=1");
@@ -705,14 +584,8 @@ mod tests {
         assert_eq!(auth.len(), 1, "the token replaces the user's Authorization");
         assert_eq!(auth[0], "Bearer tkn-1");
         assert_eq!(h.get_all("x-multi").iter().count(), 2);
-        assert_eq!(
-            h.get("content-type").and_then(|v| v.to_str().ok()),
-            Some("text/plain; charset=utf-8")
-        );
-        assert!(h
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|u| u.starts_with("duro/")));
+        assert_eq!(h.get("content-type").and_then(|v| v.to_str().ok()), Some("text/plain; charset=utf-8"));
+        assert!(h.get("user-agent").and_then(|v| v.to_str().ok()).is_some_and(|u| u.starts_with("duro/")));
         // A poll is a GET of the Location, no body, same token.
         let loc = Url::parse(&format!("{base}/echo")).expect("url");
         i.send(&s, Target::Poll(&loc)).await.expect("poll");
@@ -727,67 +600,33 @@ mod tests {
         let fail = |f: Failure| (f.error_type(), f.to_string());
         let get = |path: &str| spec(&format!(r#"{{"uri":"{base}{path}","timeout":"00:00:01"}}"#));
 
-        let (t, m) = fail(
-            i.send(&get("/big"), Target::Initial)
-                .await
-                .expect_err("big"),
-        );
+        let (t, m) = fail(i.send(&get("/big"), Target::Initial).await.expect_err("big"));
         assert_eq!(t, "DuroHttpResponseTooLarge");
         assert!(m.contains("1024 bytes"), "{m}");
-        let (t, _) = fail(
-            i.send(&get("/big-chunked"), Target::Initial)
-                .await
-                .expect_err("chunked"),
-        );
+        let (t, _) = fail(i.send(&get("/big-chunked"), Target::Initial).await.expect_err("chunked"));
         assert_eq!(t, "DuroHttpResponseTooLarge");
 
         let started = std::time::Instant::now();
-        let (t, m) = fail(
-            i.send(&get("/slow"), Target::Initial)
-                .await
-                .expect_err("slow"),
-        );
+        let (t, m) = fail(i.send(&get("/slow"), Target::Initial).await.expect_err("slow"));
         assert_eq!(t, "DuroHttpTimeout");
         assert!(m.contains("did not complete within 1s"), "{m}");
         assert!(started.elapsed() < Duration::from_secs(5));
 
         let (t, m) = fail(
-            i.send(
-                &spec(r#"{"uri":"http://169.254.169.254/metadata"}"#),
-                Target::Initial,
-            )
-            .await
-            .expect_err("imds"),
+            i.send(&spec(r#"{"uri":"http://169.254.169.254/metadata"}"#), Target::Initial).await.expect_err("imds"),
         );
         assert_eq!(t, "DuroHttpBlockedAddress");
         assert!(m.contains("169.254.169.254"), "{m}");
-        let (t, _) = fail(
-            i.send(&get("/to-metadata"), Target::Initial)
-                .await
-                .expect_err("redirect"),
-        );
+        let (t, _) = fail(i.send(&get("/to-metadata"), Target::Initial).await.expect_err("redirect"));
         assert_eq!(t, "DuroHttpBlockedAddress");
-        let (t, _) = fail(
-            i.send(&get("/to-gce"), Target::Initial)
-                .await
-                .expect_err("redirect by name"),
-        );
+        let (t, _) = fail(i.send(&get("/to-gce"), Target::Initial).await.expect_err("redirect by name"));
         assert_eq!(t, "DuroHttpBlockedAddress");
-        let (t, m) = fail(
-            i.send(&get("/loop"), Target::Initial)
-                .await
-                .expect_err("loop"),
-        );
+        let (t, m) = fail(i.send(&get("/loop"), Target::Initial).await.expect_err("loop"));
         assert_eq!(t, "DuroHttpRequestFailed");
         assert!(m.contains("redirect"), "{m}");
 
         let (t, m) = fail(
-            i.send(
-                &spec(r#"{"uri":"http://127.0.0.1:9/x?code=SECRET"}"#),
-                Target::Initial,
-            )
-            .await
-            .expect_err("refused"),
+            i.send(&spec(r#"{"uri":"http://127.0.0.1:9/x?code=SECRET"}"#), Target::Initial).await.expect_err("refused"),
         );
         assert_eq!(t, "DuroHttpRequestFailed");
         assert!(!m.contains("SECRET"), "no query in messages: {m}");
@@ -796,10 +635,7 @@ mod tests {
         // allowed here by the operator's list).
         let port = base.rsplit(':').next().expect("port");
         let (resp, _) = i
-            .send(
-                &spec(&format!(r#"{{"uri":"http://localhost:{port}/echo"}}"#)),
-                Target::Initial,
-            )
+            .send(&spec(&format!(r#"{{"uri":"http://localhost:{port}/echo"}}"#)), Target::Initial)
             .await
             .expect("localhost");
         assert_eq!(resp.status_code, 200);
@@ -807,10 +643,7 @@ mod tests {
 
     #[test]
     fn failure_details_are_stable() {
-        let f = Failure::InvalidRequest(InvalidRequest {
-            field: "uri".into(),
-            problem: "missing".into(),
-        });
+        let f = Failure::InvalidRequest(InvalidRequest { field: "uri".into(), problem: "missing".into() });
         let d = f.details();
         assert_eq!(d.error_type, "DuroHttpInvalidRequest");
         assert!(d.error_message.contains("'uri'"));
@@ -818,16 +651,9 @@ mod tests {
         let d = Failure::Timeout("t".into()).details();
         assert_eq!(d.error_type, "DuroHttpTimeout");
         assert!(!d.is_non_retriable);
+        assert_eq!(Failure::Polling(PollLimitHit::TooManyPolls { polls: 3 }).error_type(), "DuroHttpTooManyPolls");
         assert_eq!(
-            Failure::Polling(PollLimitHit::TooManyPolls { polls: 3 }).error_type(),
-            "DuroHttpTooManyPolls"
-        );
-        assert_eq!(
-            Failure::Polling(PollLimitHit::Deadline {
-                delay_ms: 1,
-                max_secs: 1
-            })
-            .error_type(),
+            Failure::Polling(PollLimitHit::Deadline { delay_ms: 1, max_secs: 1 }).error_type(),
             "DuroHttpTimeout"
         );
     }

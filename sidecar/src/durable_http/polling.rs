@@ -44,9 +44,8 @@ pub fn retry_after(value: Option<&str>, now: SystemTime, default: Duration) -> D
 
 /// Resolves a `Location` value against the URL that answered (RFC 9110 §10.2.2).
 pub fn resolve_location(base: &Url, location: &str) -> Result<Url, String> {
-    let joined = base
-        .join(location.trim())
-        .map_err(|e| format!("Location '{location}' is not a valid URL reference ({e})"))?;
+    let joined =
+        base.join(location.trim()).map_err(|e| format!("Location '{location}' is not a valid URL reference ({e})"))?;
     parse_http_url(joined.as_str()).map_err(|p| format!("Location '{location}': {p}"))
 }
 
@@ -56,12 +55,7 @@ pub fn resolve_location(base: &Url, location: &str) -> Result<Url, String> {
 pub fn poll_headers(original: &Headers) -> Headers {
     original
         .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "x-functions-key" | "content-type" | "content-length"
-            )
-        })
+        .filter(|(k, _)| !matches!(k.as_str(), "x-functions-key" | "content-type" | "content-length"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -150,10 +144,7 @@ impl PollState {
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         let next_poll_at_ms = now_ms.saturating_add(delay_ms);
         if next_poll_at_ms > deadline_ms {
-            return Err(PollLimitHit::Deadline {
-                delay_ms,
-                max_secs: limits.max_duration.as_secs(),
-            });
+            return Err(PollLimitHit::Deadline { delay_ms, max_secs: limits.max_duration.as_secs() });
         }
         Ok(PollState {
             v: CHECKPOINT_VERSION,
@@ -170,8 +161,7 @@ impl PollState {
     }
 
     pub fn decode(s: &str) -> Result<PollState, String> {
-        let st: PollState =
-            serde_json::from_str(s).map_err(|e| format!("unreadable checkpoint: {e}"))?;
+        let st: PollState = serde_json::from_str(s).map_err(|e| format!("unreadable checkpoint: {e}"))?;
         if st.v != CHECKPOINT_VERSION {
             return Err(format!("checkpoint version {} is not supported", st.v));
         }
@@ -202,46 +192,22 @@ mod tests {
     fn resp(status: u16, headers: &[(&str, &str)]) -> HttpResponseOut {
         let mut h = Headers::new();
         for (k, v) in headers {
-            h.entry(k.to_ascii_lowercase())
-                .or_default()
-                .push(v.to_string());
+            h.entry(k.to_ascii_lowercase()).or_default().push(v.to_string());
         }
-        HttpResponseOut {
-            status_code: status,
-            headers: h,
-            content: None,
-        }
+        HttpResponseOut { status_code: status, headers: h, content: None }
     }
 
     #[test]
     fn parses_retry_after() {
-        assert_eq!(
-            retry_after(Some("5"), now(), DEFAULT),
-            Duration::from_secs(5)
-        );
+        assert_eq!(retry_after(Some("5"), now(), DEFAULT), Duration::from_secs(5));
         assert_eq!(retry_after(Some(" 0 "), now(), DEFAULT), Duration::ZERO);
-        assert_eq!(
-            retry_after(Some("1.5"), now(), DEFAULT),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(
-            retry_after(Some("Thu, 01 Jan 2026 00:00:10 GMT"), now(), DEFAULT),
-            Duration::from_secs(10)
-        );
+        assert_eq!(retry_after(Some("1.5"), now(), DEFAULT), Duration::from_millis(1500));
+        assert_eq!(retry_after(Some("Thu, 01 Jan 2026 00:00:10 GMT"), now(), DEFAULT), Duration::from_secs(10));
         // RFC 850 and asctime forms are HTTP dates too.
-        assert_eq!(
-            retry_after(Some("Thursday, 01-Jan-26 00:01:00 GMT"), now(), DEFAULT),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            retry_after(Some("Thu Jan  1 00:00:02 2026"), now(), DEFAULT),
-            Duration::from_secs(2)
-        );
+        assert_eq!(retry_after(Some("Thursday, 01-Jan-26 00:01:00 GMT"), now(), DEFAULT), Duration::from_secs(60));
+        assert_eq!(retry_after(Some("Thu Jan  1 00:00:02 2026"), now(), DEFAULT), Duration::from_secs(2));
         // Past dates mean "now".
-        assert_eq!(
-            retry_after(Some("Wed, 31 Dec 2025 23:59:00 GMT"), now(), DEFAULT),
-            Duration::ZERO
-        );
+        assert_eq!(retry_after(Some("Wed, 31 Dec 2025 23:59:00 GMT"), now(), DEFAULT), Duration::ZERO);
         assert_eq!(retry_after(None, now(), DEFAULT), DEFAULT);
         assert_eq!(retry_after(Some(""), now(), DEFAULT), DEFAULT);
         assert_eq!(retry_after(Some("soon"), now(), DEFAULT), DEFAULT);
@@ -252,19 +218,10 @@ mod tests {
     fn resolves_locations() {
         let base = url("https://api.example.org:8443/v1/jobs?x=1");
         let r = |l: &str| resolve_location(&base, l).map(|u| u.to_string());
-        assert_eq!(
-            r("https://other.example/s/1").as_deref(),
-            Ok("https://other.example/s/1")
-        );
+        assert_eq!(r("https://other.example/s/1").as_deref(), Ok("https://other.example/s/1"));
         assert_eq!(r("//cdn.example/s").as_deref(), Ok("https://cdn.example/s"));
-        assert_eq!(
-            r("/status/7?code=k").as_deref(),
-            Ok("https://api.example.org:8443/status/7?code=k")
-        );
-        assert_eq!(
-            r("status/7").as_deref(),
-            Ok("https://api.example.org:8443/v1/status/7")
-        );
+        assert_eq!(r("/status/7?code=k").as_deref(), Ok("https://api.example.org:8443/status/7?code=k"));
+        assert_eq!(r("status/7").as_deref(), Ok("https://api.example.org:8443/v1/status/7"));
         assert_eq!(r("../up").as_deref(), Ok("https://api.example.org:8443/up"));
         assert!(r("ftp://x.example/").is_err());
         assert!(r("http://[bad").is_err());
@@ -273,53 +230,25 @@ mod tests {
     #[test]
     fn decides_next_step() {
         let base = url("http://127.0.0.1:9/start");
-        let step = |r: &HttpResponseOut, polling: Option<&Url>| {
-            next_step(true, r, &base, polling, now(), DEFAULT)
-        };
-        assert_eq!(
-            step(&resp(200, &[("Location", "/x")]), None),
-            Ok(Next::Done)
-        );
-        assert_eq!(
-            step(&resp(202, &[]), None),
-            Ok(Next::Done),
-            "202 without Location is final"
-        );
+        let step = |r: &HttpResponseOut, polling: Option<&Url>| next_step(true, r, &base, polling, now(), DEFAULT);
+        assert_eq!(step(&resp(200, &[("Location", "/x")]), None), Ok(Next::Done));
+        assert_eq!(step(&resp(202, &[]), None), Ok(Next::Done), "202 without Location is final");
         assert_eq!(
             step(&resp(202, &[("Location", "status/1")]), None),
-            Ok(Next::Poll {
-                location: url("http://127.0.0.1:9/status/1"),
-                delay: DEFAULT
-            })
+            Ok(Next::Poll { location: url("http://127.0.0.1:9/status/1"), delay: DEFAULT })
         );
         assert_eq!(
-            step(
-                &resp(202, &[("Location", "/s"), ("Retry-After", "2")]),
-                None
-            ),
-            Ok(Next::Poll {
-                location: url("http://127.0.0.1:9/s"),
-                delay: Duration::from_secs(2)
-            })
+            step(&resp(202, &[("Location", "/s"), ("Retry-After", "2")]), None),
+            Ok(Next::Poll { location: url("http://127.0.0.1:9/s"), delay: Duration::from_secs(2) })
         );
         let current = url("http://127.0.0.1:9/s");
         assert_eq!(
             step(&resp(202, &[("Retry-After", "1")]), Some(&current)),
-            Ok(Next::Poll {
-                location: current.clone(),
-                delay: Duration::from_secs(1)
-            }),
+            Ok(Next::Poll { location: current.clone(), delay: Duration::from_secs(1) }),
             "while polling, a 202 without Location polls the same URL"
         );
         assert_eq!(
-            next_step(
-                false,
-                &resp(202, &[("Location", "/s")]),
-                &base,
-                None,
-                now(),
-                DEFAULT
-            ),
+            next_step(false, &resp(202, &[("Location", "/s")]), &base, None, now(), DEFAULT),
             Ok(Next::Done),
             "async pattern disabled"
         );
@@ -334,26 +263,18 @@ mod tests {
         h.insert("accept".into(), vec!["application/json".into()]);
         h.insert("authorization".into(), vec!["Basic x".into()]);
         let p = poll_headers(&h);
-        assert_eq!(
-            p.keys().map(String::as_str).collect::<Vec<_>>(),
-            vec!["accept", "authorization"]
-        );
+        assert_eq!(p.keys().map(String::as_str).collect::<Vec<_>>(), vec!["accept", "authorization"]);
     }
 
     #[test]
     fn checkpoint_advances_and_enforces_limits() {
-        let limits = PollLimits {
-            max_polls: 2,
-            max_duration: Duration::from_secs(60),
-        };
+        let limits = PollLimits { max_polls: 2, max_duration: Duration::from_secs(60) };
         let loc = url("http://127.0.0.1:9/s");
-        let s1 =
-            PollState::advance(None, &loc, Duration::from_secs(1), 1_000, limits).expect("first");
+        let s1 = PollState::advance(None, &loc, Duration::from_secs(1), 1_000, limits).expect("first");
         assert_eq!(s1.polls, 1);
         assert_eq!(s1.next_poll_at_ms, 2_000);
         assert_eq!(s1.deadline_ms, 61_000);
-        let s2 = PollState::advance(Some(&s1), &loc, Duration::from_secs(5), 3_000, limits)
-            .expect("second");
+        let s2 = PollState::advance(Some(&s1), &loc, Duration::from_secs(5), 3_000, limits).expect("second");
         assert_eq!(
             (s2.polls, s2.next_poll_at_ms, s2.deadline_ms),
             (2, 8_000, 61_000),
@@ -368,15 +289,11 @@ mod tests {
             Err(PollLimitHit::Deadline { .. })
         ));
         let text = s2.encode();
-        assert!(
-            !text.contains("eader"),
-            "no headers in the checkpoint: {text}"
-        );
+        assert!(!text.contains("eader"), "no headers in the checkpoint: {text}");
         assert_eq!(PollState::decode(&text), Ok(s2));
         assert!(PollState::decode("{}").is_err());
-        assert!(PollState::decode(
-            r#"{"v":9,"location":"http://a/","nextPollAtMs":0,"polls":1,"deadlineMs":0}"#
-        )
-        .is_err());
+        assert!(
+            PollState::decode(r#"{"v":9,"location":"http://a/","nextPollAtMs":0,"polls":1,"deadlineMs":0}"#).is_err()
+        );
     }
 }

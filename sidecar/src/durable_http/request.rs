@@ -61,11 +61,9 @@ pub fn mask_url_secrets(url: &str) -> Option<String> {
     if !pairs.iter().any(|(k, _)| secret(k)) {
         return None;
     }
-    u.query_pairs_mut().clear().extend_pairs(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), if secret(k) { REDACTED } else { v.as_str() })),
-    );
+    u.query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs.iter().map(|(k, v)| (k.as_str(), if secret(k) { REDACTED } else { v.as_str() })));
     Some(u.to_string())
 }
 
@@ -81,10 +79,7 @@ pub struct InvalidRequest {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidRequest {
-    InvalidRequest {
-        field: field.into(),
-        problem: problem.into(),
-    }
+    InvalidRequest { field: field.into(), problem: problem.into() }
 }
 
 /// Where the bearer token comes from (`tokenSource`).
@@ -113,39 +108,23 @@ pub struct HttpRequestSpec {
 
 /// Parses the activity input.
 pub fn parse_input(input: Option<&str>) -> Result<HttpRequestSpec, InvalidRequest> {
-    let text = input
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| invalid("input", "missing"))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| invalid("input", format!("not JSON: {e}")))?;
+    let text = input.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| invalid("input", "missing"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| invalid("input", format!("not JSON: {e}")))?;
     let value = match value {
         Value::Array(mut items) if items.len() == 1 => items.remove(0),
         Value::Array(items) => {
-            return Err(invalid(
-                "input",
-                format!(
-                    "an array must hold exactly one request, it holds {}",
-                    items.len()
-                ),
-            ))
+            return Err(invalid("input", format!("an array must hold exactly one request, it holds {}", items.len())))
         }
         v => v,
     };
     let Value::Object(obj) = value else {
-        return Err(invalid(
-            "input",
-            "expected a JSON object (DurableHttpRequest)",
-        ));
+        return Err(invalid("input", "expected a JSON object (DurableHttpRequest)"));
     };
     parse_request(&obj)
 }
 
 fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_null())
+    obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v).filter(|v| !v.is_null())
 }
 
 fn parse_request(obj: &Map<String, Value>) -> Result<HttpRequestSpec, InvalidRequest> {
@@ -155,22 +134,12 @@ fn parse_request(obj: &Map<String, Value>) -> Result<HttpRequestSpec, InvalidReq
             reqwest::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
                 .map_err(|_| invalid("method", format!("'{m}' is not an HTTP method")))?
         }
-        Some(other) => {
-            return Err(invalid(
-                "method",
-                format!("expected a method name string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("method", format!("expected a method name string, got {}", kind(other)))),
     };
     let uri = match get(obj, "uri") {
         None => return Err(invalid("uri", "missing")),
         Some(Value::String(u)) => parse_http_url(u).map_err(|p| invalid("uri", p))?,
-        Some(other) => {
-            return Err(invalid(
-                "uri",
-                format!("expected an absolute URL string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("uri", format!("expected an absolute URL string, got {}", kind(other)))),
     };
     let headers = match get(obj, "headers") {
         None => Headers::new(),
@@ -179,89 +148,47 @@ fn parse_request(obj: &Map<String, Value>) -> Result<HttpRequestSpec, InvalidReq
     let content = match get(obj, "content") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(invalid(
-                "content",
-                format!("expected a string or null, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("content", format!("expected a string or null, got {}", kind(other)))),
     };
     let token_source = match get(obj, "tokenSource") {
         None => None,
         Some(Value::Object(t)) => Some(parse_token_source(t)?),
-        Some(other) => {
-            return Err(invalid(
-                "tokenSource",
-                format!("expected an object or null, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("tokenSource", format!("expected an object or null, got {}", kind(other)))),
     };
     let asynchronous_pattern_enabled = match get(obj, "asynchronousPatternEnabled") {
         None => true,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            return Err(invalid(
-                "asynchronousPatternEnabled",
-                format!("expected true or false, got {}", kind(other)),
-            ))
+            return Err(invalid("asynchronousPatternEnabled", format!("expected true or false, got {}", kind(other))))
         }
     };
     let timeout = match get(obj, "timeout") {
         None => None,
         Some(Value::String(s)) => Some(parse_timespan(s).ok_or_else(|| {
-            invalid(
-                "timeout",
-                format!(
-                    "'{s}' is not a TimeSpan such as \"00:01:30\" (hh:mm:ss) or \"1.00:00:00\""
-                ),
-            )
+            invalid("timeout", format!("'{s}' is not a TimeSpan such as \"00:01:30\" (hh:mm:ss) or \"1.00:00:00\""))
         })?),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(secs) if (0.0..1e12).contains(&secs) => Some(Duration::from_secs_f64(secs)),
-            _ => {
-                return Err(invalid(
-                    "timeout",
-                    format!("{n} is not a number of seconds"),
-                ))
-            }
+            _ => return Err(invalid("timeout", format!("{n} is not a number of seconds"))),
         },
-        Some(other) => {
-            return Err(invalid(
-                "timeout",
-                format!("expected a TimeSpan string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("timeout", format!("expected a TimeSpan string, got {}", kind(other)))),
     };
     if timeout.is_some_and(|t| t.is_zero()) {
         return Err(invalid("timeout", "must be greater than zero"));
     }
     if let Some(ct) = content_type(&headers) {
         if ct.to_ascii_lowercase().starts_with("multipart/") {
-            return Err(invalid(
-                "headers.Content-Type",
-                "multipart content is not supported by durable HTTP",
-            ));
+            return Err(invalid("headers.Content-Type", "multipart content is not supported by durable HTTP"));
         }
     }
-    Ok(HttpRequestSpec {
-        method,
-        uri,
-        headers,
-        content,
-        token_source,
-        asynchronous_pattern_enabled,
-        timeout,
-    })
+    Ok(HttpRequestSpec { method, uri, headers, content, token_source, asynchronous_pattern_enabled, timeout })
 }
 
 /// Parses an absolute `http`/`https` URL; the problem otherwise.
 pub fn parse_http_url(s: &str) -> Result<Url, String> {
     let u = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not an absolute URL ({e})"))?;
     if !matches!(u.scheme(), "http" | "https") {
-        return Err(format!(
-            "scheme '{}' is not supported (http or https)",
-            u.scheme()
-        ));
+        return Err(format!("scheme '{}' is not supported (http or https)", u.scheme()));
     }
     if u.host().is_none() {
         return Err(format!("'{s}' has no host"));
@@ -271,13 +198,7 @@ pub fn parse_http_url(s: &str) -> Result<Url, String> {
 
 fn parse_headers(v: &Value, field: &str) -> Result<Headers, InvalidRequest> {
     let Value::Object(map) = v else {
-        return Err(invalid(
-            field,
-            format!(
-                "expected an object of header names to values, got {}",
-                kind(v)
-            ),
-        ));
+        return Err(invalid(field, format!("expected an object of header names to values, got {}", kind(v))));
     };
     let mut out = Headers::new();
     for (name, value) in map {
@@ -291,34 +212,20 @@ fn parse_headers(v: &Value, field: &str) -> Result<Headers, InvalidRequest> {
                 .iter()
                 .map(|i| match i {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(invalid(
-                        f(),
-                        format!("expected strings in the array, got {}", kind(other)),
-                    )),
+                    other => Err(invalid(f(), format!("expected strings in the array, got {}", kind(other)))),
                 })
                 .collect::<Result<_, _>>()?,
             Value::Null => continue,
             other => {
-                return Err(invalid(
-                    f(),
-                    format!(
-                        "expected a string or an array of strings, got {}",
-                        kind(other)
-                    ),
-                ))
+                return Err(invalid(f(), format!("expected a string or an array of strings, got {}", kind(other))))
             }
         };
         for s in &values {
             if reqwest::header::HeaderValue::from_str(s).is_err() {
-                return Err(invalid(
-                    f(),
-                    "value contains characters not allowed in a header",
-                ));
+                return Err(invalid(f(), "value contains characters not allowed in a header"));
             }
         }
-        out.entry(name.to_ascii_lowercase())
-            .or_default()
-            .extend(values);
+        out.entry(name.to_ascii_lowercase()).or_default().extend(values);
     }
     Ok(out)
 }
@@ -327,41 +234,21 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
     match get(t, "kind") {
         Some(Value::String(k)) if k.eq_ignore_ascii_case("AzureManagedIdentity") => {}
         Some(Value::String(k)) => {
-            return Err(invalid(
-                "tokenSource.kind",
-                format!("'{k}' is not supported (only AzureManagedIdentity)"),
-            ))
+            return Err(invalid("tokenSource.kind", format!("'{k}' is not supported (only AzureManagedIdentity)")))
         }
         None if get(t, "$type").is_some() => {
-            return Err(invalid(
-                "tokenSource.kind",
-                "custom token sources ($type) are not supported",
-            ))
+            return Err(invalid("tokenSource.kind", "custom token sources ($type) are not supported"))
         }
         // Older SDKs send only the resource.
         None => {}
-        Some(other) => {
-            return Err(invalid(
-                "tokenSource.kind",
-                format!("expected a string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("tokenSource.kind", format!("expected a string, got {}", kind(other)))),
     }
     let resource = match get(t, "resource") {
         Some(Value::String(r)) if !r.trim().is_empty() => r.trim().to_string(),
         Some(Value::String(_)) | None => return Err(invalid("tokenSource.resource", "missing")),
-        Some(other) => {
-            return Err(invalid(
-                "tokenSource.resource",
-                format!("expected a string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(invalid("tokenSource.resource", format!("expected a string, got {}", kind(other)))),
     };
-    let mut spec = TokenSourceSpec {
-        resource,
-        tenant_id: None,
-        authority_host: None,
-    };
+    let mut spec = TokenSourceSpec { resource, tenant_id: None, authority_host: None };
     match get(t, "options") {
         None => {}
         Some(Value::Object(o)) => {
@@ -381,7 +268,9 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
                 if !valid_tenant(t) {
                     return Err(invalid(
                         "tokenSource.options.tenantid",
-                        format!("'{t}' is not a tenant: expected a GUID or a domain name such as contoso.onmicrosoft.com"),
+                        format!(
+                            "'{t}' is not a tenant: expected a GUID or a domain name such as contoso.onmicrosoft.com"
+                        ),
                     ));
                 }
             }
@@ -391,10 +280,7 @@ fn parse_token_source(t: &Map<String, Value>) -> Result<TokenSourceSpec, Invalid
             }
         }
         Some(other) => {
-            return Err(invalid(
-                "tokenSource.options",
-                format!("expected an object, got {}", kind(other)),
-            ));
+            return Err(invalid("tokenSource.options", format!("expected an object, got {}", kind(other))));
         }
     }
     Ok(spec)
@@ -429,10 +315,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// The first `Content-Type` value.
 pub fn content_type(headers: &Headers) -> Option<&str> {
-    headers
-        .get("content-type")
-        .and_then(|v| v.first())
-        .map(String::as_str)
+    headers.get("content-type").and_then(|v| v.first()).map(String::as_str)
 }
 
 /// Parses a .NET `TimeSpan` string: `[-][d.]hh:mm[:ss[.fffffff]]`. Negative spans are refused.
@@ -447,13 +330,7 @@ pub fn parse_timespan(s: &str) -> Option<Duration> {
             None => (0, s),
         },
         // A bare integer is a number of days in .NET.
-        None => {
-            return s
-                .parse::<u64>()
-                .ok()?
-                .checked_mul(86_400)
-                .map(Duration::from_secs)
-        }
+        None => return s.parse::<u64>().ok()?.checked_mul(86_400).map(Duration::from_secs),
     };
     let parts: Vec<&str> = rest.split(':').collect();
     if !(2..=3).contains(&parts.len()) {
@@ -477,9 +354,7 @@ pub fn parse_timespan(s: &str) -> Option<Duration> {
     if hours > 23 || minutes > 59 || secs > 59 {
         return None;
     }
-    let total = days
-        .checked_mul(86_400)?
-        .checked_add(hours * 3600 + minutes * 60 + secs)?;
+    let total = days.checked_mul(86_400)?.checked_add(hours * 3600 + minutes * 60 + secs)?;
     Some(Duration::new(total, nanos))
 }
 
@@ -553,10 +428,7 @@ pub struct HttpResponseOut {
 impl HttpResponseOut {
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .and_then(|v| v.first())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).and_then(|v| v.first()).map(String::as_str)
     }
 
     /// The JSON the orchestration sees; secret headers (`Set-Cookie`, …) masked.
@@ -571,19 +443,11 @@ impl HttpResponseOut {
         let headers = redact(&self.headers)
             .into_iter()
             .map(|(k, mut v)| {
-                let value = if v.len() == 1 {
-                    Value::String(v.remove(0))
-                } else {
-                    Value::from(v)
-                };
+                let value = if v.len() == 1 { Value::String(v.remove(0)) } else { Value::from(v) };
                 (k, value)
             })
             .collect();
-        let out = Out {
-            status_code: self.status_code,
-            headers,
-            content: self.content.as_deref(),
-        };
+        let out = Out { status_code: self.status_code, headers, content: self.content.as_deref() };
         // A struct of strings and numbers always serializes.
         serde_json::to_string(&out).unwrap_or_default()
     }
@@ -618,8 +482,9 @@ mod tests {
     #[test]
     fn parses_array_wrapped_and_other_sdk_shapes() {
         // In-proc passes activity parameters as a one-element array.
-        let r = parse(r#"[{"method":"POST","uri":"http://127.0.0.1:1/a","content":"{}","headers":{"X-Multi":["a","b"]}}]"#)
-            .expect("array");
+        let r =
+            parse(r#"[{"method":"POST","uri":"http://127.0.0.1:1/a","content":"{}","headers":{"X-Multi":["a","b"]}}]"#)
+                .expect("array");
         assert_eq!(r.method, reqwest::Method::POST);
         assert_eq!(r.content.as_deref(), Some("{}"));
         assert_eq!(r.headers["x-multi"], vec!["a", "b"]);
@@ -635,10 +500,7 @@ mod tests {
         )
         .expect("isolated");
         assert!(!r.asynchronous_pattern_enabled);
-        assert_eq!(
-            r.timeout,
-            Some(Duration::from_millis(((26 * 60 + 3) * 60 + 4) * 1000 + 500))
-        );
+        assert_eq!(r.timeout, Some(Duration::from_millis(((26 * 60 + 3) * 60 + 4) * 1000 + 500)));
         let t = r.token_source.expect("ts");
         assert_eq!(t.tenant_id.as_deref(), Some("t1"));
         assert_eq!(t.authority_host.as_deref(), Some("https://login.example/"));
@@ -659,52 +521,27 @@ mod tests {
         assert_eq!(field(r#"{"uri":"relative/path"}"#), "uri");
         assert_eq!(field(r#"{"uri":"ftp://a.example/x"}"#), "uri");
         assert_eq!(field(r#"{"uri":42}"#), "uri");
-        assert_eq!(
-            field(r#"{"uri":"https://a","method":"BAD METHOD"}"#),
-            "method"
-        );
+        assert_eq!(field(r#"{"uri":"https://a","method":"BAD METHOD"}"#), "method");
         assert_eq!(field(r#"{"uri":"https://a","method":7}"#), "method");
         assert_eq!(field(r#"{"uri":"https://a","headers":[]}"#), "headers");
-        assert_eq!(
-            field(r#"{"uri":"https://a","headers":{"X-A":1}}"#),
-            "headers.X-A"
-        );
-        assert_eq!(
-            field(r#"{"uri":"https://a","headers":{"bad name":"v"}}"#),
-            "headers.bad name"
-        );
-        assert_eq!(
-            field(r#"{"uri":"https://a","headers":{"X-A":"line\nbreak"}}"#),
-            "headers.X-A"
-        );
+        assert_eq!(field(r#"{"uri":"https://a","headers":{"X-A":1}}"#), "headers.X-A");
+        assert_eq!(field(r#"{"uri":"https://a","headers":{"bad name":"v"}}"#), "headers.bad name");
+        assert_eq!(field(r#"{"uri":"https://a","headers":{"X-A":"line\nbreak"}}"#), "headers.X-A");
         assert_eq!(field(r#"{"uri":"https://a","content":{}}"#), "content");
         assert_eq!(field(r#"{"uri":"https://a","timeout":"soon"}"#), "timeout");
-        assert_eq!(
-            field(r#"{"uri":"https://a","timeout":"00:00:00"}"#),
-            "timeout"
-        );
-        assert_eq!(
-            field(r#"{"uri":"https://a","asynchronousPatternEnabled":"yes"}"#),
-            "asynchronousPatternEnabled"
-        );
-        assert_eq!(
-            field(r#"{"uri":"https://a","tokenSource":{"kind":"Other","resource":"r"}}"#),
-            "tokenSource.kind"
-        );
+        assert_eq!(field(r#"{"uri":"https://a","timeout":"00:00:00"}"#), "timeout");
+        assert_eq!(field(r#"{"uri":"https://a","asynchronousPatternEnabled":"yes"}"#), "asynchronousPatternEnabled");
+        assert_eq!(field(r#"{"uri":"https://a","tokenSource":{"kind":"Other","resource":"r"}}"#), "tokenSource.kind");
         assert_eq!(
             field(r#"{"uri":"https://a","tokenSource":{"kind":"AzureManagedIdentity"}}"#),
             "tokenSource.resource"
         );
         assert_eq!(
-            field(
-                r#"{"uri":"https://a","tokenSource":{"resource":"r","options":{"authorityhost":"nope"}}}"#
-            ),
+            field(r#"{"uri":"https://a","tokenSource":{"resource":"r","options":{"authorityhost":"nope"}}}"#),
             "tokenSource.options.authorityhost"
         );
         assert_eq!(
-            field(
-                r#"{"uri":"https://a","headers":{"Content-Type":"multipart/form-data"},"content":"x"}"#
-            ),
+            field(r#"{"uri":"https://a","headers":{"Content-Type":"multipart/form-data"},"content":"x"}"#),
             "headers.Content-Type"
         );
         let e = parse(r#"{"method":"GET"}"#).expect_err("uri");
@@ -715,30 +552,13 @@ mod tests {
     fn parses_timespans() {
         assert_eq!(parse_timespan("00:00:05"), Some(Duration::from_secs(5)));
         assert_eq!(parse_timespan("01:02"), Some(Duration::from_secs(3720)));
-        assert_eq!(
-            parse_timespan("6.00:00:00"),
-            Some(Duration::from_secs(6 * 86_400))
-        );
-        assert_eq!(
-            parse_timespan("00:00:01.25"),
-            Some(Duration::from_millis(1250))
-        );
-        assert_eq!(
-            parse_timespan("00:00:00.0000001"),
-            Some(Duration::from_nanos(100))
-        );
+        assert_eq!(parse_timespan("6.00:00:00"), Some(Duration::from_secs(6 * 86_400)));
+        assert_eq!(parse_timespan("00:00:01.25"), Some(Duration::from_millis(1250)));
+        assert_eq!(parse_timespan("00:00:00.0000001"), Some(Duration::from_nanos(100)));
         assert_eq!(parse_timespan("2"), Some(Duration::from_secs(2 * 86_400)));
-        for bad in [
-            "",
-            "-00:00:05",
-            "24:00:00",
-            "00:60:00",
-            "00:00:60",
-            "a:b:c",
-            "00:00:01.",
-            "1:2:3:4",
-            "00:00:01.12345678",
-        ] {
+        for bad in
+            ["", "-00:00:05", "24:00:00", "00:60:00", "00:00:60", "a:b:c", "00:00:01.", "1:2:3:4", "00:00:01.12345678"]
+        {
             assert_eq!(parse_timespan(bad), None, "{bad}");
         }
     }
@@ -801,11 +621,7 @@ mod tests {
         headers.insert("content-type".into(), vec!["application/json".into()]);
         headers.insert("vary".into(), vec!["a".into(), "b".into()]);
         headers.insert("set-cookie".into(), vec!["session=secret".into()]);
-        let r = HttpResponseOut {
-            status_code: 200,
-            headers,
-            content: Some("{\"ok\":true}".into()),
-        };
+        let r = HttpResponseOut { status_code: 200, headers, content: Some("{\"ok\":true}".into()) };
         let v: Value = serde_json::from_str(&r.to_json()).expect("json");
         assert_eq!(
             v,
@@ -816,14 +632,7 @@ mod tests {
             })
         );
         assert_eq!(r.header("Content-Type"), Some("application/json"));
-        let empty = HttpResponseOut {
-            status_code: 204,
-            headers: Headers::new(),
-            content: None,
-        };
-        assert_eq!(
-            empty.to_json(),
-            r#"{"statusCode":204,"headers":{},"content":null}"#
-        );
+        let empty = HttpResponseOut { status_code: 204, headers: Headers::new(), content: None };
+        assert_eq!(empty.to_json(), r#"{"statusCode":204,"headers":{},"content":null}"#);
     }
 }

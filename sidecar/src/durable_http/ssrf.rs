@@ -69,9 +69,7 @@ impl Allow {
             } else if let Ok(ip) = e.parse::<IpAddr>() {
                 allow.nets.push(IpNet::from(ip));
             } else if e.contains('/') || e.contains(':') || !is_host_name(e) {
-                return Err(format!(
-                    "'{e}' is neither a CIDR (10.0.0.0/8), an IP address nor a host name"
-                ));
+                return Err(format!("'{e}' is neither a CIDR (10.0.0.0/8), an IP address nor a host name"));
             } else {
                 allow.hosts.push(e.trim_end_matches('.').to_ascii_lowercase());
             }
@@ -84,9 +82,7 @@ impl Allow {
             IpAddr::V6(v6) => embedded_ipv4(&v6).map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
-        self.nets
-            .iter()
-            .any(|n| n.contains(&ip) || embedded.is_some_and(|e| n.contains(&e)))
+        self.nets.iter().any(|n| n.contains(&ip) || embedded.is_some_and(|e| n.contains(&e)))
     }
 
     fn allows_host(&self, host: &str) -> bool {
@@ -105,9 +101,7 @@ fn is_host_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -210,14 +204,12 @@ pub fn blocked_host_name(host: &str, allow: &Allow) -> Option<&'static str> {
     }
     let h = host.trim_end_matches('.').to_ascii_lowercase();
     // `localhost` follows loopback: allowed when the operator allows 127.0.0.1 or ::1.
-    let loopback_allowed = allow.allows_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        || allow.allows_ip(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let loopback_allowed =
+        allow.allows_ip(IpAddr::V4(Ipv4Addr::LOCALHOST)) || allow.allows_ip(IpAddr::V6(Ipv6Addr::LOCALHOST));
     if (h == "localhost" || h.ends_with(".localhost")) && !loopback_allowed {
         return Some("loopback host name");
     }
-    METADATA_HOSTS
-        .contains(&h.as_str())
-        .then_some("cloud metadata host name")
+    METADATA_HOSTS.contains(&h.as_str()).then_some("cloud metadata host name")
 }
 
 /// Checks what can be checked without DNS: IP-literal hosts and special names.
@@ -230,10 +222,7 @@ pub fn check_url(url: &Url, allow: &Allow) -> Result<(), Blocked> {
         Some(Host::Domain(name)) => blocked_host_name(name, allow),
     };
     match reason {
-        Some(reason) => Err(Blocked {
-            target: target(),
-            reason,
-        }),
+        Some(reason) => Err(Blocked { target: target(), reason }),
         None => Ok(()),
     }
 }
@@ -259,10 +248,7 @@ pub fn check_resolved(host: &str, addrs: &[SocketAddr], allow: &Allow) -> Result
     }
     for a in addrs {
         if let Some(reason) = blocked_ip(a.ip(), allow) {
-            return Err(Blocked {
-                target: format!("{host} (resolves to {})", a.ip()),
-                reason,
-            });
+            return Err(Blocked { target: format!("{host} (resolves to {})", a.ip()), reason });
         }
     }
     Ok(())
@@ -296,14 +282,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow = self.allow.clone();
         Box::pin(async move {
             if let Some(reason) = blocked_host_name(&host, &allow) {
-                return Err(Box::new(Blocked {
-                    target: host,
-                    reason,
-                })
-                    as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(Blocked { target: host, reason }) as Box<dyn std::error::Error + Send + Sync>);
             }
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             check_resolved(&host, &addrs, &allow).map_err(Box::new)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -389,8 +370,7 @@ mod tests {
 
     #[test]
     fn the_operator_allow_list_opens_addresses_and_names() {
-        let a = Allow::parse(&["127.0.0.0/8", "10.1.0.0/16", "::1", "[fd00::5]", "api.internal."])
-            .expect("parse");
+        let a = Allow::parse(&["127.0.0.0/8", "10.1.0.0/16", "::1", "[fd00::5]", "api.internal."]).expect("parse");
         assert!(blocked_ip(ip("127.0.0.2"), &a).is_none());
         assert!(blocked_ip(ip("::ffff:127.0.0.1"), &a).is_none(), "embedded v4 matches");
         assert!(blocked_ip(ip("10.1.9.9"), &a).is_none());
@@ -435,8 +415,7 @@ mod tests {
         let a: SocketAddr = "8.8.8.8:0".parse().expect("addr");
         let b: SocketAddr = "169.254.169.254:0".parse().expect("addr");
         assert!(check_resolved("ok.example", &[a], &none()).is_ok());
-        let e = check_resolved("rebind.example", &[a, b], &none())
-            .expect_err("one bad address refuses the host");
+        let e = check_resolved("rebind.example", &[a, b], &none()).expect_err("one bad address refuses the host");
         assert!(e.target.contains("rebind.example") && e.target.contains("169.254.169.254"));
     }
 
@@ -453,10 +432,7 @@ mod tests {
         #[derive(Debug, Error)]
         #[error("outer")]
         struct Outer(#[source] Blocked);
-        let b = Blocked {
-            target: "x".into(),
-            reason: "r",
-        };
+        let b = Blocked { target: "x".into(), reason: "r" };
         assert_eq!(find_blocked(&Outer(b.clone())), Some(b));
         assert_eq!(find_blocked(&std::io::Error::other("no")), None);
     }

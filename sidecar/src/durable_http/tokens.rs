@@ -82,32 +82,11 @@ impl std::str::FromStr for Secret {
 /// Where tokens come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    Imds {
-        endpoint: Url,
-        client_id: Option<String>,
-    },
-    AppService {
-        endpoint: Url,
-        header: Secret,
-        client_id: Option<String>,
-    },
-    LegacyMsi {
-        endpoint: Url,
-        secret: Secret,
-        client_id: Option<String>,
-    },
-    WorkloadIdentity {
-        tenant_id: String,
-        client_id: String,
-        token_file: PathBuf,
-        authority: Url,
-    },
-    ClientSecret {
-        tenant_id: String,
-        client_id: String,
-        secret: Secret,
-        authority: Url,
-    },
+    Imds { endpoint: Url, client_id: Option<String> },
+    AppService { endpoint: Url, header: Secret, client_id: Option<String> },
+    LegacyMsi { endpoint: Url, secret: Secret, client_id: Option<String> },
+    WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf, authority: Url },
+    ClientSecret { tenant_id: String, client_id: String, secret: Secret, authority: Url },
 }
 
 /// The default IMDS token endpoint.
@@ -122,43 +101,20 @@ impl Credential {
     /// For messages and logs: the source and its endpoint, no secret.
     pub fn describe(&self) -> String {
         match self {
-            Credential::Imds {
-                endpoint,
-                client_id,
-            } => with_client("managed identity (IMDS at {e})", endpoint, client_id),
-            Credential::AppService {
-                endpoint,
-                client_id,
-                ..
-            } => with_client("managed identity (App Service at {e})", endpoint, client_id),
-            Credential::LegacyMsi {
-                endpoint,
-                client_id,
-                ..
-            } => with_client(
-                "managed identity (MSI_ENDPOINT at {e})",
-                endpoint,
-                client_id,
-            ),
-            Credential::WorkloadIdentity {
-                client_id,
-                authority,
-                ..
-            } => {
-                format!(
-                    "workload identity (client {client_id} at {})",
-                    authority.as_str().trim_end_matches('/')
-                )
+            Credential::Imds { endpoint, client_id } => {
+                with_client("managed identity (IMDS at {e})", endpoint, client_id)
             }
-            Credential::ClientSecret {
-                client_id,
-                authority,
-                ..
-            } => {
-                format!(
-                    "client secret credential (client {client_id} at {})",
-                    authority.as_str().trim_end_matches('/')
-                )
+            Credential::AppService { endpoint, client_id, .. } => {
+                with_client("managed identity (App Service at {e})", endpoint, client_id)
+            }
+            Credential::LegacyMsi { endpoint, client_id, .. } => {
+                with_client("managed identity (MSI_ENDPOINT at {e})", endpoint, client_id)
+            }
+            Credential::WorkloadIdentity { client_id, authority, .. } => {
+                format!("workload identity (client {client_id} at {})", authority.as_str().trim_end_matches('/'))
+            }
+            Credential::ClientSecret { client_id, authority, .. } => {
+                format!("client secret credential (client {client_id} at {})", authority.as_str().trim_end_matches('/'))
             }
         }
     }
@@ -216,11 +172,7 @@ pub enum TokenError {
     )]
     NotConfigured,
     #[error("{source_desc} gave no token for '{resource}': {detail}")]
-    Failed {
-        source_desc: String,
-        resource: String,
-        detail: String,
-    },
+    Failed { source_desc: String, resource: String, detail: String },
 }
 
 /// A cached token.
@@ -292,9 +244,7 @@ pub(crate) fn expiry_ms(body: &Value, now_ms: i64) -> Option<i64> {
     if let Some(epoch) = num(on) {
         return Some(epoch.saturating_mul(1000));
     }
-    on.as_str()
-        .and_then(parse_legacy_date)
-        .map(|secs| secs.saturating_mul(1000))
+    on.as_str().and_then(parse_legacy_date).map(|secs| secs.saturating_mul(1000))
 }
 
 /// `M/D/YYYY h:mm:ss [AM|PM] +HH:MM` → epoch seconds.
@@ -305,14 +255,8 @@ fn parse_legacy_date(s: &str) -> Option<i64> {
         [d, t, ap, o] => (*d, *t, Some(*ap), *o),
         _ => return None,
     };
-    let d: Vec<i64> = date
-        .split('/')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    let t: Vec<i64> = time
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
+    let d: Vec<i64> = date.split('/').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<i64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
     let ([month, day, year], [mut hour, minute, second]) = (d.as_slice(), t.as_slice()) else {
         return None;
     };
@@ -389,9 +333,7 @@ impl Tokens {
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         let entra_client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(super::ssrf::GuardedResolver {
-                allow: allow.clone(),
-            }))
+            .dns_resolver(Arc::new(super::ssrf::GuardedResolver { allow: allow.clone() }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
@@ -413,14 +355,12 @@ impl Tokens {
         let Some(a) = &source.authority_host else {
             return Ok(());
         };
-        let bad = |problem: String| InvalidRequest {
-            field: "tokenSource.options.authorityhost".into(),
-            problem,
-        };
+        let bad = |problem: String| InvalidRequest { field: "tokenSource.options.authorityhost".into(), problem };
         let asked = parse_authority(a).map_err(bad)?;
         let configured = match &self.credential {
-            Some(Credential::WorkloadIdentity { authority, .. })
-            | Some(Credential::ClientSecret { authority, .. }) => Some(authority),
+            Some(Credential::WorkloadIdentity { authority, .. }) | Some(Credential::ClientSecret { authority, .. }) => {
+                Some(authority)
+            }
             _ => None,
         };
         if configured == Some(&asked) || self.opts.allowed_authorities.contains(&asked) {
@@ -442,11 +382,7 @@ impl Tokens {
         let Some(cred) = &self.credential else {
             return Err(TokenError::NotConfigured);
         };
-        let key = (
-            source.resource.clone(),
-            source.tenant_id.clone(),
-            source.authority_host.clone(),
-        );
+        let key = (source.resource.clone(), source.tenant_id.clone(), source.authority_host.clone());
         let slot = self.slots.lock().entry(key).or_default().clone();
         // One acquisition per key at a time: concurrent calls wait and share its result.
         let mut entry = slot.lock().await;
@@ -459,11 +395,7 @@ impl Tokens {
         }
         match self.fetch(cred, source).await {
             Ok((token, expires_at_ms)) => {
-                *entry = Some(Cached {
-                    token: token.clone(),
-                    expires_at_ms,
-                    refresh_failed_at_ms: None,
-                });
+                *entry = Some(Cached { token: token.clone(), expires_at_ms, refresh_failed_at_ms: None });
                 Ok(token)
             }
             Err(e) => match (decision, entry.as_mut()) {
@@ -477,11 +409,7 @@ impl Tokens {
         }
     }
 
-    async fn fetch(
-        &self,
-        cred: &Credential,
-        source: &TokenSourceSpec,
-    ) -> Result<(Secret, i64), TokenError> {
+    async fn fetch(&self, cred: &Credential, source: &TokenSourceSpec) -> Result<(Secret, i64), TokenError> {
         let fail = |detail: String| TokenError::Failed {
             source_desc: cred.describe(),
             resource: source.resource.clone(),
@@ -490,9 +418,7 @@ impl Tokens {
         let mut attempt = 0u32;
         loop {
             self.fetches.fetch_add(1, Ordering::Relaxed);
-            let result =
-                tokio::time::timeout(self.opts.attempt_timeout, self.fetch_once(cred, source))
-                    .await;
+            let result = tokio::time::timeout(self.opts.attempt_timeout, self.fetch_once(cred, source)).await;
             let err = match result {
                 Ok(Ok(t)) => {
                     tracing::debug!(source = %cred.describe(), resource = %source.resource, "token acquired");
@@ -506,11 +432,7 @@ impl Tokens {
                 },
             };
             if !err.retryable || attempt >= self.opts.max_retries {
-                let tries = if attempt > 0 {
-                    format!(" (after {} attempts)", attempt + 1)
-                } else {
-                    String::new()
-                };
+                let tries = if attempt > 0 { format!(" (after {} attempts)", attempt + 1) } else { String::new() };
                 return Err(fail(format!("{}{tries}", err.detail)));
             }
             let backoff = self
@@ -518,85 +440,45 @@ impl Tokens {
                 .first_backoff
                 .saturating_mul(2u32.saturating_pow(attempt))
                 .min(self.opts.max_backoff)
-                .max(
-                    err.retry_after
-                        .unwrap_or_default()
-                        .min(Duration::from_secs(30)),
-                );
+                .max(err.retry_after.unwrap_or_default().min(Duration::from_secs(30)));
             tracing::debug!(source = %cred.describe(), detail = %err.detail, ?backoff, "token request failed; retrying");
             tokio::time::sleep(backoff).await;
             attempt += 1;
         }
     }
 
-    async fn fetch_once(
-        &self,
-        cred: &Credential,
-        source: &TokenSourceSpec,
-    ) -> Result<(Secret, i64), AttemptError> {
+    async fn fetch_once(&self, cred: &Credential, source: &TokenSourceSpec) -> Result<(Secret, i64), AttemptError> {
         let resource = scope_to_resource(&source.resource);
         let request = match cred {
-            Credential::Imds {
-                endpoint,
-                client_id,
-            } => {
+            Credential::Imds { endpoint, client_id } => {
                 let url = mi_url(endpoint, "2018-02-01", &resource, "client_id", client_id);
                 self.client.get(url).header("Metadata", "true")
             }
-            Credential::AppService {
-                endpoint,
-                header,
-                client_id,
-            } => {
+            Credential::AppService { endpoint, header, client_id } => {
                 let url = mi_url(endpoint, "2019-08-01", &resource, "client_id", client_id);
-                self.client
-                    .get(url)
-                    .header("X-IDENTITY-HEADER", header.expose())
+                self.client.get(url).header("X-IDENTITY-HEADER", header.expose())
             }
-            Credential::LegacyMsi {
-                endpoint,
-                secret,
-                client_id,
-            } => {
+            Credential::LegacyMsi { endpoint, secret, client_id } => {
                 let url = mi_url(endpoint, "2017-09-01", &resource, "clientid", client_id);
                 self.client.get(url).header("secret", secret.expose())
             }
-            Credential::WorkloadIdentity {
-                tenant_id,
-                client_id,
-                token_file,
-                authority,
-            } => {
-                let assertion =
-                    tokio::fs::read_to_string(token_file)
-                        .await
-                        .map_err(|e| AttemptError {
-                            retryable: false,
-                            retry_after: None,
-                            detail: format!(
-                                "cannot read the federated token file {}: {e}",
-                                token_file.display()
-                            ),
-                        })?;
+            Credential::WorkloadIdentity { tenant_id, client_id, token_file, authority } => {
+                let assertion = tokio::fs::read_to_string(token_file).await.map_err(|e| AttemptError {
+                    retryable: false,
+                    retry_after: None,
+                    detail: format!("cannot read the federated token file {}: {e}", token_file.display()),
+                })?;
                 let url = token_url(source, authority, tenant_id, &self.allow)?;
                 let form = [
                     ("grant_type", "client_credentials"),
                     ("client_id", client_id.as_str()),
                     ("scope", &resource_to_scope(&source.resource)),
-                    (
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    ),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
                     ("client_assertion", assertion.trim()),
                 ];
                 self.entra_client.post(url).form(&form)
             }
-            Credential::ClientSecret {
-                tenant_id,
-                client_id,
-                secret,
-                authority,
-            } => {
+            Credential::ClientSecret { tenant_id, client_id, secret, authority } => {
                 let url = token_url(source, authority, tenant_id, &self.allow)?;
                 let form = [
                     ("grant_type", "client_credentials"),
@@ -622,19 +504,12 @@ impl Tokens {
         let bytes = resp.bytes().await.map_err(|e| AttemptError {
             retryable: true,
             retry_after: None,
-            detail: format!(
-                "reading the answer failed: {}",
-                error_chain(&e.without_url())
-            ),
+            detail: format!("reading the answer failed: {}", error_chain(&e.without_url())),
         })?;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
             let retryable = matches!(status, 404 | 408 | 410 | 429) || status >= 500;
-            return Err(AttemptError {
-                retryable,
-                retry_after,
-                detail: format!("HTTP {status}{}", error_text(&body)),
-            });
+            return Err(AttemptError { retryable, retry_after, detail: format!("HTTP {status}{}", error_text(&body)) });
         }
         let token = match body.get("access_token") {
             Some(Value::String(t)) if !t.is_empty() => Secret::new(t.clone()),
@@ -653,18 +528,11 @@ impl Tokens {
     }
 }
 
-fn mi_url(
-    endpoint: &Url,
-    api_version: &str,
-    resource: &str,
-    id_param: &str,
-    client_id: &Option<String>,
-) -> Url {
+fn mi_url(endpoint: &Url, api_version: &str, resource: &str, id_param: &str, client_id: &Option<String>) -> Url {
     let mut url = endpoint.clone();
     {
         let mut q = url.query_pairs_mut();
-        q.append_pair("api-version", api_version)
-            .append_pair("resource", resource);
+        q.append_pair("api-version", api_version).append_pair("resource", resource);
         if let Some(id) = client_id {
             q.append_pair(id_param, id);
         }
@@ -681,20 +549,14 @@ fn token_url(
     tenant: &str,
     allow: &super::ssrf::Allow,
 ) -> Result<Url, AttemptError> {
-    let bad = |detail: String| AttemptError {
-        retryable: false,
-        retry_after: None,
-        detail,
-    };
+    let bad = |detail: String| AttemptError { retryable: false, retry_after: None, detail };
     let mut url = match &source.authority_host {
         Some(a) => parse_authority(a).map_err(bad)?,
         None => authority.clone(),
     };
     let tenant = source.tenant_id.as_deref().unwrap_or(tenant);
     if !super::request::valid_tenant(tenant) {
-        return Err(bad(format!(
-            "tenant '{tenant}' is not a GUID or a domain name"
-        )));
+        return Err(bad(format!("tenant '{tenant}' is not a GUID or a domain name")));
     }
     url.path_segments_mut()
         .map_err(|()| bad("the authority cannot have a path".into()))?
@@ -727,20 +589,11 @@ pub fn parse_authority(s: &str) -> Result<Url, String> {
 /// The error fields of a token endpoint's error body, briefly.
 fn error_text(body: &Value) -> String {
     let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
-    let nested = body
-        .get("error")
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let parts: Vec<String> = [
-        field("error"),
-        field("error_description")
-            .or(nested)
-            .or_else(|| field("message")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let nested = body.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string);
+    let parts: Vec<String> = [field("error"), field("error_description").or(nested).or_else(|| field("message"))]
+        .into_iter()
+        .flatten()
+        .collect();
     if parts.is_empty() {
         return String::new();
     }
@@ -796,11 +649,7 @@ mod tests {
     }
 
     fn cached(expires_at_ms: i64, failed: Option<i64>) -> Cached {
-        Cached {
-            token: Secret::new("t"),
-            expires_at_ms,
-            refresh_failed_at_ms: failed,
-        }
+        Cached { token: Secret::new("t"), expires_at_ms, refresh_failed_at_ms: failed }
     }
 
     #[test]
@@ -810,73 +659,34 @@ mod tests {
         assert_eq!(decide(None, 0, &o), Decision::Fetch);
         assert_eq!(decide(Some(&cached(hour, None)), 0, &o), Decision::Use);
         // 5 minutes early: refresh, but keep the old one if that fails.
-        assert_eq!(
-            decide(Some(&cached(hour, None)), hour - 300_000, &o),
-            Decision::RefreshOrUse
-        );
-        assert_eq!(
-            decide(Some(&cached(hour, None)), hour - 300_001, &o),
-            Decision::Use
-        );
+        assert_eq!(decide(Some(&cached(hour, None)), hour - 300_000, &o), Decision::RefreshOrUse);
+        assert_eq!(decide(Some(&cached(hour, None)), hour - 300_001, &o), Decision::Use);
         // A failed refresh is not retried for 30 s while the token is valid.
-        assert_eq!(
-            decide(Some(&cached(hour, Some(hour - 100_000))), hour - 90_000, &o),
-            Decision::Use
-        );
-        assert_eq!(
-            decide(Some(&cached(hour, Some(hour - 100_000))), hour - 70_000, &o),
-            Decision::RefreshOrUse
-        );
+        assert_eq!(decide(Some(&cached(hour, Some(hour - 100_000))), hour - 90_000, &o), Decision::Use);
+        assert_eq!(decide(Some(&cached(hour, Some(hour - 100_000))), hour - 70_000, &o), Decision::RefreshOrUse);
         // Expired: a fresh token or nothing.
         assert_eq!(decide(Some(&cached(hour, None)), hour, &o), Decision::Fetch);
-        assert_eq!(
-            decide(Some(&cached(hour, Some(hour - 1))), hour + 1, &o),
-            Decision::Fetch
-        );
+        assert_eq!(decide(Some(&cached(hour, Some(hour - 1))), hour + 1, &o), Decision::Fetch);
     }
 
     #[test]
     fn parses_expiry_formats() {
         let now = 1_000_000_000;
         let j = |s: &str| serde_json::from_str::<Value>(s).expect("json");
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_in":"3599","expires_on":"1"}"#), now),
-            Some(now + 3_599_000)
-        );
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_in":3599}"#), now),
-            Some(now + 3_599_000)
-        );
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_on":"1700000000"}"#), now),
-            Some(1_700_000_000_000)
-        );
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_on":1700000000}"#), now),
-            Some(1_700_000_000_000)
-        );
+        assert_eq!(expiry_ms(&j(r#"{"expires_in":"3599","expires_on":"1"}"#), now), Some(now + 3_599_000));
+        assert_eq!(expiry_ms(&j(r#"{"expires_in":3599}"#), now), Some(now + 3_599_000));
+        assert_eq!(expiry_ms(&j(r#"{"expires_on":"1700000000"}"#), now), Some(1_700_000_000_000));
+        assert_eq!(expiry_ms(&j(r#"{"expires_on":1700000000}"#), now), Some(1_700_000_000_000));
         // 2019-06-20T02:57:58Z = 1560999478
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_on":"06/20/2019 02:57:58 +00:00"}"#), now),
-            Some(1_560_999_478_000)
-        );
+        assert_eq!(expiry_ms(&j(r#"{"expires_on":"06/20/2019 02:57:58 +00:00"}"#), now), Some(1_560_999_478_000));
         // 2020-01-16T05:24:12Z = 1579152252; PM and offsets
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_on":"1/16/2020 5:24:12 AM +00:00"}"#), now),
-            Some(1_579_152_252_000)
-        );
+        assert_eq!(expiry_ms(&j(r#"{"expires_on":"1/16/2020 5:24:12 AM +00:00"}"#), now), Some(1_579_152_252_000));
         assert_eq!(
             expiry_ms(&j(r#"{"expires_on":"1/16/2020 5:24:12 PM +01:00"}"#), now),
             Some((1_579_152_252 + 12 * 3600 - 3600) * 1000)
         );
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_on":"1/16/2020 12:00:00 AM +00:00"}"#), now),
-            Some(1_579_132_800_000)
-        );
-        assert_eq!(
-            expiry_ms(&j(r#"{"expires_on":"13/16/2020 5:24:12 +00:00"}"#), now),
-            None
-        );
+        assert_eq!(expiry_ms(&j(r#"{"expires_on":"1/16/2020 12:00:00 AM +00:00"}"#), now), Some(1_579_132_800_000));
+        assert_eq!(expiry_ms(&j(r#"{"expires_on":"13/16/2020 5:24:12 +00:00"}"#), now), None);
         assert_eq!(expiry_ms(&j(r#"{"access_token":"x"}"#), now), None);
     }
 
@@ -886,26 +696,13 @@ mod tests {
             scope_to_resource("https://management.core.windows.net/.default"),
             "https://management.core.windows.net"
         );
-        assert_eq!(
-            scope_to_resource("https://vault.azure.net"),
-            "https://vault.azure.net"
-        );
-        assert_eq!(
-            resource_to_scope("https://vault.azure.net/"),
-            "https://vault.azure.net/.default"
-        );
+        assert_eq!(scope_to_resource("https://vault.azure.net"), "https://vault.azure.net");
+        assert_eq!(resource_to_scope("https://vault.azure.net/"), "https://vault.azure.net/.default");
         assert_eq!(resource_to_scope("api://x/.default"), "api://x/.default");
         assert!(parse_authority("http://login.example/").is_err());
+        assert_eq!(parse_authority("http://127.0.0.1:9").expect("loopback").as_str(), "http://127.0.0.1:9/");
         assert_eq!(
-            parse_authority("http://127.0.0.1:9")
-                .expect("loopback")
-                .as_str(),
-            "http://127.0.0.1:9/"
-        );
-        assert_eq!(
-            parse_authority("https://login.example/base")
-                .expect("https")
-                .as_str(),
+            parse_authority("https://login.example/base").expect("https").as_str(),
             "https://login.example/base/"
         );
     }
@@ -948,7 +745,10 @@ mod tests {
             }
         }
         if q.get("resource").map(String::as_str) == Some("https://denied") {
-            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error":"invalid_request","error_description":"Identity not found"})))
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error":"invalid_request","error_description":"Identity not found"})),
+            )
                 .into_response();
         }
         Json(serde_json::json!({
@@ -972,13 +772,9 @@ mod tests {
     }
 
     async fn serve(fake: Fake) -> String {
-        let app = Router::new()
-            .route("/mi", get(mi))
-            .route("/{tenant}/oauth2/v2.0/token", post(entra))
-            .with_state(fake);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let app =
+            Router::new().route("/mi", get(mi)).route("/{tenant}/oauth2/v2.0/token", post(entra)).with_state(fake);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -987,11 +783,7 @@ mod tests {
     }
 
     fn spec(resource: &str) -> TokenSourceSpec {
-        TokenSourceSpec {
-            resource: resource.into(),
-            tenant_id: None,
-            authority_host: None,
-        }
+        TokenSourceSpec { resource: resource.into(), tenant_id: None, authority_host: None }
     }
 
     #[tokio::test]
@@ -1001,10 +793,7 @@ mod tests {
         let endpoint = Url::parse(&format!("{base}/mi")).expect("url");
         let cases = vec![
             (
-                Credential::Imds {
-                    endpoint: endpoint.clone(),
-                    client_id: Some("cid".into()),
-                },
+                Credential::Imds { endpoint: endpoint.clone(), client_id: Some("cid".into()) },
                 "2018-02-01",
                 "metadata",
                 "true",
@@ -1036,26 +825,17 @@ mod tests {
         for (cred, version, header, value, id_param) in cases {
             fake.seen.lock().expect("lock").clear();
             let tokens = Tokens::new(Some(cred), opts(), loopback()).expect("tokens");
-            let t = tokens
-                .bearer(&spec("https://management.core.windows.net/.default"))
-                .await
-                .expect("token");
+            let t = tokens.bearer(&spec("https://management.core.windows.net/.default")).await.expect("token");
             assert_eq!(t.expose(), "tok-https://management.core.windows.net");
             // Cached: a second call does not ask again.
-            let t2 = tokens
-                .bearer(&spec("https://management.core.windows.net/.default"))
-                .await
-                .expect("token");
+            let t2 = tokens.bearer(&spec("https://management.core.windows.net/.default")).await.expect("token");
             assert_eq!(t2, t);
             assert_eq!(tokens.fetch_count(), 1);
             let seen = fake.seen.lock().expect("lock").clone();
             assert_eq!(seen.len(), 1);
             let (q, h) = &seen[0];
             assert_eq!(q["api-version"], version);
-            assert_eq!(
-                q["resource"], "https://management.core.windows.net",
-                "resource = scope minus /.default"
-            );
+            assert_eq!(q["resource"], "https://management.core.windows.net", "resource = scope minus /.default");
             assert_eq!(q[id_param], "cid");
             assert_eq!(h.get(header).and_then(|v| v.to_str().ok()), Some(value));
         }
@@ -1066,55 +846,26 @@ mod tests {
         let fake = Fake::default();
         let base = serve(fake.clone()).await;
         let endpoint = Url::parse(&format!("{base}/mi")).expect("url");
-        let tokens = Tokens::new(
-            Some(Credential::Imds {
-                endpoint,
-                client_id: None,
-            }),
-            opts(),
-            loopback(),
-        )
-        .expect("tokens");
+        let tokens =
+            Tokens::new(Some(Credential::Imds { endpoint, client_id: None }), opts(), loopback()).expect("tokens");
         *fake.fail_first.lock().expect("lock") = 2;
-        let t = tokens
-            .bearer(&spec("https://r1"))
-            .await
-            .expect("token after retries");
+        let t = tokens.bearer(&spec("https://r1")).await.expect("token after retries");
         assert_eq!(t.expose(), "tok-https://r1");
         assert_eq!(tokens.fetch_count(), 3);
-        let e = tokens
-            .bearer(&spec("https://denied"))
-            .await
-            .expect_err("400 is not retried");
+        let e = tokens.bearer(&spec("https://denied")).await.expect_err("400 is not retried");
         assert_eq!(tokens.fetch_count(), 4);
         let msg = e.to_string();
-        assert!(
-            msg.contains("HTTP 400") && msg.contains("invalid_request") && msg.contains("IMDS"),
-            "{msg}"
-        );
+        assert!(msg.contains("HTTP 400") && msg.contains("invalid_request") && msg.contains("IMDS"), "{msg}");
         // Unreachable endpoint: retried, then a clear error.
         let dead = Url::parse("http://127.0.0.1:9/mi").expect("url");
         let mut o = opts();
         o.max_retries = 1;
-        let tokens = Tokens::new(
-            Some(Credential::Imds {
-                endpoint: dead,
-                client_id: None,
-            }),
-            o,
-            loopback(),
-        )
-        .expect("tokens");
-        let e = tokens
-            .bearer(&spec("https://r1"))
-            .await
-            .expect_err("no endpoint");
+        let tokens =
+            Tokens::new(Some(Credential::Imds { endpoint: dead, client_id: None }), o, loopback()).expect("tokens");
+        let e = tokens.bearer(&spec("https://r1")).await.expect_err("no endpoint");
         assert!(e.to_string().contains("after 2 attempts"), "{e}");
         let none = Tokens::new(None, opts(), loopback()).expect("tokens");
-        assert_eq!(
-            none.bearer(&spec("https://r1")).await,
-            Err(TokenError::NotConfigured)
-        );
+        assert_eq!(none.bearer(&spec("https://r1")).await, Err(TokenError::NotConfigured));
     }
 
     #[tokio::test]
@@ -1131,10 +882,7 @@ mod tests {
             authority: authority.clone(),
         };
         let tokens = Tokens::new(Some(wi), opts(), loopback()).expect("tokens");
-        let t = tokens
-            .bearer(&spec("https://vault.azure.net"))
-            .await
-            .expect("token");
+        let t = tokens.bearer(&spec("https://vault.azure.net")).await.expect("token");
         assert_eq!(t.expose(), "entra-token");
         let cs = Credential::ClientSecret {
             tenant_id: "tenant1".into(),
@@ -1153,10 +901,7 @@ mod tests {
         assert_eq!(forms[0]["grant_type"], "client_credentials");
         assert_eq!(forms[0]["client_id"], "app1");
         assert_eq!(forms[0]["scope"], "https://vault.azure.net/.default");
-        assert_eq!(
-            forms[0]["client_assertion_type"],
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-        );
+        assert_eq!(forms[0]["client_assertion_type"], "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
         assert_eq!(forms[0]["client_assertion"], "federated-jwt");
         assert_eq!(forms[0]["_tenant"], "tenant1");
         assert_eq!(forms[1]["_tenant"], "tenant2");

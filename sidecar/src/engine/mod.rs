@@ -560,7 +560,14 @@ impl Engine {
         Ok(Some(bodies))
     }
 
-    async fn fail_turn(&self, token: &str, info: &InstanceInfo, history_len: usize, failure: TaskFailureDetails, now: i64) {
+    async fn fail_turn(
+        &self,
+        token: &str,
+        info: &InstanceInfo,
+        history_len: usize,
+        failure: TaskFailureDetails,
+        now: i64,
+    ) {
         let outcome = control::fail(info, failure, now);
         self.commit(token, info, history_len, outcome, Vec::new(), now).await;
     }
@@ -698,7 +705,10 @@ impl Engine {
             Some(resp.completion_token.clone())
         };
         let Some(token) = token else {
-            return Err(EngineError::NotFound(format!("no orchestration work item in flight for '{}'", resp.instance_id)));
+            return Err(EngineError::NotFound(format!(
+                "no orchestration work item in flight for '{}'",
+                resp.instance_id
+            )));
         };
         tracing::debug!(instance = %resp.instance_id, actions = resp.actions.len(), "orchestrator response received");
         let is_partial = resp.is_partial;
@@ -722,8 +732,7 @@ impl Engine {
                 return Err(EngineError::ResourceExhausted(format!(
                     "the orchestrator response for '{}' is {bytes} bytes or more in its chunks, above the limit of {} \
                      bytes; schedule fewer or smaller actions per turn (the work item is redelivered)",
-                    resp.instance_id,
-                    self.inner.opts.scheduler.max_response_bytes
+                    resp.instance_id, self.inner.opts.scheduler.max_response_bytes
                 )));
             }
             Some(Completion::Complete(f)) => f,
@@ -962,7 +971,12 @@ impl Engine {
         }
     }
 
-    pub async fn raise_event(&self, instance_id: &str, name: String, input: Option<String>) -> Result<bool, EngineError> {
+    pub async fn raise_event(
+        &self,
+        instance_id: &str,
+        name: String,
+        input: Option<String>,
+    ) -> Result<bool, EngineError> {
         let pending = self.inner.sched.lock().pending_count(instance_id);
         let cap = self.inner.opts.max_inbox_events;
         if pending >= cap {
@@ -975,7 +989,12 @@ impl Engine {
         self.send_message(Message::now(instance_id, None, events::event_raised(now, name, input), now)).await
     }
 
-    pub async fn terminate(&self, instance_id: &str, output: Option<String>, recursive: bool) -> Result<(), EngineError> {
+    pub async fn terminate(
+        &self,
+        instance_id: &str,
+        output: Option<String>,
+        recursive: bool,
+    ) -> Result<(), EngineError> {
         let now = self.now();
         let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(()) };
         if is_terminal(rec.status) {
@@ -1288,11 +1307,13 @@ mod tests {
         assert!((1..5).contains(&raised), "the turn carries the events that fit, not all five: {raised}");
         let done = OrchestratorAction {
             id: 0,
-            orchestrator_action_type: Some(OrchestratorActionType::CompleteOrchestration(CompleteOrchestrationAction {
-                orchestration_status: OrchestrationStatus::Completed as i32,
-                result: Some("\"done\"".into()),
-                ..Default::default()
-            })),
+            orchestrator_action_type: Some(OrchestratorActionType::CompleteOrchestration(
+                CompleteOrchestrationAction {
+                    orchestration_status: OrchestrationStatus::Completed as i32,
+                    result: Some("\"done\"".into()),
+                    ..Default::default()
+                },
+            )),
         };
         h.engine.complete_orchestration(respond("i", token, vec![done])).await.expect("final turn");
         let rec = h.engine.get_instance("i").await.expect("read").expect("exists");

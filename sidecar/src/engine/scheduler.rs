@@ -251,11 +251,25 @@ pub enum TurnKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Assignment {
     Turn(TurnLease),
-    Activity { token: String, stream: StreamId, activity_id: i64, request: ActivityRequest },
+    Activity {
+        token: String,
+        stream: StreamId,
+        activity_id: i64,
+        request: ActivityRequest,
+    },
     /// An activity the sidecar runs itself (never sent to a worker).
-    Builtin { token: String, activity_id: i64, request: ActivityRequest, progress: Option<String> },
+    Builtin {
+        token: String,
+        activity_id: i64,
+        request: ActivityRequest,
+        progress: Option<String>,
+    },
     /// An activity that keeps failing; the engine fails its task.
-    PoisonActivity { activity_id: i64, request: ActivityRequest, attempts: u32 },
+    PoisonActivity {
+        activity_id: i64,
+        request: ActivityRequest,
+        attempts: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,7 +314,11 @@ enum Lease {
         /// commit that tries to consume one conflicts.
         stale: HashSet<i64>,
     },
-    Activity { activity_id: i64, stream: StreamId, completing: bool },
+    Activity {
+        activity_id: i64,
+        stream: StreamId,
+        completing: bool,
+    },
 }
 
 /// Something due at a point in time.
@@ -592,7 +610,8 @@ impl Scheduler {
         if let Some(of) = a.request.orchestration_instance.as_ref() {
             self.instance_activities.entry(of.instance_id.clone()).or_default().insert(a.id);
         }
-        self.activities.insert(a.id, ActivitySlot { request: a.request, leased: None, attempts: 0, progress: a.progress });
+        self.activities
+            .insert(a.id, ActivitySlot { request: a.request, leased: None, attempts: 0, progress: a.progress });
         self.requeue_activity(a.id);
     }
 
@@ -692,7 +711,11 @@ impl Scheduler {
         }
         if slot.attempts >= self.opts.max_attempts {
             if let Some(slot) = self.remove_activity(id) {
-                out.push(Assignment::PoisonActivity { activity_id: id, request: slot.request, attempts: slot.attempts });
+                out.push(Assignment::PoisonActivity {
+                    activity_id: id,
+                    request: slot.request,
+                    attempts: slot.attempts,
+                });
             }
             return false;
         }
@@ -707,7 +730,8 @@ impl Scheduler {
             let token = self.new_token();
             let Some(slot) = self.activities.get_mut(&id) else { continue };
             slot.leased = Some(token.clone());
-            self.leases.insert(token.clone(), Lease::Activity { activity_id: id, stream: BUILTIN_STREAM, completing: false });
+            self.leases
+                .insert(token.clone(), Lease::Activity { activity_id: id, stream: BUILTIN_STREAM, completing: false });
             out.push(Assignment::Builtin {
                 token,
                 activity_id: id,
@@ -828,10 +852,21 @@ impl Scheduler {
             }
             _ => None,
         };
-        let expires = stream.map(|_| (now_ms + lease_ms, self.schedule(now_ms + lease_ms, Wake::LeaseExpiry(token.clone()))));
+        let expires =
+            stream.map(|_| (now_ms + lease_ms, self.schedule(now_ms + lease_ms, Wake::LeaseExpiry(token.clone()))));
         self.leases.insert(
             token.clone(),
-            Lease::Turn { instance_id: instance_id.clone(), stream, events: events.clone(), completing: false, partial: Vec::new(), partial_bytes: 0, expires, context: None, stale: HashSet::new() },
+            Lease::Turn {
+                instance_id: instance_id.clone(),
+                stream,
+                events: events.clone(),
+                completing: false,
+                partial: Vec::new(),
+                partial_bytes: 0,
+                expires,
+                context: None,
+                stale: HashSet::new(),
+            },
         );
         TurnLease { token, instance_id, kind, events, attempts }
     }
@@ -1468,9 +1503,10 @@ impl Scheduler {
                 a.problems.push(format!("'{id}' has runnable events but is neither leased, queued nor waiting"));
             }
             if slot.gate == Gate::AwaitingStart && !slot.has_start() {
-                let start_coming = self.wakeups.values().any(|w| {
-                    matches!(w, Wake::Event(e) if e.0 == *id && (e.2).0 == Priority::Start)
-                });
+                let start_coming = self
+                    .wakeups
+                    .values()
+                    .any(|w| matches!(w, Wake::Event(e) if e.0 == *id && (e.2).0 == Priority::Start));
                 if !start_coming {
                     a.problems.push(format!("'{id}' waits for a start event that is nowhere"));
                 }
@@ -2090,7 +2126,9 @@ mod tests {
         let got = s.assign(NOW);
         assert_eq!(got.len(), 2);
         let builtin = got.iter().find_map(|x| match x {
-            Assignment::Builtin { activity_id, progress, token, .. } => Some((*activity_id, progress.clone(), token.clone())),
+            Assignment::Builtin { activity_id, progress, token, .. } => {
+                Some((*activity_id, progress.clone(), token.clone()))
+            }
             _ => None,
         });
         let (id, progress, token) = builtin.expect("the built-in activity is run by the sidecar");

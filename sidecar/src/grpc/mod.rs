@@ -232,7 +232,10 @@ impl TaskHubSidecarService for SidecarService {
         }
     }
 
-    async fn get_instance(&self, request: Request<GetInstanceRequest>) -> Result<Response<GetInstanceResponse>, Status> {
+    async fn get_instance(
+        &self,
+        request: Request<GetInstanceRequest>,
+    ) -> Result<Response<GetInstanceResponse>, Status> {
         let r = request.into_inner();
         validate::instance_id(&r.instance_id)?;
         let rec = self.engine.get_instance(&r.instance_id).await?;
@@ -362,8 +365,9 @@ impl TaskHubSidecarService for SidecarService {
                 let (t, id) = k
                     .split_once(':')
                     .ok_or_else(|| Status::invalid_argument("lastInstanceKey was not issued by this sidecar"))?;
-                let t: i64 =
-                    t.parse().map_err(|_| Status::invalid_argument("lastInstanceKey was not issued by this sidecar"))?;
+                let t: i64 = t
+                    .parse()
+                    .map_err(|_| Status::invalid_argument("lastInstanceKey was not issued by this sidecar"))?;
                 Some((t, id.to_string()))
             }
         };
@@ -507,10 +511,8 @@ impl TaskHubSidecarService for SidecarService {
             }
         }
         let history = self.engine.history(&r.instance_id).await?;
-        let chunks: Vec<Result<HistoryChunk, Status>> = history
-            .chunks(HISTORY_CHUNK)
-            .map(|c| Ok(HistoryChunk { events: c.to_vec() }))
-            .collect();
+        let chunks: Vec<Result<HistoryChunk, Status>> =
+            history.chunks(HISTORY_CHUNK).map(|c| Ok(HistoryChunk { events: c.to_vec() })).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -644,4 +646,3 @@ mod tests {
         assert!(reuse_policy(Some(&policy(&[S::Running], 1))).is_ok());
     }
 }
-

@@ -12,10 +12,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{field} is {} bytes long; the limit is {max}", value.len())));
     }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(Status::invalid_argument(format!(
-            "{field} contains the control character U+{:04X}",
-            u32::from(c)
-        )));
+        return Err(Status::invalid_argument(format!("{field} contains the control character U+{:04X}", u32::from(c))));
     }
     Ok(())
 }

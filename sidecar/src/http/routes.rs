@@ -451,12 +451,7 @@ fn signed_links(ctx: &Ctx, id: &str, execution_id: &str, req: LinkRequest) -> Si
 }
 
 /// 202 with `Location` and `Retry-After: 10`: the management links, or signed links only.
-fn check_status_response(
-    ctx: &Ctx,
-    id: &str,
-    links: Option<(LinkRequest, &str)>,
-    fail500: bool,
-) -> Response {
+fn check_status_response(ctx: &Ctx, id: &str, links: Option<(LinkRequest, &str)>, fail500: bool) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_START));
     match links {

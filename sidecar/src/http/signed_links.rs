@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(k.verify("i1", "e1", Some("status"), Some("2000"), Some(&sig), 2001), Err(LinkError::Expired));
         assert!(matches!(k.verify("i1", "e1", Some("status"), Some("x"), Some(&sig), 0), Err(LinkError::Malformed(_))));
         assert!(matches!(k.verify("i1", "e1", None, Some("2000"), Some(&sig), 0), Err(LinkError::Malformed(_))));
-        assert!(matches!(k.verify("i1", "e1", Some("status"), Some("2000"), Some("!!"), 0), Err(LinkError::Malformed(_))));
+        assert!(matches!(
+            k.verify("i1", "e1", Some("status"), Some("2000"), Some("!!"), 0),
+            Err(LinkError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -346,7 +346,9 @@ pub enum RewindResult {
     NotFound,
     NotFailed(OrchestrationStatus),
     /// History rewritten; the wake-up row makes the instance run a turn.
-    Rewound { wake: Box<Delivered> },
+    Rewound {
+        wake: Box<Delivered>,
+    },
 }
 
 /// Work found in the store at start-up.
@@ -408,8 +410,12 @@ pub trait Store: Send + Sync + 'static {
     /// Starts an instance again from its stored name, version and input: under its own id
     /// only once it has finished (`NotTerminal` otherwise), under `new_instance_id` in any
     /// status (the original instance is left as it is).
-    async fn restart(&self, instance_id: &str, new_instance_id: Option<String>, now_ms: i64)
-        -> Result<RestartResult, StoreError>;
+    async fn restart(
+        &self,
+        instance_id: &str,
+        new_instance_id: Option<String>,
+        now_ms: i64,
+    ) -> Result<RestartResult, StoreError>;
 
     /// Rewinds a failed instance: removes its failures from history and sets it running.
     async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError>;

@@ -61,8 +61,7 @@ pub struct SqliteOptions {
 
 /// How thoroughly the database is checked when the store opens: a damaged file is refused
 /// rather than served (it would fail writes later, for good).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[derive(clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum StartupCheck {
     /// No integrity check (the file is still opened, migrated and test-written).
     Off,
@@ -547,8 +546,9 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
             }
         }
         WriteOp::RecordAttempts(counts) => {
-            let mut instance =
-                c.prepare_cached("UPDATE instances SET delivery_attempts = MAX(delivery_attempts, ?) WHERE instance_id = ?")?;
+            let mut instance = c.prepare_cached(
+                "UPDATE instances SET delivery_attempts = MAX(delivery_attempts, ?) WHERE instance_id = ?",
+            )?;
             let mut activity =
                 c.prepare_cached("UPDATE activities SET delivery_attempts = MAX(delivery_attempts, ?) WHERE id = ?")?;
             for a in counts {
@@ -560,7 +560,8 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
             WriteResult::Saved(true)
         }
         WriteOp::SaveProgress(id, progress) => {
-            let n = c.prepare_cached("UPDATE activities SET progress = ? WHERE id = ?")?.execute(params![progress, id])?;
+            let n =
+                c.prepare_cached("UPDATE activities SET progress = ? WHERE id = ?")?.execute(params![progress, id])?;
             WriteResult::Saved(n > 0)
         }
         WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive)?),
@@ -634,7 +635,8 @@ fn load_instance_with(c: &Connection, id: &str) -> Result<Option<InstanceRecord>
 }
 
 fn target_of(c: &Connection, instance_id: &str) -> Result<Option<(Target, String)>, StoreError> {
-    let mut stmt = c.prepare_cached("SELECT name, version, status, execution_id FROM instances WHERE instance_id = ?")?;
+    let mut stmt =
+        c.prepare_cached("SELECT name, version, status, execution_id FROM instances WHERE instance_id = ?")?;
     Ok(stmt
         .query_row([instance_id], |r| {
             Ok((Target { name: r.get(0)?, version: r.get(1)?, status: status_from_i32(r.get(2)?) }, r.get(3)?))
@@ -643,8 +645,10 @@ fn target_of(c: &Connection, instance_id: &str) -> Result<Option<(Target, String
 }
 
 fn insert_inbox(c: &Connection, m: &Message, target: Target) -> Result<Delivered, StoreError> {
-    c.prepare_cached("INSERT INTO inbox (instance_id, execution_id, priority, visible_at, event) VALUES (?, ?, ?, ?, ?)")?
-        .execute(params![m.target, m.execution_id, m.priority as i64, m.visible_at_ms, encode_event(&m.event)])?;
+    c.prepare_cached(
+        "INSERT INTO inbox (instance_id, execution_id, priority, visible_at, event) VALUES (?, ?, ?, ?, ?)",
+    )?
+    .execute(params![m.target, m.execution_id, m.priority as i64, m.visible_at_ms, encode_event(&m.event)])?;
     Ok(Delivered {
         inbox_id: c.last_insert_rowid(),
         instance_id: m.target.clone(),
@@ -868,7 +872,12 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
 
 /// Appends `events` to an instance's history from sequence number `first_seq`; returns the
 /// history's new length.
-fn append_history(c: &Connection, instance_id: &str, first_seq: i64, events: &[HistoryEvent]) -> Result<i64, StoreError> {
+fn append_history(
+    c: &Connection,
+    instance_id: &str,
+    first_seq: i64,
+    events: &[HistoryEvent],
+) -> Result<i64, StoreError> {
     let mut append = c.prepare_cached("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")?;
     let mut seq = first_seq;
     for e in events {
@@ -910,7 +919,14 @@ fn continue_as_new(
         "UPDATE instances SET execution_id = ?, version = ?, input = ?, output = NULL, failure_details = NULL, \
          completed_at = NULL, history_len = 0, tags = ?, status = ? WHERE instance_id = ?",
     )?
-    .execute(params![s.execution_id, s.version, s.input, tags_json(&s.tags), OrchestrationStatus::Running as i32, id])?;
+    .execute(params![
+        s.execution_id,
+        s.version,
+        s.input,
+        tags_json(&s.tags),
+        OrchestrationStatus::Running as i32,
+        id
+    ])?;
     let target = Target { name: s.name.clone(), version: s.version.clone(), status: OrchestrationStatus::Running };
     let start = Message {
         target: id.clone(),
@@ -1104,7 +1120,11 @@ fn delivered_from_row(row: &Row<'_>) -> Result<Delivered, StoreError> {
         priority: Priority::from_i64(row.get("priority")?),
         visible_at_ms: row.get("visible_at")?,
         event: decode_event(blob(row, "event")?)?,
-        target: Target { name: row.get("name")?, version: row.get("version")?, status: status_from_i32(row.get("status")?) },
+        target: Target {
+            name: row.get("name")?,
+            version: row.get("version")?,
+            status: status_from_i32(row.get("status")?),
+        },
     })
 }
 
@@ -1149,7 +1169,11 @@ fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
     )
     .rows(c, |r| {
         let n: u32 = r.get(3)?;
-        Ok(if r.get::<_, String>(0)? == "i" { Attempts::Instance(r.get(1)?, n) } else { Attempts::Activity(r.get(2)?, n) })
+        Ok(if r.get::<_, String>(0)? == "i" {
+            Attempts::Instance(r.get(1)?, n)
+        } else {
+            Attempts::Activity(r.get(2)?, n)
+        })
     })?;
     Ok(Recovered { inbox, activities, attempts })
 }
@@ -1243,7 +1267,12 @@ impl Store for SqliteStore {
         expect_result!(self.write(WriteOp::Purge(selection, recursive)).await?, Purge)
     }
 
-    async fn restart(&self, instance_id: &str, new_instance_id: Option<String>, now_ms: i64) -> Result<RestartResult, StoreError> {
+    async fn restart(
+        &self,
+        instance_id: &str,
+        new_instance_id: Option<String>,
+        now_ms: i64,
+    ) -> Result<RestartResult, StoreError> {
         expect_result!(self.write(WriteOp::Restart(instance_id.to_string(), new_instance_id, now_ms)).await?, Restart)
     }
 
@@ -1299,14 +1328,28 @@ mod tests {
         let mut outcome = TurnOutcome::unchanged(status, 0);
         outcome.append = vec![events::orchestrator_started(now)];
         outcome.output = Some("\"done\"".into());
-        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), history_len: 0, consumed, outcome, now_ms: now }
+        TurnCommit {
+            instance_id: id.into(),
+            execution_id: format!("{id}-exec"),
+            history_len: 0,
+            consumed,
+            outcome,
+            now_ms: now,
+        }
     }
 
     /// A turn built on `history_len` events that appends one and keeps the instance running.
     fn step(id: &str, history_len: usize, consumed: Vec<i64>, now: i64) -> TurnCommit {
         let mut outcome = TurnOutcome::unchanged(OrchestrationStatus::Running, 0);
         outcome.append = vec![events::orchestrator_started(now)];
-        TurnCommit { instance_id: id.into(), execution_id: format!("{id}-exec"), history_len, consumed, outcome, now_ms: now }
+        TurnCommit {
+            instance_id: id.into(),
+            execution_id: format!("{id}-exec"),
+            history_len,
+            consumed,
+            outcome,
+            now_ms: now,
+        }
     }
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -1400,7 +1443,8 @@ mod tests {
         let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
         store.create_instance(new_instance("before", 1), IdReuse::terminal()).await.unwrap();
         let wal = dir.path().join("t.db-wal");
-        let chattr = |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&wal).status().is_ok_and(|s| s.success());
+        let chattr =
+            |flag: &str| std::process::Command::new("chattr").arg(flag).arg(&wal).status().is_ok_and(|s| s.success());
         if !chattr("+i") {
             eprintln!("skipped: cannot make {} immutable (needs root and chattr support)", wal.display());
             return;
@@ -1481,13 +1525,19 @@ mod tests {
         assert!(matches!(r, Err(StoreError::Closed)), "{r:?}");
         let why = tokio::time::timeout(Duration::from_secs(5), died).await.expect("the death is signalled");
         assert!(why.contains("injected writer failure"), "{why}");
-        assert!(matches!(store.create_instance(new_instance("a", 1), IdReuse::terminal()).await, Err(StoreError::Closed)));
+        assert!(matches!(
+            store.create_instance(new_instance("a", 1), IdReuse::terminal()).await,
+            Err(StoreError::Closed)
+        ));
         drop(store);
 
         let store = open(&dir).await;
         let died = store.writer_died();
         drop(store);
-        assert!(tokio::time::timeout(Duration::from_millis(200), died).await.is_err(), "a closed store is not a dead writer");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), died).await.is_err(),
+            "a closed store is not a dead writer"
+        );
     }
 
     #[tokio::test]
@@ -1557,7 +1607,8 @@ mod tests {
     async fn a_turn_commit_appends_history_consumes_its_inbox_and_finishes_the_instance() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
-        let CreateResult::Created(start) = store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
+        let CreateResult::Created(start) =
+            store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
         else {
             panic!("not created")
         };
@@ -1580,7 +1631,8 @@ mod tests {
     async fn two_turns_built_on_the_same_history_commit_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
-        let CreateResult::Created(start) = store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
+        let CreateResult::Created(start) =
+            store.create_instance(new_instance("a", 1), IdReuse::terminal()).await.unwrap()
         else {
             panic!("not created")
         };
@@ -1612,7 +1664,10 @@ mod tests {
                 panic!("not created")
             };
             if *id != "job-2" {
-                store.commit_turn(finish(id, vec![d.start.inbox_id], OrchestrationStatus::Completed, 100 + i as i64)).await.unwrap();
+                store
+                    .commit_turn(finish(id, vec![d.start.inbox_id], OrchestrationStatus::Completed, 100 + i as i64))
+                    .await
+                    .unwrap();
             }
         }
         let ids = |v: Vec<InstanceRecord>| v.into_iter().map(|r| r.instance_id).collect::<Vec<_>>();
@@ -1655,7 +1710,11 @@ mod tests {
             .unwrap();
         assert_eq!(ids(created), ["job-2", "job-3"]);
         let done = store
-            .list_completed_ids(&CompletedFilter { page_size: 10, after: Some((100, "job-1".into())), ..Default::default() })
+            .list_completed_ids(&CompletedFilter {
+                page_size: 10,
+                after: Some((100, "job-1".into())),
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert_eq!(done, [(102, "job-3".to_string()), (103, "other-1".to_string())]);
@@ -1709,7 +1768,10 @@ mod tests {
                 }),
                 ..Default::default()
             }];
-            let timer = Message { visible_at_ms: FUTURE, ..Message::now(id, Some(format!("{id}-exec")), events::wake_up(20), 20) };
+            let timer = Message {
+                visible_at_ms: FUTURE,
+                ..Message::now(id, Some(format!("{id}-exec")), events::wake_up(20), 20)
+            };
             outcome.messages = vec![timer];
         }
         let commit = TurnCommit {
@@ -1739,7 +1801,11 @@ mod tests {
             ("no policy", IdReuse::terminal(), "cxxxrrr"),
             ("replaceable []", IdReuse::Replace(vec![]), "cxxxxxx"),
             ("replaceable [RUNNING]", IdReuse::Replace(vec![S::Running]), "cxtxxxx"),
-            ("replaceable [PENDING,RUNNING,SUSPENDED]", IdReuse::Replace(vec![S::Pending, S::Running, S::Suspended]), "ctttxxx"),
+            (
+                "replaceable [PENDING,RUNNING,SUSPENDED]",
+                IdReuse::Replace(vec![S::Pending, S::Running, S::Suspended]),
+                "ctttxxx",
+            ),
             ("replaceable [COMPLETED,FAILED]", IdReuse::Replace(vec![S::Completed, S::Failed]), "cxxxrrx"),
             ("replaceable all", IdReuse::Replace(all()), "ctttrrr"),
             // Issue 13: this used to replace (wipe) PENDING, RUNNING, SUSPENDED and TERMINATED.
@@ -1753,11 +1819,20 @@ mod tests {
             ("legacy all ERROR", legacy(all(), Error), "cxxxxxx"),
             ("legacy [RUNNING] ERROR", legacy(vec![S::Running], Error), "cxxxxxx"),
         ];
-        let columns = [None, Some(S::Pending), Some(S::Running), Some(S::Suspended), Some(S::Completed), Some(S::Failed), Some(S::Terminated)];
+        let columns = [
+            None,
+            Some(S::Pending),
+            Some(S::Running),
+            Some(S::Suspended),
+            Some(S::Completed),
+            Some(S::Failed),
+            Some(S::Terminated),
+        ];
 
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
-        let CreateResult::Created(p) = store.create_instance(new_instance("p", 1), IdReuse::terminal()).await.unwrap() else {
+        let CreateResult::Created(p) = store.create_instance(new_instance("p", 1), IdReuse::terminal()).await.unwrap()
+        else {
             panic!("parent not created")
         };
         let mut running = finish("p", vec![p.start.inbox_id], S::Running, 2);
@@ -1780,11 +1855,15 @@ mod tests {
                 let after = store.load_instance(&id).await.unwrap().unwrap();
                 let rows_of_old = store.recover().await.unwrap();
                 let old_exec = format!("{id}-exec");
-                let old_inbox = rows_of_old.inbox.iter().filter(|d| d.execution_id.as_deref() == Some(&old_exec)).count();
+                let old_inbox =
+                    rows_of_old.inbox.iter().filter(|d| d.execution_id.as_deref() == Some(&old_exec)).count();
                 let old_activities = rows_of_old
                     .activities
                     .iter()
-                    .filter(|a| a.request.orchestration_instance.as_ref().and_then(|o| o.execution_id.as_deref()) == Some(&old_exec))
+                    .filter(|a| {
+                        a.request.orchestration_instance.as_ref().and_then(|o| o.execution_id.as_deref())
+                            == Some(&old_exec)
+                    })
                     .count();
                 match want {
                     'c' | 'r' | 't' => {
@@ -1796,12 +1875,20 @@ mod tests {
                         assert_eq!(after.input.as_deref(), Some("\"new\""), "{cell}");
                         assert_eq!(after.parent_instance_id, None, "{cell}: the new instance has no parent");
                         assert!(store.load_history(&id).await.unwrap().is_empty(), "{cell}: old history must be gone");
-                        assert_eq!((old_inbox, old_activities), (0, 0), "{cell}: old execution's pending work must be gone");
+                        assert_eq!(
+                            (old_inbox, old_activities),
+                            (0, 0),
+                            "{cell}: old execution's pending work must be gone"
+                        );
                         if want == 't' {
                             assert!(!is_terminal(status.unwrap()), "{cell}: 't' is for live instances");
                             assert_eq!(created.delivered.len(), 1, "{cell}: the parent must be told");
                             let d = &created.delivered[0];
-                            assert_eq!((d.instance_id.as_str(), d.execution_id.as_deref()), ("p", Some("p-exec")), "{cell}");
+                            assert_eq!(
+                                (d.instance_id.as_str(), d.execution_id.as_deref()),
+                                ("p", Some("p-exec")),
+                                "{cell}"
+                            );
                             match &d.event.event_type {
                                 Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(f)) => {
                                     assert_eq!(f.task_scheduled_id, 7, "{cell}");
@@ -1845,7 +1932,13 @@ mod tests {
             .unwrap()
             .inbox
             .iter()
-            .filter(|d| d.instance_id == "p" && matches!(d.event.event_type, Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(_))))
+            .filter(|d| {
+                d.instance_id == "p"
+                    && matches!(
+                        d.event.event_type,
+                        Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(_))
+                    )
+            })
             .count();
         assert_eq!(in_parent, notices);
         assert_eq!(notices, 1 + 3 + 3 + 1 + 3, "t cells in the table");

@@ -16,10 +16,7 @@ pub fn duro_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     profile_dir.join(if cfg!(windows) { "duro.exe" } else { "duro" })
 }
 
@@ -29,14 +26,8 @@ pub fn duro_bin() -> PathBuf {
 fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut handed = HANDED_OUT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !handed.contains(&port) {
             handed.push(port);
             return port;
@@ -53,11 +44,7 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn start() -> Sidecar {
-        let mut s = Sidecar {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
-        };
+        let mut s = Sidecar { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), child: None };
         s.spawn();
         s
     }
@@ -77,11 +64,7 @@ impl Sidecar {
             "duro binary not found at {} (run `cargo build -p duro` first or set DURO_BIN)",
             bin.display()
         );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log");
         let child = Command::new(&bin)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -99,11 +82,7 @@ impl Sidecar {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "duro did not start listening; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "duro did not start listening; log:\n{}", self.log());
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("duro exited with {status}; log:\n{}", self.log());
             }
@@ -116,9 +95,7 @@ impl Sidecar {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.address())
-            .await
-            .expect("client connect")
+        Client::connect(self.address()).await.expect("client connect")
     }
 
     /// `kill -9`, then start again on the same port and database.
@@ -140,11 +117,7 @@ impl Drop for Sidecar {
         self.kill();
         // DURO_TEST_SHOW_LOG=1 prints the sidecar's warnings and errors (debugging aid).
         if std::env::var_os("DURO_TEST_SHOW_LOG").is_some() {
-            for line in self
-                .log()
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            {
+            for line in self.log().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
                 eprintln!("[duro:{}] {line}", self.port);
             }
         }
@@ -163,20 +136,10 @@ pub async fn start_worker(sidecar: &Sidecar, registry: Registry) -> WorkerHandle
     start_worker_with(sidecar, registry, test_options()).await
 }
 
-pub async fn start_worker_with(
-    sidecar: &Sidecar,
-    registry: Registry,
-    options: WorkerOptions,
-) -> WorkerHandle {
-    let handle = Worker::new(sidecar.address())
-        .with_options(options)
-        .with_registry(registry)
-        .start()
-        .expect("start worker");
-    assert!(
-        handle.wait_until_connected(Duration::from_secs(20)).await,
-        "worker did not connect"
-    );
+pub async fn start_worker_with(sidecar: &Sidecar, registry: Registry, options: WorkerOptions) -> WorkerHandle {
+    let handle =
+        Worker::new(sidecar.address()).with_options(options).with_registry(registry).start().expect("start worker");
+    assert!(handle.wait_until_connected(Duration::from_secs(20)).await, "worker did not connect");
     handle
 }
 
@@ -191,19 +154,12 @@ pub async fn poll_until(
 ) -> duro_sdk::OrchestrationMetadata {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(m) = client
-            .get_orchestration(instance_id, true)
-            .await
-            .expect("get")
-        {
+        if let Some(m) = client.get_orchestration(instance_id, true).await.expect("get") {
             if done(&m) {
                 return m;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "instance '{instance_id}' never reached the expected state"
-        );
+        assert!(Instant::now() < deadline, "instance '{instance_id}' never reached the expected state");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -109,9 +109,9 @@ impl MemStore {
 }
 
 fn target_of(t: &Tables, id: &str) -> Option<(Target, String)> {
-    t.instances.get(id).map(|i| {
-        (Target { name: i.name.clone(), version: None, status: i.status }, i.execution_id.clone())
-    })
+    t.instances
+        .get(id)
+        .map(|i| (Target { name: i.name.clone(), version: None, status: i.status }, i.execution_id.clone()))
 }
 
 fn insert_inbox(t: &mut Tables, m: &Message, target: Target) -> Delivered {
@@ -242,7 +242,8 @@ impl Store for MemStore {
             if terminal {
                 t.inbox.retain(|_, r| r.instance_id != c.instance_id);
                 let id = c.instance_id.as_str();
-                t.activities.retain(|_, a| a.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) != Some(id));
+                t.activities
+                    .retain(|_, a| a.orchestration_instance.as_ref().map(|o| o.instance_id.as_str()) != Some(id));
                 result.finished_through = Some(t.last_inbox);
             }
             for a in &o.activities {
@@ -327,7 +328,9 @@ impl Store for MemStore {
         self.apply(|t| {
             Ok(inbox_ids
                 .iter()
-                .filter_map(|id| t.inbox.get(id).filter(|r| r.instance_id == instance_id).map(|r| (*id, r.event.clone())))
+                .filter_map(|id| {
+                    t.inbox.get(id).filter(|r| r.instance_id == instance_id).map(|r| (*id, r.event.clone()))
+                })
                 .collect())
         })
         .await

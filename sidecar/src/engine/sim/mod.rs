@@ -216,7 +216,8 @@ impl Sim {
     }
 
     fn connect(&mut self) {
-        let rules = StreamRules { max_orchestrations: 1 + self.roll(3), max_activities: 1 + self.roll(3), filters: None };
+        let rules =
+            StreamRules { max_orchestrations: 1 + self.roll(3), max_activities: 1 + self.roll(3), filters: None };
         let (id, rx) = self.engine.open_stream(rules);
         self.workers.push(Worker { id, rx, held: Vec::new() });
     }
