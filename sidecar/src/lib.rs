@@ -1,7 +1,8 @@
 //! Duro: a durable-execution sidecar that speaks Microsoft's Durable Task sidecar protocol.
 //!
 //! Layers, from the inside out:
-//! - [`core`]: the pure orchestration state machine (no I/O);
+//! - [`core`]: the pure orchestration state machine, the `duro-core` crate (no I/O, no clock);
+//! - [`ambient`]: where the shell reads the wall clock and makes random ids;
 //! - [`store`]: the durable history store behind a small trait (SQLite by default);
 //! - [`engine`]: the imperative shell that runs turns, commits them and dispatches work;
 //! - [`grpc`]: the `TaskHubSidecarService` adapter;
@@ -9,7 +10,9 @@
 //! - [`http`]: the Durable Functions HTTP management API (webhook routes, signed status links);
 //! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
 
-pub mod core;
+pub use duro_core as core;
+
+pub mod ambient;
 pub mod durable_http;
 pub mod engine;
 pub mod grpc;

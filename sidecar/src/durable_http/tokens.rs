@@ -49,7 +49,7 @@ use thiserror::Error;
 use url::Url;
 
 use super::request::{InvalidRequest, TokenSourceSpec};
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 
 /// A secret string (token, identity header, client secret) that never prints.
 #[derive(Clone, PartialEq, Eq)]

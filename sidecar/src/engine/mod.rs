@@ -24,7 +24,7 @@ use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 use crate::core::turn::{self, TurnError, TurnInput, WorkerDecision};
 use crate::core::{self, control, events, is_terminal, InstanceInfo, Message, NewInstance, TurnOutcome};
 use crate::store::*;
@@ -757,7 +757,7 @@ impl Engine {
         }
         let now = self.now();
         let decision = WorkerDecision { actions: flight.actions, ..decision };
-        let mut new_id = crate::core::new_execution_id;
+        let mut new_id = crate::ambient::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
         let outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {

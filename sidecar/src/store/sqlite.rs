@@ -1051,7 +1051,7 @@ fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Res
     let new = NewInstance {
         spec: core::StartSpec {
             instance_id: instance_id.clone(),
-            execution_id: core::new_execution_id(),
+            execution_id: crate::ambient::new_execution_id(),
             name: rec.name,
             version: rec.version,
             input: rec.input,
