@@ -9,6 +9,7 @@
 //! dependencies (protobuf messages only, no tokio/rusqlite/tonic/uuid/rand) keep it that way.
 
 pub mod control;
+pub mod entity;
 pub mod events;
 pub mod time;
 pub mod turn;
