@@ -199,6 +199,8 @@ pub struct TurnOutcome {
     pub trace_context: Option<OrchestrationTraceContext>,
     pub activities: Vec<ActivityRequest>,
     pub messages: Vec<Message>,
+    /// Requests for entities' queues (signals, calls, lock requests, unlocks).
+    pub entity_messages: Vec<entity::EntityMessage>,
     pub children: Vec<NewInstance>,
     pub continue_as_new: Option<NewExecution>,
     /// How many of the turn's new events (after `orchestratorStarted`) were consumed; the
@@ -218,6 +220,7 @@ impl TurnOutcome {
             trace_context: None,
             activities: Vec::new(),
             messages: Vec::new(),
+            entity_messages: Vec::new(),
             children: Vec::new(),
             continue_as_new: None,
             consumed_new_events,

@@ -249,10 +249,13 @@ pub fn decide(
                 ));
             }
             OrchestratorActionType::CompleteOrchestration(a) => completion = Some((id, a)),
-            OrchestratorActionType::SendEntityMessage(_) => {
-                return Err(TurnError::Unsupported(
-                    "entities are not supported by this Duro version (sendEntityMessage)".into(),
-                ))
+            OrchestratorActionType::SendEntityMessage(a) => {
+                let (mut history, message) =
+                    crate::entity::route_action(&a, &info.instance_id, &info.execution_id, now)
+                        .map_err(|e| TurnError::Invalid(format!("sendEntityMessage action {id}: {e}")))?;
+                history.event_id = id;
+                out.append.push(history);
+                out.entity_messages.push(message);
             }
             OrchestratorActionType::RewindOrchestration(_) => {
                 return Err(TurnError::Unsupported(
@@ -604,9 +607,23 @@ mod tests {
     }
 
     #[test]
-    fn entity_actions_are_unsupported_not_ignored() {
-        let a = OrchestratorActionType::SendEntityMessage(SendEntityMessageAction::default());
-        assert!(matches!(run(&info(), vec![action(1, a)]), Err(TurnError::Unsupported(_))));
+    fn entity_messages_are_recorded_with_the_action_id_and_routed() {
+        use duro_proto::send_entity_message_action::EntityMessageType as M;
+        let empty = OrchestratorActionType::SendEntityMessage(SendEntityMessageAction::default());
+        assert!(matches!(run(&info(), vec![action(1, empty)]), Err(TurnError::Invalid(_))));
+        let signal = OrchestratorActionType::SendEntityMessage(SendEntityMessageAction {
+            entity_message_type: Some(M::EntityOperationSignaled(EntityOperationSignaledEvent {
+                request_id: "r".into(),
+                operation: "add".into(),
+                target_instance_id: Some("@counter@k".into()),
+                ..Default::default()
+            })),
+        });
+        let out = run(&info(), vec![action(3, signal)]).expect("turn");
+        assert_eq!(out.entity_messages.len(), 1);
+        assert_eq!(out.entity_messages[0].entity_id, "@counter@k");
+        let recorded = out.append.iter().find(|e| matches!(e.event_type, Some(EventType::EntityOperationSignaled(_))));
+        assert_eq!(recorded.map(|e| e.event_id), Some(3));
     }
 
     #[test]

@@ -293,6 +293,8 @@ pub struct TurnCommit {
 pub struct CommitResult {
     pub activities: Vec<QueuedActivity>,
     pub delivered: Vec<Delivered>,
+    /// Requests the turn queued for entities.
+    pub entity_messages: Vec<QueuedEntityMessage>,
     /// For a turn that finished the instance: the newest inbox id at commit time. Every
     /// row of the instance up to it was deleted; a later one belongs to a new execution.
     pub finished_through: Option<i64>,
@@ -369,6 +371,70 @@ pub enum Attempts {
     Activity(i64, u32),
 }
 
+/// A committed entity queue row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedEntityMessage {
+    pub id: i64,
+    pub entity_id: String,
+    pub visible_at_ms: i64,
+    pub event: HistoryEvent,
+}
+
+/// One entity step's changes for [`Store::commit_entity`].
+#[derive(Debug, Clone)]
+pub struct EntityCommit {
+    pub entity_id: String,
+    pub effects: crate::core::entity::Effects,
+    /// Orchestrations the step starts (created only if the id is free).
+    pub starts: Vec<NewInstance>,
+    pub now_ms: i64,
+}
+
+/// What a committed entity step delivered, for dispatch.
+#[derive(Debug, Clone, Default)]
+pub struct EntityCommitResult {
+    /// Events for orchestrations' inboxes, and the start events of created orchestrations.
+    pub delivered: Vec<Delivered>,
+    /// Requests queued for entities.
+    pub queued: Vec<QueuedEntityMessage>,
+    /// Orchestrations a lock grant was addressed to that have ended or do not exist:
+    /// their locks must be released.
+    pub gone_owners: Vec<String>,
+}
+
+/// An entity's stored row and queue length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityRecord {
+    pub entity_id: String,
+    pub state: Option<String>,
+    pub lock_owner: Option<String>,
+    pub lock_section: Option<String>,
+    pub modified_at_ms: i64,
+    pub backlog: u32,
+}
+
+/// Filters of an entity query; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct EntityFilter {
+    pub id_prefix: Option<String>,
+    /// Exactly this entity.
+    pub id: Option<String>,
+    pub modified_from_ms: Option<i64>,
+    pub modified_to_ms: Option<i64>,
+    /// Also entities without state (locked or with queued requests, or empty).
+    pub include_transient: bool,
+    pub page_size: u32,
+    /// Exclusive lower bound on the entity id.
+    pub after_id: Option<String>,
+}
+
+/// An entity and its queue as found at start-up.
+#[derive(Debug, Clone)]
+pub struct RecoveredEntity {
+    pub record: EntityRecord,
+    pub messages: Vec<QueuedEntityMessage>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates an instance (client start) and its `executionStarted` inbox row.
@@ -429,6 +495,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// All pending inbox rows and activities, for rebuilding dispatch state at start-up.
     async fn recover(&self) -> Result<Recovered, StoreError>;
+
+    /// Queues requests for entities (creating their rows), in one transaction.
+    async fn enqueue_entity(
+        &self,
+        messages: Vec<crate::core::entity::EntityMessage>,
+        now_ms: i64,
+    ) -> Result<Vec<QueuedEntityMessage>, StoreError>;
+
+    /// Commits one entity step atomically: consumed queue rows deleted, state and lock
+    /// written, replies delivered, requests queued, orchestrations started. `Conflict` (and
+    /// nothing stored) when a consumed row no longer exists.
+    async fn commit_entity(&self, commit: EntityCommit) -> Result<EntityCommitResult, StoreError>;
+
+    /// Deletes those of `ids` that hold no state, no lock and no queued request.
+    async fn remove_empty_entities(&self, ids: Vec<String>) -> Result<u32, StoreError>;
+
+    async fn query_entities(&self, filter: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError>;
+
+    /// Every entity with its queue, for rebuilding entity dispatch at start-up.
+    async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError>;
 }
 
 #[cfg(test)]

@@ -29,11 +29,14 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::*;
 use crate::core::{self, events, is_terminal, status_from_i32, Message, NewInstance, Priority};
 
+mod entities;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/sqlite/0001_init.sql")),
     ("0002_activity_progress", include_str!("../../migrations/sqlite/0002_activity_progress.sql")),
     ("0003_delivery_attempts", include_str!("../../migrations/sqlite/0003_delivery_attempts.sql")),
+    ("0004_entities", include_str!("../../migrations/sqlite/0004_entities.sql")),
 ];
 
 /// Most writes grouped into one transaction.
@@ -234,6 +237,9 @@ enum WriteOp {
     Purge(PurgeSelection, bool),
     Restart(String, Option<String>, i64),
     Rewind(String, Option<String>, i64),
+    EnqueueEntity(Vec<crate::core::entity::EntityMessage>, i64),
+    CommitEntity(EntityCommit),
+    RemoveEmptyEntities(Vec<String>),
     /// Tests only: runs a function on the writer's connection inside a group (to set a
     /// connection-level pragma there, or to make the writer thread panic).
     #[cfg(test)]
@@ -252,6 +258,8 @@ enum WriteResult {
     Saved(bool),
     Restart(RestartResult),
     Rewind(RewindResult),
+    EntityQueued(Vec<QueuedEntityMessage>),
+    EntityCommitted(EntityCommitResult),
 }
 
 fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection, StoreError> {
@@ -567,6 +575,15 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
         WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive)?),
         WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now)?),
         WriteOp::Rewind(id, reason, now) => WriteResult::Rewind(rewind(c, id, reason.clone(), *now)?),
+        WriteOp::EnqueueEntity(messages, now) => {
+            let mut queued = Vec::with_capacity(messages.len());
+            for m in messages {
+                queued.push(entities::insert_message(c, m, *now)?);
+            }
+            WriteResult::EntityQueued(queued)
+        }
+        WriteOp::CommitEntity(commit) => WriteResult::EntityCommitted(entities::commit(c, commit)?),
+        WriteOp::RemoveEmptyEntities(ids) => WriteResult::Purge(entities::remove_empty(c, ids)?),
         #[cfg(test)]
         WriteOp::OnWriter(f) => {
             f(c)?;
@@ -866,6 +883,9 @@ fn commit_turn(c: &Connection, t: &TurnCommit) -> Result<CommitResult, StoreErro
         if let Some(d) = deliver(c, m)? {
             result.delivered.push(d);
         }
+    }
+    for m in &o.entity_messages {
+        result.entity_messages.push(entities::insert_message(c, m, t.now_ms)?);
     }
     Ok(result)
 }
@@ -1293,6 +1313,31 @@ impl Store for SqliteStore {
     async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError> {
         let id = instance_id.to_string();
         self.reads.run(move |c| load_inbox_with(c, &id)).await
+    }
+
+    async fn enqueue_entity(
+        &self,
+        messages: Vec<crate::core::entity::EntityMessage>,
+        now_ms: i64,
+    ) -> Result<Vec<QueuedEntityMessage>, StoreError> {
+        expect_result!(self.write(WriteOp::EnqueueEntity(messages, now_ms)).await?, EntityQueued)
+    }
+
+    async fn commit_entity(&self, commit: EntityCommit) -> Result<EntityCommitResult, StoreError> {
+        expect_result!(self.write(WriteOp::CommitEntity(commit)).await?, EntityCommitted)
+    }
+
+    async fn remove_empty_entities(&self, ids: Vec<String>) -> Result<u32, StoreError> {
+        expect_result!(self.write(WriteOp::RemoveEmptyEntities(ids)).await?, Purge)
+    }
+
+    async fn query_entities(&self, filter: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError> {
+        let f = filter.clone();
+        self.reads.run(move |c| entities::query(c, &f)).await
+    }
+
+    async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError> {
+        self.reads.run(entities::recover).await
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {

@@ -349,6 +349,32 @@ impl Store for MemStore {
         .await
     }
 
+    // Entities are not part of the simulation: the engine reaches these only when a
+    // worker or client uses entities, which the simulation never does.
+    async fn enqueue_entity(
+        &self,
+        _messages: Vec<crate::core::entity::EntityMessage>,
+        _now_ms: i64,
+    ) -> Result<Vec<QueuedEntityMessage>, StoreError> {
+        Err(StoreError::Task("entities are not simulated".into()))
+    }
+
+    async fn commit_entity(&self, _commit: EntityCommit) -> Result<EntityCommitResult, StoreError> {
+        Err(StoreError::Task("entities are not simulated".into()))
+    }
+
+    async fn remove_empty_entities(&self, _ids: Vec<String>) -> Result<u32, StoreError> {
+        Ok(0)
+    }
+
+    async fn query_entities(&self, _filter: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError> {
+        Ok(Vec::new())
+    }
+
     async fn recover(&self) -> Result<Recovered, StoreError> {
         self.apply(|t| {
             let inbox = t.inbox.iter().filter_map(|(id, r)| delivered(t, *id, r)).collect();
