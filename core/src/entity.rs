@@ -235,9 +235,14 @@ impl EntityState {
         EntityState { id: id.into(), ..EntityState::default() }
     }
 
-    /// Appends a request to the queue (requests arrive in commit order).
+    /// Adds a request to the queue in row-id (commit) order, whatever order the shell
+    /// learns of commits in. A row already queued is not added twice.
     pub fn enqueue(&mut self, queued: Queued) {
-        self.queue.push_back(queued);
+        let at = self.queue.partition_point(|q| q.id < queued.id);
+        if self.queue.get(at).is_some_and(|q| q.id == queued.id) {
+            return;
+        }
+        self.queue.insert(at, queued);
     }
 
     /// Whether the entity holds nothing worth keeping: no state, no lock, no queue.
@@ -597,6 +602,14 @@ mod tests {
         e.applied(&fx);
         assert_eq!(e.state.as_deref(), Some("3"));
         assert_eq!(ids(&e.next_step()), vec![4]);
+    }
+
+    #[test]
+    fn requests_queue_in_commit_order_once() {
+        let mut e = entity(vec![signal(3, "c"), signal(1, "a"), signal(2, "b"), signal(1, "a")]);
+        assert_eq!(e.queue.iter().map(|q| q.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        e.enqueue(signal(0, "z"));
+        assert_eq!(ids(&e.next_step()), vec![0, 1, 2, 3]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod builtin;
 pub mod cache;
+pub mod entities;
 pub mod scheduler;
 pub mod waiters;
 
@@ -96,6 +97,8 @@ struct Inner {
     timer: Notify,
     shutdown: watch::Sender<bool>,
     clock: Arc<dyn Clock>,
+    entities: Mutex<entities::EntityDispatch>,
+    entity_timer: Notify,
 }
 
 /// Where the engine reads the time: the system clock, or a test's manual clock.
@@ -129,6 +132,9 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let engine = Engine::start_with_clock(store, opts, builtins, Arc::new(SystemClock)).await?;
         tokio::spawn(engine.clone().timer_loop());
+        engine.recover_entities().await?;
+        tokio::spawn(engine.clone().entity_timer_loop());
+        engine.pump_entities();
         Ok(engine)
     }
 
@@ -169,6 +175,8 @@ impl Engine {
                 timer: Notify::new(),
                 shutdown,
                 clock,
+                entities: Mutex::new(entities::EntityDispatch::default()),
+                entity_timer: Notify::new(),
             }),
         };
         engine.pump();
@@ -269,6 +277,7 @@ impl Engine {
             self.inner.timer.notify_one();
         }
         self.run_assignments(assignments);
+        self.pump_entities();
     }
 
     fn run_assignments(&self, assignments: Vec<Assignment>) {
@@ -614,6 +623,10 @@ impl Engine {
         match self.inner.store.commit_turn(commit.clone()).await {
             Ok(result) => {
                 self.update_cache(info, history_len, &commit.outcome);
+                self.entity_messages_committed(result.entity_messages.clone());
+                if commit.outcome.is_terminal() {
+                    self.entity_owner_ended(&info.instance_id);
+                }
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_turn(token, unconsumed, suspended, result.finished_through);
@@ -675,8 +688,20 @@ impl Engine {
 
     /// Registers a work-item stream; work for it arrives on the receiver.
     pub fn open_stream(&self, rules: StreamRules) -> (StreamId, mpsc::UnboundedReceiver<Outgoing>) {
+        let cap = self.inner.opts.default_stream_cap;
+        self.open_stream_with_entities(rules, cap)
+    }
+
+    /// Registers a work-item stream that also takes up to `max_entities` entity batches.
+    pub fn open_stream_with_entities(
+        &self,
+        rules: StreamRules,
+        max_entities: usize,
+    ) -> (StreamId, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = self.inner.sched.lock().add_stream(rules, tx);
+        let entity_rules = rules.clone();
+        let id = self.inner.sched.lock().add_stream(rules, tx.clone());
+        self.entity_stream_opened(id, &entity_rules, max_entities, tx);
         tracing::info!(stream = id, "work-item stream connected");
         self.pump();
         (id, rx)
@@ -685,6 +710,7 @@ impl Engine {
     /// Removes a stream; its leases go back to the queues for other streams.
     pub fn close_stream(&self, id: StreamId) {
         let poisoned = self.inner.sched.lock().remove_stream(id, self.now());
+        self.entity_stream_closed(id);
         self.persist_attempts();
         tracing::info!(stream = id, "work-item stream disconnected; its work is redelivered");
         self.run_assignments(poisoned);

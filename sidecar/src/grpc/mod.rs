@@ -2,6 +2,7 @@
 //! results and errors to the wire. No orchestration logic lives here.
 
 pub mod auth;
+mod entities;
 pub mod validate;
 
 use std::pin::Pin;
@@ -184,10 +185,6 @@ async fn wait_with_cap(
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn entities_unimplemented() -> Status {
-    Status::unimplemented("durable entities are not supported by this version of Duro yet")
-}
 
 #[tonic::async_trait]
 impl TaskHubSidecarService for SidecarService {
@@ -434,8 +431,13 @@ impl TaskHubSidecarService for SidecarService {
         request: Request<GetWorkItemsRequest>,
     ) -> Result<Response<Self::GetWorkItemsStream>, Status> {
         let r = request.into_inner();
-        let rules = StreamRules::from_request(&r, self.engine.options().default_stream_cap);
-        let (id, mut items) = self.engine.open_stream(rules);
+        let default_cap = self.engine.options().default_stream_cap;
+        let rules = StreamRules::from_request(&r, default_cap);
+        let max_entities = match r.max_concurrent_entity_work_items {
+            n if n > 0 => (n as usize).min(crate::engine::scheduler::MAX_STREAM_CAP),
+            _ => default_cap,
+        };
+        let (id, mut items) = self.engine.open_stream_with_entities(rules, max_entities);
         let (out, out_rx) = mpsc::channel::<Result<WorkItem, Status>>(64);
         let engine = self.engine.clone();
         let ping_every = engine.options().ping_interval;
@@ -487,9 +489,10 @@ impl TaskHubSidecarService for SidecarService {
 
     async fn complete_entity_task(
         &self,
-        _request: Request<EntityBatchResult>,
+        request: Request<EntityBatchResult>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
-        Err(entities_unimplemented())
+        self.engine.complete_entity(request.into_inner()).await?;
+        Ok(Response::new(CompleteTaskResponse {}))
     }
 
     type StreamInstanceHistoryStream = BoxStream<HistoryChunk>;
@@ -531,26 +534,26 @@ impl TaskHubSidecarService for SidecarService {
         Err(Status::unimplemented("Duro does not delete its store over the API; remove the database file instead"))
     }
 
-    async fn signal_entity(&self, _r: Request<SignalEntityRequest>) -> Result<Response<SignalEntityResponse>, Status> {
-        Err(entities_unimplemented())
+    async fn signal_entity(&self, r: Request<SignalEntityRequest>) -> Result<Response<SignalEntityResponse>, Status> {
+        entities::signal(&self.engine, r.into_inner()).await
     }
 
-    async fn get_entity(&self, _r: Request<GetEntityRequest>) -> Result<Response<GetEntityResponse>, Status> {
-        Err(entities_unimplemented())
+    async fn get_entity(&self, r: Request<GetEntityRequest>) -> Result<Response<GetEntityResponse>, Status> {
+        entities::get(&self.engine, r.into_inner()).await
     }
 
     async fn query_entities(
         &self,
-        _r: Request<QueryEntitiesRequest>,
+        r: Request<QueryEntitiesRequest>,
     ) -> Result<Response<QueryEntitiesResponse>, Status> {
-        Err(entities_unimplemented())
+        entities::query(&self.engine, r.into_inner()).await
     }
 
     async fn clean_entity_storage(
         &self,
-        _r: Request<CleanEntityStorageRequest>,
+        r: Request<CleanEntityStorageRequest>,
     ) -> Result<Response<CleanEntityStorageResponse>, Status> {
-        Err(entities_unimplemented())
+        entities::clean(&self.engine, r.into_inner()).await
     }
 
     async fn abandon_task_activity_work_item(
@@ -571,9 +574,10 @@ impl TaskHubSidecarService for SidecarService {
 
     async fn abandon_task_entity_work_item(
         &self,
-        _request: Request<AbandonEntityTaskRequest>,
+        request: Request<AbandonEntityTaskRequest>,
     ) -> Result<Response<AbandonEntityTaskResponse>, Status> {
-        Err(entities_unimplemented())
+        self.engine.abandon_entity(&request.into_inner().completion_token);
+        Ok(Response::new(AbandonEntityTaskResponse {}))
     }
 
     async fn skip_graceful_orchestration_terminations(

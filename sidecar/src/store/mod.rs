@@ -415,7 +415,7 @@ pub struct EntityRecord {
 
 /// Filters of an entity query; all optional.
 #[derive(Debug, Clone, Default)]
-pub struct EntityFilter {
+pub struct EntitySelection {
     pub id_prefix: Option<String>,
     /// Exactly this entity.
     pub id: Option<String>,
@@ -511,7 +511,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes those of `ids` that hold no state, no lock and no queued request.
     async fn remove_empty_entities(&self, ids: Vec<String>) -> Result<u32, StoreError>;
 
-    async fn query_entities(&self, filter: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError>;
+    async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError>;
 
     /// Every entity with its queue, for rebuilding entity dispatch at start-up.
     async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError>;

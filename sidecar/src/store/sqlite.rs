@@ -1331,7 +1331,7 @@ impl Store for SqliteStore {
         expect_result!(self.write(WriteOp::RemoveEmptyEntities(ids)).await?, Purge)
     }
 
-    async fn query_entities(&self, filter: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError> {
+    async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError> {
         let f = filter.clone();
         self.reads.run(move |c| entities::query(c, &f)).await
     }

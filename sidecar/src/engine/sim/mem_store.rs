@@ -367,7 +367,7 @@ impl Store for MemStore {
         Ok(0)
     }
 
-    async fn query_entities(&self, _filter: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError> {
+    async fn query_entities(&self, _filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -112,7 +112,7 @@ fn record(r: &Row<'_>) -> Result<EntityRecord, StoreError> {
     })
 }
 
-pub(super) fn query(c: &Connection, f: &EntityFilter) -> Result<Vec<EntityRecord>, StoreError> {
+pub(super) fn query(c: &Connection, f: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError> {
     let mut q = DynQuery::new(format!("SELECT {COLUMNS} FROM entities e WHERE 1 = 1"));
     if let Some(id) = &f.id {
         q.push(" AND e.entity_id = ?", id.clone());

@@ -1,0 +1,639 @@
+//! Entity dispatch: the shell around [`crate::core::entity`].
+//!
+//! The store is the truth (`entities` rows and `entity_messages` queue rows); this module
+//! keeps, for every entity with queued requests or a lock, its [`EntityState`] in memory,
+//! rebuilt from the store at start-up. Flow: a committed request (client signal, an
+//! orchestration's `sendEntityMessage`, another entity's signal) is added to its entity's
+//! queue; [`Engine::pump_entities`] asks each idle entity for its next step and either
+//! leases a batch of operations to a worker stream (`entityRequestV2`) or commits a lock
+//! step itself; a worker's `CompleteEntityTask` goes through
+//! [`EntityState::complete_batch`] and commits in one transaction (state, consumed rows,
+//! replies, signals, new orchestrations). Only after the commit is memory updated and the
+//! replies handed to the orchestration scheduler. A batch whose stream closes, that is
+//! abandoned, or whose worker reports a whole-batch failure runs again after a back-off.
+//!
+//! Locks of orchestrations that end are released here: an ended owner's held locks are
+//! released and its queued lock requests are dropped when they reach the head of a queue.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use duro_proto::*;
+use tokio::sync::mpsc;
+
+use super::scheduler::{Outgoing as StreamItem, StreamId, StreamRules};
+use super::{detached, Engine, EngineError};
+use crate::core::entity::{
+    self, BatchOutcome, Effects, EntityId, EntityState, Lock, OpResult, Outgoing, Queued, Request, Step,
+};
+use crate::core::{events, is_terminal, NewInstance, StartSpec};
+use crate::store::*;
+
+/// Back-off before a batch that came back without a result runs again.
+const RETRY_MS: i64 = 1_000;
+
+struct Slot {
+    entity: EntityState,
+    /// Not dispatched before this time (after an abandoned or failed batch).
+    retry_at: i64,
+    /// A lock step is being committed by the sidecar.
+    applying: bool,
+}
+
+struct EntityStream {
+    sender: mpsc::UnboundedSender<StreamItem>,
+    cap: usize,
+    /// Entity names this stream serves; `None`: all.
+    names: Option<HashSet<String>>,
+    /// Entity names this stream (which sent no filters) answered "not registered" for.
+    rejected: HashSet<String>,
+    in_flight: usize,
+}
+
+struct EntityLease {
+    entity_id: String,
+    stream: StreamId,
+    ops: Vec<Queued>,
+    completing: bool,
+}
+
+/// In-memory entity dispatch state (behind the engine's mutex).
+#[derive(Default)]
+pub(super) struct EntityDispatch {
+    slots: HashMap<String, Slot>,
+    streams: BTreeMap<StreamId, EntityStream>,
+    leases: HashMap<String, EntityLease>,
+    /// Requests not visible yet (scheduled signals), by (visible_at, row id).
+    delayed: BTreeMap<(i64, i64), QueuedEntityMessage>,
+    /// Orchestrations that ended while holding (or asking for) entity locks.
+    ended_owners: HashSet<String>,
+}
+
+/// Work `assign` found that needs an async commit.
+struct LockStep {
+    entity_id: String,
+    effects: Effects,
+}
+
+impl EntityDispatch {
+    fn slot(&mut self, entity_id: &str) -> &mut Slot {
+        self.slots.entry(entity_id.to_string()).or_insert_with(|| Slot {
+            entity: EntityState::new(entity_id),
+            retry_at: 0,
+            applying: false,
+        })
+    }
+
+    /// Adds committed queue rows (delayed ones wait for their time).
+    fn add_messages(&mut self, messages: Vec<QueuedEntityMessage>, now: i64) {
+        for m in messages {
+            if m.visible_at_ms > now {
+                self.delayed.insert((m.visible_at_ms, m.id), m);
+                continue;
+            }
+            match Request::from_event(&m.event) {
+                Ok(request) => self.slot(&m.entity_id).entity.enqueue(Queued { id: m.id, request }),
+                Err(e) => {
+                    tracing::warn!(entity = %m.entity_id, row = m.id, error = %e, "unreadable entity request ignored")
+                }
+            }
+        }
+    }
+
+    /// Moves delayed requests whose time has come into their queues.
+    fn fire_due(&mut self, now: i64) {
+        let due: Vec<(i64, i64)> = self.delayed.range(..=(now, i64::MAX)).map(|(k, _)| *k).collect();
+        let mut ready = Vec::with_capacity(due.len());
+        for k in due {
+            if let Some(m) = self.delayed.remove(&k) {
+                ready.push(QueuedEntityMessage { visible_at_ms: now, ..m });
+            }
+        }
+        self.add_messages(ready, now);
+    }
+
+    fn next_wake(&self) -> Option<i64> {
+        let delayed = self.delayed.keys().next().map(|(at, _)| *at);
+        let retry =
+            self.slots.values().filter(|s| !s.entity.queue.is_empty()).map(|s| s.retry_at).filter(|t| *t > 0).min();
+        match (delayed, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn pick_stream(&self, name: &str) -> Option<StreamId> {
+        self.streams
+            .iter()
+            .filter(|(_, s)| {
+                s.in_flight < s.cap && s.names.as_ref().is_none_or(|n| n.contains(name)) && !s.rejected.contains(name)
+            })
+            .min_by_key(|(_, s)| s.in_flight)
+            .map(|(id, _)| *id)
+    }
+
+    /// Leases every runnable batch to a stream and returns the lock steps to commit.
+    fn assign(&mut self, now: i64) -> Vec<LockStep> {
+        let mut steps = Vec::new();
+        let ids: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                !s.applying
+                    && s.entity.batch == entity::BatchState::Idle
+                    && s.retry_at <= now
+                    && (!s.entity.queue.is_empty()
+                        || s.entity.lock.owner().is_some_and(|o| self.ended_owners.contains(o)))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let Some(slot) = self.slots.get(&id) else { continue };
+            // An ended owner's lock is released before anything else.
+            if let Some(owner) = slot.entity.lock.owner().filter(|o| self.ended_owners.contains(*o)) {
+                if let Some(effects) = slot.entity.release_owner(owner) {
+                    steps.push(LockStep { entity_id: id.clone(), effects });
+                    self.slot(&id).applying = true;
+                    continue;
+                }
+            }
+            match slot.entity.next_step() {
+                Step::Wait => {}
+                Step::Apply(mut effects) => {
+                    // A lock request of an orchestration that has ended is dropped, not granted.
+                    if let Some(owner) = effects.lock.owner() {
+                        if slot.entity.lock.owner() != Some(owner) && self.ended_owners.contains(owner) {
+                            effects.lock = slot.entity.lock.clone();
+                            effects.outgoing.clear();
+                        }
+                    }
+                    steps.push(LockStep { entity_id: id.clone(), effects });
+                    self.slot(&id).applying = true;
+                }
+                Step::Run(ops) => {
+                    let name = EntityId::parse(&id).map(|e| e.name).unwrap_or_default();
+                    let Some(stream_id) = self.pick_stream(&name) else { continue };
+                    let token = format!("e-{}", uuid::Uuid::new_v4().simple());
+                    let item = WorkItem {
+                        request: Some(work_item::Request::EntityRequestV2(EntityRequest {
+                            instance_id: id.clone(),
+                            execution_id: String::new(),
+                            entity_state: slot.entity.state.clone(),
+                            operation_requests: ops.iter().map(|q| operation_event(&q.request)).collect(),
+                        })),
+                        completion_token: token.clone(),
+                    };
+                    let Some(stream) = self.streams.get_mut(&stream_id) else { continue };
+                    stream.in_flight += 1;
+                    // A dead stream's removal gives the lease back; nothing to do here.
+                    let _ = stream.sender.send(StreamItem::Item(Box::new(item)));
+                    tracing::debug!(entity = %id, ops = ops.len(), stream = stream_id, "dispatching entity batch");
+                    self.slot(&id).entity.start_batch(&ops);
+                    self.leases.insert(token, EntityLease { entity_id: id, stream: stream_id, ops, completing: false });
+                }
+            }
+        }
+        steps
+    }
+
+    /// Ends a lease without a result: its operations run again after `delay_ms`.
+    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64) {
+        let Some(lease) = self.leases.remove(token) else { return };
+        if let Some(s) = self.streams.get_mut(&lease.stream) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        let slot = self.slot(&lease.entity_id);
+        slot.entity.abandon_batch();
+        slot.retry_at = if delay_ms > 0 { now + delay_ms } else { 0 };
+    }
+
+    /// Applies a committed step to memory.
+    fn applied(&mut self, entity_id: &str, effects: &Effects, result: EntityCommitResult, now: i64) {
+        let slot = self.slot(entity_id);
+        slot.entity.applied(effects);
+        slot.applying = false;
+        slot.retry_at = 0;
+        if slot.entity.is_empty() {
+            self.slots.remove(entity_id);
+        }
+        self.ended_owners.extend(result.gone_owners);
+        self.add_messages(result.queued, now);
+        self.prune_ended_owners();
+    }
+
+    /// Forgets ended owners that no entity knows any more.
+    fn prune_ended_owners(&mut self) {
+        if self.ended_owners.is_empty() {
+            return;
+        }
+        let mut known = HashSet::new();
+        for s in self.slots.values() {
+            if let Some(o) = s.entity.lock.owner() {
+                known.insert(o.to_string());
+            }
+            for q in &s.entity.queue {
+                if let Request::Lock { owner, .. } = &q.request {
+                    known.insert(owner.clone());
+                }
+            }
+        }
+        for m in self.delayed.values() {
+            if let Ok(Request::Lock { owner, .. }) = Request::from_event(&m.event) {
+                known.insert(owner);
+            }
+        }
+        self.ended_owners.retain(|o| known.contains(o));
+    }
+}
+
+/// Whether an operation failed because the worker has no entity of that name (Python:
+/// `...EntityNotRegisteredError`; others say "not registered").
+fn rejects_as_unregistered(r: &OperationResult) -> bool {
+    use duro_proto::operation_result::ResultType;
+    match &r.result_type {
+        Some(ResultType::Failure(f)) => f.failure_details.as_ref().is_some_and(|f| {
+            f.error_type.ends_with("NotRegisteredError")
+                || f.error_message.to_ascii_lowercase().contains("not registered")
+        }),
+        _ => false,
+    }
+}
+
+/// The event a worker sees for a queued operation.
+fn operation_event(request: &Request) -> HistoryEvent {
+    match request {
+        Request::Operation { event, .. } => event.clone(),
+        // Only operations are batched.
+        Request::Lock { .. } | Request::Unlock { .. } => HistoryEvent::default(),
+    }
+}
+
+impl Engine {
+    /// Rebuilds entity dispatch from the store and finds locks held by ended owners.
+    pub(super) async fn recover_entities(&self) -> Result<(), StoreError> {
+        let recovered = self.inner.store.recover_entities().await?;
+        let now = self.now();
+        let mut owners = HashSet::new();
+        let count = recovered.len();
+        {
+            let mut d = self.inner.entities.lock();
+            for r in recovered {
+                let slot = d.slot(&r.record.entity_id);
+                slot.entity.state = r.record.state.clone();
+                if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
+                    owners.insert(owner.clone());
+                    slot.entity.lock = Lock::Held { owner, critical_section_id: section };
+                }
+                d.add_messages(r.messages, now);
+            }
+        }
+        let mut ended = Vec::new();
+        for owner in owners {
+            match self.inner.store.load_instance(&owner).await? {
+                Some(rec) if !is_terminal(rec.status) => {}
+                _ => ended.push(owner),
+            }
+        }
+        self.inner.entities.lock().ended_owners.extend(ended);
+        tracing::info!(entities = count, "recovered entities from the store");
+        Ok(())
+    }
+
+    /// Sleeps until the next scheduled signal or retry, then dispatches.
+    pub(super) async fn entity_timer_loop(self) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let next = self.inner.entities.lock().next_wake();
+            let sleep = match next {
+                Some(at) => Duration::from_millis(u64::try_from(at - self.now()).unwrap_or(0)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.inner.entity_timer.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = self.now();
+            self.inner.entities.lock().fire_due(now);
+            self.pump_entities();
+        }
+    }
+
+    /// Hook for [`Engine::open_stream`]: the stream serves entities too.
+    pub(super) fn entity_stream_opened(
+        &self,
+        id: StreamId,
+        rules: &StreamRules,
+        max_entities: usize,
+        sender: mpsc::UnboundedSender<StreamItem>,
+    ) {
+        let names =
+            rules.filters.as_ref().map(|f| f.entities.iter().map(|e| e.name.to_lowercase()).collect::<HashSet<_>>());
+        let stream = EntityStream { sender, cap: max_entities, names, rejected: HashSet::new(), in_flight: 0 };
+        self.inner.entities.lock().streams.insert(id, stream);
+    }
+
+    /// Hook for [`Engine::close_stream`]: its batches run again elsewhere.
+    pub(super) fn entity_stream_closed(&self, id: StreamId) {
+        let now = self.now();
+        let mut d = self.inner.entities.lock();
+        d.streams.remove(&id);
+        let lost: Vec<String> =
+            d.leases.iter().filter(|(_, l)| l.stream == id && !l.completing).map(|(t, _)| t.clone()).collect();
+        for token in lost {
+            d.give_back(&token, now, 0);
+        }
+    }
+
+    /// Hook for turn commits: an orchestration ended; its locks are released.
+    pub(super) fn entity_owner_ended(&self, instance_id: &str) {
+        let mut d = self.inner.entities.lock();
+        let involved = d.slots.values().any(|s| {
+            s.entity.lock.owner() == Some(instance_id)
+                || s.entity
+                    .queue
+                    .iter()
+                    .any(|q| matches!(&q.request, Request::Lock { owner, .. } if owner == instance_id))
+        });
+        if involved {
+            d.ended_owners.insert(instance_id.to_string());
+        }
+    }
+
+    /// Hook for commits that queued entity requests.
+    pub(super) fn entity_messages_committed(&self, messages: Vec<QueuedEntityMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let delayed = messages.iter().any(|m| m.visible_at_ms > now);
+        self.inner.entities.lock().add_messages(messages, now);
+        if delayed {
+            self.inner.entity_timer.notify_one();
+        }
+    }
+
+    /// Leases runnable batches and starts the lock steps the sidecar commits itself.
+    pub(super) fn pump_entities(&self) {
+        let now = self.now();
+        let (steps, wake) = {
+            let mut d = self.inner.entities.lock();
+            let steps = d.assign(now);
+            (steps, d.next_wake())
+        };
+        if wake.is_some() {
+            self.inner.entity_timer.notify_one();
+        }
+        for step in steps {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.commit_lock_step(step).await });
+        }
+    }
+
+    async fn commit_lock_step(&self, step: LockStep) {
+        let now = self.now();
+        let commit = EntityCommit {
+            entity_id: step.entity_id.clone(),
+            effects: step.effects.clone(),
+            starts: Vec::new(),
+            now_ms: now,
+        };
+        match self.inner.store.commit_entity(commit).await {
+            Ok(result) => self.after_entity_commit(&step.entity_id, &step.effects, result),
+            Err(e) => {
+                tracing::warn!(entity = %step.entity_id, error = %e, "entity lock step not committed; retrying later");
+                let mut d = self.inner.entities.lock();
+                let slot = d.slot(&step.entity_id);
+                slot.applying = false;
+                slot.retry_at = now + RETRY_MS;
+                drop(d);
+                self.inner.entity_timer.notify_one();
+            }
+        }
+    }
+
+    fn after_entity_commit(&self, entity_id: &str, effects: &Effects, result: EntityCommitResult) {
+        let now = self.now();
+        let delivered = result.delivered.clone();
+        self.inner.entities.lock().applied(entity_id, effects, result, now);
+        if !delivered.is_empty() {
+            let mut s = self.inner.sched.lock();
+            for d in delivered {
+                s.add_event(d, now);
+            }
+        }
+        self.pump();
+    }
+
+    // ----- worker API --------------------------------------------------------------------
+
+    /// Commits a worker's entity batch result. Runs to the end even if the caller stops
+    /// waiting.
+    pub async fn complete_entity(&self, result: EntityBatchResult) -> Result<(), EngineError> {
+        let engine = self.clone();
+        detached(async move { engine.complete_entity_now(result).await }).await
+    }
+
+    async fn complete_entity_now(&self, r: EntityBatchResult) -> Result<(), EngineError> {
+        let now = self.now();
+        let token = r.completion_token.clone();
+        let (entity_id, ops, snapshot) = {
+            let mut d = self.inner.entities.lock();
+            let Some(lease) = d.leases.get_mut(&token).filter(|l| !l.completing) else {
+                return Err(EngineError::NotFound(
+                    "unknown or stale entity completion token: the batch was completed, abandoned or redelivered"
+                        .into(),
+                ));
+            };
+            if r.failure_details.is_some() || r.requires_state {
+                let why = r.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
+                tracing::info!(entity = %lease.entity_id, error = %why, requires_state = r.requires_state, "entity batch failed as a whole; it runs again");
+                let delay = if r.requires_state { 0 } else { RETRY_MS };
+                d.give_back(&token, now, delay);
+                drop(d);
+                self.inner.entity_timer.notify_one();
+                self.pump_entities();
+                return Ok(());
+            }
+            if !r.results.is_empty() && r.results.iter().all(rejects_as_unregistered) {
+                // A worker without filters that does not host this entity: route the batch
+                // to another stream instead of failing its operations.
+                let (stream, entity_id) = (lease.stream, lease.entity_id.clone());
+                let name = EntityId::parse(&entity_id).map(|e| e.name).unwrap_or_default();
+                tracing::info!(entity = %entity_id, stream, "a worker does not host this entity; routing it elsewhere");
+                if let Some(s) = d.streams.get_mut(&stream) {
+                    s.rejected.insert(name);
+                }
+                d.give_back(&token, now, 0);
+                drop(d);
+                self.pump_entities();
+                return Ok(());
+            }
+            lease.completing = true;
+            let (entity_id, ops) = (lease.entity_id.clone(), lease.ops.clone());
+            let snapshot = d.slot(&entity_id).entity.clone();
+            (entity_id, ops, snapshot)
+        };
+        let results = r
+            .results
+            .into_iter()
+            .take(ops.len())
+            .map(|res| {
+                use duro_proto::operation_result::ResultType;
+                match res.result_type {
+                    Some(ResultType::Failure(f)) => OpResult::Failure(f.failure_details.unwrap_or_else(|| {
+                        events::failure("EntityOperationFailed", "the entity operation failed without details", false)
+                    })),
+                    Some(ResultType::Success(s)) => OpResult::Success(s.result),
+                    None => OpResult::Success(None),
+                }
+            })
+            .collect();
+        let effects =
+            snapshot.complete_batch(&ops, BatchOutcome { results, actions: r.actions, state: r.entity_state }, now);
+        let starts = effects
+            .outgoing
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::StartOrchestration { instance_id, name, version, input, scheduled_start_ms } => {
+                    let id = if instance_id.is_empty() {
+                        uuid::Uuid::new_v4().simple().to_string()
+                    } else {
+                        instance_id.clone()
+                    };
+                    Some(NewInstance {
+                        spec: StartSpec {
+                            instance_id: id,
+                            execution_id: uuid::Uuid::new_v4().simple().to_string(),
+                            name: name.clone(),
+                            version: version.clone(),
+                            input: input.clone(),
+                            scheduled_start_ms: *scheduled_start_ms,
+                            ..StartSpec::default()
+                        },
+                        created_at_ms: now,
+                        visible_at_ms: scheduled_start_ms.unwrap_or(now).max(now),
+                        parent_task: None,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let commit = EntityCommit { entity_id: entity_id.clone(), effects: effects.clone(), starts, now_ms: now };
+        match self.inner.store.commit_entity(commit).await {
+            Ok(result) => {
+                {
+                    let mut d = self.inner.entities.lock();
+                    if let Some(lease) = d.leases.remove(&token) {
+                        if let Some(s) = d.streams.get_mut(&lease.stream) {
+                            s.in_flight = s.in_flight.saturating_sub(1);
+                        }
+                    }
+                }
+                self.after_entity_commit(&entity_id, &effects, result);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(entity = %entity_id, error = %e, "entity batch not committed; it runs again");
+                self.inner.entities.lock().give_back(&token, now, RETRY_MS);
+                self.inner.entity_timer.notify_one();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Gives an entity batch back for redelivery after a back-off. Unknown tokens are fine.
+    pub fn abandon_entity(&self, token: &str) {
+        let now = self.now();
+        self.inner.entities.lock().give_back(token, now, RETRY_MS);
+        self.inner.entity_timer.notify_one();
+    }
+
+    // ----- client API --------------------------------------------------------------------
+
+    /// Queues a signal for an entity (`SignalEntity`), visible at `scheduled_ms` if later.
+    pub async fn signal_entity(
+        &self,
+        entity_id: &str,
+        operation: String,
+        input: Option<String>,
+        request_id: String,
+        scheduled_ms: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let id = EntityId::parse(entity_id).map_err(|e| EngineError::InvalidArgument(e.to_string()))?.to_string();
+        if operation.is_empty() {
+            return Err(EngineError::InvalidArgument("the operation name (name) is required".into()));
+        }
+        let now = self.now();
+        let visible = scheduled_ms.unwrap_or(now).max(now);
+        let event = entity::signal_event(&request_id, &operation, input, scheduled_ms.filter(|t| *t > now), now);
+        let message = entity::EntityMessage { entity_id: id, visible_at_ms: visible, event };
+        let engine = self.clone();
+        detached(async move {
+            let queued = engine.inner.store.enqueue_entity(vec![message], now).await?;
+            engine.entity_messages_committed(queued);
+            engine.pump_entities();
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, EngineError> {
+        Ok(self.inner.store.query_entities(filter).await?)
+    }
+
+    /// One entity's record, `None` if it has no row.
+    pub async fn get_entity(&self, entity_id: &str) -> Result<Option<EntityRecord>, EngineError> {
+        let id = EntityId::parse(entity_id).map_err(|e| EngineError::InvalidArgument(e.to_string()))?.to_string();
+        let filter =
+            EntitySelection { id: Some(id), include_transient: true, page_size: 1, ..EntitySelection::default() };
+        Ok(self.inner.store.query_entities(&filter).await?.into_iter().next())
+    }
+
+    /// `CleanEntityStorage` over one page of entities (after `after_id`): removes empty
+    /// entities and releases locks whose owners have ended. Returns (removed, released,
+    /// next page's cursor).
+    pub async fn clean_entities(
+        &self,
+        after_id: Option<String>,
+        remove_empty: bool,
+        release_orphaned_locks: bool,
+        page_size: u32,
+    ) -> Result<(u32, u32, Option<String>), EngineError> {
+        let filter = EntitySelection { include_transient: true, page_size, after_id, ..EntitySelection::default() };
+        let page = self.inner.store.query_entities(&filter).await?;
+        let next = (page.len() as u32 >= page_size).then(|| page.last().map(|r| r.entity_id.clone())).flatten();
+        let mut released = 0;
+        if release_orphaned_locks {
+            for r in &page {
+                let Some(owner) = &r.lock_owner else { continue };
+                let ended = match self.inner.store.load_instance(owner).await? {
+                    Some(rec) => is_terminal(rec.status),
+                    None => true,
+                };
+                if ended {
+                    released += 1;
+                    self.inner.entities.lock().ended_owners.insert(owner.clone());
+                }
+            }
+            if released > 0 {
+                self.pump_entities();
+            }
+        }
+        let mut removed = 0;
+        if remove_empty {
+            let empty: Vec<String> = {
+                let d = self.inner.entities.lock();
+                page.iter()
+                    .filter(|r| r.state.is_none() && r.lock_owner.is_none() && r.backlog == 0)
+                    .filter(|r| !d.slots.contains_key(&r.entity_id))
+                    .map(|r| r.entity_id.clone())
+                    .collect()
+            };
+            if !empty.is_empty() {
+                removed = self.inner.store.remove_empty_entities(empty).await?;
+            }
+        }
+        Ok((removed, released, next))
+    }
+}

@@ -1,0 +1,236 @@
+"""Durable entities with the official Python SDK: client signals and reads, calls and
+signals from orchestrations, failures, critical sections (locks), and lock release
+when the lock holder is terminated."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from durabletask import client as dt_client
+from durabletask import entities
+from durabletask import task
+from durabletask import worker as dt_worker
+from durabletask.client import OrchestrationStatus
+
+import harness
+
+TIMEOUT = 30
+pytestmark = pytest.mark.duro_only
+
+
+@contextlib.contextmanager
+def entity_worker(address: str, *, orchestrators: list[Any] = (), entity_fns: list[Any] = (),  # type: ignore[assignment]
+                  activities: list[Any] = ()) -> Iterator[dt_worker.TaskHubGrpcWorker]:  # type: ignore[assignment]
+    w = dt_worker.TaskHubGrpcWorker(host_address=address, logger=logging.getLogger("duro.tests.worker"))
+    for fn in orchestrators:
+        w.add_orchestrator(fn)
+    for fn in activities:
+        w.add_activity(fn)
+    for fn in entity_fns:
+        w.add_entity(fn)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def wait_for_entity_state(c: dt_client.TaskHubGrpcClient, eid: entities.EntityInstanceId, expected: Any,
+                          timeout: float = TIMEOUT) -> Any:
+    last: list[Any] = [None]
+
+    def check() -> bool:
+        md = c.get_entity(eid, include_state=True)
+        last[0] = md.get_typed_state() if md is not None else None
+        return last[0] == expected
+
+    if not harness.wait_until(check, timeout=timeout):
+        pytest.fail(f"entity {eid} state is {last[0]!r}, expected {expected!r}")
+    return last[0]
+
+
+class EntCounter(entities.DurableEntity):
+    def add(self, amount: int) -> int:
+        value = self.get_state(int, 0) + amount
+        self.set_state(value)
+        return value
+
+    def get(self, _: Any = None) -> int:
+        return self.get_state(int, 0)
+
+    def fail(self, _: Any = None) -> None:
+        raise ValueError("counter refused")
+
+    def delete(self, _: Any = None) -> None:
+        self.set_state(None)
+
+
+def ent_counter_calls(ctx: task.OrchestrationContext, key: str):
+    eid = entities.EntityInstanceId("EntCounter", key)
+    ctx.signal_entity(eid, "add", 5)
+    after = yield ctx.call_entity(eid, "add", 2)
+    now = yield ctx.call_entity(eid, "get")
+    return [after, now]
+
+
+def ent_counter_failing_call(ctx: task.OrchestrationContext, key: str):
+    eid = entities.EntityInstanceId("EntCounter", key)
+    try:
+        yield ctx.call_entity(eid, "fail")
+    except task.TaskFailedError as e:
+        return f"caught: {e.details.message}"
+    return "not raised"
+
+
+def test_client_signals_update_state_and_get_entity_reads_it(client, sidecar):
+    key = harness.new_id("c")
+    eid = entities.EntityInstanceId("EntCounter", key)
+    with entity_worker(sidecar.address, entity_fns=[EntCounter]):
+        client.signal_entity(eid, "add", 3)
+        client.signal_entity(eid, "add", 4)
+        wait_for_entity_state(client, eid, 7)
+    md = client.get_entity(eid, include_state=False)
+    assert md is not None and md.id == eid
+    assert md.backlog_queue_size == 0
+    assert client.get_entity(entities.EntityInstanceId("EntCounter", key + "-missing")) is None
+
+
+def test_one_hundred_concurrent_signals_are_each_applied_once(client, sidecar):
+    eid = entities.EntityInstanceId("EntCounter", harness.new_id("burst"))
+
+    def send(n: int) -> None:
+        c = harness.make_client(sidecar.address)
+        try:
+            for _ in range(n):
+                c.signal_entity(eid, "add", 1)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=send, args=(10,)) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # All 100 were acknowledged before any worker ran: they are durable, not in flight.
+    md = client.get_entity(eid, include_state=True)
+    assert md is None or md.get_typed_state() in (None, 0)
+    with entity_worker(sidecar.address, entity_fns=[EntCounter]):
+        wait_for_entity_state(client, eid, 100)
+        # Stays at 100: no signal is applied twice.
+        harness.assert_stays(lambda: client.get_entity(eid, include_state=True).get_typed_state() == 100, duration=1.0)
+
+
+def test_orchestration_signals_and_calls_get_results(client, sidecar):
+    key = harness.new_id("oc")
+    with entity_worker(sidecar.address, orchestrators=[ent_counter_calls], entity_fns=[EntCounter]):
+        iid = client.schedule_new_orchestration(ent_counter_calls, input=key)
+        state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert state is not None
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert state.get_output() == [7, 7]
+
+
+def test_a_failing_call_raises_in_the_orchestration_and_keeps_state(client, sidecar):
+    key = harness.new_id("f")
+    eid = entities.EntityInstanceId("EntCounter", key)
+    with entity_worker(sidecar.address, orchestrators=[ent_counter_failing_call], entity_fns=[EntCounter]):
+        client.signal_entity(eid, "add", 1)
+        wait_for_entity_state(client, eid, 1)
+        iid = client.schedule_new_orchestration(ent_counter_failing_call, input=key)
+        state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert state is not None
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert "counter refused" in state.get_output()
+    assert client.get_entity(eid, include_state=True).get_typed_state() == 1
+
+
+class EntAccount(entities.DurableEntity):
+    def deposit(self, amount: int) -> int:
+        self.set_state(self.get_state(int, 0) + amount)
+        return self.get_state(int, 0)
+
+    def withdraw(self, amount: int) -> int:
+        balance = self.get_state(int, 0)
+        if balance < amount:
+            raise ValueError("insufficient funds")
+        self.set_state(balance - amount)
+        return balance - amount
+
+    def balance(self, _: Any = None) -> int:
+        return self.get_state(int, 0)
+
+
+def ent_transfer(ctx: task.OrchestrationContext, args: dict):
+    src = entities.EntityInstanceId("EntAccount", args["from"])
+    dst = entities.EntityInstanceId("EntAccount", args["to"])
+    with (yield ctx.lock_entities([src, dst])):
+        balance = yield ctx.call_entity(src, "balance")
+        if balance < args["amount"]:
+            return False
+        # A pause inside the critical section: a competing transfer must wait for it.
+        yield ctx.create_timer(ctx.current_utc_datetime + timedelta(milliseconds=300))
+        yield ctx.call_entity(src, "withdraw", args["amount"])
+        yield ctx.call_entity(dst, "deposit", args["amount"])
+    return True
+
+
+def ent_lock_forever(ctx: task.OrchestrationContext, key: str):
+    eid = entities.EntityInstanceId("EntAccount", key)
+    with (yield ctx.lock_entities([eid])):
+        ctx.set_custom_status("locked")
+        yield ctx.wait_for_external_event("never")
+    return "unreachable"
+
+
+def test_competing_transfers_are_serialized_by_locks(client, sidecar):
+    a, b = harness.new_id("acct-a"), harness.new_id("acct-b")
+    ea, eb = entities.EntityInstanceId("EntAccount", a), entities.EntityInstanceId("EntAccount", b)
+    with entity_worker(sidecar.address, orchestrators=[ent_transfer], entity_fns=[EntAccount]):
+        client.signal_entity(ea, "deposit", 100)
+        wait_for_entity_state(client, ea, 100)
+        # Both transfers see 100 if they are not serialized, and both withdraw 80.
+        ids = [client.schedule_new_orchestration(ent_transfer, input={"from": a, "to": b, "amount": 80})
+               for _ in range(2)]
+        results = [client.wait_for_orchestration_completion(i, timeout=TIMEOUT) for i in ids]
+    for s in results:
+        assert s is not None and s.runtime_status == OrchestrationStatus.COMPLETED, s and s.failure_details
+    assert sorted(s.get_output() for s in results) == [False, True]
+    assert client.get_entity(ea, include_state=True).get_typed_state() == 20
+    assert client.get_entity(eb, include_state=True).get_typed_state() == 80
+
+
+def test_terminating_a_lock_holder_releases_its_lock(client, sidecar):
+    key = harness.new_id("held")
+    eid = entities.EntityInstanceId("EntAccount", key)
+    with entity_worker(sidecar.address, orchestrators=[ent_lock_forever, ent_transfer], entity_fns=[EntAccount]):
+        holder = client.schedule_new_orchestration(ent_lock_forever, input=key)
+        harness.wait_for_custom_status(client, holder, "locked", timeout=TIMEOUT)
+        client.signal_entity(eid, "deposit", 5)
+        # The deposit waits behind the lock.
+        harness.assert_stays(lambda: client.get_entity(eid, include_state=True) is None, duration=0.5)
+        client.terminate_orchestration(holder, output="stop")
+        client.wait_for_orchestration_completion(holder, timeout=TIMEOUT)
+        wait_for_entity_state(client, eid, 5)
+
+
+def test_query_entities_by_prefix_with_and_without_state(client, sidecar):
+    prefix = harness.new_id("q")
+    with entity_worker(sidecar.address, entity_fns=[EntCounter]):
+        for i in range(5):
+            client.signal_entity(entities.EntityInstanceId("EntCounter", f"{prefix}-{i}"), "add", i + 1)
+        for i in range(5):
+            wait_for_entity_state(client, entities.EntityInstanceId("EntCounter", f"{prefix}-{i}"), i + 1)
+    q = dt_client.EntityQuery(instance_id_starts_with=f"@entcounter@{prefix}-", include_state=True, page_size=2)
+    found = client.get_all_entities(q)
+    assert sorted(m.get_typed_state() for m in found) == [1, 2, 3, 4, 5]
+    q = dt_client.EntityQuery(instance_id_starts_with=f"@EntCounter@{prefix}-", include_state=False)
+    found = client.get_all_entities(q)
+    assert len(found) == 5
+    assert all(m.id.entity == "entcounter" for m in found)
