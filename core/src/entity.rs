@@ -67,6 +67,7 @@ pub struct ReplyTo {
 
 /// One queued request.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // operations are by far the most common request
 pub enum Request {
     /// A signal or a call; `event` is the original `entityOperationSignaled` /
     /// `entityOperationCalled` (sent to workers as is in `entityRequestV2`).
@@ -121,7 +122,7 @@ impl Request {
     }
 
     /// The orchestration this request comes from, if it is one (calls, locks, unlocks).
-    fn from_owner(&self, owner: &str) -> bool {
+    fn is_from(&self, owner: &str) -> bool {
         match self {
             Request::Operation { reply_to, .. } => reply_to.as_ref().is_some_and(|r| r.instance_id == owner),
             Request::Lock { owner: o, .. } | Request::Unlock { owner: o, .. } => o == owner,
@@ -259,7 +260,7 @@ impl EntityState {
         }
         let owner = self.lock.owner();
         // A locked entity serves only its owner; other requests keep their place.
-        let mut eligible = self.queue.iter().filter(|q| owner.is_none_or(|o| q.request.from_owner(o)));
+        let mut eligible = self.queue.iter().filter(|q| owner.is_none_or(|o| q.request.is_from(o)));
         let Some(first) = eligible.next() else { return Step::Wait };
         match &first.request {
             Request::Operation { .. } => {
