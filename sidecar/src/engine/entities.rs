@@ -67,6 +67,8 @@ pub(super) struct EntityDispatch {
     delayed: BTreeMap<(i64, i64), QueuedEntityMessage>,
     /// Orchestrations that ended while holding (or asking for) entity locks.
     ended_owners: HashSet<String>,
+    /// When the timer task will wake next (`None`: it sleeps without a deadline).
+    armed_at: Option<i64>,
 }
 
 /// Work `assign` found that needs an async commit.
@@ -110,6 +112,15 @@ impl EntityDispatch {
             }
         }
         self.add_messages(ready, now);
+    }
+
+    /// Whether the timer task must be woken to re-arm for an earlier wake-up.
+    fn needs_rearm(&self) -> bool {
+        match (self.next_wake(), self.armed_at) {
+            (Some(next), Some(armed)) => next < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 
     fn next_wake(&self) -> Option<i64> {
@@ -188,7 +199,9 @@ impl EntityDispatch {
                     // A dead stream's removal gives the lease back; nothing to do here.
                     let _ = stream.sender.send(StreamItem::Item(Box::new(item)));
                     tracing::debug!(entity = %id, ops = ops.len(), stream = stream_id, "dispatching entity batch");
-                    self.slot(&id).entity.start_batch(&ops);
+                    let slot = self.slot(&id);
+                    slot.entity.start_batch(&ops);
+                    slot.retry_at = 0;
                     self.leases.insert(token, EntityLease { entity_id: id, stream: stream_id, ops, completing: false });
                 }
             }
@@ -303,7 +316,11 @@ impl Engine {
     pub(super) async fn entity_timer_loop(self) {
         let mut shutdown = self.shutdown_signal();
         loop {
-            let next = self.inner.entities.lock().next_wake();
+            let next = {
+                let mut d = self.inner.entities.lock();
+                d.armed_at = d.next_wake();
+                d.armed_at
+            };
             let sleep = match next {
                 Some(at) => Duration::from_millis(u64::try_from(at - self.now()).unwrap_or(0)),
                 None => Duration::from_secs(3600),
@@ -366,9 +383,12 @@ impl Engine {
             return;
         }
         let now = self.now();
-        let delayed = messages.iter().any(|m| m.visible_at_ms > now);
-        self.inner.entities.lock().add_messages(messages, now);
-        if delayed {
+        let rearm = {
+            let mut d = self.inner.entities.lock();
+            d.add_messages(messages, now);
+            d.needs_rearm()
+        };
+        if rearm {
             self.inner.entity_timer.notify_one();
         }
     }
@@ -376,12 +396,12 @@ impl Engine {
     /// Leases runnable batches and starts the lock steps the sidecar commits itself.
     pub(super) fn pump_entities(&self) {
         let now = self.now();
-        let (steps, wake) = {
+        let (steps, rearm) = {
             let mut d = self.inner.entities.lock();
             let steps = d.assign(now);
-            (steps, d.next_wake())
+            (steps, d.needs_rearm())
         };
-        if wake.is_some() {
+        if rearm {
             self.inner.entity_timer.notify_one();
         }
         for step in steps {
@@ -436,6 +456,12 @@ impl Engine {
 
     async fn complete_entity_now(&self, r: EntityBatchResult) -> Result<(), EngineError> {
         let now = self.now();
+        tracing::debug!(
+            results = r.results.len(),
+            actions = r.actions.len(),
+            failed = r.failure_details.is_some(),
+            "entity batch result received"
+        );
         let token = r.completion_token.clone();
         let (entity_id, ops, snapshot) = {
             let mut d = self.inner.entities.lock();
