@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -234,3 +235,61 @@ def test_query_entities_by_prefix_with_and_without_state(client, sidecar):
     found = client.get_all_entities(q)
     assert len(found) == 5
     assert all(m.id.entity == "entcounter" for m in found)
+
+
+class EntLedger(entities.DurableEntity):
+    """Appends every signaled number to its state: a number applied twice (or lost)
+    shows in the list."""
+
+    def append(self, n: int) -> int:
+        time.sleep(0.003)  # batches take a while, so kills land inside them
+        items = self.get_state(list, [])
+        items.append(n)
+        self.set_state(items)
+        return len(items)
+
+
+def ent_ledger_locker(ctx: task.OrchestrationContext, key: str):
+    eid = entities.EntityInstanceId("EntLedger", key)
+    with (yield ctx.lock_entities([eid])):
+        n = yield ctx.call_entity(eid, "append", -1)
+    return n
+
+
+@pytest.mark.restarts
+def test_kill_9_during_entity_batches_loses_and_repeats_nothing(isolated_sidecar):
+    sc = isolated_sidecar
+    key = harness.new_id("ledger")
+    eid = entities.EntityInstanceId("EntLedger", key)
+    total = 300
+    c = harness.make_client(sc.address)
+    try:
+        for n in range(total):
+            c.signal_entity(eid, "append", n)
+        lockers = [c.schedule_new_orchestration(ent_ledger_locker, input=key) for _ in range(3)]
+    finally:
+        c.close()
+    # Every signal was acknowledged, so each must be applied exactly once whatever happens next.
+    for delay in (0.3, 0.2, 0.4):
+        with entity_worker(sc.address, orchestrators=[ent_ledger_locker], entity_fns=[EntLedger]):
+            time.sleep(delay)
+            sc.kill()
+        sc.start()
+    c = harness.make_client(sc.address)
+    try:
+        with entity_worker(sc.address, orchestrators=[ent_ledger_locker], entity_fns=[EntLedger]):
+            states = [c.wait_for_orchestration_completion(i, timeout=TIMEOUT) for i in lockers]
+            assert all(s is not None and s.runtime_status == OrchestrationStatus.COMPLETED for s in states), \
+                [s and (s.runtime_status, s.failure_details) for s in states]
+            assert harness.wait_until(
+                lambda: len(c.get_entity(eid, include_state=True).get_typed_state() or []) == total + 3,
+                timeout=TIMEOUT)
+        items = c.get_entity(eid, include_state=True).get_typed_state()
+        assert sorted(i for i in items if i >= 0) == list(range(total)), "a signal was lost or applied twice"
+        assert items.count(-1) == 3
+        md = c.get_entity(eid, include_state=False)
+        assert md.backlog_queue_size == 0
+        # No lock is left with a finished owner.
+        assert md._locked_by in (None, "")  # noqa: SLF001 (the SDK parses lockedBy as an entity id)
+    finally:
+        c.close()
