@@ -377,6 +377,12 @@ impl Engine {
         }
     }
 
+    /// Whether an orchestration holds an entity lock (SkipGracefulOrchestrationTerminations
+    /// leaves such instances alone).
+    pub fn holds_entity_locks(&self, instance_id: &str) -> bool {
+        self.inner.entities.lock().slots.values().any(|s| s.entity.lock.owner() == Some(instance_id))
+    }
+
     /// Hook for commits that queued entity requests.
     pub(super) fn entity_messages_committed(&self, messages: Vec<QueuedEntityMessage>) {
         if messages.is_empty() {
@@ -661,5 +667,146 @@ impl Engine {
             }
         }
         Ok((removed, released, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Entity dispatch against a real SQLite store and an in-process worker stream.
+
+    use super::*;
+    use crate::engine::EngineOptions;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use std::sync::Arc;
+
+    struct Harness {
+        engine: Engine,
+        rx: mpsc::UnboundedReceiver<StreamItem>,
+        stream: StreamId,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("duro.db"), SqliteOptions::default()).await.expect("store");
+        let engine = Engine::start(Arc::new(store), EngineOptions::default(), Vec::new()).await.expect("engine");
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let (stream, rx) = engine.open_stream_with_entities(rules, 10);
+        Harness { engine, rx, stream, _dir: dir }
+    }
+
+    impl Harness {
+        async fn next_batch(&mut self) -> (EntityRequest, String) {
+            match tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await {
+                Ok(Some(StreamItem::Item(item))) => match item.request {
+                    Some(work_item::Request::EntityRequestV2(r)) => (r, item.completion_token),
+                    other => panic!("expected an entity work item, got {other:?}"),
+                },
+                other => panic!("no entity work item within 5 s: {other:?}"),
+            }
+        }
+
+        async fn nothing_for(&mut self, ms: u64) {
+            let got = tokio::time::timeout(Duration::from_millis(ms), self.rx.recv()).await;
+            assert!(got.is_err(), "unexpected work item: {got:?}");
+        }
+
+        async fn signal(&self, id: &str, op: &str, input: &str) {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            self.engine.signal_entity(id, op.into(), Some(input.into()), request_id, None).await.expect("signaled");
+        }
+    }
+
+    fn success(output: Option<&str>) -> OperationResult {
+        OperationResult {
+            result_type: Some(operation_result::ResultType::Success(OperationResultSuccess {
+                result: output.map(String::from),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn answer(token: String, results: Vec<OperationResult>, state: Option<&str>) -> EntityBatchResult {
+        EntityBatchResult {
+            results,
+            entity_state: state.map(String::from),
+            completion_token: token,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signal_runs_as_a_batch_and_its_state_is_stored() {
+        let mut h = harness().await;
+        h.signal("@Counter@a", "add", "1").await;
+        let (req, token) = h.next_batch().await;
+        assert_eq!(req.instance_id, "@counter@a");
+        assert_eq!(req.entity_state, None);
+        assert_eq!(req.operation_requests.len(), 1);
+        h.engine.complete_entity(answer(token.clone(), vec![success(None)], Some("1"))).await.expect("completed");
+        let rec = h.engine.get_entity("@counter@a").await.expect("read").expect("exists");
+        assert_eq!((rec.state.as_deref(), rec.backlog), (Some("1"), 0));
+        let again = h.engine.complete_entity(answer(token, vec![success(None)], Some("2"))).await;
+        assert!(matches!(again, Err(EngineError::NotFound(_))), "a repeated token is refused: {again:?}");
+        h.signal("@counter@a", "add", "2").await;
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.entity_state.as_deref(), Some("1"), "the next batch starts from the stored state");
+    }
+
+    #[tokio::test]
+    async fn one_batch_at_a_time_and_later_signals_wait_for_it() {
+        let mut h = harness().await;
+        h.signal("@c@k", "add", "1").await;
+        let (_, token) = h.next_batch().await;
+        h.signal("@c@k", "add", "2").await;
+        h.signal("@c@k", "add", "3").await;
+        h.nothing_for(200).await;
+        h.engine.complete_entity(answer(token, vec![success(None)], Some("1"))).await.expect("completed");
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.operation_requests.len(), 2, "the two waiting signals form the next batch");
+    }
+
+    #[tokio::test]
+    async fn a_closed_stream_redelivers_its_batch_and_a_failed_batch_runs_again() {
+        let mut h = harness().await;
+        h.signal("@c@k", "add", "1").await;
+        let (_, token) = h.next_batch().await;
+        h.engine.close_stream(h.stream);
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let (stream, rx) = h.engine.open_stream_with_entities(rules, 10);
+        (h.stream, h.rx) = (stream, rx);
+        let (req, token2) = h.next_batch().await;
+        assert_ne!(token, token2);
+        assert_eq!(req.operation_requests.len(), 1);
+        let stale = h.engine.complete_entity(answer(token, vec![success(None)], Some("x"))).await;
+        assert!(matches!(stale, Err(EngineError::NotFound(_))));
+        let failed = EntityBatchResult {
+            failure_details: Some(events::failure("Boom", "whole batch failed", false)),
+            ..answer(token2, Vec::new(), None)
+        };
+        h.engine.complete_entity(failed).await.expect("accepted");
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.operation_requests.len(), 1, "the failed batch runs again");
+        assert_eq!(h.engine.get_entity("@c@k").await.expect("read").and_then(|r| r.state), None);
+    }
+
+    #[tokio::test]
+    async fn bad_ids_and_empty_operations_are_refused() {
+        let h = harness().await;
+        let bad = h.engine.signal_entity("no-at", "op".into(), None, "r".into(), None).await;
+        assert!(matches!(bad, Err(EngineError::InvalidArgument(_))));
+        let empty = h.engine.signal_entity("@a@b", String::new(), None, "r".into(), None).await;
+        assert!(matches!(empty, Err(EngineError::InvalidArgument(_))));
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_signal_waits_for_its_time() {
+        let mut h = harness().await;
+        let at = h.engine.now() + 400;
+        h.engine.signal_entity("@c@later", "add".into(), None, "r".into(), Some(at)).await.expect("signaled");
+        h.nothing_for(250).await;
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.instance_id, "@c@later");
+        assert!(h.engine.now() >= at);
     }
 }

@@ -593,7 +593,8 @@ impl TaskHubSidecarService for SidecarService {
         for id in ids {
             validate::instance_id(&id)?;
             match self.engine.get_instance(&id).await? {
-                Some(rec) if !is_terminal(rec.status) => {
+                // Instances holding entity locks are left alone (protocol reference §2).
+                Some(rec) if !is_terminal(rec.status) && !self.engine.holds_entity_locks(&id) => {
                     self.engine.terminate(&id, r.reason.clone(), false).await?;
                 }
                 _ => unterminated.push(id),

@@ -1673,6 +1673,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_entity_step_commits_once_and_queries_see_its_state() {
+        use crate::core::entity::{self, Effects, EntityMessage, Lock};
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(&dir).await;
+        let signal = |key: &str| EntityMessage {
+            entity_id: format!("@counter@{key}"),
+            visible_at_ms: 10,
+            event: entity::signal_event("r", "add", Some("1".into()), None, 10),
+        };
+        let queued = store.enqueue_entity(vec![signal("a"), signal("b"), signal("a")], 10).await.expect("queued");
+        assert_eq!(queued.len(), 3);
+        let effects = Effects {
+            consumed: vec![queued[0].id, queued[2].id],
+            state: Some("2".into()),
+            lock: Lock::Free,
+            outgoing: Vec::new(),
+        };
+        let commit = EntityCommit { entity_id: "@counter@a".into(), effects, starts: Vec::new(), now_ms: 20 };
+        store.commit_entity(commit.clone()).await.expect("committed");
+        let again = store.commit_entity(commit).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "consumed rows are gone: {again:?}");
+        let all = EntitySelection { include_transient: true, page_size: 10, ..EntitySelection::default() };
+        let rows = store.query_entities(&all).await.expect("query");
+        let summary: Vec<_> = rows.iter().map(|r| (r.entity_id.as_str(), r.state.as_deref(), r.backlog)).collect();
+        assert_eq!(summary, vec![("@counter@a", Some("2"), 0), ("@counter@b", None, 1)]);
+        let with_state = EntitySelection { page_size: 10, ..EntitySelection::default() };
+        assert_eq!(store.query_entities(&with_state).await.expect("query").len(), 1, "transient entities left out");
+        let prefixed = EntitySelection {
+            id_prefix: Some("@counter@b".into()),
+            include_transient: true,
+            page_size: 10,
+            ..EntitySelection::default()
+        };
+        assert_eq!(store.query_entities(&prefixed).await.expect("query").len(), 1);
+        assert_eq!(store.remove_empty_entities(vec!["@counter@b".into()]).await.expect("clean"), 0, "b has a queue");
+        let recovered = store.recover_entities().await.expect("recover");
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].messages.len(), 1);
+    }
+
+    #[tokio::test]
     async fn two_turns_built_on_the_same_history_commit_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
