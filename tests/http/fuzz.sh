@@ -6,8 +6,6 @@
 # Budget: FUZZ_MAX_EXAMPLES test cases per operation (default 30), each request at most 10 s.
 # Uses target/debug/duro (or $DURO_BIN; built if missing) on free loopback ports, its own
 # temporary database, and stops it at the end. Installs Schemathesis into ./.venv.
-#
-# Excluded: the entity routes, which answer 501 on purpose until entities exist.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -70,7 +68,6 @@ ROOT=$PWD
   --url "$BASE" \
   --checks not_a_server_error \
   --max-examples "$MAX_EXAMPLES" \
-  --exclude-path-regex '/entities' \
   --request-timeout 10 \
   --generation-database none \
   --no-color) \

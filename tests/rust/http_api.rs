@@ -898,12 +898,60 @@ async fn bad_input_gets_4xx_with_a_json_body() {
     api.post("/orchestrators/Echo?signedLinks=true&signedLinkTtl=0").await.assert_error(400, "DURO-2001");
     send(api.client.get(api.url("/instances/small?sig=abc"))).await.assert_error(401, "DURO-2006");
 
-    // Entities: a clear 501 until they exist.
-    api.get("/entities").await.assert_error(501, "DURO-2012");
-    api.get("/entities/counter").await.assert_error(501, "DURO-2012");
-    api.get("/entities/counter/k").await.assert_error(501, "DURO-2012");
-    api.post("/entities/counter/k?op=add").await.assert_error(501, "DURO-2012");
-    api.delete("/entities/counter/k").await.assert_error(501, "DURO-2012");
+    // Entities: bad input and unknown entities.
+    api.get("/entities/counter/k").await.assert_error(404, "DURO-2008");
+    api.post("/entities/counter/k").await.assert_error(400, "DURO-2001");
+    api.delete("/entities/counter/k").await.assert_error(404, "DURO-2009");
+    let plain = api.client.post(api.url("/entities/counter/k?op=add")).header("content-type", "text/plain").body("1");
+    send(plain).await.assert_error(400, "DURO-2003");
+    api.post_json("/entities/counter/k?op=add", "{not json").await.assert_error(400, "DURO-2002");
+}
+
+/// An entity signaled over HTTP runs on a worker; its state is then read and listed over HTTP.
+#[tokio::test]
+async fn entities_are_signaled_read_and_listed_over_http() {
+    use duro_proto::{operation_result, EntityBatchResult, OperationResult, OperationResultSuccess};
+    let api = Api::start(&[]);
+    assert_eq!(api.post_json("/entities/Counter/k1?op=add", "5").await.status, 202);
+    assert_eq!(api.post("/entities/counter/k2?op=add").await.status, 202);
+    assert_eq!(api.get("/entities").await.json(), json!([]), "entities without state are not listed");
+    let client = api.sidecar.client().await;
+    let mut stream = open_stream(&client, Default::default()).await;
+    for _ in 0..2 {
+        let item = next_work(&mut stream, DEADLINE).await.expect("an entity batch");
+        let Some(duro_proto::work_item::Request::EntityRequestV2(req)) = &item.request else {
+            panic!("expected an entity work item: {item:?}")
+        };
+        let input = match &req.operation_requests[0].event_type {
+            Some(EventType::EntityOperationSignaled(s)) => s.input.clone(),
+            other => panic!("expected a signal: {other:?}"),
+        };
+        let state = if req.instance_id == "@counter@k1" { input } else { Some("{\"n\":1}".to_string()) };
+        let result = EntityBatchResult {
+            results: vec![OperationResult {
+                result_type: Some(operation_result::ResultType::Success(OperationResultSuccess::default())),
+            }],
+            entity_state: state,
+            completion_token: item.completion_token.clone(),
+            ..Default::default()
+        };
+        client.clone().complete_entity_task(result).await.expect("completed");
+    }
+    let r = api.get("/entities/counter/k1").await;
+    assert_eq!((r.status, r.text.as_str()), (200, "5"));
+    assert!(r.content_type_is_json());
+    let page = api.get("/entities/COUNTER?fetchState=true&top=1").await;
+    assert_eq!(
+        page.json(),
+        json!([{"entityId": {"name": "counter", "key": "k1"}, "lastOperationTime": page.json()[0]["lastOperationTime"], "state": 5}])
+    );
+    let token = page.header("x-ms-continuation-token").expect("a second page");
+    let next =
+        send(api.client.get(api.url("/entities/counter?fetchState=true")).header("x-ms-continuation-token", token))
+            .await;
+    assert_eq!(next.json()[0]["state"], json!({"n": 1}));
+    assert!(next.header("x-ms-continuation-token").unwrap_or_default().is_empty(), "the last page has no token");
+    assert_eq!(api.get("/entities/other").await.json(), json!([]));
 }
 
 // ----- URLs, OpenAPI, shutdown --------------------------------------------------------------------

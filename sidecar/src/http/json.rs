@@ -388,7 +388,7 @@ pub fn history_json(events: &[HistoryEvent], show_input: bool, show_output: bool
 /// | DURO-2009 | 404 | no such route or method | see `/runtime/webhooks/durabletask/openapi.json` |
 /// | DURO-2010 | 410 | the instance has finished | start a new instance or restart it |
 /// | DURO-2011 | 409 | the instance's state does not allow this (id in use by a live instance, purge of a live instance, rewind of a non-failed one, restart of a live one) | wait for it to finish, or terminate it |
-/// | DURO-2012 | 501 | durable entities are not supported yet | — |
+/// | DURO-2012 | 501 | reserved: no route answers it any more (entities were unimplemented before) | — |
 /// | DURO-2013 | 503 | the sidecar is shutting down | retry against the restarted sidecar |
 /// | DURO-2014 | 500 | the store failed | see the sidecar log; retry |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,9 @@ fn enc(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
 }
 
+#[path = "entity_routes.rs"]
+mod entity_routes;
+
 // ----- routing ----------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +59,8 @@ enum Route {
     Instances,
     Instance(String),
     Op { instance_id: String, op: Op },
-    Entities,
+    EntityList(Option<String>),
+    Entity { name: String, key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +125,9 @@ fn route(path: &str) -> Result<Option<Route>, ApiError> {
         [c, id, op, name] if is(c, "instances") && is(op, "raiseEvent") => {
             Route::Op { instance_id: id.to_string(), op: Op::RaiseEvent(name.to_string()) }
         }
-        [c] | [c, _] | [c, _, _] if is(c, "entities") => Route::Entities,
+        [c] if is(c, "entities") => Route::EntityList(None),
+        [c, name] if is(c, "entities") => Route::EntityList(Some(name.to_string())),
+        [c, name, key] if is(c, "entities") => Route::Entity { name: name.to_string(), key: key.to_string() },
         _ => return Ok(None),
     }))
 }
@@ -159,7 +165,9 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, req: Request<Body>) -> Respon
             Op::Restart => restart(&ctx, &instance_id).await,
             Op::SignedLinks => create_signed_links(&ctx, &instance_id).await,
         },
-        Route::Entities => entities(&ctx),
+        Route::EntityList(name) if m == Method::GET => entity_routes::list(&ctx, name.as_deref()).await,
+        Route::Entity { name, key } if m == Method::GET => entity_routes::get(&ctx, &name, &key).await,
+        Route::Entity { name, key } if m == Method::POST => entity_routes::signal(&ctx, &name, &key, body).await,
         _ => Err(route_not_found()),
     };
     result.unwrap_or_else(IntoResponse::into_response)
@@ -806,10 +814,6 @@ async fn create_signed_links(ctx: &Ctx, id: &str) -> Result<Response, ApiError> 
 }
 
 /// `/entities/...`: not supported yet.
-fn entities(ctx: &Ctx) -> Result<Response, ApiError> {
-    ctx.authorize(Need::Manage)?;
-    Err(ApiError::new(ErrorCode::NotImplemented, "durable entities are not supported by this version of Duro yet"))
-}
 
 #[cfg(test)]
 mod tests {
@@ -844,7 +848,10 @@ mod tests {
         assert_eq!(r(&format!("{b}/instances/x/raiseEvent")), None);
         assert_eq!(r(&format!("{b}/instances/x/explode")), None);
         assert_eq!(r(&format!("{b}/instances//terminate")), None);
-        assert_eq!(r(&format!("{b}/entities/counter/k")), Some(Route::Entities));
+        assert_eq!(
+            r(&format!("{b}/entities/counter/k")),
+            Some(Route::Entity { name: "counter".into(), key: "k".into() })
+        );
         assert_eq!(r(&format!("{b}x/instances")), None);
         assert_eq!(r("/elsewhere"), None);
         assert!(route(&format!("{b}/instances/%FF")).is_err());
