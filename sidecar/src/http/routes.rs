@@ -813,8 +813,6 @@ async fn create_signed_links(ctx: &Ctx, id: &str) -> Result<Response, ApiError> 
     Ok(json::json_response(StatusCode::OK, HeaderMap::new(), &signed_links(ctx, id, &r.execution_id, req)))
 }
 
-/// `/entities/...`: not supported yet.
-
 #[cfg(test)]
 mod tests {
     use super::*;
