@@ -28,6 +28,8 @@ pub const MAX_BATCH_OPERATIONS: usize = 100;
 pub enum EntityError {
     #[error("entity id '{0}' is not of the form '@<name>@<key>'")]
     BadId(String),
+    #[error("entity id is {0} bytes long; the limit is {limit}", limit = crate::MAX_INSTANCE_ID_LEN)]
+    TooLong(usize),
     #[error("entity message is not an entity operation, lock or unlock: {0}")]
     BadMessage(String),
 }
@@ -43,6 +45,9 @@ impl EntityId {
     /// Parses `@name@key`; the name is folded to lower case (entity names are
     /// case-insensitive), the key is kept as given.
     pub fn parse(id: &str) -> Result<EntityId, EntityError> {
+        if id.len() > crate::MAX_INSTANCE_ID_LEN {
+            return Err(EntityError::TooLong(id.len()));
+        }
         let rest = id.strip_prefix('@').ok_or_else(|| EntityError::BadId(id.into()))?;
         let (name, key) = rest.split_once('@').ok_or_else(|| EntityError::BadId(id.into()))?;
         if name.is_empty() || name.chars().any(char::is_control) || key.chars().any(char::is_control) {
@@ -586,6 +591,8 @@ mod tests {
         for bad in ["counter@k", "@counter", "@@k", "", "@c\u{1}@k"] {
             assert!(EntityId::parse(bad).is_err(), "{bad:?} accepted");
         }
+        let long = format!("@c@{}", "k".repeat(crate::MAX_INSTANCE_ID_LEN));
+        assert_eq!(EntityId::parse(&long), Err(EntityError::TooLong(long.len())));
     }
 
     #[test]
