@@ -293,3 +293,24 @@ def test_kill_9_during_entity_batches_loses_and_repeats_nothing(isolated_sidecar
         assert md._locked_by in (None, "")  # noqa: SLF001 (the SDK parses lockedBy as an entity id)
     finally:
         c.close()
+
+
+@pytest.mark.restarts
+def test_state_survives_a_restart_of_an_idle_entity(isolated_sidecar):
+    sc = isolated_sidecar
+    eid = entities.EntityInstanceId("EntCounter", harness.new_id("idle"))
+    c = harness.make_client(sc.address)
+    try:
+        with entity_worker(sc.address, entity_fns=[EntCounter]):
+            c.signal_entity(eid, "add", 2)
+            wait_for_entity_state(c, eid, 2)
+    finally:
+        c.close()
+    sc.restart()
+    c = harness.make_client(sc.address)
+    try:
+        with entity_worker(sc.address, entity_fns=[EntCounter]):
+            c.signal_entity(eid, "add", 3)
+            wait_for_entity_state(c, eid, 5)
+    finally:
+        c.close()

@@ -32,8 +32,18 @@ use crate::store::*;
 /// Back-off before a batch that came back without a result runs again.
 const RETRY_MS: i64 = 1_000;
 
+/// Whether an entity's stored state and lock have been read into its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Not read yet: nothing is dispatched for it (its state would be missing).
+    No,
+    Loading,
+    Yes,
+}
+
 struct Slot {
     entity: EntityState,
+    load: Load,
     /// Not dispatched before this time (after an abandoned or failed batch).
     retry_at: i64,
     /// A lock step is being committed by the sidecar.
@@ -81,6 +91,7 @@ impl EntityDispatch {
     fn slot(&mut self, entity_id: &str) -> &mut Slot {
         self.slots.entry(entity_id.to_string()).or_insert_with(|| Slot {
             entity: EntityState::new(entity_id),
+            load: Load::No,
             retry_at: 0,
             applying: false,
         })
@@ -143,14 +154,23 @@ impl EntityDispatch {
             .map(|(id, _)| *id)
     }
 
-    /// Leases every runnable batch to a stream and returns the lock steps to commit.
-    fn assign(&mut self, now: i64) -> Vec<LockStep> {
+    /// Leases every runnable batch to a stream and returns the lock steps to commit and
+    /// the entities whose stored state must be read first.
+    fn assign(&mut self, now: i64) -> (Vec<LockStep>, Vec<String>) {
+        let mut loads = Vec::new();
+        for (id, s) in self.slots.iter_mut() {
+            if s.load == Load::No && s.retry_at <= now {
+                s.load = Load::Loading;
+                loads.push(id.clone());
+            }
+        }
         let mut steps = Vec::new();
         let ids: Vec<String> = self
             .slots
             .iter()
             .filter(|(_, s)| {
-                !s.applying
+                s.load == Load::Yes
+                    && !s.applying
                     && s.entity.batch == entity::BatchState::Idle
                     && s.retry_at <= now
                     && (!s.entity.queue.is_empty()
@@ -206,7 +226,7 @@ impl EntityDispatch {
                 }
             }
         }
-        steps
+        (steps, loads)
     }
 
     /// Ends a lease without a result: its operations run again after `delay_ms`.
@@ -226,7 +246,10 @@ impl EntityDispatch {
         slot.entity.applied(effects);
         slot.applying = false;
         slot.retry_at = 0;
-        if slot.entity.is_empty() {
+        // An idle entity leaves memory (its state is in the store and is read again when a
+        // request arrives); a locked one stays, so ended owners' locks can be found.
+        let e = &slot.entity;
+        if e.queue.is_empty() && e.lock == Lock::Free && e.batch == entity::BatchState::Idle {
             self.slots.remove(entity_id);
         }
         self.ended_owners.extend(result.gone_owners);
@@ -292,6 +315,7 @@ impl Engine {
             let mut d = self.inner.entities.lock();
             for r in recovered {
                 let slot = d.slot(&r.record.entity_id);
+                slot.load = Load::Yes;
                 slot.entity.state = r.record.state.clone();
                 if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
                     owners.insert(owner.clone());
@@ -402,18 +426,55 @@ impl Engine {
     /// Leases runnable batches and starts the lock steps the sidecar commits itself.
     pub(super) fn pump_entities(&self) {
         let now = self.now();
-        let (steps, rearm) = {
+        let (steps, loads, rearm) = {
             let mut d = self.inner.entities.lock();
-            let steps = d.assign(now);
-            (steps, d.needs_rearm())
+            let (steps, loads) = d.assign(now);
+            (steps, loads, d.needs_rearm())
         };
         if rearm {
             self.inner.entity_timer.notify_one();
+        }
+        for id in loads {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.load_entity(id).await });
         }
         for step in steps {
             let engine = self.clone();
             tokio::spawn(async move { engine.commit_lock_step(step).await });
         }
+    }
+
+    /// Reads an entity's stored state and lock into its slot, then dispatches.
+    async fn load_entity(&self, entity_id: String) {
+        let selection = EntitySelection {
+            id: Some(entity_id.clone()),
+            include_transient: true,
+            page_size: 1,
+            ..EntitySelection::default()
+        };
+        match self.inner.store.query_entities(&selection).await {
+            Ok(rows) => {
+                let mut d = self.inner.entities.lock();
+                let slot = d.slot(&entity_id);
+                if let Some(r) = rows.into_iter().next() {
+                    slot.entity.state = r.state;
+                    slot.entity.lock = match (r.lock_owner, r.lock_section) {
+                        (Some(owner), Some(critical_section_id)) => Lock::Held { owner, critical_section_id },
+                        _ => Lock::Free,
+                    };
+                }
+                slot.load = Load::Yes;
+            }
+            Err(e) => {
+                tracing::warn!(entity = %entity_id, error = %e, "could not read an entity; retrying later");
+                let now = self.now();
+                let mut d = self.inner.entities.lock();
+                let slot = d.slot(&entity_id);
+                slot.load = Load::No;
+                slot.retry_at = now + RETRY_MS;
+            }
+        }
+        self.pump_entities();
     }
 
     async fn commit_lock_step(&self, step: LockStep) {
