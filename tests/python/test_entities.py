@@ -314,3 +314,17 @@ def test_state_survives_a_restart_of_an_idle_entity(isolated_sidecar):
             wait_for_entity_state(c, eid, 5)
     finally:
         c.close()
+
+
+def ent_unrelated_orch(ctx: task.OrchestrationContext, _):
+    return "unused"
+
+
+def test_a_worker_without_the_entity_passes_it_on(client, sidecar):
+    eid = entities.EntityInstanceId("EntCounter", harness.new_id("routed"))
+    # The worker that connects first (and so is offered the batch first) has no entities.
+    with entity_worker(sidecar.address, orchestrators=[ent_unrelated_orch]):
+        client.signal_entity(eid, "add", 4)
+        time.sleep(0.5)
+        with entity_worker(sidecar.address, entity_fns=[EntCounter]):
+            wait_for_entity_state(client, eid, 4)

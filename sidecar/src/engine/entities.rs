@@ -852,6 +852,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entity_filters_route_by_entity_name() {
+        let mut h = harness().await;
+        h.engine.close_stream(h.stream);
+        let filters = WorkItemFilters {
+            entities: vec![duro_proto::EntityFilter { name: "Cart".into() }],
+            ..WorkItemFilters::default()
+        };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: Some(filters) };
+        let (stream, rx) = h.engine.open_stream_with_entities(rules, 10);
+        (h.stream, h.rx) = (stream, rx);
+        h.signal("@counter@k", "add", "1").await;
+        h.nothing_for(200).await;
+        h.signal("@cart@k", "add", "1").await;
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.instance_id, "@cart@k", "only the listed entity name reaches this stream");
+    }
+
+    #[tokio::test]
     async fn bad_ids_and_empty_operations_are_refused() {
         let h = harness().await;
         let bad = h.engine.signal_entity("no-at", "op".into(), None, "r".into(), None).await;
