@@ -48,6 +48,8 @@ struct Slot {
     retry_at: i64,
     /// A lock step is being committed by the sidecar.
     applying: bool,
+    /// Deliveries of the current batch that came back without a result.
+    attempts: u32,
 }
 
 struct EntityStream {
@@ -79,6 +81,8 @@ pub(super) struct EntityDispatch {
     ended_owners: HashSet<String>,
     /// When the timer task will wake next (`None`: it sleeps without a deadline).
     armed_at: Option<i64>,
+    /// Deliveries without a result after which a batch's operations fail (poison).
+    max_attempts: u32,
 }
 
 /// Work `assign` found that needs an async commit.
@@ -88,12 +92,17 @@ struct LockStep {
 }
 
 impl EntityDispatch {
+    pub(super) fn new(max_attempts: u32) -> EntityDispatch {
+        EntityDispatch { max_attempts: max_attempts.max(1), ..EntityDispatch::default() }
+    }
+
     fn slot(&mut self, entity_id: &str) -> &mut Slot {
         self.slots.entry(entity_id.to_string()).or_insert_with(|| Slot {
             entity: EntityState::new(entity_id),
             load: Load::No,
             retry_at: 0,
             applying: false,
+            attempts: 0,
         })
     }
 
@@ -201,6 +210,28 @@ impl EntityDispatch {
                     steps.push(LockStep { entity_id: id.clone(), effects });
                     self.slot(&id).applying = true;
                 }
+                Step::Run(ops) if slot.attempts >= self.max_attempts => {
+                    // Delivered again and again without a result: its operations fail
+                    // (callers get the failure) instead of being retried forever.
+                    let failure = events::failure(
+                        "DuroPoisonWorkItem",
+                        format!(
+                            "the entity batch was delivered {} times without a result (abandoned, failed as a whole, or \
+                             its worker disconnected each time); Duro failed its operations",
+                            slot.attempts
+                        ),
+                        true,
+                    );
+                    tracing::warn!(entity = %id, attempts = slot.attempts, ops = ops.len(), "poison entity batch failed");
+                    let outcome = BatchOutcome {
+                        results: ops.iter().map(|_| OpResult::Failure(failure.clone())).collect(),
+                        actions: Vec::new(),
+                        state: slot.entity.state.clone(),
+                    };
+                    let effects = slot.entity.complete_batch(&ops, outcome, now);
+                    steps.push(LockStep { entity_id: id.clone(), effects });
+                    self.slot(&id).applying = true;
+                }
                 Step::Run(ops) => {
                     let name = EntityId::parse(&id).map(|e| e.name).unwrap_or_default();
                     let Some(stream_id) = self.pick_stream(&name) else { continue };
@@ -229,14 +260,19 @@ impl EntityDispatch {
         (steps, loads)
     }
 
-    /// Ends a lease without a result: its operations run again after `delay_ms`.
-    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64) {
+    /// Ends a lease without a result: its operations run again after `delay_ms`. A
+    /// `counted` give-back (abandon, stream loss, whole-batch failure) moves the batch
+    /// towards the poison limit; a rerouting or the sidecar's own failure does not.
+    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64, counted: bool) {
         let Some(lease) = self.leases.remove(token) else { return };
         if let Some(s) = self.streams.get_mut(&lease.stream) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
         let slot = self.slot(&lease.entity_id);
         slot.entity.abandon_batch();
+        if counted {
+            slot.attempts += 1;
+        }
         slot.retry_at = if delay_ms > 0 { now + delay_ms } else { 0 };
     }
 
@@ -246,6 +282,7 @@ impl EntityDispatch {
         slot.entity.applied(effects);
         slot.applying = false;
         slot.retry_at = 0;
+        slot.attempts = 0;
         // An idle entity leaves memory (its state is in the store and is read again when a
         // request arrives); a locked one stays, so ended owners' locks can be found.
         let e = &slot.entity;
@@ -382,7 +419,7 @@ impl Engine {
         let lost: Vec<String> =
             d.leases.iter().filter(|(_, l)| l.stream == id && !l.completing).map(|(t, _)| t.clone()).collect();
         for token in lost {
-            d.give_back(&token, now, 0);
+            d.give_back(&token, now, 0, true);
         }
     }
 
@@ -542,7 +579,7 @@ impl Engine {
                 let why = r.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
                 tracing::info!(entity = %lease.entity_id, error = %why, requires_state = r.requires_state, "entity batch failed as a whole; it runs again");
                 let delay = if r.requires_state { 0 } else { RETRY_MS };
-                d.give_back(&token, now, delay);
+                d.give_back(&token, now, delay, !r.requires_state);
                 drop(d);
                 self.inner.entity_timer.notify_one();
                 self.pump_entities();
@@ -557,7 +594,7 @@ impl Engine {
                 if let Some(s) = d.streams.get_mut(&stream) {
                     s.rejected.insert(name);
                 }
-                d.give_back(&token, now, 0);
+                d.give_back(&token, now, 0, false);
                 drop(d);
                 self.pump_entities();
                 return Ok(());
@@ -628,7 +665,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(entity = %entity_id, error = %e, "entity batch not committed; it runs again");
-                self.inner.entities.lock().give_back(&token, now, RETRY_MS);
+                self.inner.entities.lock().give_back(&token, now, RETRY_MS, false);
                 self.inner.entity_timer.notify_one();
                 Err(e.into())
             }
@@ -638,7 +675,7 @@ impl Engine {
     /// Gives an entity batch back for redelivery after a back-off. Unknown tokens are fine.
     pub fn abandon_entity(&self, token: &str) {
         let now = self.now();
-        self.inner.entities.lock().give_back(token, now, RETRY_MS);
+        self.inner.entities.lock().give_back(token, now, RETRY_MS, true);
         self.inner.entity_timer.notify_one();
     }
 
@@ -867,6 +904,28 @@ mod tests {
         h.signal("@cart@k", "add", "1").await;
         let (req, _) = h.next_batch().await;
         assert_eq!(req.instance_id, "@cart@k", "only the listed entity name reaches this stream");
+    }
+
+    #[tokio::test]
+    async fn a_batch_abandoned_again_and_again_fails_as_poison() {
+        let mut h = harness().await;
+        let attempts = h.engine.options().scheduler.max_attempts;
+        h.signal("@c@p", "add", "1").await;
+        for _ in 0..attempts {
+            let (_, token) = h.next_batch().await;
+            h.engine.abandon_entity(&token);
+            // The back-off is 1 s: let it pass without waiting for it in real time.
+            let mut d = h.engine.inner.entities.lock();
+            d.slot("@c@p").retry_at = 0;
+            drop(d);
+            h.engine.pump_entities();
+        }
+        h.nothing_for(300).await;
+        let rec = h.engine.get_entity("@c@p").await.expect("read").expect("row");
+        assert_eq!((rec.backlog, rec.state), (0, None), "the poison batch was consumed, the state kept");
+        h.signal("@c@p", "add", "2").await;
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.operation_requests.len(), 1, "later requests run normally");
     }
 
     #[tokio::test]

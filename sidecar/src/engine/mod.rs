@@ -164,6 +164,7 @@ impl Engine {
         }
         tracing::info!(inbox, activities, "recovered pending work from the store");
         let (shutdown, _) = watch::channel(false);
+        let max_attempts = opts.scheduler.max_attempts;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -175,7 +176,7 @@ impl Engine {
                 timer: Notify::new(),
                 shutdown,
                 clock,
-                entities: Mutex::new(entities::EntityDispatch::default()),
+                entities: Mutex::new(entities::EntityDispatch::new(max_attempts)),
                 entity_timer: Notify::new(),
             }),
         };
