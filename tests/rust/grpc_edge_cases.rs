@@ -640,21 +640,59 @@ async fn work_item_over_the_limit_fails_the_instance() {
 // ----- unsupported -----------------------------------------------------------------------------
 
 #[tokio::test]
-async fn entity_rpcs_are_unimplemented() {
+async fn entity_rpcs_check_their_input_and_answer_unknown_entities() {
     let (_d, _s, client) = setup(&[]).await;
-    let r = call(client.clone().signal_entity(SignalEntityRequest {
-        instance_id: "@counter@one".into(),
-        name: "add".into(),
+    let signal = |id: &str, name: &str| SignalEntityRequest {
+        instance_id: id.into(),
+        name: name.into(),
         input: Some("1".into()),
         request_id: "r1".into(),
         ..Default::default()
-    }))
-    .await;
-    assert_eq!(code_of(r), Code::Unimplemented);
-    let r =
-        call(client.clone().get_entity(GetEntityRequest { instance_id: "@counter@one".into(), include_state: true }))
-            .await;
-    assert_eq!(code_of(r), Code::Unimplemented);
+    };
+    for bad in ["counter-one", "@counter", "@@k"] {
+        let r = call(client.clone().signal_entity(signal(bad, "add"))).await;
+        assert_eq!(code_of(r), Code::InvalidArgument, "{bad}");
+    }
+    let r = call(client.clone().signal_entity(signal("@counter@one", ""))).await;
+    assert_eq!(code_of(r), Code::InvalidArgument, "an operation name is required");
+    let long = format!("@counter@{}", "k".repeat(2000));
+    assert_eq!(code_of(call(client.clone().signal_entity(signal(&long, "add"))).await), Code::InvalidArgument);
+
+    let get = |id: &str| GetEntityRequest { instance_id: id.into(), include_state: true };
+    let missing = call(client.clone().get_entity(get("@counter@none"))).await.expect("answered");
+    assert!(!missing.exists && missing.entity.is_none(), "unknown entities do not exist: {missing:?}");
+    assert_eq!(code_of(call(client.clone().get_entity(get("nope"))).await), Code::InvalidArgument);
+
+    // A signal with no worker connected: queued, transient (no state yet).
+    call(client.clone().signal_entity(signal("@Counter@one", "add"))).await.expect("queued");
+    let queued = call(client.clone().get_entity(get("@counter@one"))).await.expect("answered");
+    assert!(!queued.exists, "an entity without state does not exist yet");
+    let query = |transient: bool, token: Option<&str>| QueryEntitiesRequest {
+        query: Some(EntityQuery {
+            instance_id_starts_with: Some("@COUNTER@".into()),
+            include_transient: transient,
+            continuation_token: token.map(String::from),
+            ..Default::default()
+        }),
+    };
+    let found = call(client.clone().query_entities(query(true, None))).await.expect("query");
+    let rows: Vec<_> = found.entities.iter().map(|e| (e.instance_id.as_str(), e.backlog_queue_size)).collect();
+    assert_eq!(rows, vec![("@counter@one", 1)]);
+    let with_state = call(client.clone().query_entities(query(false, None))).await.expect("query");
+    assert!(with_state.entities.is_empty());
+    assert_eq!(code_of(call(client.clone().query_entities(query(true, Some("garbage")))).await), Code::InvalidArgument);
+
+    // Cleaning keeps an entity with queued requests.
+    let clean =
+        CleanEntityStorageRequest { remove_empty_entities: true, release_orphaned_locks: true, ..Default::default() };
+    let cleaned = call(client.clone().clean_entity_storage(clean)).await.expect("cleaned");
+    assert_eq!((cleaned.empty_entities_removed, cleaned.orphaned_locks_released), (0, 0));
+
+    // Unknown tokens: completing is NOT_FOUND, abandoning is fine.
+    let stale = EntityBatchResult { completion_token: "e-unknown".into(), ..Default::default() };
+    assert_eq!(code_of(call(client.clone().complete_entity_task(stale)).await), Code::NotFound);
+    let abandon = AbandonEntityTaskRequest { completion_token: "e-unknown".into() };
+    call(client.clone().abandon_task_entity_work_item(abandon)).await.expect("abandoning an unknown token is fine");
 }
 
 // ----- query and purge -------------------------------------------------------------------------
