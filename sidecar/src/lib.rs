@@ -7,9 +7,11 @@
 //! - [`grpc`]: the `TaskHubSidecarService` adapter;
 //! - [`durable_http`]: the built-in activity `BuiltIn::HttpActivity` (durable HTTP, 202 polling, tokens);
 //! - [`http`]: the Durable Functions HTTP management API (webhook routes, signed status links);
+//! - [`dashboard`]: the web dashboard at `/dashboard` on the HTTP API's port;
 //! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
 
 pub mod core;
+pub mod dashboard;
 pub mod durable_http;
 pub mod engine;
 pub mod grpc;

@@ -261,6 +261,7 @@ pub(crate) struct ApiState {
     pub key: Option<SystemKey>,
     pub links: LinkKeys,
     pub local_addr: SocketAddr,
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 /// The running HTTP server.
@@ -307,13 +308,21 @@ pub async fn start(engine: Engine, opts: HttpOptions) -> Result<Option<HttpServe
         (None, false) => "open (loopback, no system key)",
         (None, true) => "OPEN (--http-insecure, no system key)",
     };
-    let state =
-        Arc::new(ApiState { key: opts.system_key.as_deref().map(SystemKey::new), engine, opts, links, local_addr });
+    let dashboard = crate::dashboard::Dashboard::new(&opts);
+    let state = Arc::new(ApiState {
+        key: opts.system_key.as_deref().map(SystemKey::new),
+        engine,
+        opts,
+        links,
+        local_addr,
+        dashboard,
+    });
     let limits = (state.opts.header_timeout, state.opts.max_connections);
     let app = axum::Router::new().fallback(handle).with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, app, limits, stopped));
     tracing::info!(address = %local_addr, base = BASE_PATH, auth, "serving the Durable Functions HTTP management API");
+    tracing::info!(url = %format!("http://{local_addr}{}", crate::dashboard::PREFIX), "serving the dashboard");
     Ok(Some(HttpServer { local_addr, task, stop }))
 }
 
@@ -379,7 +388,14 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let response = match std::panic::AssertUnwindSafe(routes::dispatch(state, req)).catch_unwind().await {
+    let serve = async move {
+        if crate::dashboard::owns(req.uri().path()) {
+            crate::dashboard::dispatch(state, req).await
+        } else {
+            routes::dispatch(state, req).await
+        }
+    };
+    let response = match std::panic::AssertUnwindSafe(serve).catch_unwind().await {
         Ok(r) => r,
         Err(_) => {
             tracing::error!(%method, %path, "an HTTP handler panicked");
