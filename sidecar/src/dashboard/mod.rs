@@ -404,7 +404,8 @@ async fn read_form(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<
 // ----- responses ---------------------------------------------------------------------------
 
 /// Headers of every dashboard page: no caching, no framing, scripts and styles only from
-/// the dashboard itself (an injected inline script or handler would not run).
+/// the dashboard itself (an injected inline script or handler would not run). Referrers stay
+/// within the origin (`no-referrer` would make browsers send `Origin: null` on form posts).
 fn security_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -414,7 +415,7 @@ fn security_headers(h: &mut HeaderMap) {
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
