@@ -1250,9 +1250,10 @@ impl Store for SqliteStore {
             }
             QueryOrder::NewestFirst { before } => {
                 if let Some((t, id)) = before {
+                    // `created_at <= t` first so that the scan of `instances_created` starts there.
+                    q.push(" AND created_at <= ?", *t);
                     q.push(" AND (created_at < ?", *t);
-                    q.push(" OR (created_at = ?", *t);
-                    q.push(" AND instance_id < ?))", id.clone());
+                    q.push(" OR instance_id < ?)", id.clone());
                 }
                 q.push(" ORDER BY created_at DESC, instance_id DESC LIMIT ?", i64::from(f.page_size.max(1)));
             }
