@@ -216,7 +216,6 @@ mod tests {
                 nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
             }),
             event_type: Some(kind),
-            ..Default::default()
         }
     }
 
@@ -247,7 +246,6 @@ mod tests {
                 EventType::TaskFailed(TaskFailedEvent {
                     task_scheduled_id: 1,
                     failure_details: Some(TaskFailureDetails { error_message: "kaput".into(), ..Default::default() }),
-                    ..Default::default()
                 }),
             ),
             ev(-1, 1700, EventType::TimerFired(TimerFiredEvent { timer_id: 3, fire_at: None })),
