@@ -83,6 +83,8 @@ enum Access {
 pub struct Dashboard {
     sessions: Sessions,
     access: Access,
+    /// Sessions signed out before they expired: id → expiry (kept until then).
+    revoked: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Dashboard {
@@ -91,7 +93,18 @@ impl Dashboard {
             Some(_) => Access::Key,
             None => Access::Open { loopback_host: opts.listen.ip().is_loopback() },
         };
-        Dashboard { sessions: Sessions::random(), access }
+        Dashboard { sessions: Sessions::random(), access, revoked: Default::default() }
+    }
+
+    fn is_revoked(&self, s: &Session) -> bool {
+        self.revoked.lock().contains_key(&s.id)
+    }
+
+    /// Signs a session out for good (its cookie stops working even if a copy was kept).
+    fn revoke(&self, s: &Session, now_secs: i64) {
+        let mut revoked = self.revoked.lock();
+        revoked.retain(|_, expires| *expires > now_secs);
+        revoked.insert(s.id.clone(), s.expires_secs);
     }
 }
 
@@ -247,7 +260,8 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, req: Request<Body>) -> Respon
         .filter(|s| match dash.access {
             Access::Key => s.kind == Kind::Key,
             Access::Open { .. } => true,
-        });
+        })
+        .filter(|s| !dash.is_revoked(s));
     if page == Page::Login {
         return login(&state, &method, presented, body, &headers, secure).await;
     }
@@ -317,6 +331,7 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, req: Request<Body>) -> Respon
         Page::Live => live(&ctx).await,
         Page::Entities => html(StatusCode::OK, pages::entities(&ctx), ctx.set_cookie.clone()),
         Page::Logout => {
+            dash.revoke(&ctx.session, now_secs());
             let target = if ctx.signed_in { format!("{PREFIX}/login") } else { PREFIX.to_string() };
             redirect(&target, Some(session::clear_cookie(ctx.secure)))
         }
