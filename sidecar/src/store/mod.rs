@@ -3,8 +3,10 @@
 //! [`Store`] is the small contract the engine needs. Each write method is one atomic
 //! transaction (an implementation may group several callers' writes into one commit, but
 //! each caller's write is all-or-nothing). Reads may run concurrently with writes.
-//! Implementations: [`sqlite::SqliteStore`] (embedded, default). A PostgreSQL backend
-//! implements the same trait; the engine does not change.
+//! Implementations: [`sqlite::SqliteStore`] (embedded, default). Leases live in the engine's
+//! memory, which is sound because one process owns a store (the lock file). A backend shared
+//! by several sidecars (PostgreSQL) needs more than this trait: leases, their expiry and
+//! fencing must move into the store, and the engine must claim work from it.
 
 pub mod sqlite;
 
@@ -172,7 +174,7 @@ pub struct QueuedActivity {
 /// - An unlisted status is always refused (durabletask-go answers `ErrDuplicateInstance`
 ///   before it looks at the action); it never means "replace". Issue 13 was the inverse.
 /// - No policy: durabletask-go refuses every existing id; Duro reuses finished ids (as
-///   Dapr and the Durable Task Scheduler do; protocol reference §7) and refuses live ones.
+///   Dapr and the Durable Task Scheduler do) and refuses live ones.
 /// - `ERROR` is the enum's zero value, which proto3 does not put on the wire: a Go client's
 ///   "S + ERROR" arrives as `replaceableStatus` = S and is treated as such. Only code that
 ///   builds `Legacy { action: Error }` directly gets the refuse-always row.
