@@ -11,6 +11,7 @@
 pub mod control;
 pub mod events;
 pub mod time;
+pub mod timespan;
 pub mod turn;
 
 use std::collections::HashMap;

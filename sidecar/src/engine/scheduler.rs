@@ -462,8 +462,6 @@ pub struct Scheduler {
     armed_ms: i64,
     /// A wake-up earlier than `armed_ms` was scheduled: the timer task must re-arm.
     timer_dirty: bool,
-    token_seq: u64,
-    token_secret: u128,
     /// Delivery-attempt counts that changed, for the engine to persist.
     attempt_log: Vec<Attempts>,
     /// Bytes of event payloads held in memory (pending, waiting and leased).
@@ -514,17 +512,15 @@ impl Scheduler {
             wake_seq: 0,
             armed_ms: i64::MAX,
             timer_dirty: false,
-            token_seq: 0,
-            token_secret: rand::random(),
             attempt_log: Vec::new(),
             payload_meter: Default::default(),
         }
     }
 
     fn new_token(&mut self) -> String {
-        self.token_seq += 1;
-        let salt: u64 = rand::random();
-        format!("{:032x}{:016x}{:016x}", self.token_secret ^ u128::from(salt), self.token_seq, salt)
+        // 128 bits from the OS-seeded CSPRNG (`rand::random` uses `ThreadRng`): unguessable, and
+        // a collision among live leases is as likely as guessing one.
+        format!("{:032x}", rand::random::<u128>())
     }
 
     // ----- streams -------------------------------------------------------------------
