@@ -13,6 +13,9 @@ bash scripts/checks/prereqs.sh
 echo "==> repository checks"
 bash scripts/checks/no_machine_paths.sh
 
+echo "==> style and lint (rustfmt, clippy -D warnings, ruff, gofmt)"
+bash scripts/checks/lint.sh
+
 echo "==> building"
 cargo build --workspace --all-targets
 
