@@ -10,6 +10,9 @@
 
 pub mod sqlite;
 
+#[cfg(test)]
+mod contract;
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;
