@@ -412,6 +412,8 @@ pub struct Scheduler {
     attempt_log: Vec<Attempts>,
     /// Bytes of event payloads held in memory (pending, waiting and leased).
     payload_meter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Turn leases that timed out, since start (metrics).
+    leases_expired: u64,
 }
 
 /// A completion that matched a live lease.
@@ -462,6 +464,7 @@ impl Scheduler {
             token_secret: rand::random(),
             attempt_log: Vec::new(),
             payload_meter: Default::default(),
+            leases_expired: 0,
         }
     }
 
@@ -683,6 +686,7 @@ impl Scheduler {
                 Wake::Activity(id) => self.requeue_activity(id),
                 Wake::LeaseExpiry(token) => {
                     if matches!(self.leases.get(&token), Some(Lease::Turn { completing: false, .. })) {
+                        self.leases_expired += 1;
                         poisoned.extend(self.release(&token, Release::Lost, now_ms));
                     }
                 }
@@ -1362,6 +1366,7 @@ impl Scheduler {
             leases: self.leases.len(),
             wakeups: self.wakeups.len(),
             payload_bytes: self.payload_meter.load(std::sync::atomic::Ordering::Relaxed),
+            leases_expired: self.leases_expired,
         }
     }
 
@@ -1382,6 +1387,8 @@ pub struct SchedulerStats {
     pub wakeups: usize,
     /// Estimated bytes of event payloads held in memory.
     pub payload_bytes: usize,
+    /// Turn leases that timed out, since start.
+    pub leases_expired: u64,
 }
 
 /// Where the scheduler holds each event and activity, and every broken internal rule:
