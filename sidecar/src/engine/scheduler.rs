@@ -1675,6 +1675,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unanswered_turn_expires_is_counted_and_goes_out_again() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let first = turns(&s.assign(NOW))[0].token.clone();
+        s.fire_due(NOW + 4999);
+        assert_eq!(s.stats().leases_expired, 0);
+        s.fire_due(NOW + 5000);
+        assert_eq!(s.stats().leases_expired, 1);
+        let a = s.assign(NOW + 5000);
+        let again = turns(&a);
+        assert_eq!(again.len(), 1, "the expired turn is dispatched again");
+        assert_ne!(again[0].token, first);
+    }
+
+    #[test]
     fn a_workers_caps_are_held_to_the_server_maximum() {
         let req = GetWorkItemsRequest {
             max_concurrent_orchestration_work_items: i32::MAX,
