@@ -8,6 +8,7 @@
 //! - [`grpc`]: the `TaskHubSidecarService` adapter;
 //! - [`durable_http`]: the built-in activity `BuiltIn::HttpActivity` (durable HTTP, 202 polling, tokens);
 //! - [`http`]: the Durable Functions HTTP management API (webhook routes, signed status links);
+//! - [`metrics`], [`health`]: what `/metrics`, `/stats`, `/healthz`, `/readyz` and `grpc.health.v1` report;
 //! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
 
 pub use duro_core as core;
@@ -16,6 +17,8 @@ pub mod ambient;
 pub mod durable_http;
 pub mod engine;
 pub mod grpc;
+pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod store;

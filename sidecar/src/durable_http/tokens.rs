@@ -380,6 +380,7 @@ impl Tokens {
             let err = match result {
                 Ok(Ok(t)) => {
                     tracing::debug!(source = %cred.describe(), resource = %source.resource, "token acquired");
+                    crate::metrics::token_acquisition(true);
                     return Ok(t);
                 }
                 Ok(Err(e)) => e,
@@ -391,6 +392,7 @@ impl Tokens {
             };
             if !err.retryable || attempt >= self.opts.max_retries {
                 let tries = if attempt > 0 { format!(" (after {} attempts)", attempt + 1) } else { String::new() };
+                crate::metrics::token_acquisition(false);
                 return Err(fail(format!("{}{tries}", err.detail)));
             }
             let backoff = self

@@ -466,6 +466,8 @@ pub struct Scheduler {
     attempt_log: Vec<Attempts>,
     /// Bytes of event payloads held in memory (pending, waiting and leased).
     payload_meter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Turn leases that timed out, since start (metrics).
+    leases_expired: u64,
 }
 
 /// A completion that matched a live lease.
@@ -514,6 +516,7 @@ impl Scheduler {
             timer_dirty: false,
             attempt_log: Vec::new(),
             payload_meter: Default::default(),
+            leases_expired: 0,
         }
     }
 
@@ -737,6 +740,7 @@ impl Scheduler {
                 Wake::Activity(id) => self.requeue_activity(id),
                 Wake::LeaseExpiry(token) => {
                     if matches!(self.leases.get(&token), Some(Lease::Turn { phase: LeasePhase::Out, .. })) {
+                        self.leases_expired += 1;
                         poisoned.extend(self.release(&token, Release::Lost, now_ms));
                     }
                 }
@@ -1415,6 +1419,7 @@ impl Scheduler {
             leases: self.leases.len(),
             wakeups: self.wakeups.len(),
             payload_bytes: self.payload_meter.load(std::sync::atomic::Ordering::Relaxed),
+            leases_expired: self.leases_expired,
         }
     }
 
@@ -1435,6 +1440,8 @@ pub struct SchedulerStats {
     pub wakeups: usize,
     /// Estimated bytes of event payloads held in memory.
     pub payload_bytes: usize,
+    /// Turn leases that timed out, since start.
+    pub leases_expired: u64,
 }
 
 /// Where the scheduler holds each event and activity, and every broken internal rule:
@@ -1727,6 +1734,22 @@ mod tests {
         assert!(s.assign(NOW + 499).is_empty());
         s.fire_due(NOW + 500);
         assert_eq!(turns(&s.assign(NOW + 500)).len(), 1);
+    }
+
+    #[test]
+    fn an_unanswered_turn_expires_is_counted_and_goes_out_again() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let first = turns(&s.assign(NOW))[0].token.clone();
+        s.fire_due(NOW + 4999);
+        assert_eq!(s.stats().leases_expired, 0);
+        s.fire_due(NOW + 5000);
+        assert_eq!(s.stats().leases_expired, 1);
+        let a = s.assign(NOW + 5000);
+        let again = turns(&a);
+        assert_eq!(again.len(), 1, "the expired turn is dispatched again");
+        assert_ne!(again[0].token, first);
     }
 
     #[test]

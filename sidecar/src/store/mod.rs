@@ -434,6 +434,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// All pending inbox rows and activities, for rebuilding dispatch state at start-up.
     async fn recover(&self) -> Result<Recovered, StoreError>;
+
+    /// A real write through the store's write path, committed like any other (readiness:
+    /// it fails while the store cannot commit). Stores without such a path answer `Ok`.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Counts for the metrics, read when they are scraped (see [`StoreGauges`]).
+    async fn gauges(&self, _now_ms: i64) -> Result<StoreGauges, StoreError> {
+        Ok(StoreGauges::default())
+    }
+}
+
+/// What the store holds right now, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Instances per status (statuses with none are left out).
+    pub instances_by_status: Vec<(OrchestrationStatus, u64)>,
+    /// Inbox events visible now (ready or in a turn that has not committed yet).
+    pub inbox_ready: u64,
+    /// Inbox events waiting for their time (durable timers, scheduled starts, back-offs).
+    pub inbox_waiting: u64,
+    /// When the oldest visible inbox event became visible (ms since the epoch).
+    pub oldest_ready_ms: Option<i64>,
+    /// Activities scheduled and not completed (queued or running).
+    pub activities: u64,
 }
 
 #[cfg(test)]
