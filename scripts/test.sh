@@ -54,6 +54,9 @@ bash scripts/checks/deploy.sh
 step "HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh
 
+echo "==> dashboard in a browser (Debian chromium + playwright-core; screenshots in target/dashboard-screenshots)"
+DURO_BIN="$PWD/target/debug/duro" bash tests/dashboard/run_tests.sh
+
 # Suites of other components, each self-contained.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/run_tests.sh samples/python/run_tests.sh bench/smoke.sh bench/stranded.sh; do

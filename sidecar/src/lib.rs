@@ -9,11 +9,13 @@
 //! - [`durable_http`]: the built-in activity `BuiltIn::HttpActivity` (durable HTTP, 202 polling, tokens);
 //! - [`http`]: the Durable Functions HTTP management API (webhook routes, signed status links);
 //! - [`metrics`], [`health`]: what `/metrics`, `/stats`, `/healthz`, `/readyz` and `grpc.health.v1` report;
+//! - [`dashboard`]: the web dashboard at `/dashboard` on the HTTP API's port;
 //! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
 
 pub use duro_core as core;
 
 pub mod ambient;
+pub mod dashboard;
 pub mod durable_http;
 pub mod engine;
 pub mod grpc;

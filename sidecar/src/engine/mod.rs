@@ -200,6 +200,13 @@ impl Engine {
         self.inner.sched.lock().stats()
     }
 
+    /// The scheduler's figures and its connected streams, read under one lock (the dashboard's
+    /// live view).
+    pub fn live_snapshot(&self) -> LiveSnapshot {
+        let sched = self.inner.sched.lock();
+        LiveSnapshot { stats: sched.stats(), streams: sched.stream_views() }
+    }
+
     // ----- dispatch loop ---------------------------------------------------------------
 
     async fn timer_loop(self) {
@@ -1058,6 +1065,10 @@ impl Engine {
 
     pub async fn list_completed(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, EngineError> {
         Ok(self.inner.store.list_completed_ids(filter).await?)
+    }
+
+    pub async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, EngineError> {
+        Ok(self.inner.store.count_by_status().await?)
     }
 
     /// Runs to the end even if the caller stops waiting.

@@ -1427,6 +1427,41 @@ impl Scheduler {
     pub fn parked_instances(&self) -> HashSet<String> {
         self.parked.iter().cloned().collect()
     }
+
+    /// Each connected work-item stream: its caps, filters and what it holds now.
+    pub fn stream_views(&self) -> Vec<StreamView> {
+        self.streams
+            .iter()
+            .map(|(id, s)| StreamView {
+                id: *id,
+                max_orchestrations: s.rules.max_orchestrations,
+                max_activities: s.rules.max_activities,
+                orchestrations: s.orchestrations,
+                activities: s.activities,
+                filters: s.rules.filters.clone(),
+            })
+            .collect()
+    }
+}
+
+/// One connected work-item stream, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamView {
+    pub id: StreamId,
+    pub max_orchestrations: usize,
+    pub max_activities: usize,
+    /// Orchestration turns and activities it holds now.
+    pub orchestrations: usize,
+    pub activities: usize,
+    /// `None`: the worker sent no filters (it takes everything).
+    pub filters: Option<WorkItemFilters>,
+}
+
+/// [`Scheduler::stats`] and [`Scheduler::stream_views`] read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSnapshot {
+    pub stats: SchedulerStats,
+    pub streams: Vec<StreamView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

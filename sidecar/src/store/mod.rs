@@ -319,8 +319,22 @@ pub struct InstanceFilter {
     pub created_to_ms: Option<i64>,
     pub instance_id_prefix: Option<String>,
     pub page_size: u32,
-    /// Exclusive lower bound on the instance id.
+    /// Exclusive lower bound on the instance id (with [`QueryOrder::InstanceId`]).
     pub after_instance_id: Option<String>,
+    /// Only instances of this orchestration name.
+    pub name: Option<String>,
+    pub order: QueryOrder,
+}
+
+/// The order of a query's rows and its paging cursor.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum QueryOrder {
+    /// By instance id, paged with `after_instance_id` (the APIs).
+    #[default]
+    InstanceId,
+    /// Newest created first (the dashboard), paged with the exclusive cursor (created time,
+    /// instance id) of the last row seen.
+    NewestFirst { before: Option<(i64, String)> },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -407,6 +421,9 @@ pub trait Store: Send + Sync + 'static {
     async fn query_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>, StoreError>;
 
     async fn list_completed_ids(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// How many instances have each status (statuses without instances are left out).
+    async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, StoreError>;
 
     /// Deletes finished instances (and, if `recursive`, their finished descendants);
     /// returns how many were deleted. Live instances are never deleted.
