@@ -32,7 +32,7 @@ use futures::StreamExt as _;
 use maud::Markup;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 use crate::http::json::{self, ApiError, ErrorCode};
 use crate::http::{routes, ApiState, HttpOptions, Query, BASE_PATH};
 use crate::store::{CompletedFilter, InstanceFilter, InstanceRecord, QueryOrder};

@@ -24,7 +24,7 @@ use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 use crate::core::turn::{self, TurnError, TurnInput, WorkerDecision};
 use crate::core::{self, control, events, is_terminal, InstanceInfo, Message, NewInstance, TurnOutcome};
 use crate::store::*;
@@ -260,6 +260,7 @@ impl Engine {
                 match a {
                     Assignment::Activity { token, stream, request, activity_id } => {
                         tracing::debug!(activity_id, stream, name = %request.name, "dispatching activity");
+                        crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
                         let item = WorkItem {
                             request: Some(work_item::Request::ActivityRequest(request)),
                             completion_token: token.clone(),
@@ -287,6 +288,7 @@ impl Engine {
                     tokio::spawn(async move { engine.run_turn(lease).await });
                 }
                 Assignment::Builtin { token, activity_id, request, progress } => {
+                    crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
                     tokio::spawn(async move { engine.run_builtin(token, activity_id, request, progress).await });
                 }
                 Assignment::PoisonActivity { activity_id, request, attempts } => {
@@ -344,6 +346,7 @@ impl Engine {
             true,
         );
         tracing::warn!(instance = %instance.instance_id, activity = %request.name, attempts, "poison activity failed");
+        crate::metrics::poison(crate::metrics::ACTIVITY);
         let msg = Message::now(
             instance.instance_id.clone(),
             instance.execution_id.clone(),
@@ -470,6 +473,7 @@ impl Engine {
                     true,
                 );
                 tracing::warn!(instance = %info.instance_id, attempts = lease.attempts, "poison orchestration failed");
+                crate::metrics::poison(crate::metrics::ORCHESTRATION);
                 self.fail_turn(&lease.token, &info, history.len(), failure, now).await;
             }
             TurnKind::Worker(stream) => {
@@ -523,6 +527,7 @@ impl Engine {
                 if !deferred.is_empty() {
                     tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
                 }
+                let name = info.name.clone();
                 let ctx = TurnContext {
                     info,
                     history_len: request.past_events.len(),
@@ -536,6 +541,9 @@ impl Engine {
                     completion_token: lease.token.clone(),
                 };
                 let sent = self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
+                if sent {
+                    crate::metrics::dispatched(crate::metrics::ORCHESTRATION, &name, &lease.token);
+                }
                 tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
             }
         }
@@ -672,6 +680,7 @@ impl Engine {
     }
 
     fn release(&self, token: &str, why: Release) {
+        crate::metrics::released(token);
         let poisoned = self.inner.sched.lock().release(token, why, self.now());
         self.persist_attempts();
         self.run_assignments(poisoned);
@@ -764,7 +773,7 @@ impl Engine {
         }
         let now = self.now();
         let decision = WorkerDecision { actions: flight.actions, ..decision };
-        let mut new_id = crate::core::new_execution_id;
+        let mut new_id = crate::ambient::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
         let outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {
@@ -801,6 +810,7 @@ impl Engine {
         }
         unconsumed.extend(ctx.deferred.iter().filter_map(|key| by_key.get(key).map(|p| (*key, p.clone()))));
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
+        crate::metrics::completed(crate::metrics::ORCHESTRATION, &ctx.info.name, &token, true);
         Ok(())
     }
 
@@ -861,6 +871,7 @@ impl Engine {
         }
         let now = self.now();
         let instance = request.orchestration_instance.clone().unwrap_or_default();
+        let ok = resp.failure_details.is_none();
         let event = match resp.failure_details {
             Some(f) => events::task_failed(now, request.task_id, f),
             None => events::task_completed(now, request.task_id, resp.result),
@@ -868,6 +879,7 @@ impl Engine {
         let msg = Message::now(instance.instance_id, instance.execution_id, event, now);
         match self.inner.store.complete_activity(activity_id, msg).await {
             Ok(delivered) => {
+                crate::metrics::completed(crate::metrics::ACTIVITY, &request.name, &token, ok);
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_activity(&token, true, now);

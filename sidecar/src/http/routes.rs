@@ -22,7 +22,7 @@ use super::auth::{authorize, Grant, Need};
 use super::json::{self, ApiError, ErrorCode, StatusObject};
 use super::signed_links::{LinkOp, Ops, EXPIRY_PARAM, OPS_PARAM, SIGNATURE_PARAM};
 use super::{openapi, ApiState, Query, BASE_PATH};
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 use crate::core::{NewInstance, StartSpec};
 use crate::engine::{is_finished, EngineError};
 use crate::store::{CreateResult, IdReuse, InstanceFilter, InstanceRecord, PurgeSelection};
@@ -571,7 +571,7 @@ async fn start(ctx: &Ctx, function: String, instance_id: Option<String>, body: B
     let new = NewInstance {
         spec: StartSpec {
             instance_id: id.clone(),
-            execution_id: crate::core::new_execution_id(),
+            execution_id: crate::ambient::new_execution_id(),
             name: function,
             input,
             ..Default::default()

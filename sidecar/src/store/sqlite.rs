@@ -234,6 +234,9 @@ enum WriteOp {
     Purge(PurgeSelection, bool),
     Restart(String, Option<String>, i64),
     Rewind(String, Option<String>, i64),
+    /// Readiness probe: rewrites the header's `user_version` (unchanged), so the group's
+    /// COMMIT writes a WAL frame and syncs like a real write.
+    Probe,
     /// Tests only: runs a function on the writer's connection inside a group (to set a
     /// connection-level pragma there, or to make the writer thread panic).
     #[cfg(test)]
@@ -428,7 +431,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let results = run_group(&mut conn, &batch);
+        crate::metrics::store_commit(batch.len(), started.elapsed(), results.iter().all(Result::is_ok));
         for (job, r) in batch.drain(..).zip(results) {
             let _ = job.reply.send(r);
         }
@@ -567,6 +572,11 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
         WriteOp::Purge(sel, recursive) => WriteResult::Purge(purge(c, sel, *recursive)?),
         WriteOp::Restart(id, new_id, now) => WriteResult::Restart(restart(c, id, new_id.clone(), *now)?),
         WriteOp::Rewind(id, reason, now) => WriteResult::Rewind(rewind(c, id, reason.clone(), *now)?),
+        WriteOp::Probe => {
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            c.pragma_update(None, "user_version", version)?;
+            WriteResult::Saved(true)
+        }
         #[cfg(test)]
         WriteOp::OnWriter(f) => {
             f(c)?;
@@ -1051,7 +1061,7 @@ fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Res
     let new = NewInstance {
         spec: core::StartSpec {
             instance_id: instance_id.clone(),
-            execution_id: core::new_execution_id(),
+            execution_id: crate::ambient::new_execution_id(),
             name: rec.name,
             version: rec.version,
             input: rec.input,
@@ -1150,6 +1160,30 @@ fn load_inbox_with(c: &Connection, id: &str) -> Result<InboxSnapshot, StoreError
     })();
     c.execute_batch("COMMIT")?;
     read
+}
+
+fn gauges_with(c: &Connection, now_ms: i64) -> Result<StoreGauges, StoreError> {
+    let mut g = StoreGauges::default();
+    let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM instances GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (status, n) = row?;
+        if let Some(status) = i32::try_from(status).ok().and_then(|s| OrchestrationStatus::try_from(s).ok()) {
+            g.instances_by_status.push((status, u64::try_from(n).unwrap_or(0)));
+        }
+    }
+    let (ready, waiting, oldest): (i64, i64, Option<i64>) = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(visible_at <= ?1), 0), COALESCE(SUM(visible_at > ?1), 0), \
+             MIN(CASE WHEN visible_at <= ?1 THEN visible_at END) FROM inbox",
+        )?
+        .query_row([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    g.inbox_ready = u64::try_from(ready).unwrap_or(0);
+    g.inbox_waiting = u64::try_from(waiting).unwrap_or(0);
+    g.oldest_ready_ms = oldest;
+    let activities: i64 = c.prepare_cached("SELECT COUNT(*) FROM activities")?.query_row([], |r| r.get(0))?;
+    g.activities = u64::try_from(activities).unwrap_or(0);
+    Ok(g)
 }
 
 fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
@@ -1321,6 +1355,14 @@ impl Store for SqliteStore {
     async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError> {
         let id = instance_id.to_string();
         self.reads.run(move |c| load_inbox_with(c, &id)).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        expect_result!(self.write(WriteOp::Probe).await?, Saved).map(|_| ())
+    }
+
+    async fn gauges(&self, now_ms: i64) -> Result<StoreGauges, StoreError> {
+        self.reads.run(move |c| gauges_with(c, now_ms)).await
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
