@@ -732,6 +732,8 @@ async fn act(ctx: &Ctx, id: &str, action: ActionKind, form: &Query) -> Response 
 /// What the live view shows.
 pub struct LiveView {
     pub snapshot: crate::engine::scheduler::LiveSnapshot,
+    /// The figures `/metrics` and `/stats` serve.
+    pub metrics: crate::metrics::Snapshot,
     pub counts: Vec<(OrchestrationStatus, u64)>,
     /// Instances that finished in the last minute and the last five minutes (capped).
     pub finished_1m: usize,
@@ -770,8 +772,14 @@ async fn live(ctx: &Ctx) -> Response {
             failures.push(r);
         }
     }
-    let view =
-        LiveView { snapshot: engine.live_snapshot(), counts, finished_1m: m1.len(), finished_5m: m5.len(), failures };
+    let view = LiveView {
+        snapshot: engine.live_snapshot(),
+        metrics: crate::metrics::snapshot(engine).await,
+        counts,
+        finished_1m: m1.len(),
+        finished_5m: m5.len(),
+        failures,
+    };
     html(StatusCode::OK, pages::live(ctx, &view, THROUGHPUT_CAP as usize), ctx.set_cookie.clone())
 }
 

@@ -516,6 +516,10 @@ pub fn live(ctx: &Ctx, v: &LiveView, cap: usize) -> Markup {
                 section {
                     h2 { "Queues" }
                     dl.facts {
+                        dt { "Events ready for a turn (store)" } dd #ready-events { (v.metrics.ready_events) }
+                        dt { "Oldest ready event waiting for" } dd { (format!("{:.1}", v.metrics.oldest_ready_age_seconds)) " s" }
+                        dt { "Events waiting for their time (timers)" } dd { (v.metrics.timers_waiting) }
+                        dt { "Activities scheduled, not completed (store)" } dd #activities-store { (v.metrics.activities) }
                         dt { "Instances ready for a worker" } dd #ready { (st.ready_instances) }
                         dt { "Instances no connected worker accepts" } dd { (st.parked_instances) }
                         dt { "Activities queued or running" } dd #activities { (st.queued_activities) }
@@ -524,6 +528,20 @@ pub fn live(ctx: &Ctx, v: &LiveView, cap: usize) -> Markup {
                         dt { "Instances in dispatch memory" } dd { (st.instances_in_memory) }
                         dt { "Event payload bytes held in memory" } dd { (st.payload_bytes) }
                     }
+                }
+                section {
+                    h2 { "Since start" }
+                    p.hint { "The same counters as " code { "/metrics" } " and " code { "/stats" } "." }
+                    dl.facts {
+                        @for (kind, n) in &v.metrics.dispatched {
+                            dt { (kind) " work items dispatched" } dd { (n) }
+                        }
+                        @for (kind, n) in &v.metrics.completed {
+                            dt { (kind) " work items completed" } dd data-completed=(kind) { (n) }
+                        }
+                        dt { "Leases that expired" } dd { (v.metrics.leases_expired) }
+                    }
+                    @if let Some(e) = &v.metrics.store_error { div.banner.error role="alert" { (e) } }
                 }
                 section {
                     h2 { "Instances by status" }
