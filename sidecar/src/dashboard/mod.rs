@@ -368,8 +368,10 @@ fn host_is_loopback(host: &str) -> bool {
 }
 
 /// A POST must come from the dashboard's own pages: a browser's `Sec-Fetch-Site` must not
-/// say cross-site, and an `Origin` must name the host the request was sent to.
-fn same_origin(headers: &HeaderMap, opts: &HttpOptions) -> bool {
+/// say cross-site, and an `Origin` must name the host the request was sent to. The management
+/// API applies the same rule to every change (`http::handle`); clients that are not browsers
+/// send neither header and pass.
+pub(crate) fn same_origin(headers: &HeaderMap, opts: &HttpOptions) -> bool {
     if header_str(headers, "sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
         return false;
     }
