@@ -484,7 +484,8 @@ impl Engine {
                     entity_parameters: None,
                     requires_history_streaming: false,
                     properties: Default::default(),
-                    orchestration_trace_context: None,
+                    // The worker's orchestration span (id, start) from earlier turns: one span per execution.
+                    orchestration_trace_context: info.trace_context.clone(),
                 };
                 // A burst of large events is split across turns: this one takes the events
                 // that fit (at least one); the rest wait for the next turn.

@@ -1861,6 +1861,7 @@ mod tests {
                 input: None,
                 parent: None,
                 tags: Default::default(),
+                trace_context: None,
             },
             history_len: 0,
             new_events: vec![],
