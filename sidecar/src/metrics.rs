@@ -337,7 +337,7 @@ pub struct Snapshot {
 pub async fn snapshot(engine: &Engine) -> Snapshot {
     let m = &*METRICS;
     let stats = engine.stats();
-    let now = crate::core::time::now_ms();
+    let now = crate::ambient::now_ms();
     let (gauges, store_error) = match engine.store().gauges(now).await {
         Ok(g) => (g, None),
         Err(e) => {

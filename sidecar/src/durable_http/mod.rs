@@ -56,8 +56,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use thiserror::Error;
 use url::Url;
 
+use crate::ambient::now_ms;
 use crate::core::events;
-use crate::core::time::now_ms;
 use crate::engine::builtin::{BuiltinActivity, BuiltinCall, Checkpoint};
 use polling::{Next, PollLimitHit, PollLimits, PollState};
 use request::{Headers, HttpRequestSpec, HttpResponseOut, InvalidRequest};

@@ -24,7 +24,7 @@ use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 use crate::core::turn::{self, TurnError, TurnInput, WorkerDecision};
 use crate::core::{self, control, events, is_terminal, InstanceInfo, Message, NewInstance, TurnOutcome};
 use crate::store::*;
@@ -198,6 +198,13 @@ impl Engine {
 
     pub fn stats(&self) -> SchedulerStats {
         self.inner.sched.lock().stats()
+    }
+
+    /// The scheduler's figures and its connected streams, read under one lock (the dashboard's
+    /// live view).
+    pub fn live_snapshot(&self) -> LiveSnapshot {
+        let sched = self.inner.sched.lock();
+        LiveSnapshot { stats: sched.stats(), streams: sched.stream_views() }
     }
 
     // ----- dispatch loop ---------------------------------------------------------------
@@ -778,7 +785,7 @@ impl Engine {
         }
         let now = self.now();
         let decision = WorkerDecision { actions: flight.actions, ..decision };
-        let mut new_id = crate::core::new_execution_id;
+        let mut new_id = crate::ambient::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
         let mut outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {
@@ -1071,6 +1078,10 @@ impl Engine {
 
     pub async fn list_completed(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, EngineError> {
         Ok(self.inner.store.list_completed_ids(filter).await?)
+    }
+
+    pub async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, EngineError> {
+        Ok(self.inner.store.count_by_status().await?)
     }
 
     /// Runs to the end even if the caller stops waiting.

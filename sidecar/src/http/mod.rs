@@ -273,6 +273,7 @@ pub(crate) struct ApiState {
     pub links: LinkKeys,
     pub local_addr: SocketAddr,
     pub health: Arc<crate::health::Health>,
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 /// The running HTTP server.
@@ -324,12 +325,14 @@ pub async fn start(
         (None, true) => "OPEN (--http-insecure, no system key)",
     };
     let key = opts.system_key.as_deref().map(SystemKey::new);
-    let state = Arc::new(ApiState { key, engine, opts, links, local_addr, health });
+    let dashboard = crate::dashboard::Dashboard::new(&opts);
+    let state = Arc::new(ApiState { key, engine, opts, links, local_addr, health, dashboard });
     let limits = (state.opts.header_timeout, state.opts.max_connections);
     let app = axum::Router::new().fallback(handle).with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, app, limits, stopped));
     tracing::info!(address = %local_addr, base = BASE_PATH, auth, "serving the Durable Functions HTTP management API");
+    tracing::info!(url = %format!("http://{local_addr}{}", crate::dashboard::PREFIX), "serving the dashboard");
     Ok(Some(HttpServer { local_addr, task, stop }))
 }
 
@@ -401,6 +404,7 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
                 let (parts, _) = req.into_parts();
                 ops::route(&state, op, &parts.method, &parts.uri, &parts.headers).await
             }
+            None if crate::dashboard::owns(req.uri().path()) => crate::dashboard::dispatch(state, req).await,
             None => routes::dispatch(state, req).await,
         }
     };

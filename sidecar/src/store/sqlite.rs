@@ -1061,7 +1061,7 @@ fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Res
     let new = NewInstance {
         spec: core::StartSpec {
             instance_id: instance_id.clone(),
-            execution_id: core::new_execution_id(),
+            execution_id: crate::ambient::new_execution_id(),
             name: rec.name,
             version: rec.version,
             input: rec.input,
@@ -1272,11 +1272,39 @@ impl Store for SqliteStore {
             q.push(" AND instance_id >= ?", prefix.clone());
             q.push(" AND instance_id < ?", format!("{prefix}\u{10FFFF}"));
         }
-        if let Some(after) = &f.after_instance_id {
-            q.push(" AND instance_id > ?", after.clone());
+        if let Some(name) = &f.name {
+            q.push(" AND name = ?", name.clone());
         }
-        q.push(" ORDER BY instance_id LIMIT ?", i64::from(f.page_size.max(1)));
+        match &f.order {
+            QueryOrder::InstanceId => {
+                if let Some(after) = &f.after_instance_id {
+                    q.push(" AND instance_id > ?", after.clone());
+                }
+                q.push(" ORDER BY instance_id LIMIT ?", i64::from(f.page_size.max(1)));
+            }
+            QueryOrder::NewestFirst { before } => {
+                if let Some((t, id)) = before {
+                    // `created_at <= t` first so that the scan of `instances_created` starts there.
+                    q.push(" AND created_at <= ?", *t);
+                    q.push(" AND (created_at < ?", *t);
+                    q.push(" OR instance_id < ?)", id.clone());
+                }
+                q.push(" ORDER BY created_at DESC, instance_id DESC LIMIT ?", i64::from(f.page_size.max(1)));
+            }
+        }
         self.reads.run(move |c| q.rows(c, instance_from_row)).await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, StoreError> {
+        // One scan of the `instances_status` index (a covering index for this query).
+        let q = DynQuery::new("SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status");
+        let rows = self.reads.run(move |c| q.rows(c, |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| {
+                OrchestrationStatus::try_from(s).ok().map(|s| (s, u64::try_from(n).unwrap_or_default()))
+            })
+            .collect())
     }
 
     async fn list_completed_ids(&self, f: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError> {
@@ -1760,6 +1788,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(done, [(102, "job-3".to_string()), (103, "other-1".to_string())]);
+        // Newest first (the dashboard), paged by (created, id); names; counts by status.
+        let newest = |before: Option<(i64, String)>| InstanceFilter {
+            page_size: 2,
+            order: QueryOrder::NewestFirst { before },
+            ..Default::default()
+        };
+        assert_eq!(ids(store.query_instances(&newest(None)).await.unwrap()), ["other-1", "job-3"]);
+        let next = store.query_instances(&newest(Some((12, "job-3".into())))).await.unwrap();
+        assert_eq!(ids(next), ["job-2", "job-1"]);
+        let by_name = InstanceFilter { name: Some("nobody".into()), page_size: 10, ..Default::default() };
+        assert!(store.query_instances(&by_name).await.unwrap().is_empty());
+        let by_name = InstanceFilter { name: Some("Orch".into()), page_size: 10, ..Default::default() };
+        assert_eq!(store.query_instances(&by_name).await.unwrap().len(), 4);
+        assert_eq!(
+            store.count_by_status().await.unwrap(),
+            [(OrchestrationStatus::Completed, 3), (OrchestrationStatus::Pending, 1)]
+        );
         let purged = store
             .purge(PurgeSelection::Filter { created_from_ms: None, created_to_ms: None, statuses: vec![] }, false)
             .await
