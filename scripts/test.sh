@@ -54,7 +54,7 @@ bash scripts/checks/deploy.sh
 step "HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh
 
-echo "==> dashboard in a browser (Debian chromium + playwright-core; screenshots in target/dashboard-screenshots)"
+step "dashboard in a browser (Debian chromium + playwright-core; screenshots in target/dashboard-screenshots)"
 DURO_BIN="$PWD/target/debug/duro" bash tests/dashboard/run_tests.sh
 
 # Suites of other components, each self-contained.

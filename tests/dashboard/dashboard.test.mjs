@@ -259,6 +259,9 @@ test("the live view shows the connected worker and the queues", async () => {
   await page.goto(`${open.base}/live`);
   assert.equal(await page.locator("#streams tbody tr").count(), 1);
   assert.match(await page.locator("#recent-failures").innerText(), /fails-1/);
+  // The /metrics counters: the scenarios ran 8 activities (2 + 1 + 3 + 2) and more turns.
+  assert.ok(Number(await page.locator('dd[data-completed="activity"]').innerText()) >= 8);
+  assert.ok(Number(await page.locator('dd[data-completed="orchestration"]').innerText()) >= 12);
   await page.screenshot({ path: join(SHOTS, "live.png"), fullPage: true });
   await page.goto(`${open.base}/entities`);
   assert.match(await page.locator("#entities-unavailable").innerText(), /not available in this build/);

@@ -188,6 +188,9 @@ async fn a_non_loopback_listener_asks_for_the_key_once_and_keeps_a_signed_sessio
     let out = d.post("/dashboard/logout", Some(&cookie), &[("csrf", &csrf)], None).await;
     assert_eq!((out.status, out.header("location")), (303, "/dashboard/login"));
     assert!(out.header("set-cookie").contains("Max-Age=0"));
+    // A copy of the signed-out cookie no longer works; the other session still does.
+    assert_eq!(d.get("/dashboard", Some(&cookie)).await.status, 303);
+    assert_eq!(d.get("/dashboard", Some(&other)).await.status, 200);
 }
 
 #[tokio::test]

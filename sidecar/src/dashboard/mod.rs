@@ -83,6 +83,8 @@ enum Access {
 pub struct Dashboard {
     sessions: Sessions,
     access: Access,
+    /// Sessions signed out before they expired: id → expiry (kept until then).
+    revoked: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Dashboard {
@@ -91,7 +93,18 @@ impl Dashboard {
             Some(_) => Access::Key,
             None => Access::Open { loopback_host: opts.listen.ip().is_loopback() },
         };
-        Dashboard { sessions: Sessions::random(), access }
+        Dashboard { sessions: Sessions::random(), access, revoked: Default::default() }
+    }
+
+    fn is_revoked(&self, s: &Session) -> bool {
+        self.revoked.lock().contains_key(&s.id)
+    }
+
+    /// Signs a session out for good (its cookie stops working even if a copy was kept).
+    fn revoke(&self, s: &Session, now_secs: i64) {
+        let mut revoked = self.revoked.lock();
+        revoked.retain(|_, expires| *expires > now_secs);
+        revoked.insert(s.id.clone(), s.expires_secs);
     }
 }
 
@@ -247,7 +260,8 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, req: Request<Body>) -> Respon
         .filter(|s| match dash.access {
             Access::Key => s.kind == Kind::Key,
             Access::Open { .. } => true,
-        });
+        })
+        .filter(|s| !dash.is_revoked(s));
     if page == Page::Login {
         return login(&state, &method, presented, body, &headers, secure).await;
     }
@@ -317,6 +331,7 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, req: Request<Body>) -> Respon
         Page::Live => live(&ctx).await,
         Page::Entities => html(StatusCode::OK, pages::entities(&ctx), ctx.set_cookie.clone()),
         Page::Logout => {
+            dash.revoke(&ctx.session, now_secs());
             let target = if ctx.signed_in { format!("{PREFIX}/login") } else { PREFIX.to_string() };
             redirect(&target, Some(session::clear_cookie(ctx.secure)))
         }
@@ -353,8 +368,10 @@ fn host_is_loopback(host: &str) -> bool {
 }
 
 /// A POST must come from the dashboard's own pages: a browser's `Sec-Fetch-Site` must not
-/// say cross-site, and an `Origin` must name the host the request was sent to.
-fn same_origin(headers: &HeaderMap, opts: &HttpOptions) -> bool {
+/// say cross-site, and an `Origin` must name the host the request was sent to. The management
+/// API applies the same rule to every change (`http::handle`); clients that are not browsers
+/// send neither header and pass.
+pub(crate) fn same_origin(headers: &HeaderMap, opts: &HttpOptions) -> bool {
     if header_str(headers, "sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
         return false;
     }
@@ -717,6 +734,8 @@ async fn act(ctx: &Ctx, id: &str, action: ActionKind, form: &Query) -> Response 
 /// What the live view shows.
 pub struct LiveView {
     pub snapshot: crate::engine::scheduler::LiveSnapshot,
+    /// The figures `/metrics` and `/stats` serve.
+    pub metrics: crate::metrics::Snapshot,
     pub counts: Vec<(OrchestrationStatus, u64)>,
     /// Instances that finished in the last minute and the last five minutes (capped).
     pub finished_1m: usize,
@@ -755,8 +774,14 @@ async fn live(ctx: &Ctx) -> Response {
             failures.push(r);
         }
     }
-    let view =
-        LiveView { snapshot: engine.live_snapshot(), counts, finished_1m: m1.len(), finished_5m: m5.len(), failures };
+    let view = LiveView {
+        snapshot: engine.live_snapshot(),
+        metrics: crate::metrics::snapshot(engine).await,
+        counts,
+        finished_1m: m1.len(),
+        finished_5m: m5.len(),
+        failures,
+    };
     html(StatusCode::OK, pages::live(ctx, &view, THROUGHPUT_CAP as usize), ctx.set_cookie.clone())
 }
 

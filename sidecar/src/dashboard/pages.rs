@@ -20,6 +20,10 @@ const STATUSES: [OrchestrationStatus; 7] = [
     OrchestrationStatus::ContinuedAsNew,
 ];
 
+/// Steps drawn on a timeline and events listed, at most (a page stays small for long histories).
+const MAX_SPANS: usize = 500;
+const MAX_EVENTS: usize = 2000;
+
 /// `2026-12-05 13:10:05.123` (UTC).
 pub fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -378,6 +382,9 @@ pub fn instance(ctx: &Ctx, v: &InstanceView) -> Markup {
             }
             section #history {
                 h2 { "History (" (v.history.len()) " events)" }
+                @if v.history.len() > MAX_EVENTS {
+                    p.hint { "The first " (MAX_EVENTS) " events are listed; the management API's status route with showHistory=true returns them all." }
+                }
                 p.hint {
                     "The store keeps the current execution's history only: after a continue-as-new, earlier generations are not kept "
                     "(the execution id changes; the input of the current generation is shown above)."
@@ -387,7 +394,7 @@ pub fn instance(ctx: &Ctx, v: &InstanceView) -> Markup {
                         caption.sr-only { "Raw history events" }
                         thead { tr { th scope="col" { "#" } th scope="col" { "Time (UTC)" } th scope="col" { "Event" } th scope="col" { "Id" } th scope="col" { "Details" } } }
                         tbody {
-                            @for (i, e) in v.history.iter().enumerate() {
+                            @for (i, e) in v.history.iter().enumerate().take(MAX_EVENTS) {
                                 @let (kind, details) = event_text(e);
                                 tr {
                                     td { (i) }
@@ -426,14 +433,18 @@ fn timeline_chart(tl: &timeline::Timeline, now_ms: i64) -> Markup {
     const LABEL: f64 = 260.0;
     const CHART: f64 = 720.0;
     const ROW: f64 = 22.0;
-    let height = ROW * tl.spans.len().max(1) as f64 + 24.0;
+    let spans = &tl.spans[..tl.spans.len().min(MAX_SPANS)];
+    let height = ROW * spans.len().max(1) as f64 + 24.0;
     let total = tl.end_ms - tl.start_ms;
     html! {
         @if tl.spans.is_empty() { p.none { "No history yet." } } @else {
+            @if spans.len() < tl.spans.len() {
+                p.hint { "The first " (MAX_SPANS) " of " (tl.spans.len()) " steps are shown." }
+            }
             figure.timeline {
                 svg viewBox={ "0 0 " (LABEL + CHART + 10.0) " " (height) } width="100%" role="img"
                     aria-label={ "Timeline of " (tl.spans.len()) " steps over " (timeline::duration_text(total)) } {
-                    @for (i, s) in tl.spans.iter().enumerate() {
+                    @for (i, s) in spans.iter().enumerate() {
                         @let y = ROW * i as f64 + 4.0;
                         @let (x, w) = timeline::bar(tl, s, CHART, now_ms);
                         g class={ "span k-" (s.kind.label().replace('-', "")) " o-" (s.outcome.label()) } {
@@ -456,7 +467,7 @@ fn timeline_chart(tl: &timeline::Timeline, now_ms: i64) -> Markup {
                     table #timeline-table {
                         thead { tr { th scope="col" { "Step" } th scope="col" { "Name" } th scope="col" { "Started (UTC)" } th scope="col" { "Duration" } th scope="col" { "Outcome" } } }
                         tbody {
-                            @for s in &tl.spans {
+                            @for s in spans {
                                 tr data-kind=(s.kind.label()) data-outcome=(s.outcome.label()) {
                                     td { (s.kind.label()) }
                                     td.name { (s.name)
@@ -505,6 +516,10 @@ pub fn live(ctx: &Ctx, v: &LiveView, cap: usize) -> Markup {
                 section {
                     h2 { "Queues" }
                     dl.facts {
+                        dt { "Events ready for a turn (store)" } dd #ready-events { (v.metrics.ready_events) }
+                        dt { "Oldest ready event waiting for" } dd { (format!("{:.1}", v.metrics.oldest_ready_age_seconds)) " s" }
+                        dt { "Events waiting for their time (timers)" } dd { (v.metrics.timers_waiting) }
+                        dt { "Activities scheduled, not completed (store)" } dd #activities-store { (v.metrics.activities) }
                         dt { "Instances ready for a worker" } dd #ready { (st.ready_instances) }
                         dt { "Instances no connected worker accepts" } dd { (st.parked_instances) }
                         dt { "Activities queued or running" } dd #activities { (st.queued_activities) }
@@ -515,11 +530,25 @@ pub fn live(ctx: &Ctx, v: &LiveView, cap: usize) -> Markup {
                     }
                 }
                 section {
+                    h2 { "Since start" }
+                    p.hint { "The same counters as " code { "/metrics" } " and " code { "/stats" } "." }
+                    dl.facts {
+                        @for (kind, n) in &v.metrics.dispatched {
+                            dt { (kind) " work items dispatched" } dd { (n) }
+                        }
+                        @for (kind, n) in &v.metrics.completed {
+                            dt { (kind) " work items completed" } dd data-completed=(kind) { (n) }
+                        }
+                        dt { "Leases that expired" } dd { (v.metrics.leases_expired) }
+                    }
+                    @if let Some(e) = &v.metrics.store_error { div.banner.error role="alert" { (e) } }
+                }
+                section {
                     h2 { "Instances by status" }
                     ul.counts { @for (s, n) in &v.counts { li { a href={ (PREFIX) "?status=" (json::status_name(*s)) } { span.count { (n) } " " (status_badge(*s)) } } } }
                 }
                 section {
-                    h2 { "Connected workers (" (v.snapshot.streams.len()) " streams)" }
+                    h2 { "Connected workers: " (v.snapshot.streams.len()) " work-item " (if v.snapshot.streams.len() == 1 { "stream" } else { "streams" }) }
                     @if v.snapshot.streams.is_empty() { p.none #no-workers { "No worker is connected." } } @else {
                         div.table-wrap { table #streams {
                             thead { tr { th scope="col" { "Stream" } th scope="col" { "Orchestrations (held / cap)" } th scope="col" { "Activities (held / cap)" } th scope="col" { "Filters" } } }

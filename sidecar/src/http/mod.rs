@@ -398,6 +398,17 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
+    // A web page the user visits must not drive the API from their browser (a simple
+    // cross-site POST needs no preflight, and on loopback without a key nothing else stops it).
+    let changes = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    if changes && !crate::dashboard::same_origin(req.headers(), &state.opts) {
+        tracing::warn!(%method, %path, "refused a cross-site request from a browser");
+        return ApiError::new(
+            ErrorCode::CrossSite,
+            "Cross-site requests from a browser are refused: call the API from a server, a script or a page of the same origin",
+        )
+        .into_response();
+    }
     let routed = async move {
         match ops::matches(req.uri().path()) {
             Some(op) => {
