@@ -8,11 +8,10 @@ import re
 import urllib.request
 from pathlib import Path
 
+import harness
 import pytest
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
-import harness
 
 TIMEOUT = 30
 FAN_OUT = 5

@@ -28,10 +28,9 @@ in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_e
 sdk_export = pytest.importorskip("opentelemetry.sdk.trace.export")
 trace_service_pb2 = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 
+import harness  # noqa: E402
 from durabletask import task  # noqa: E402
 from durabletask.client import OrchestrationStatus  # noqa: E402
-
-import harness  # noqa: E402
 
 TIMEOUT = 30
 
