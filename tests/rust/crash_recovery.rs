@@ -302,7 +302,7 @@ async fn a_second_duro_on_the_same_database_refuses_to_start_and_the_first_keeps
     let client = first.client().await;
     start(&client, "Sum", "before", Some("1")).await.expect("StartInstance");
 
-    let (status, stderr) = run_until_exit(&first.db(), &[], Duration::from_secs(20));
+    let (status, stderr) = run_until_exit(first.db(), &[], Duration::from_secs(20));
     assert!(!status.success(), "the second duro exited with {status}; stderr:\n{stderr}");
     let expected = format!(
         "error: the database {} is in use by another duro process (pid {}); stop it or use another --db",

@@ -230,7 +230,7 @@ async fn plain_get_completes_with_the_response() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::builder().dir(dir.path()).args(&ALLOW_LOOPBACK).start();
+    let sidecar = Sidecar::builder().dir(dir.path()).args(ALLOW_LOOPBACK).start();
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -253,7 +253,7 @@ async fn accepted_202_is_polled_at_the_relative_location() {
     let base = target_server(target.clone()).await;
     let sidecar = Sidecar::builder()
         .dir(dir.path())
-        .args(&["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "200"])
+        .args(["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "200"])
         .start();
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
@@ -283,7 +283,7 @@ async fn polling_resumes_after_kill9_without_repeating_the_post() {
     let base = target_server(target.clone()).await;
     let mut sidecar = Sidecar::builder()
         .dir(dir.path())
-        .args(&["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "100"])
+        .args(["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "100"])
         .start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
@@ -322,7 +322,7 @@ async fn imds_token_is_attached_cached_and_never_stored() {
     let imds = format!("{id_base}/metadata/identity/oauth2/token");
     let mut sidecar = Sidecar::builder()
         .dir(dir.path())
-        .args(&[
+        .args([
             "--http-allow",
             "127.0.0.1",
             "--identity-source",
@@ -378,7 +378,7 @@ async fn app_service_identity_endpoint_serves_tokens() {
     let endpoint = format!("{id_base}/msi/token");
     let sidecar = Sidecar::builder()
         .dir(dir.path())
-        .args(&[
+        .args([
             "--http-allow",
             "127.0.0.1",
             "--identity-source",
@@ -413,7 +413,7 @@ async fn failures_are_clear() {
     let base = target_server(target.clone()).await;
     let sidecar = Sidecar::builder()
         .dir(dir.path())
-        .args(&["--http-allow", "127.0.0.1", "--durable-http-max-response-bytes", "1000"])
+        .args(["--http-allow", "127.0.0.1", "--durable-http-max-response-bytes", "1000"])
         .start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
@@ -451,7 +451,7 @@ async fn a_users_authorization_header_is_sent_but_history_records_it_masked() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::builder().dir(dir.path()).args(&ALLOW_LOOPBACK).start();
+    let sidecar = Sidecar::builder().dir(dir.path()).args(ALLOW_LOOPBACK).start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 

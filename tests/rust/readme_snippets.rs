@@ -100,7 +100,7 @@ fn every_readme_snippet_runs_and_ends() {
     let python =
         std::env::var("DURO_SNIPPET_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
     let dir = test_dir();
-    let sidecar = Sidecar::builder().dir(dir.path()).args(&["--http-listen", "off", "--ping-seconds", "1"]).start();
+    let sidecar = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off", "--ping-seconds", "1"]).start();
     let address = format!("localhost:{}", sidecar.port());
     let mut ran = 0;
     let mut failures = Vec::new();

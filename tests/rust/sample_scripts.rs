@@ -118,7 +118,7 @@ fn run_sh_uses_the_running_duro_and_says_so() {
     }
     let dir = test_dir();
     let http = free_port();
-    let duro = Sidecar::builder().dir(dir.path()).args(&["--http-listen", &format!("127.0.0.1:{http}")]).start();
+    let duro = Sidecar::builder().dir(dir.path()).args(["--http-listen", &format!("127.0.0.1:{http}")]).start();
     let mut s = Script::start(&[("DURO_PORT", duro.port().to_string()), ("DURO_HTTP_PORT", http.to_string())]);
     let using = s.line("using the Duro already running");
     assert!(using.is_some(), "output:\n{}", s.seen.join("\n"));

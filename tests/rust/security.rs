@@ -235,7 +235,7 @@ async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
     let dir = test_dir();
     let http_port = free_port();
     let listen = format!("127.0.0.1:{http_port}");
-    let sidecar = Sidecar::builder().dir(dir.path()).args(&["--http-listen", &listen]).start();
+    let sidecar = Sidecar::builder().dir(dir.path()).args(["--http-listen", &listen]).start();
     let client = sidecar.client().await;
     // A victim instance the attacker would purge through the open loopback management API.
     start(&client, "Victim", "victim", None).await.expect("start victim");
@@ -274,7 +274,7 @@ async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
     // the allowed target is 127.0.0.2 (allowed explicitly), redirecting to 127.0.0.1.
     drop(sidecar);
     let dir2 = test_dir();
-    let sidecar = Sidecar::builder().dir(dir2.path()).args(&["--http-allow", "127.0.0.2"]).start();
+    let sidecar = Sidecar::builder().dir(dir2.path()).args(["--http-allow", "127.0.0.2"]).start();
     let (redirector, _) = recorder("127.0.0.2", |_, _| {
         (StatusCode::TEMPORARY_REDIRECT, [("location", "http://127.0.0.1:9/runtime/webhooks/durabletask/instances")])
             .into_response()
@@ -420,7 +420,7 @@ fn grpc_refuses_a_non_loopback_address_without_a_token() {
     let mut s = Sidecar::builder()
         .dir(sub.path())
         .host("127.0.0.2")
-        .args(&["--http-listen", "off", "--insecure-allow-remote"])
+        .args(["--http-listen", "off", "--insecure-allow-remote"])
         .start();
     assert!(s.terminate());
 }
@@ -439,7 +439,7 @@ async fn grpc_calls_need_the_api_token() {
     let mut sidecar = Sidecar::builder()
         .dir(dir.path())
         .host("127.0.0.2")
-        .args(&["--http-listen", "off", "--api-token", API_TOKEN])
+        .args(["--http-listen", "off", "--api-token", API_TOKEN])
         .start();
     let mut client = sidecar.client().await;
     let create =
@@ -675,7 +675,7 @@ async fn worker_supplied_child_ids_and_event_targets_are_validated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbox_flood_gets_resource_exhausted() {
     let dir = test_dir();
-    let sidecar = Sidecar::builder().dir(dir.path()).args(&["--max-inbox-events", "5"]).start();
+    let sidecar = Sidecar::builder().dir(dir.path()).args(["--max-inbox-events", "5"]).start();
     let mut client = sidecar.client().await;
     // No worker: nothing consumes the inbox.
     start(&client, "Flooded", "flooded", None).await.expect("start");
@@ -731,7 +731,7 @@ fn the_http_api_drops_slow_headers_and_connections_over_its_limit() {
     let listen = format!("127.0.0.1:{port}");
     let _sidecar = Sidecar::builder()
         .dir(dir.path())
-        .args(&["--http-listen", &listen, "--http-header-timeout-seconds", "1", "--http-max-connections", "3"])
+        .args(["--http-listen", &listen, "--http-header-timeout-seconds", "1", "--http-max-connections", "3"])
         .start();
     // Slowloris: headers that never end.
     let mut slow = std::net::TcpStream::connect(&listen).expect("connect");
@@ -826,7 +826,7 @@ async fn grpc_over_tls_with_a_token() {
     let sidecar = Sidecar::builder()
         .dir(dir.path())
         .host("127.0.0.2")
-        .args(&["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s])
+        .args(["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s])
         .start();
     // Plain text is refused.
     let plain = try_connect(&sidecar.endpoint()).await;
@@ -869,7 +869,7 @@ async fn the_rust_sdk_sends_the_token_over_tls() {
     let sidecar = Sidecar::builder()
         .dir(dir.path())
         .host("127.0.0.2")
-        .args(&["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s])
+        .args(["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s])
         .start();
     let address = format!("https://127.0.0.2:{}", sidecar.port());
     let tls =
@@ -1046,7 +1046,7 @@ async fn grpc_fuzz_random_messages_to_every_rpc_no_panic_no_hang() {
     ];
     const STREAMING: &[&str] = &["GetWorkItems", "StreamInstanceHistory"];
     let dir = test_dir();
-    let mut sidecar = Sidecar::builder().dir(dir.path()).args(&["--http-listen", "off"]).start();
+    let mut sidecar = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     let channel = tonic::transport::Endpoint::from_shared(sidecar.endpoint())
         .expect("endpoint")
         .connect()

@@ -1,7 +1,7 @@
 //! Helpers of the SDK's integration tests. Starting `duro` (building it if needed, free
 //! ports, temporary store, logs, restart) is `duro-testkit`'s; this adds the SDK's view.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
