@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use duro_testkit::{sdk, Sidecar};
 use std::time::{Duration, Instant};
 
 use async_http_api::lro_api::LroApi;
 use axum::http::header;
+use duro_testkit::{sdk, Sidecar};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use duro_testkit::{sdk, Sidecar};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -10,6 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use check_site_available::SiteStatus;
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 
 async fn check(client: &Client, url: &str) -> SiteStatus {
     let id = client.start_orchestration(check_site_available::ORCHESTRATION, url).await.unwrap();

@@ -2,10 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use duro_testkit::{sdk, Sidecar};
 use std::time::{Duration, Instant};
 
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 use fan_out_fan_in::Summary;
 
 #[tokio::test(flavor = "multi_thread")]

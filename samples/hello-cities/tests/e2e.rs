@@ -2,10 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use duro_testkit::{sdk, Sidecar};
 use std::time::Duration;
 
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn greets_three_cities_in_order() {

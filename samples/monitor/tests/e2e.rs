@@ -2,11 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use duro_testkit::{sdk, Sidecar};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 use monitor::{CountdownJob, JobBackend, MonitorInput, MonitorResult};
 
 struct Recorder {

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use duro_testkit::{sdk, Sidecar};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 use restart_vm::VmRef;
 use serde_json::json;
 
