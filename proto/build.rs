@@ -24,10 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.default_package_filename("orchestrator_service");
 
+    // Cargo sets CARGO_FEATURE_GRPC for build scripts when the `grpc` feature is on.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .build_transport(true)
+        .build_server(grpc)
+        .build_client(grpc)
+        .build_transport(grpc)
         .compile_fds_with_config(fds, config)?;
 
     Ok(())

@@ -42,7 +42,9 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/orchestrator_service.rs"));
 }
 
+#[cfg(feature = "grpc")]
 pub use generated::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
+#[cfg(feature = "grpc")]
 pub use generated::task_hub_sidecar_service_server::{TaskHubSidecarService, TaskHubSidecarServiceServer};
 pub use generated::*;
 

@@ -262,7 +262,10 @@ def check_kubernetes(duro, tmp, image_user):
                     ref = (e.get("valueFrom") or {}).get("secretKeyRef")
                     if ref:
                         if ref["name"] not in secrets or ref["key"] not in secrets[ref["name"]]:
-                            fail(f"{name}: {c['name']}: {e['name']} refers to secret {ref['name']} key {ref['key']}, not defined")
+                            fail(
+                                f"{name}: {c['name']}: {e['name']} refers to secret {ref['name']} "
+                                f"key {ref['key']}, not defined"
+                            )
                             continue
                         env[e["name"]] = secrets[ref["name"]][ref["key"]]
                 if "duro" not in c["image"]:

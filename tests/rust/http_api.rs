@@ -599,6 +599,35 @@ async fn purge_one_and_by_filter() {
     assert_eq!(api.get("/instances/q4").await.status, 202);
 }
 
+/// The attack: a web page the user happens to visit posts to the open loopback API from their
+/// browser (a simple form POST needs no CORS preflight). The browser names the page's origin,
+/// and the API refuses; clients that are not browsers send no `Origin` and are unaffected.
+#[tokio::test]
+async fn a_web_page_cannot_drive_the_api_from_a_browser() {
+    let api = Api::start(&[]);
+    let _w = api.worker();
+    assert_eq!(api.post("/orchestrators/WaitEvent/victim").await.status, 202);
+    api.wait_runtime_status("victim", "Running").await;
+    let terminate = api.url("/instances/victim/terminate");
+    let from_evil = api.client.post(&terminate).header("origin", "https://evil.example");
+    send(from_evil).await.assert_error(403, "DURO-2017");
+    let fetch_metadata = api.client.post(&terminate).header("sec-fetch-site", "cross-site");
+    send(fetch_metadata).await.assert_error(403, "DURO-2017");
+    let start = api.client.post(api.url("/orchestrators/Echo/evil-start")).header("origin", "null");
+    send(start).await.assert_error(403, "DURO-2017");
+    api.get("/instances/evil-start").await.assert_error(404, "DURO-2008");
+    // Reads stay open to pages (the API answers no CORS headers, so a page cannot read them).
+    assert_eq!(
+        send(api.client.get(api.url("/instances/victim")).header("origin", "https://evil.example")).await.status,
+        202
+    );
+    api.wait_runtime_status("victim", "Running").await;
+    // The API's own origin (a same-origin page) and non-browser clients still change things.
+    let same = api.client.post(&terminate).header("origin", api.origin()).header("sec-fetch-site", "same-origin");
+    assert_eq!(send(same).await.status, 202);
+    api.wait_runtime_status("victim", "Terminated").await;
+}
+
 // ----- authentication --------------------------------------------------------------------------
 
 #[tokio::test]

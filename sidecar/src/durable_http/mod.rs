@@ -56,8 +56,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use thiserror::Error;
 use url::Url;
 
+use crate::ambient::now_ms;
 use crate::core::events;
-use crate::core::time::now_ms;
 use crate::engine::builtin::{BuiltinActivity, BuiltinCall, Checkpoint};
 use polling::{Next, PollLimitHit, PollLimits, PollState};
 use request::{Headers, HttpRequestSpec, HttpResponseOut, InvalidRequest};
@@ -225,10 +225,12 @@ impl Inner {
         match self.execute(call.request.input.as_deref(), call.progress.as_deref(), &call.checkpoint).await {
             Ok(resp) => {
                 tracing::debug!(%instance, task_id, status = resp.status_code, "durable HTTP call finished");
+                crate::metrics::durable_http_request(true);
                 Ok(Some(resp.to_json()))
             }
             Err(f) => {
                 tracing::warn!(%instance, task_id, error_type = f.error_type(), error = %f, "durable HTTP call failed");
+                crate::metrics::durable_http_request(false);
                 Err(f.details())
             }
         }
@@ -266,6 +268,7 @@ impl Inner {
                     "resuming durable HTTP polling from its checkpoint"
                 );
                 sleep_until_ms(st.next_poll_at_ms).await;
+                crate::metrics::durable_http_poll();
                 let (r, u) = self.send(&spec, Target::Poll(&location)).await?;
                 (r, u, Some(st))
             }
@@ -293,6 +296,7 @@ impl Inner {
             }
             tracing::debug!(location = %display_url(&location), ?delay, polls = st.polls, "durable HTTP: 202, polling");
             sleep_until_ms(st.next_poll_at_ms).await;
+            crate::metrics::durable_http_poll();
             let (r, u) = self.send(&spec, Target::Poll(&location)).await?;
             response = r;
             answered_by = u;

@@ -24,7 +24,7 @@ use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::core::time::now_ms;
+use crate::ambient::now_ms;
 use crate::core::turn::{self, TurnError, TurnInput, WorkerDecision};
 use crate::core::{self, control, events, is_terminal, InstanceInfo, Message, NewInstance, TurnOutcome};
 use crate::store::*;
@@ -200,6 +200,13 @@ impl Engine {
         self.inner.sched.lock().stats()
     }
 
+    /// The scheduler's figures and its connected streams, read under one lock (the dashboard's
+    /// live view).
+    pub fn live_snapshot(&self) -> LiveSnapshot {
+        let sched = self.inner.sched.lock();
+        LiveSnapshot { stats: sched.stats(), streams: sched.stream_views() }
+    }
+
     // ----- dispatch loop ---------------------------------------------------------------
 
     async fn timer_loop(self) {
@@ -253,6 +260,7 @@ impl Engine {
                 match a {
                     Assignment::Activity { token, stream, request, activity_id } => {
                         tracing::debug!(activity_id, stream, name = %request.name, "dispatching activity");
+                        crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
                         let item = WorkItem {
                             request: Some(work_item::Request::ActivityRequest(request)),
                             completion_token: token.clone(),
@@ -280,6 +288,7 @@ impl Engine {
                     tokio::spawn(async move { engine.run_turn(lease).await });
                 }
                 Assignment::Builtin { token, activity_id, request, progress } => {
+                    crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
                     tokio::spawn(async move { engine.run_builtin(token, activity_id, request, progress).await });
                 }
                 Assignment::PoisonActivity { activity_id, request, attempts } => {
@@ -337,6 +346,7 @@ impl Engine {
             true,
         );
         tracing::warn!(instance = %instance.instance_id, activity = %request.name, attempts, "poison activity failed");
+        crate::metrics::poison(crate::metrics::ACTIVITY);
         let msg = Message::now(
             instance.instance_id.clone(),
             instance.execution_id.clone(),
@@ -463,6 +473,7 @@ impl Engine {
                     true,
                 );
                 tracing::warn!(instance = %info.instance_id, attempts = lease.attempts, "poison orchestration failed");
+                crate::metrics::poison(crate::metrics::ORCHESTRATION);
                 self.fail_turn(&lease.token, &info, history.len(), failure, now).await;
             }
             TurnKind::Worker(stream) => {
@@ -516,6 +527,7 @@ impl Engine {
                 if !deferred.is_empty() {
                     tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
                 }
+                let name = info.name.clone();
                 let ctx = TurnContext {
                     info,
                     history_len: request.past_events.len(),
@@ -529,6 +541,9 @@ impl Engine {
                     completion_token: lease.token.clone(),
                 };
                 let sent = self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
+                if sent {
+                    crate::metrics::dispatched(crate::metrics::ORCHESTRATION, &name, &lease.token);
+                }
                 tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
             }
         }
@@ -665,6 +680,7 @@ impl Engine {
     }
 
     fn release(&self, token: &str, why: Release) {
+        crate::metrics::released(token);
         let poisoned = self.inner.sched.lock().release(token, why, self.now());
         self.persist_attempts();
         self.run_assignments(poisoned);
@@ -757,7 +773,7 @@ impl Engine {
         }
         let now = self.now();
         let decision = WorkerDecision { actions: flight.actions, ..decision };
-        let mut new_id = crate::core::new_execution_id;
+        let mut new_id = crate::ambient::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
         let outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {
@@ -794,6 +810,7 @@ impl Engine {
         }
         unconsumed.extend(ctx.deferred.iter().filter_map(|key| by_key.get(key).map(|p| (*key, p.clone()))));
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
+        crate::metrics::completed(crate::metrics::ORCHESTRATION, &ctx.info.name, &token, true);
         Ok(())
     }
 
@@ -854,6 +871,7 @@ impl Engine {
         }
         let now = self.now();
         let instance = request.orchestration_instance.clone().unwrap_or_default();
+        let ok = resp.failure_details.is_none();
         let event = match resp.failure_details {
             Some(f) => events::task_failed(now, request.task_id, f),
             None => events::task_completed(now, request.task_id, resp.result),
@@ -861,6 +879,7 @@ impl Engine {
         let msg = Message::now(instance.instance_id, instance.execution_id, event, now);
         match self.inner.store.complete_activity(activity_id, msg).await {
             Ok(delivered) => {
+                crate::metrics::completed(crate::metrics::ACTIVITY, &request.name, &token, ok);
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_activity(&token, true, now);
@@ -1046,6 +1065,10 @@ impl Engine {
 
     pub async fn list_completed(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, EngineError> {
         Ok(self.inner.store.list_completed_ids(filter).await?)
+    }
+
+    pub async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, EngineError> {
+        Ok(self.inner.store.count_by_status().await?)
     }
 
     /// Runs to the end even if the caller stops waiting.

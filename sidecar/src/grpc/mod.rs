@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::core::time::{from_ms, now_ms, to_ms};
+use crate::ambient::now_ms;
+use crate::core::time::{from_ms, to_ms};
 use crate::core::{events::StartSpec, is_terminal, NewInstance};
 use crate::engine::scheduler::{Outgoing, StreamRules};
 use crate::engine::{is_finished, is_started, Engine, EngineError};
@@ -210,7 +211,7 @@ impl TaskHubSidecarService for SidecarService {
         let new = NewInstance {
             spec: StartSpec {
                 instance_id: instance_id.clone(),
-                execution_id: r.execution_id.filter(|e| !e.is_empty()).unwrap_or_else(crate::core::new_execution_id),
+                execution_id: r.execution_id.filter(|e| !e.is_empty()).unwrap_or_else(crate::ambient::new_execution_id),
                 name: r.name,
                 version: r.version,
                 input: r.input,
@@ -336,6 +337,7 @@ impl TaskHubSidecarService for SidecarService {
             // One row more than the page tells whether another page follows.
             page_size: page + 1,
             after_instance_id: decode_token(q.continuation_token.as_ref())?,
+            ..Default::default()
         };
         let mut records = self.engine.query(&filter).await?;
         let continuation_token = if records.len() > page as usize {

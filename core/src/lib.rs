@@ -1,15 +1,17 @@
-//! The functional core: the orchestration state machine, with no I/O.
+//! `duro-core`, the functional core: the orchestration state machine, with no I/O.
 //!
 //! Given an instance's committed state, the events of one turn and the worker's (or the
 //! sidecar's own) decisions, the functions here compute everything that turn changes:
 //! history to append, the new runtime status and output, and the outbox (activities,
 //! timers, messages to other instances, children to create). The engine commits that in
 //! one transaction and acts on the outbox afterwards. Nothing here reads a clock, a
-//! database or a socket: `now` is an argument.
+//! database, a random source or a socket: `now` and new ids are arguments. This crate's
+//! dependencies (protobuf messages only, no tokio/rusqlite/tonic/uuid/rand) keep it that way.
 
 pub mod control;
 pub mod events;
 pub mod time;
+pub mod timespan;
 pub mod turn;
 
 use std::collections::HashMap;
@@ -21,14 +23,6 @@ use duro_proto::{
 };
 
 pub use events::StartSpec;
-
-/// A new execution id: a random GUID as 32 lowercase hex digits (`Guid.ToString("N")`), the
-/// form the Durable Task Scheduler and the .NET stack use. SDKs derive ids from it (the JS
-/// SDK's default sub-orchestration id is `<executionId>:<4 hex digits>`), so its shape and
-/// length matter to them and to their users' storage.
-pub fn new_execution_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
 
 /// Whether a status is final: no more turns, events are dropped.
 /// Longest accepted instance id (in bytes).
@@ -134,8 +128,8 @@ impl NewInstance {
         events::execution_started(self.created_at_ms, &self.spec)
     }
 
-    /// A top-level instance that starts at `now_ms` (tests).
-    #[cfg(test)]
+    /// A top-level instance with no version, parent, schedule or tags that starts at `now_ms`
+    /// (the shape tests and simulations need).
     pub fn simple(id: &str, execution_id: &str, name: &str, input: Option<String>, now_ms: i64) -> NewInstance {
         NewInstance {
             spec: StartSpec {

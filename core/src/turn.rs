@@ -1,6 +1,6 @@
 //! A worker's turn: apply the actions of an `OrchestratorResponse` to an instance.
 //!
-//! Rules (see `../shared/reference/protocol.md` §4): events derived from an action carry the
+//! Rules (see `docs/PROTOCOL.md` §4.1, §4.4): events derived from an action carry the
 //! action's id; the history of a turn is its new events, then the action events in action
 //! order, then `orchestratorCompleted` (and `executionCompleted` when the execution ends).
 //! Continue-as-new keeps the fire-and-forget sends that precede it and drops the old
@@ -332,7 +332,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::CustomStatus;
+    use crate::CustomStatus;
     use std::collections::HashMap;
 
     const NOW: i64 = 1_700_000_000_000;
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn timer_becomes_message_to_own_execution_at_fire_time() {
-        let fire_at = crate::core::time::from_ms(NOW - 5_000);
+        let fire_at = crate::time::from_ms(NOW - 5_000);
         let a = OrchestratorActionType::CreateTimer(CreateTimerAction { fire_at: Some(fire_at) });
         let out = run(&info(), vec![action(2, a)]).unwrap();
         let m = &out.messages[0];
@@ -617,9 +617,8 @@ mod tests {
             data: None,
         });
         let task = OrchestratorActionType::ScheduleTask(ScheduleTaskAction { name: "X".into(), ..Default::default() });
-        let timer = OrchestratorActionType::CreateTimer(CreateTimerAction {
-            fire_at: Some(crate::core::time::from_ms(NOW + 1000)),
-        });
+        let timer =
+            OrchestratorActionType::CreateTimer(CreateTimerAction { fire_at: Some(crate::time::from_ms(NOW + 1000)) });
         let carry = events::event_raised(NOW, "late".into(), Some("9".into()));
         let can = OrchestratorActionType::CompleteOrchestration(CompleteOrchestrationAction {
             orchestration_status: OrchestrationStatus::ContinuedAsNew as i32,
