@@ -347,6 +347,7 @@ mod tests {
             input: Some("42".into()),
             parent: None,
             tags: HashMap::new(),
+            trace_context: None,
         }
     }
 

@@ -82,10 +82,10 @@ impl Health {
         (health, service)
     }
 
-    /// The gRPC server started (or stopped) serving.
-    pub async fn set_grpc_serving(&self, serving: bool) {
+    /// The gRPC server started (or stopped) serving. The gRPC health status follows at the
+    /// next [`Health::run`] round (the first one runs at once).
+    pub fn set_grpc_serving(&self, serving: bool) {
         self.grpc_serving.store(serving, Ordering::SeqCst);
-        self.publish().await;
     }
 
     /// Shutdown began: not ready any more, whatever the other checks say.
@@ -144,11 +144,16 @@ impl Health {
         }
     }
 
-    /// Keeps the gRPC health status current until shutdown.
+    /// Keeps the gRPC health status current until shutdown: now, then every
+    /// [`GRPC_STATUS_INTERVAL`].
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(GRPC_STATUS_INTERVAL) => self.publish().await,
+                _ = self.publish() => {}
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(GRPC_STATUS_INTERVAL) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -214,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
         durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };
+    let otel = duro::otel::init().map_err(anyhow::Error::msg)?;
     let stop = shutdown_signal()?;
     // Start-up errors say what failed in their own words (one line).
     let mut running = server::start(config).await?;
@@ -231,6 +232,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     running.shutdown().await.context("duro failed to shut down cleanly")?;
+    if let Some(otel) = otel {
+        // The batch exporter blocks while it flushes: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

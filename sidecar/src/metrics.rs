@@ -232,7 +232,7 @@ pub fn dispatched(kind: &'static str, name: &str, token: &str) {
     in_flight.insert(token.to_string(), (Instant::now(), kind, name));
 }
 
-/// A work item's answer was committed.
+/// A work item's answer was committed (its trace span ends too).
 pub fn completed(kind: &'static str, name: &str, token: &str, ok: bool) {
     let m = &*METRICS;
     let outcome = if ok { "ok" } else { "failed" };
@@ -246,11 +246,13 @@ pub fn completed(kind: &'static str, name: &str, token: &str, ok: bool) {
         None => m.label(name),
     };
     m.completed.get_or_create(&KindNameOutcome { kind, name, outcome }).inc();
+    crate::otel::completed(token, ok);
 }
 
 /// A lease ended without a committed answer (abandoned, redelivered, stream gone).
 pub fn released(token: &str) {
     METRICS.in_flight.lock().remove(token);
+    crate::otel::released(token);
 }
 
 /// A work item failed as poison.

@@ -210,7 +210,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Ok(())
     });
     // The listener is bound: calls queue until the task accepts them.
-    health.set_grpc_serving(true).await;
+    health.set_grpc_serving(true);
     tokio::spawn(health.clone().run(engine.shutdown_signal()));
     tracing::info!(
         address = %local_addr,

@@ -230,3 +230,60 @@ async fn metrics_open_serves_metrics_without_the_key_but_not_the_api() {
     let r = ops.http.post(format!("{}/readyz", ops.origin)).send().await.expect("POST");
     assert_eq!(r.status().as_u16(), 405);
 }
+
+/// The orchestration trace context a worker sends (`OrchestratorResponse.orchestrationTraceContext`:
+/// the span id and start of the SDK's one span per orchestration) comes back with every later
+/// turn of that execution, from the cache and, after a restart, from the store. Without it the
+/// Python and JS SDKs start a new orchestration span every turn and their spans do not join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_orchestration_trace_context_comes_back_with_every_turn() {
+    use duro_proto::{GetWorkItemsRequest, OrchestrationTraceContext, OrchestratorResponse, RaiseEventRequest};
+    let dir = test_dir();
+    let mut sidecar = Sidecar::builder().dir(dir.path()).start();
+    let client = sidecar.client().await;
+    let traced = OrchestrationTraceContext {
+        span_id: Some("00f067aa0ba902b7".into()),
+        span_start_time: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+    };
+    start(&client, "Traced", "traced-1", None).await.expect("start");
+    let mut stream = open_stream(&client, GetWorkItemsRequest::default()).await;
+    let wait = Duration::from_secs(20);
+    let item = next_work(&mut stream, wait).await.expect("first turn");
+    assert_eq!(orchestrator_request(&item).orchestration_trace_context, None, "nothing before the worker sends one");
+    let resp = OrchestratorResponse {
+        instance_id: "traced-1".into(),
+        actions: vec![schedule_task(0, ADD, Some("1".into()))],
+        completion_token: item.completion_token.clone(),
+        orchestration_trace_context: Some(traced.clone()),
+        ..Default::default()
+    };
+    client.clone().complete_orchestrator_task(resp).await.expect("complete turn 1");
+    let item = next_work(&mut stream, wait).await.expect("activity");
+    let act = activity_request(&item).clone();
+    let done = duro_proto::ActivityResponse {
+        instance_id: "traced-1".into(),
+        task_id: act.task_id,
+        result: Some("2".into()),
+        completion_token: item.completion_token.clone(),
+        ..Default::default()
+    };
+    client.clone().complete_activity_task(done).await.expect("complete activity");
+    let item = next_work(&mut stream, wait).await.expect("second turn");
+    assert_eq!(orchestrator_request(&item).orchestration_trace_context, Some(traced.clone()), "from the cache");
+    // The second answer carries none (as Java's later chunks): the stored one stays.
+    complete_turn(&client, &item, Vec::new()).await.expect("complete turn 2");
+    drop(stream);
+
+    sidecar.restart();
+    let client = sidecar.client().await;
+    let mut stream = open_stream(&client, GetWorkItemsRequest::default()).await;
+    let raise = RaiseEventRequest { instance_id: "traced-1".into(), name: "go".into(), ..Default::default() };
+    client.clone().raise_event(raise).await.expect("raise");
+    let item = next_work(&mut stream, wait).await.expect("third turn");
+    assert_eq!(orchestrator_request(&item).orchestration_trace_context, Some(traced), "from the store");
+    complete_turn(&client, &item, vec![complete(1, OrchestrationStatus::Completed, Some("2".into()))])
+        .await
+        .expect("complete turn 3");
+    let s = wait_completion(&client, "traced-1", wait).await;
+    assert_eq!(status_of(&s), OrchestrationStatus::Completed);
+}

@@ -258,9 +258,10 @@ impl Engine {
             let mut rest = Vec::new();
             for a in all {
                 match a {
-                    Assignment::Activity { token, stream, request, activity_id } => {
+                    Assignment::Activity { token, stream, mut request, activity_id } => {
                         tracing::debug!(activity_id, stream, name = %request.name, "dispatching activity");
                         crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
+                        crate::otel::activity_dispatched(&token, &mut request);
                         let item = WorkItem {
                             request: Some(work_item::Request::ActivityRequest(request)),
                             completion_token: token.clone(),
@@ -287,8 +288,9 @@ impl Engine {
                     tracing::debug!(instance = %lease.instance_id, kind = ?lease.kind, events = lease.events.len(), "dispatching turn");
                     tokio::spawn(async move { engine.run_turn(lease).await });
                 }
-                Assignment::Builtin { token, activity_id, request, progress } => {
+                Assignment::Builtin { token, activity_id, mut request, progress } => {
                     crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
+                    crate::otel::activity_dispatched(&token, &mut request);
                     tokio::spawn(async move { engine.run_builtin(token, activity_id, request, progress).await });
                 }
                 Assignment::PoisonActivity { activity_id, request, attempts } => {
@@ -491,7 +493,8 @@ impl Engine {
                     entity_parameters: None,
                     requires_history_streaming: false,
                     properties: Default::default(),
-                    orchestration_trace_context: None,
+                    // The worker's orchestration span (id, start) from earlier turns: one span per execution.
+                    orchestration_trace_context: info.trace_context.clone(),
                 };
                 // A burst of large events is split across turns: this one takes the events
                 // that fit (at least one); the rest wait for the next turn.
@@ -528,6 +531,13 @@ impl Engine {
                     tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
                 }
                 let name = info.name.clone();
+                crate::otel::turn_dispatched(
+                    &lease.token,
+                    &name,
+                    &info.instance_id,
+                    &request.past_events,
+                    &request.new_events,
+                );
                 let ctx = TurnContext {
                     info,
                     history_len: request.past_events.len(),
@@ -543,6 +553,8 @@ impl Engine {
                 let sent = self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
                 if sent {
                     crate::metrics::dispatched(crate::metrics::ORCHESTRATION, &name, &lease.token);
+                } else {
+                    crate::otel::released(&lease.token);
                 }
                 tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
             }
@@ -775,7 +787,7 @@ impl Engine {
         let decision = WorkerDecision { actions: flight.actions, ..decision };
         let mut new_id = crate::ambient::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
-        let outcome = match turn::decide(input, decision, &mut new_id) {
+        let mut outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {
                 self.mask_builtin_inputs(&mut o);
                 o
@@ -809,6 +821,7 @@ impl Engine {
             }
         }
         unconsumed.extend(ctx.deferred.iter().filter_map(|key| by_key.get(key).map(|p| (*key, p.clone()))));
+        crate::otel::stamp_activities(&token, &mut outcome.activities);
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
         crate::metrics::completed(crate::metrics::ORCHESTRATION, &ctx.info.name, &token, true);
         Ok(())

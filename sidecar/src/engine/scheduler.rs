@@ -1958,6 +1958,7 @@ mod tests {
                 input: None,
                 parent: None,
                 tags: Default::default(),
+                trace_context: None,
             },
             history_len: 0,
             new_events: vec![],

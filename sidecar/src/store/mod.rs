@@ -116,6 +116,7 @@ impl InstanceRecord {
             input: self.input.clone(),
             parent: self.parent.clone(),
             tags: self.tags.clone(),
+            trace_context: self.trace_context.clone(),
         }
     }
 }

@@ -927,7 +927,7 @@ fn continue_as_new(
     let s = &next.spec;
     c.prepare_cached(
         "UPDATE instances SET execution_id = ?, version = ?, input = ?, output = NULL, failure_details = NULL, \
-         completed_at = NULL, history_len = 0, tags = ?, status = ? WHERE instance_id = ?",
+         completed_at = NULL, history_len = 0, tags = ?, status = ?, trace_context = NULL WHERE instance_id = ?",
     )?
     .execute(params![
         s.execution_id,
