@@ -31,11 +31,14 @@ bash scripts/checks/no_machine_paths.sh
 step "style and lint (rustfmt, clippy -D warnings, ruff, gofmt)"
 bash scripts/checks/lint.sh
 
-step "building"
+step "building (the sidecar, the SDK, the tests and the Rust samples: one workspace)"
 cargo build --workspace --all-targets
+# The Rust tests are given this binary (DURO_BIN) instead of building `-p duro` themselves, which
+# would compile a second copy of its dependencies with the feature set of `-p duro` alone.
+built_duro="${CARGO_TARGET_DIR:-$PWD/target}/debug/duro"
 
-step "rust tests"
-cargo test --workspace
+step "rust tests (the samples' tests included)"
+DURO_BIN="$built_duro" cargo test --workspace
 
 step "python compatibility tests (official durabletask SDK)"
 PY=${PYTHON:-python3}
@@ -59,18 +62,19 @@ DURO_BIN="$PWD/target/debug/duro" bash tests/dashboard/run_tests.sh
 
 # Suites of other components, each self-contained.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/run_tests.sh samples/python/run_tests.sh bench/smoke.sh bench/stranded.sh; do
+# (samples/run_tests.sh is not among them: `cargo test --workspace` ran the Rust samples' tests.)
+for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/python/run_tests.sh bench/smoke.sh bench/stranded.sh; do
   if [ -f "$suite" ]; then
     step "$suite"
     bash "$suite"
   fi
 done
 step "samples/phone-verification/run.sh next to a running Duro, on taken ports, with a failing Duro"
-(cd samples/phone-verification && cargo build --quiet --bins)
-DURO_SAMPLE_SCRIPTS=1 cargo test -p duro-tests --test sample_scripts
+# (its binaries were built with the workspace above)
+DURO_BIN="$built_duro" DURO_SAMPLE_SCRIPTS=1 cargo test -p duro-tests --test sample_scripts
 
 step "README snippets, run as pasted against a real duro"
 .venv/bin/pip install --quiet -e sdks/python
 cargo build --quiet -p duro-sdk --examples
-DURO_SNIPPETS=1 cargo test -p duro-tests --test readme_snippets
+DURO_BIN="$built_duro" DURO_SNIPPETS=1 cargo test -p duro-tests --test readme_snippets
 echo "==> all tests passed"

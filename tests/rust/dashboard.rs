@@ -14,10 +14,6 @@ const KEY: &str = "dashboard-system-key-0123456789";
 const API: &str = "/runtime/webhooks/durabletask";
 const XSS: &str = "\"<img src=x onerror=alert(1)>\"";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 struct Dash {
     _sidecar: Sidecar,
     base: String,
@@ -53,7 +49,7 @@ impl Dash {
         let addr = format!("{listen}:{port}");
         let mut args = vec!["--http-listen", addr.as_str()];
         args.extend_from_slice(extra);
-        let sidecar = Sidecar::start_with(dir.path(), &args);
+        let sidecar = Sidecar::builder().dir(dir.path()).args(&args).start();
         let http = reqwest::Client::builder().redirect(Policy::none()).build().expect("client");
         Dash { _sidecar: sidecar, base: format!("http://127.0.0.1:{port}"), http, _dir: dir }
     }

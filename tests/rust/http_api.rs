@@ -23,10 +23,6 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 // ----- harness ------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A sidecar with its HTTP API on a free loopback port.
 struct Api {
     sidecar: Sidecar,
@@ -38,13 +34,8 @@ struct Api {
 impl Api {
     fn start(extra: &[&str]) -> Api {
         let dir = test_dir();
-        let http_port = free_port();
-        let listen = format!("127.0.0.1:{http_port}");
-        let mut args = vec!["--http-listen", listen.as_str()];
-        args.extend_from_slice(extra);
-        // The HTTP port is bound before the gRPC port the harness waits for.
-        let sidecar = Sidecar::start_with(dir.path(), &args);
-        Api { sidecar, http_port, client: new_client(), _dir: dir }
+        let sidecar = Sidecar::builder().dir(dir.path()).http_api().args(extra).start();
+        Api { http_port: sidecar.http_port(), sidecar, client: new_client(), _dir: dir }
     }
 
     /// Restarts the binary on the same ports and database (a new client: pooled
@@ -692,7 +683,7 @@ fn refuses_an_open_api_on_a_non_loopback_address() {
         let mut args = vec!["--http-listen", listen.as_str()];
         args.extend(extra);
         let sub = test_dir();
-        let mut s = Sidecar::start_with(sub.path(), &args);
+        let mut s = Sidecar::builder().dir(sub.path()).args(&args).start();
         assert!(s.terminate(), "clean shutdown");
     }
 }

@@ -13,10 +13,6 @@ use tonic_health::pb::HealthCheckRequest;
 
 const KEY: &str = "observability-test-key-0123456789";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 struct Ops {
     sidecar: Sidecar,
     origin: String,
@@ -27,13 +23,9 @@ struct Ops {
 impl Ops {
     fn start(extra: &[&str]) -> Ops {
         let dir = test_dir();
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["--http-listen", listen.as_str()];
-        args.extend_from_slice(extra);
-        let sidecar = Sidecar::start_with(dir.path(), &args);
+        let sidecar = Sidecar::builder().dir(dir.path()).http_api().args(extra).start();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        Ops { sidecar, origin: format!("http://127.0.0.1:{port}"), http, dir }
+        Ops { origin: sidecar.http_url(), sidecar, http, dir }
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
@@ -247,7 +239,7 @@ async fn metrics_open_serves_metrics_without_the_key_but_not_the_api() {
 async fn the_workers_orchestration_trace_context_comes_back_with_every_turn() {
     use duro_proto::{GetWorkItemsRequest, OrchestrationTraceContext, OrchestratorResponse, RaiseEventRequest};
     let dir = test_dir();
-    let mut sidecar = Sidecar::start(dir.path());
+    let mut sidecar = Sidecar::builder().dir(dir.path()).start();
     let client = sidecar.client().await;
     let traced = OrchestrationTraceContext {
         span_id: Some("00f067aa0ba902b7".into()),

@@ -101,7 +101,7 @@ fn a_read_only_database_is_refused() {
     let dir = test_dir();
     let db = dir.path().join("duro.db");
     // A healthy store first.
-    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     assert!(s.terminate(), "clean shutdown");
     set_mode(&db, 0o444);
     let user = if is_root() {
@@ -124,7 +124,7 @@ fn a_read_only_database_is_refused() {
 fn a_database_damaged_in_the_middle_is_refused() {
     let dir = test_dir();
     let db = dir.path().join("duro.db");
-    let s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let client = s.client().await;
@@ -164,7 +164,7 @@ fn a_file_that_is_not_a_database_is_refused() {
 fn a_clean_shutdown_leaves_no_wal() {
     let dir = test_dir();
     let db = dir.path().join("duro.db");
-    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     // A worker's stream is open while duro stops (the store is still shared then).
     let _stream = rt.block_on(async {
@@ -222,7 +222,7 @@ fn a_taken_http_port_says_so_once_with_a_hint() {
 #[test]
 fn no_identity_configured_is_said_plainly() {
     let dir = test_dir();
-    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     assert!(s.terminate());
     let log = s.log_text();
     if std::env::vars().any(|(k, _)| k.starts_with("AZURE_") || k == "IDENTITY_ENDPOINT" || k == "MSI_ENDPOINT") {

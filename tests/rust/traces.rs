@@ -51,12 +51,13 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turns_and_activities_join_the_clients_trace() {
     let (endpoint, spans) = receiver().await;
-    // The only test of this binary: the sidecar inherits the environment.
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
-    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
-    std::env::set_var("OTEL_SERVICE_NAME", "duro-under-test");
     let dir = test_dir();
-    let mut sidecar = Sidecar::start(dir.path());
+    let mut sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_SERVICE_NAME", "duro-under-test")
+        .start();
     let client = sidecar.client().await;
     let seen: Arc<Mutex<Vec<Option<TraceContext>>>> = Arc::default();
     let seen_by_worker = seen.clone();
