@@ -74,6 +74,7 @@ where
     queries_filter_and_page(&fresh().await).await;
     purge_removes_everything_of_finished_instances(&fresh().await).await;
     attempt_counts_survive_a_restart_view(&fresh().await).await;
+    counts_by_status_and_newest_first_paging(&fresh().await).await;
 }
 
 async fn created_instances_are_pending_with_their_start_row(store: &dyn Store) {
@@ -199,6 +200,34 @@ async fn attempt_counts_survive_a_restart_view(store: &dyn Store) {
     store.record_attempts(vec![Attempts::Instance("x".into(), 3)]).await.expect("record");
     let recovered = store.recover().await.expect("recover");
     assert_eq!(recovered.attempts, vec![Attempts::Instance("x".into(), 3)]);
+}
+
+async fn counts_by_status_and_newest_first_paging(store: &dyn Store) {
+    for (i, id) in ["n-1", "n-2", "n-3"].into_iter().enumerate() {
+        let mut new = new_instance(id);
+        new.created_at_ms = NOW + i64::try_from(i).unwrap_or_default() * 1000;
+        store.create_instance(new, IdReuse::terminal()).await.expect("create");
+    }
+    let start = store.load_inbox("n-1").await.expect("inbox").rows[0].inbox_id;
+    store.commit_turn(turn("n-1", 0, vec![start], S::Completed)).await.expect("finish");
+    let mut counts = store.count_by_status().await.expect("counts");
+    counts.sort_by_key(|(s, _)| *s as i32);
+    assert_eq!(counts, vec![(S::Completed, 1), (S::Pending, 2)]);
+    let page = |before: Option<(i64, String)>| InstanceFilter {
+        page_size: 2,
+        order: QueryOrder::NewestFirst { before },
+        ..Default::default()
+    };
+    let first: Vec<(i64, String)> = store
+        .query_instances(&page(None))
+        .await
+        .expect("query")
+        .into_iter()
+        .map(|r| (r.created_at_ms, r.instance_id))
+        .collect();
+    assert_eq!(first.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), ["n-3", "n-2"]);
+    let rest = store.query_instances(&page(first.last().cloned())).await.expect("query");
+    assert_eq!(rest.iter().map(|r| r.instance_id.as_str()).collect::<Vec<_>>(), ["n-1"], "the cursor is exclusive");
 }
 
 #[tokio::test]
