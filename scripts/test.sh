@@ -7,19 +7,40 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each "==> step" line starts a timed step; the wall time of every step is printed at the end
+# (and on failure), so what dominates the run is visible in every CI log.
+STEP="" STEP_START=$SECONDS STEP_TIMES=""
+step() {
+  [ -n "$STEP" ] && STEP_TIMES+="$(printf '%5ss  %s' $((SECONDS - STEP_START)) "$STEP")"$'\n'
+  STEP=$1 STEP_START=$SECONDS
+  [ -n "$1" ] && echo "==> $1"
+  return 0
+}
+report_times() {
+  step ""
+  printf '==> wall time per step (total %ss)\n%s' "$SECONDS" "$STEP_TIMES"
+}
+trap report_times EXIT
+
 # Fails fast, in one message, when a tool is missing (Rust, Python, Node, Go, git).
 bash scripts/checks/prereqs.sh
 
-echo "==> repository checks"
+step "repository checks"
 bash scripts/checks/no_machine_paths.sh
 
-echo "==> building"
+step "style and lint (rustfmt, clippy -D warnings, ruff, gofmt)"
+bash scripts/checks/lint.sh
+
+step "building (the sidecar, the SDK, the tests and the Rust samples: one workspace)"
 cargo build --workspace --all-targets
+# The Rust tests are given this binary (DURO_BIN) instead of building `-p duro` themselves, which
+# would compile a second copy of its dependencies with the feature set of `-p duro` alone.
+built_duro="${CARGO_TARGET_DIR:-$PWD/target}/debug/duro"
 
-echo "==> rust tests"
-cargo test --workspace
+step "rust tests (the samples' tests included)"
+DURO_BIN="$built_duro" cargo test --workspace
 
-echo "==> python compatibility tests (official durabletask SDK)"
+step "python compatibility tests (official durabletask SDK)"
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -27,29 +48,33 @@ fi
 .venv/bin/pip install --quiet -r tests/python/requirements.txt
 DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
 
-echo "==> Go SDK compatibility tests (official durabletask-go, bench/sdkcompat)"
+step "Go SDK compatibility tests (official durabletask-go, bench/sdkcompat)"
 DURO_BIN="$PWD/target/debug/duro" bash -c 'cd bench && GOFLAGS="${GOFLAGS:--mod=mod}" go test -count=1 ./sdkcompat/'
 
-echo "==> deploy/ (kubeconform; the image's entrypoint and the manifest's duro as their user)"
+step "deploy/ (kubeconform; the image's entrypoint and the manifest's duro as their user)"
 bash scripts/checks/deploy.sh
 
-echo "==> HTTP API fuzz (schemathesis, bounded)"
+step "HTTP API fuzz (schemathesis, bounded)"
 bash tests/http/fuzz.sh
+
+step "dashboard in a browser (Debian chromium + playwright-core; screenshots in target/dashboard-screenshots)"
+DURO_BIN="$PWD/target/debug/duro" bash tests/dashboard/run_tests.sh
 
 # Suites of other components, each self-contained.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/run_tests.sh samples/python/run_tests.sh bench/smoke.sh bench/stranded.sh; do
+# (samples/run_tests.sh is not among them: `cargo test --workspace` ran the Rust samples' tests.)
+for suite in sdks/python/run_tests.sh sdks/typescript/run_tests.sh samples/polyglot/run.sh samples/python/run_tests.sh bench/smoke.sh bench/stranded.sh; do
   if [ -f "$suite" ]; then
-    echo "==> $suite"
+    step "$suite"
     bash "$suite"
   fi
 done
-echo "==> samples/phone-verification/run.sh next to a running Duro, on taken ports, with a failing Duro"
-(cd samples/phone-verification && cargo build --quiet --bins)
-DURO_SAMPLE_SCRIPTS=1 cargo test -p duro-tests --test sample_scripts
+step "samples/phone-verification/run.sh next to a running Duro, on taken ports, with a failing Duro"
+# (its binaries were built with the workspace above)
+DURO_BIN="$built_duro" DURO_SAMPLE_SCRIPTS=1 cargo test -p duro-tests --test sample_scripts
 
-echo "==> README snippets, run as pasted against a real duro"
+step "README snippets, run as pasted against a real duro"
 .venv/bin/pip install --quiet -e sdks/python
 cargo build --quiet -p duro-sdk --examples
-DURO_SNIPPETS=1 cargo test -p duro-tests --test readme_snippets
+DURO_BIN="$built_duro" DURO_SNIPPETS=1 cargo test -p duro-tests --test readme_snippets
 echo "==> all tests passed"

@@ -176,6 +176,7 @@ mod tests {
                 }),
             }),
             tags: HashMap::new(),
+            trace_context: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod control;
 pub mod entity;
 pub mod events;
 pub mod time;
+pub mod timespan;
 pub mod turn;
 
 use std::collections::HashMap;
@@ -73,6 +74,9 @@ pub struct InstanceInfo {
     pub input: Option<String>,
     pub parent: Option<ParentInstanceInfo>,
     pub tags: HashMap<String, String>,
+    /// The current execution's orchestration trace context, as the worker last sent it
+    /// (`OrchestratorResponse.orchestrationTraceContext`); sent back with every turn.
+    pub trace_context: Option<OrchestrationTraceContext>,
 }
 
 /// Orders a turn's new events: a new execution's start first, then events carried over
@@ -161,6 +165,7 @@ impl NewInstance {
             input: s.input.clone(),
             parent: s.parent.clone(),
             tags: s.tags.clone(),
+            trace_context: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A worker's turn: apply the actions of an `OrchestratorResponse` to an instance.
 //!
-//! Rules (see `../shared/reference/protocol.md` §4): events derived from an action carry the
+//! Rules (see `docs/PROTOCOL.md` §4.1, §4.4): events derived from an action carry the
 //! action's id; the history of a turn is its new events, then the action events in action
 //! order, then `orchestratorCompleted` (and `executionCompleted` when the execution ends).
 //! Continue-as-new keeps the fire-and-forget sends that precede it and drops the old
@@ -350,6 +350,7 @@ mod tests {
             input: Some("42".into()),
             parent: None,
             tags: HashMap::new(),
+            trace_context: None,
         }
     }
 

@@ -17,9 +17,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from durabletask import task
-
 import duro
+from durabletask import task
 
 
 def polyglot(ctx: task.OrchestrationContext, inp: dict[str, Any]) -> Any:

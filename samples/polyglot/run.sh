@@ -15,8 +15,9 @@ DURO_BIN="${DURO_BIN:-$REPO/target/debug/duro}"
 
 export DURO_SAMPLE_RUST="${DURO_SAMPLE_RUST:-1}"
 if [ "$DURO_SAMPLE_RUST" = 1 ]; then
-  RUST_TARGET="${CARGO_TARGET_DIR:-$HERE/rust-worker/target}"
-  (cd "$HERE/rust-worker" && CARGO_TARGET_DIR="$RUST_TARGET" cargo build --quiet --locked)
+  # A member of the repository's workspace: built into its target directory.
+  RUST_TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+  (cd "$REPO" && CARGO_TARGET_DIR="$RUST_TARGET" cargo build --quiet --locked -p polyglot-rust-worker)
 fi
 
 TMP="$(mktemp -d)"

@@ -9,12 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import fan_out_fan_in
+import hello_cities
 import pytest
 from durabletask import client, worker
 from durabletask.client import OrchestrationStatus
-
-import fan_out_fan_in
-import hello_cities
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Checks deploy/ in well under a minute, without Docker or a cluster:
-#  1. kubeconform (a Go module) validates the Kubernetes manifests, strictly, against the
-#     Kubernetes 1.37 JSON schemas shipped in the PyPI package kubernetes-validate (offline);
-#  2. scripts/checks/deploy_check.py runs the image's entrypoint and the manifest's duro
-#     container with their exact arguments, environment and user, and checks references.
-# Needs Go, the repository's .venv (scripts/test.sh makes it) and target/debug/duro.
+# Checks deploy/ in about a minute (once helm and kubeconform are built), without Docker or a
+# cluster:
+#  1. the Helm chart deploy/helm/duro: `helm lint --strict`, rendered with the example values
+#     (must equal the committed deploy/kubernetes/app-with-duro.yaml, which is generated from
+#     it), the defaults and every deploy/helm/duro/ci/*-values.yaml; values Duro would refuse
+#     (a link key under 16 bytes) must fail to render;
+#  2. kubeconform (a Go module) validates the manifests and every rendering, strictly, against
+#     the Kubernetes 1.37 JSON schemas shipped in the PyPI package kubernetes-validate (offline);
+#  3. scripts/checks/deploy_check.py runs the image's entrypoint and each rendering's duro
+#     container with their exact arguments, environment (the rendered secrets) and user,
+#     answers the HTTP probes, and checks references.
+# Needs Go, the repository's .venv (scripts/test.sh makes it) and target/debug/duro. Helm is
+# built from its Go module once (about 6 minutes on 2 cores) and kept in target/tools.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURO_BIN="${DURO_BIN:-$PWD/target/debug/duro}"
@@ -13,6 +20,7 @@ PY=.venv/bin/python
 [ -x "$PY" ] || python3 -m venv .venv
 TOOLS="$PWD/target/tools"
 KUBECONFORM_VERSION=v0.7.0
+HELM_VERSION=v4.3.2
 KUBE_SCHEMAS_VERSION=1.37.0   # kubernetes-validate release = Kubernetes schema version
 if [ ! -x "$TOOLS/kubeconform-$KUBECONFORM_VERSION" ]; then
   GOBIN="$TOOLS/gobin" go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
@@ -30,12 +38,37 @@ if [ ! -f "$SCHEMAS/_definitions.json" ]; then
   done
   rm -rf "$SCHEMAS" && mv "$SCHEMAS.tmp" "$SCHEMAS"
 fi
+if [ ! -x "$TOOLS/helm-$HELM_VERSION" ]; then
+  GOBIN="$TOOLS/gobin" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  mkdir -p "$TOOLS"
+  mv "$TOOLS/gobin/helm" "$TOOLS/helm-$HELM_VERSION"
+fi
+HELM="$TOOLS/helm-$HELM_VERSION"
+CHART=deploy/helm/duro
+RENDERED="$TOOLS/helm-rendered"
+rm -rf "$RENDERED" && mkdir -p "$RENDERED"
+"$HELM" lint --strict "$CHART" -f deploy/helm/examples/orders.yaml
+bash deploy/helm/render-example.sh "$HELM" "$RENDERED/app-with-duro.yaml"
+if ! diff -u deploy/kubernetes/app-with-duro.yaml "$RENDERED/app-with-duro.yaml"; then
+  echo "deploy/kubernetes/app-with-duro.yaml is not what the chart renders: run bash deploy/helm/render-example.sh $HELM" >&2
+  exit 1
+fi
+"$HELM" template defaults "$CHART" > "$RENDERED/defaults.yaml"
+for values in "$CHART"/ci/*-values.yaml; do
+  name="$(basename "$values" -values.yaml)"
+  "$HELM" lint --strict "$CHART" -f "$values"
+  "$HELM" template "ci-$name" "$CHART" -f "$values" > "$RENDERED/$name.yaml"
+done
+if "$HELM" template short "$CHART" --set secrets.linkKeys=too-short > /dev/null 2>&1; then
+  echo "the chart rendered a link key shorter than Duro's minimum (16 bytes)" >&2
+  exit 1
+fi
 "$TOOLS/kubeconform-$KUBECONFORM_VERSION" -strict -summary \
-  -schema-location "$SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" deploy/kubernetes
+  -schema-location "$SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" deploy/kubernetes "$RENDERED"
 # In a network namespace of its own (as root) the real ports 4001/7071 are used even when
 # a duro already runs on this machine.
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
-  DURO_DEPLOY_NETNS=1 unshare -n "$PY" scripts/checks/deploy_check.py "$DURO_BIN"
+  DURO_DEPLOY_NETNS=1 unshare -n "$PY" scripts/checks/deploy_check.py "$DURO_BIN" "$RENDERED"/*.yaml
 else
-  "$PY" scripts/checks/deploy_check.py "$DURO_BIN"
+  "$PY" scripts/checks/deploy_check.py "$DURO_BIN" "$RENDERED"/*.yaml
 fi

@@ -6,12 +6,14 @@
   with the image's exact ENV and arguments as the image's USER (the VOLUME mapped to a
   temporary directory owned like in the image), serves every EXPOSEd port on all
   interfaces (so `docker run -p` reaches it) and stops cleanly on SIGTERM.
-- kubernetes/*.yaml (after kubeconform's schema check): what a pod refers to exists
+- kubernetes/*.yaml, or the manifests named after DURO_BIN (deploy.sh passes the Helm
+  chart's renderings too), after kubeconform's schema check: what a pod refers to exists
   (service account, secrets and their keys, claims, the Service's selector and ports), and
   the duro container starts with its exact args and env (secrets resolved from the
-  manifest's Secret) as the image's user, answers its probes' ports and stops cleanly.
+  manifest's Secret, so a secret Duro would refuse fails here) as the image's user, answers
+  its probes (ports; HTTP probes with 200 on their path) and stops cleanly.
 
-Usage: deploy_check.py DURO_BIN. Run inside a private network namespace (deploy.sh does,
+Usage: deploy_check.py DURO_BIN [MANIFEST...]. Run inside a private network namespace (deploy.sh does,
 as root) so the real ports 4001/7071 are free; elsewhere the ports are checked only after
 the listen addresses are moved to free ports.
 """
@@ -90,9 +92,24 @@ def user_prefix(uid, gid):
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
 
 
-def run_duro(what, duro, args, env, uid, gid, ports, data_dir):
-    """Starts duro as uid:gid; every port must accept on 127.0.0.1; then SIGTERM: exit 0 and
-    no WAL left in data_dir."""
+def http_status(port, path):
+    """Status of GET http://127.0.0.1:port/path, or None when nothing answers."""
+    import http.client
+
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c.request("GET", path)
+        status = c.getresponse().status
+        c.close()
+        return status
+    except OSError:
+        return None
+
+
+def run_duro(what, duro, args, env, uid, gid, ports, data_dir, http_gets=()):
+    """Starts duro as uid:gid; every port must accept on 127.0.0.1 and every (port, path) of
+    http_gets answer 200 (as a kubelet probe would); then SIGTERM: exit 0 and no WAL left in
+    data_dir."""
     log = data_dir.parent / (re.sub(r'[^A-Za-z0-9_.-]', '-', what) + '.log')
     with open(log, "w") as out:
         proc = subprocess.Popen(user_prefix(uid, gid) + [str(duro)] + args, env=env, stdout=out, stderr=out)
@@ -115,6 +132,15 @@ def run_duro(what, duro, args, env, uid, gid, ports, data_dir):
         proc.wait()
         fail(f"{what}: ports {sorted(pending)} not served within 20 s: {text()}")
         return
+    for port, path in http_gets:
+        status = http_status(port, path)
+        while status != 200 and time.time() < deadline:
+            time.sleep(0.1)
+            status = http_status(port, path)
+        if status != 200:
+            fail(f"{what}: probe GET :{port}{path} answered {status}, not 200")
+        else:
+            ok(f"{what}: probe GET :{port}{path} answered 200")
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(timeout=20)
@@ -218,8 +244,8 @@ def self_signed_tls(tmp):
     return {"tls.crt": crt.read_text(), "tls.key": key.read_text(), "ca.crt": crt.read_text()}
 
 
-def check_kubernetes(duro, tmp, image_user):
-    for manifest in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+def check_kubernetes(duro, tmp, image_user, manifests):
+    for manifest in manifests:
         docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
         name = manifest.name
         by_kind = {}
@@ -262,7 +288,10 @@ def check_kubernetes(duro, tmp, image_user):
                     ref = (e.get("valueFrom") or {}).get("secretKeyRef")
                     if ref:
                         if ref["name"] not in secrets or ref["key"] not in secrets[ref["name"]]:
-                            fail(f"{name}: {c['name']}: {e['name']} refers to secret {ref['name']} key {ref['key']}, not defined")
+                            fail(
+                                f"{name}: {c['name']}: {e['name']} refers to secret {ref['name']} "
+                                f"key {ref['key']}, not defined"
+                            )
                             continue
                         env[e["name"]] = secrets[ref["name"]][ref["key"]]
                 if "duro" not in c["image"]:
@@ -272,7 +301,7 @@ def check_kubernetes(duro, tmp, image_user):
                 ctx = spec.get("securityContext") or {}
                 uid = (c.get("securityContext") or {}).get("runAsUser", ctx.get("runAsUser", uid))
                 gid = ctx.get("fsGroup", gid)
-                data = tmp / f"k8s-{dname}-{c['name']}"
+                data = tmp / f"k8s-{manifest.stem}-{dname}-{c['name']}"
                 data.mkdir()
                 if os.geteuid() == 0:
                     os.chown(data, uid, gid)
@@ -304,10 +333,15 @@ def check_kubernetes(duro, tmp, image_user):
                 args = list(c.get("command", [])[1:]) + list(c.get("args", []))
                 ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
                 wanted = set(ports.values())
+                http_gets = []
                 for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                     p = ((c.get(probe) or {}).get("tcpSocket") or (c.get(probe) or {}).get("httpGet") or {}).get("port")
                     if p is not None:
                         wanted.add(ports.get(p, p) if isinstance(p, str) else p)
+                    get = (c.get(probe) or {}).get("httpGet")
+                    if get:
+                        p = get["port"]
+                        http_gets.append((ports.get(p, p) if isinstance(p, str) else p, get.get("path", "/")))
                 if "DURO_LISTEN" in env:
                     wanted.add(listen_port(env["DURO_LISTEN"]))
                 run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", **env}
@@ -323,12 +357,16 @@ def check_kubernetes(duro, tmp, image_user):
                         moved[listen_port(run_env["DURO_LISTEN"])] = p
                         run_env["DURO_LISTEN"] = f"127.0.0.1:{p}"
                     wanted = {moved.get(p, p) for p in wanted}
-                run_duro(f"{name} {dname}/{c['name']}", duro, args, run_env, uid, gid, sorted(wanted), data)
+                    http_gets = [(moved.get(p, p), path) for p, path in http_gets]
+                run_duro(
+                    f"{name} {dname}/{c['name']}", duro, args, run_env, uid, gid, sorted(wanted), data, http_gets
+                )
         ok(f"{name}: references resolved ({', '.join(f'{len(v)} {k}' for k, v in sorted(by_kind.items()))})")
 
 
 def main():
     duro = Path(sys.argv[1]).resolve()
+    manifests = [Path(m).resolve() for m in sys.argv[2:]] or sorted((DEPLOY / "kubernetes").glob("*.yaml"))
     if isolated():
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     else:
@@ -339,7 +377,7 @@ def main():
         check_dockerfile(duro, tmp)
         stage = parse_dockerfile(DEPLOY / "Dockerfile")
         user = [a for i, a in stage if i == "USER"][-1].partition(":")
-        check_kubernetes(duro, tmp, (int(user[0]), int(user[2] or user[0])))
+        check_kubernetes(duro, tmp, (int(user[0]), int(user[2] or user[0])), manifests)
     if failures:
         print(f"deploy check: {len(failures)} problem(s)", file=sys.stderr)
         sys.exit(1)

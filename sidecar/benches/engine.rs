@@ -26,6 +26,7 @@ fn info() -> InstanceInfo {
         input: None,
         parent: None,
         tags: Default::default(),
+        trace_context: None,
     }
 }
 

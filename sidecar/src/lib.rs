@@ -8,14 +8,21 @@
 //! - [`grpc`]: the `TaskHubSidecarService` adapter;
 //! - [`durable_http`]: the built-in activity `BuiltIn::HttpActivity` (durable HTTP, 202 polling, tokens);
 //! - [`http`]: the Durable Functions HTTP management API (webhook routes, signed status links);
+//! - [`otel`]: OpenTelemetry spans of turns and activities (OTLP/HTTP, off unless `OTEL_*` configures it);
+//! - [`metrics`], [`health`]: what `/metrics`, `/stats`, `/healthz`, `/readyz` and `grpc.health.v1` report;
+//! - [`dashboard`]: the web dashboard at `/dashboard` on the HTTP API's port;
 //! - [`server`]: wiring, configuration and graceful shutdown for the `duro` binary.
 
 pub use duro_core as core;
 
 pub mod ambient;
+pub mod dashboard;
 pub mod durable_http;
 pub mod engine;
 pub mod grpc;
+pub mod health;
 pub mod http;
+pub mod metrics;
+pub mod otel;
 pub mod server;
 pub mod store;

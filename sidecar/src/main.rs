@@ -104,24 +104,27 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGTERM/SIGINT handlers now and returns a future that ends at the first of
+/// them. Installing them before the listeners open matters: a supervisor (or a test) that sends
+/// SIGTERM as soon as the port answers must get a graceful shutdown, not the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -211,10 +214,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         http: cli.http.clone().into_options().context("invalid HTTP API configuration")?,
         durable_http: cli.durable_http.options().context("invalid durable HTTP configuration")?,
     };
+    let otel = duro::otel::init().map_err(anyhow::Error::msg)?;
+    let stop = shutdown_signal()?;
     // Start-up errors say what failed in their own words (one line).
     let mut running = server::start(config).await?;
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = stop => {}
         why = running.store_died() => {
             // Every later write would fail: exit so a supervisor restarts us. No graceful
             // shutdown; nothing more can be committed anyway.
@@ -227,6 +232,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     running.shutdown().await.context("duro failed to shut down cleanly")?;
+    if let Some(otel) = otel {
+        // The batch exporter blocks while it flushes: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

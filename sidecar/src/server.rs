@@ -100,6 +100,8 @@ pub struct Running {
     pub engine: Engine,
     /// The HTTP management API, when served.
     pub http: Option<crate::http::HttpServer>,
+    /// Liveness and readiness (`/readyz`, `grpc.health.v1`).
+    pub health: Arc<crate::health::Health>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
     stop: tokio::sync::oneshot::Sender<()>,
     store_died: Option<futures::future::BoxFuture<'static, String>>,
@@ -117,6 +119,7 @@ impl Running {
 
     /// Stops accepting work, ends streams with UNAVAILABLE and waits for the server.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.health.set_stopping().await;
         self.engine.shutdown();
         let _ = self.stop.send(());
         if let Some(http) = self.http {
@@ -169,9 +172,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store_died = Some(Box::pin(store.writer_died()) as futures::future::BoxFuture<'static, String>);
     let durable_http = crate::durable_http::HttpActivity::new(config.durable_http.clone())?;
     let engine = Engine::start(Arc::new(store), config.engine.clone(), vec![Arc::new(durable_http)]).await?;
+    let (health, health_service) = crate::health::Health::new(engine.store().clone());
     // Served before the gRPC port opens, so a client that sees gRPC up finds HTTP up too.
     let http = match config.http.clone() {
-        Some(opts) => crate::http::start(engine.clone(), opts).await?,
+        Some(opts) => crate::http::start(engine.clone(), opts, health.clone()).await?,
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -197,12 +201,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             .concurrency_limit_per_connection(GRPC_MAX_STREAMS as usize)
             .http2_max_header_list_size(Some(GRPC_MAX_HEADER_BYTES))
             .add_service(service)
+            // Not behind the API token: it tells serving or not, nothing else.
+            .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             })
             .await?;
         Ok(())
     });
+    // The listener is bound: calls queue until the task accepts them.
+    health.set_grpc_serving(true);
+    tokio::spawn(health.clone().run(engine.shutdown_signal()));
     tracing::info!(
         address = %local_addr,
         db = %config.db.display(),
@@ -210,5 +219,5 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         auth = if token.is_some() { "api token" } else { "none (loopback or --insecure-allow-remote)" },
         "duro is serving the Durable Task sidecar protocol"
     );
-    Ok(Running { local_addr, engine, http, task, stop, store_died })
+    Ok(Running { local_addr, engine, http, health, task, stop, store_died })
 }

@@ -25,9 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import harness
+import pytest
 from durabletask import client as dt_client
 from durabletask import task as dt_task
 

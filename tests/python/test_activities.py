@@ -7,10 +7,8 @@ import threading
 import time
 from datetime import timedelta
 
-import durabletask.history as history
-from durabletask import task
+from durabletask import history, task
 from durabletask.client import OrchestrationStatus
-
 from harness import wait_for_status
 
 TIMEOUT = 30

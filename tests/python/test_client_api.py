@@ -6,13 +6,11 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
+import durabletask.internal.orchestrator_service_pb2 as pb
 import grpc
 import pytest
-
-import durabletask.internal.orchestrator_service_pb2 as pb
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
 from harness import assert_stays, new_id, wait_for_custom_status, wait_for_status
 
 TIMEOUT = 30

@@ -7,10 +7,8 @@ import threading
 
 import grpc
 import pytest
-
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
 from harness import assert_stays, new_id, wait_for_status, wait_until
 
 TIMEOUT = 30

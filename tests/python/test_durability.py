@@ -9,12 +9,10 @@ import threading
 import time
 from datetime import timedelta
 
+import harness
 import pytest
-
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
-import harness
 from harness import new_id, wait_for_custom_status, wait_for_status, wait_until
 
 TIMEOUT = 30

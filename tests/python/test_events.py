@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
 from harness import wait_for_custom_status, wait_for_status
 
 TIMEOUT = 30

@@ -6,10 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
-
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
 from harness import new_id, wait_for_status
 
 TIMEOUT = 30

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import grpc
-import pytest
-from google.protobuf import wrappers_pb2
-
 import durabletask.internal.orchestrator_service_pb2 as pb
 import durabletask.internal.orchestrator_service_pb2_grpc as stubs
+import grpc
+import pytest
 from durabletask import task
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
-
+from google.protobuf import wrappers_pb2
 from harness import new_id, wait_for_status
 
 TIMEOUT = 30

@@ -7,10 +7,8 @@ import threading
 import time
 
 import pytest
-
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
 from harness import new_id
 
 N_INSTANCES = 50

@@ -5,10 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from durabletask import task
 from durabletask.client import OrchestrationStatus
-
 from harness import new_id
 
 TIMEOUT = 30

@@ -175,7 +175,7 @@ async fn crash_loop_50_kills_under_mixed_load_all_complete_exactly() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = test_dir();
-    let mut sidecar = Sidecar::start(dir.path());
+    let mut sidecar = Sidecar::builder().dir(dir.path()).start();
     let client = duro_sdk::Client::connect_lazy(sidecar.endpoint()).expect("client");
     let counts = Arc::new(Counts::default());
     let handle = worker(sidecar.endpoint(), counts.clone()).start().expect("worker");

@@ -21,7 +21,7 @@ fn instance_index(id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_mid_run_then_restart_completes_all_200_with_exact_outputs() {
     let dir = test_dir();
-    let mut sidecar = Sidecar::start(dir.path());
+    let mut sidecar = Sidecar::builder().dir(dir.path()).start();
     let client = sidecar.client().await;
 
     // Activities take (i % 10) * 30 ms for instance i, so completions spread over ~1.5 s
@@ -175,7 +175,7 @@ fn wait_for_go(req: &OrchestratorRequest) -> Vec<OrchestratorAction> {
 async fn kill9_with_instances_waiting_for_events_then_raise_after_restart() {
     const N: usize = 40;
     let dir = test_dir();
-    let mut sidecar = Sidecar::start(dir.path());
+    let mut sidecar = Sidecar::builder().dir(dir.path()).start();
     let client = sidecar.client().await;
     let worker = RawWorker::start(sidecar.endpoint(), wait_for_go, |_| Err("no activities here".into()));
 
@@ -228,7 +228,7 @@ async fn kill9_with_instances_waiting_for_events_then_raise_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_start_survives_immediate_kill9() {
     let dir = test_dir();
-    let mut sidecar = Sidecar::start(dir.path());
+    let mut sidecar = Sidecar::builder().dir(dir.path()).start();
     let client = sidecar.client().await;
 
     // One start acknowledged right before kill -9.
@@ -298,15 +298,15 @@ async fn acknowledged_start_survives_immediate_kill9() {
 #[tokio::test]
 async fn a_second_duro_on_the_same_database_refuses_to_start_and_the_first_keeps_serving() {
     let dir = test_dir();
-    let first = Sidecar::start(dir.path());
+    let first = Sidecar::builder().dir(dir.path()).start();
     let client = first.client().await;
     start(&client, "Sum", "before", Some("1")).await.expect("StartInstance");
 
-    let (status, stderr) = run_until_exit(&first.db, &[], Duration::from_secs(20));
+    let (status, stderr) = run_until_exit(first.db(), &[], Duration::from_secs(20));
     assert!(!status.success(), "the second duro exited with {status}; stderr:\n{stderr}");
     let expected = format!(
         "error: the database {} is in use by another duro process (pid {}); stop it or use another --db",
-        first.db.display(),
+        first.db().display(),
         first.pid().expect("pid")
     );
     let errors: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !l.contains(" INFO ")).collect();

@@ -230,7 +230,7 @@ async fn plain_get_completes_with_the_response() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start_with(dir.path(), &ALLOW_LOOPBACK);
+    let sidecar = Sidecar::builder().dir(dir.path()).args(ALLOW_LOOPBACK).start();
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -251,10 +251,10 @@ async fn accepted_202_is_polled_at_the_relative_location() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start_with(
-        dir.path(),
-        &["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "200"],
-    );
+    let sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .args(["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "200"])
+        .start();
     let (worker, activity_calls) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -281,10 +281,10 @@ async fn polling_resumes_after_kill9_without_repeating_the_post() {
     let target = Arc::new(Target::default());
     target.hold.store(true, Ordering::SeqCst);
     let base = target_server(target.clone()).await;
-    let mut sidecar = Sidecar::start_with(
-        dir.path(),
-        &["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "100"],
-    );
+    let mut sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .args(["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "100"])
+        .start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -320,9 +320,9 @@ async fn imds_token_is_attached_cached_and_never_stored() {
     let identity = Arc::new(Identity { token: token.clone(), ..Default::default() });
     let id_base = identity_server(identity.clone()).await;
     let imds = format!("{id_base}/metadata/identity/oauth2/token");
-    let mut sidecar = Sidecar::start_with(
-        dir.path(),
-        &[
+    let mut sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .args([
             "--http-allow",
             "127.0.0.1",
             "--identity-source",
@@ -331,8 +331,8 @@ async fn imds_token_is_attached_cached_and_never_stored() {
             &imds,
             "--durable-http-default-poll-interval-ms",
             "100",
-        ],
-    );
+        ])
+        .start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -376,9 +376,9 @@ async fn app_service_identity_endpoint_serves_tokens() {
     let identity = Arc::new(Identity { token: token.clone(), ..Default::default() });
     let id_base = identity_server(identity.clone()).await;
     let endpoint = format!("{id_base}/msi/token");
-    let sidecar = Sidecar::start_with(
-        dir.path(),
-        &[
+    let sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .args([
             "--http-allow",
             "127.0.0.1",
             "--identity-source",
@@ -389,8 +389,8 @@ async fn app_service_identity_endpoint_serves_tokens() {
             "hdr-value",
             "--identity-client-id",
             "uami-1",
-        ],
-    );
+        ])
+        .start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -411,8 +411,10 @@ async fn failures_are_clear() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar =
-        Sidecar::start_with(dir.path(), &["--http-allow", "127.0.0.1", "--durable-http-max-response-bytes", "1000"]);
+    let sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .args(["--http-allow", "127.0.0.1", "--durable-http-max-response-bytes", "1000"])
+        .start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 
@@ -449,7 +451,7 @@ async fn a_users_authorization_header_is_sent_but_history_records_it_masked() {
     let dir = test_dir();
     let target = Arc::new(Target::default());
     let base = target_server(target.clone()).await;
-    let sidecar = Sidecar::start_with(dir.path(), &ALLOW_LOOPBACK);
+    let sidecar = Sidecar::builder().dir(dir.path()).args(ALLOW_LOOPBACK).start();
     let (worker, _) = start_worker(&sidecar);
     let client = sidecar.client().await;
 

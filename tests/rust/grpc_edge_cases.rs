@@ -12,7 +12,7 @@ use tonic::Code;
 /// A sidecar with `args` and a client. Drop order: client, sidecar, then the directory.
 async fn setup(args: &[&str]) -> (TestDir, Sidecar, Client) {
     let dir = test_dir();
-    let sidecar = Sidecar::start_with(dir.path(), args);
+    let sidecar = Sidecar::builder().dir(dir.path()).args(args).start();
     let client = sidecar.client().await;
     (dir, sidecar, client)
 }

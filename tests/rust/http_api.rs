@@ -23,10 +23,6 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 // ----- harness ------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A sidecar with its HTTP API on a free loopback port.
 struct Api {
     sidecar: Sidecar,
@@ -38,13 +34,8 @@ struct Api {
 impl Api {
     fn start(extra: &[&str]) -> Api {
         let dir = test_dir();
-        let http_port = free_port();
-        let listen = format!("127.0.0.1:{http_port}");
-        let mut args = vec!["--http-listen", listen.as_str()];
-        args.extend_from_slice(extra);
-        // The HTTP port is bound before the gRPC port the harness waits for.
-        let sidecar = Sidecar::start_with(dir.path(), &args);
-        Api { sidecar, http_port, client: new_client(), _dir: dir }
+        let sidecar = Sidecar::builder().dir(dir.path()).http_api().args(extra).start();
+        Api { http_port: sidecar.http_port(), sidecar, client: new_client(), _dir: dir }
     }
 
     /// Restarts the binary on the same ports and database (a new client: pooled
@@ -608,6 +599,35 @@ async fn purge_one_and_by_filter() {
     assert_eq!(api.get("/instances/q4").await.status, 202);
 }
 
+/// The attack: a web page the user happens to visit posts to the open loopback API from their
+/// browser (a simple form POST needs no CORS preflight). The browser names the page's origin,
+/// and the API refuses; clients that are not browsers send no `Origin` and are unaffected.
+#[tokio::test]
+async fn a_web_page_cannot_drive_the_api_from_a_browser() {
+    let api = Api::start(&[]);
+    let _w = api.worker();
+    assert_eq!(api.post("/orchestrators/WaitEvent/victim").await.status, 202);
+    api.wait_runtime_status("victim", "Running").await;
+    let terminate = api.url("/instances/victim/terminate");
+    let from_evil = api.client.post(&terminate).header("origin", "https://evil.example");
+    send(from_evil).await.assert_error(403, "DURO-2017");
+    let fetch_metadata = api.client.post(&terminate).header("sec-fetch-site", "cross-site");
+    send(fetch_metadata).await.assert_error(403, "DURO-2017");
+    let start = api.client.post(api.url("/orchestrators/Echo/evil-start")).header("origin", "null");
+    send(start).await.assert_error(403, "DURO-2017");
+    api.get("/instances/evil-start").await.assert_error(404, "DURO-2008");
+    // Reads stay open to pages (the API answers no CORS headers, so a page cannot read them).
+    assert_eq!(
+        send(api.client.get(api.url("/instances/victim")).header("origin", "https://evil.example")).await.status,
+        202
+    );
+    api.wait_runtime_status("victim", "Running").await;
+    // The API's own origin (a same-origin page) and non-browser clients still change things.
+    let same = api.client.post(&terminate).header("origin", api.origin()).header("sec-fetch-site", "same-origin");
+    assert_eq!(send(same).await.status, 202);
+    api.wait_runtime_status("victim", "Terminated").await;
+}
+
 // ----- authentication --------------------------------------------------------------------------
 
 #[tokio::test]
@@ -663,7 +683,7 @@ fn refuses_an_open_api_on_a_non_loopback_address() {
         let mut args = vec!["--http-listen", listen.as_str()];
         args.extend(extra);
         let sub = test_dir();
-        let mut s = Sidecar::start_with(sub.path(), &args);
+        let mut s = Sidecar::builder().dir(sub.path()).args(&args).start();
         assert!(s.terminate(), "clean shutdown");
     }
 }

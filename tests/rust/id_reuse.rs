@@ -20,7 +20,7 @@ const TERMINATE: i32 = 2;
 
 async fn setup() -> (TestDir, Sidecar, Client) {
     let dir = test_dir();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::builder().dir(dir.path()).start();
     let client = sidecar.client().await;
     (dir, sidecar, client)
 }

@@ -100,8 +100,8 @@ fn every_readme_snippet_runs_and_ends() {
     let python =
         std::env::var("DURO_SNIPPET_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
     let dir = test_dir();
-    let sidecar = Sidecar::start_with(dir.path(), &["--http-listen", "off", "--ping-seconds", "1"]);
-    let address = format!("localhost:{}", sidecar.port);
+    let sidecar = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off", "--ping-seconds", "1"]).start();
+    let address = format!("localhost:{}", sidecar.port());
     let mut ran = 0;
     let mut failures = Vec::new();
     for file in markdown_files(&root) {

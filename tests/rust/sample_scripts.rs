@@ -26,10 +26,6 @@ fn run_sh() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/phone-verification/run.sh")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 struct Script {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -122,15 +118,15 @@ fn run_sh_uses_the_running_duro_and_says_so() {
     }
     let dir = test_dir();
     let http = free_port();
-    let duro = Sidecar::start_with(dir.path(), &["--http-listen", &format!("127.0.0.1:{http}")]);
-    let mut s = Script::start(&[("DURO_PORT", duro.port.to_string()), ("DURO_HTTP_PORT", http.to_string())]);
+    let duro = Sidecar::builder().dir(dir.path()).args(["--http-listen", &format!("127.0.0.1:{http}")]).start();
+    let mut s = Script::start(&[("DURO_PORT", duro.port().to_string()), ("DURO_HTTP_PORT", http.to_string())]);
     let using = s.line("using the Duro already running");
     assert!(using.is_some(), "output:\n{}", s.seen.join("\n"));
     let app = s.line("app: ").unwrap_or_else(|| panic!("no app line; output:\n{}", s.seen.join("\n")));
     assert_eq!(post_verify(&app_url(&app)), 202);
     s.stop();
     // The user's Duro is still there.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", duro.port)).is_ok(), "run.sh stopped the user's Duro");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", duro.port())).is_ok(), "run.sh stopped the user's Duro");
 }
 
 #[test]

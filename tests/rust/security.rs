@@ -166,7 +166,7 @@ fn client_secret_sidecar(dir: &Path, good: SocketAddr, client_secret: &str) -> S
         &authority,
     ];
     args.extend(ALLOW_LOOPBACK);
-    Sidecar::start_with(dir, &args)
+    Sidecar::builder().dir(dir).args(&args).start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,9 +233,9 @@ async fn tenant_from_the_request_cannot_redirect_the_client_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
     let dir = test_dir();
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let http_port = free_port();
     let listen = format!("127.0.0.1:{http_port}");
-    let sidecar = Sidecar::start_with(dir.path(), &["--http-listen", &listen]);
+    let sidecar = Sidecar::builder().dir(dir.path()).args(["--http-listen", &listen]).start();
     let client = sidecar.client().await;
     // A victim instance the attacker would purge through the open loopback management API.
     start(&client, "Victim", "victim", None).await.expect("start victim");
@@ -274,7 +274,7 @@ async fn durable_http_cannot_reach_the_management_api_or_internal_addresses() {
     // the allowed target is 127.0.0.2 (allowed explicitly), redirecting to 127.0.0.1.
     drop(sidecar);
     let dir2 = test_dir();
-    let sidecar = Sidecar::start_with(dir2.path(), &["--http-allow", "127.0.0.2"]);
+    let sidecar = Sidecar::builder().dir(dir2.path()).args(["--http-allow", "127.0.0.2"]).start();
     let (redirector, _) = recorder("127.0.0.2", |_, _| {
         (StatusCode::TEMPORARY_REDIRECT, [("location", "http://127.0.0.1:9/runtime/webhooks/durabletask/instances")])
             .into_response()
@@ -346,7 +346,7 @@ async fn tokens_and_secret_headers_are_not_sent_to_a_foreign_poll_origin_or_redi
         "50",
     ];
     args.extend(ALLOW_LOOPBACK);
-    let mut sidecar = Sidecar::start_with(dir.path(), &args);
+    let mut sidecar = Sidecar::builder().dir(dir.path()).args(&args).start();
 
     let api_key = secret("API-KEY");
     let cookie = secret("COOKIE");
@@ -417,7 +417,11 @@ fn grpc_refuses_a_non_loopback_address_without_a_token() {
 
     // The escape hatch.
     let sub = test_dir();
-    let mut s = Sidecar::start_on(sub.path(), "127.0.0.2", &["--http-listen", "off", "--insecure-allow-remote"]);
+    let mut s = Sidecar::builder()
+        .dir(sub.path())
+        .host("127.0.0.2")
+        .args(["--http-listen", "off", "--insecure-allow-remote"])
+        .start();
     assert!(s.terminate());
 }
 
@@ -432,7 +436,11 @@ fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_need_the_api_token() {
     let dir = test_dir();
-    let mut sidecar = Sidecar::start_on(dir.path(), "127.0.0.2", &["--http-listen", "off", "--api-token", API_TOKEN]);
+    let mut sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .host("127.0.0.2")
+        .args(["--http-listen", "off", "--api-token", API_TOKEN])
+        .start();
     let mut client = sidecar.client().await;
     let create =
         || duro_proto::CreateInstanceRequest { instance_id: "i1".into(), name: "Orch".into(), ..Default::default() };
@@ -467,7 +475,7 @@ async fn secret_query_parameters_and_key_headers_are_in_no_stored_copy() {
     .await;
     let mut args = vec!["--durable-http-default-poll-interval-ms", "50"];
     args.extend(ALLOW_LOOPBACK);
-    let mut sidecar = Sidecar::start_with(dir.path(), &args);
+    let mut sidecar = Sidecar::builder().dir(dir.path()).args(&args).start();
     let code = secret("FUNCTION-CODE");
     let sig = secret("SAS-SIG");
     let api_key = secret("APIM-KEY");
@@ -543,11 +551,11 @@ impl Http {
 }
 
 fn http_sidecar(dir: &Path, extra: &[&str]) -> (Sidecar, Http) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["--http-listen", listen.as_str(), "--http-system-key", SYSTEM_KEY];
     args.extend_from_slice(extra);
-    let sidecar = Sidecar::start_with(dir, &args);
+    let sidecar = Sidecar::builder().dir(dir).args(&args).start();
     (sidecar, Http { base: format!("http://{listen}"), client: reqwest::Client::new() })
 }
 
@@ -615,7 +623,7 @@ async fn exact_durable_functions_links_only_when_the_operator_asks() {
 async fn worker_supplied_child_ids_and_event_targets_are_validated() {
     use duro_proto::orchestrator_action::OrchestratorActionType as A;
     let dir = test_dir();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::builder().dir(dir.path()).start();
     let long = "x".repeat(5000);
     let bad_ids = ["evil\u{0}id".to_string(), " padded".to_string(), long.clone()];
     let orchestrator = move |req: &OrchestratorRequest| -> Vec<OrchestratorAction> {
@@ -667,7 +675,7 @@ async fn worker_supplied_child_ids_and_event_targets_are_validated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbox_flood_gets_resource_exhausted() {
     let dir = test_dir();
-    let sidecar = Sidecar::start_with(dir.path(), &["--max-inbox-events", "5"]);
+    let sidecar = Sidecar::builder().dir(dir.path()).args(["--max-inbox-events", "5"]).start();
     let mut client = sidecar.client().await;
     // No worker: nothing consumes the inbox.
     start(&client, "Flooded", "flooded", None).await.expect("start");
@@ -719,12 +727,12 @@ fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
 fn the_http_api_drops_slow_headers_and_connections_over_its_limit() {
     use std::io::Write as _;
     let dir = test_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _sidecar = Sidecar::start_with(
-        dir.path(),
-        &["--http-listen", &listen, "--http-header-timeout-seconds", "1", "--http-max-connections", "3"],
-    );
+    let _sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .args(["--http-listen", &listen, "--http-header-timeout-seconds", "1", "--http-max-connections", "3"])
+        .start();
     // Slowloris: headers that never end.
     let mut slow = std::net::TcpStream::connect(&listen).expect("connect");
     slow.write_all(b"GET /runtime/webhooks/durabletask/instances HTTP/1.1\r\nHost: x\r\n").expect("write");
@@ -815,11 +823,11 @@ async fn grpc_over_tls_with_a_token() {
     let certs = test_dir();
     let (ca, cert, key) = make_certs(certs.path());
     let (cert_s, key_s) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
-    let sidecar = Sidecar::start_on(
-        dir.path(),
-        "127.0.0.2",
-        &["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s],
-    );
+    let sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .host("127.0.0.2")
+        .args(["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s])
+        .start();
     // Plain text is refused.
     let plain = try_connect(&sidecar.endpoint()).await;
     if let Ok(mut c) = plain {
@@ -836,7 +844,7 @@ async fn grpc_over_tls_with_a_token() {
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca).expect("ca")))
         .domain_name("localhost");
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.2:{}", sidecar.port))
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.2:{}", sidecar.port()))
         .expect("endpoint")
         .tls_config(tls)
         .expect("tls")
@@ -858,12 +866,12 @@ async fn the_rust_sdk_sends_the_token_over_tls() {
     let certs = test_dir();
     let (ca, cert, key) = make_certs(certs.path());
     let (cert_s, key_s) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
-    let sidecar = Sidecar::start_on(
-        dir.path(),
-        "127.0.0.2",
-        &["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s],
-    );
-    let address = format!("https://127.0.0.2:{}", sidecar.port);
+    let sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .host("127.0.0.2")
+        .args(["--http-listen", "off", "--api-token", API_TOKEN, "--tls-cert", &cert_s, "--tls-key", &key_s])
+        .start();
+    let address = format!("https://127.0.0.2:{}", sidecar.port());
     let tls =
         duro_sdk::ConnectOptions::new().with_tls_ca_pem(std::fs::read(&ca).expect("ca")).with_tls_domain("localhost");
     let no_token = duro_sdk::Client::connect_with(address.clone(), &tls).await.expect("connect");
@@ -901,7 +909,7 @@ async fn secure_delete_cost() {
             let dir = test_dir();
             let mut args = vec!["--http-listen", "off"];
             args.extend(extra);
-            let sidecar = Sidecar::start_with(dir.path(), &args);
+            let sidecar = Sidecar::builder().dir(dir.path()).args(&args).start();
             let worker = RawWorker::start(sidecar.endpoint(), sum_orchestrator(STEPS), add_activity);
             let client = sidecar.client().await;
             let started = std::time::Instant::now();
@@ -1038,7 +1046,7 @@ async fn grpc_fuzz_random_messages_to_every_rpc_no_panic_no_hang() {
     ];
     const STREAMING: &[&str] = &["GetWorkItems", "StreamInstanceHistory"];
     let dir = test_dir();
-    let mut sidecar = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut sidecar = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     let channel = tonic::transport::Endpoint::from_shared(sidecar.endpoint())
         .expect("endpoint")
         .connect()

@@ -101,7 +101,7 @@ fn a_read_only_database_is_refused() {
     let dir = test_dir();
     let db = dir.path().join("duro.db");
     // A healthy store first.
-    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     assert!(s.terminate(), "clean shutdown");
     set_mode(&db, 0o444);
     let user = if is_root() {
@@ -124,7 +124,7 @@ fn a_read_only_database_is_refused() {
 fn a_database_damaged_in_the_middle_is_refused() {
     let dir = test_dir();
     let db = dir.path().join("duro.db");
-    let s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let client = s.client().await;
@@ -164,7 +164,7 @@ fn a_file_that_is_not_a_database_is_refused() {
 fn a_clean_shutdown_leaves_no_wal() {
     let dir = test_dir();
     let db = dir.path().join("duro.db");
-    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     // A worker's stream is open while duro stops (the store is still shared then).
     let _stream = rt.block_on(async {
@@ -222,7 +222,7 @@ fn a_taken_http_port_says_so_once_with_a_hint() {
 #[test]
 fn no_identity_configured_is_said_plainly() {
     let dir = test_dir();
-    let mut s = Sidecar::start_with(dir.path(), &["--http-listen", "off"]);
+    let mut s = Sidecar::builder().dir(dir.path()).args(["--http-listen", "off"]).start();
     assert!(s.terminate());
     let log = s.log_text();
     if std::env::vars().any(|(k, _)| k.starts_with("AZURE_") || k == "IDENTITY_ENDPOINT" || k == "MSI_ENDPOINT") {
@@ -231,4 +231,31 @@ fn no_identity_configured_is_said_plainly() {
     }
     assert!(log.contains("no identity configured"), "log:\n{log}");
     assert!(!log.contains("169.254.169.254"), "log:\n{log}");
+}
+
+/// A supervisor (or a test) may send SIGTERM the moment the port answers. The handler must be
+/// installed before the listeners open, or the default action kills the process (exit 143
+/// instead of a graceful shutdown; about one start in ten hit it before the fix).
+#[test]
+fn sigterm_right_after_the_port_opens_shuts_down_gracefully() {
+    for round in 0..30 {
+        let dir = test_dir();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let mut child = std::process::Command::new(duro_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--http-listen", "off", "--db"])
+            .arg(dir.path().join("d.db"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start duro");
+        let deadline = std::time::Instant::now() + EXIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "round {round}: duro never listened");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let killed = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        assert!(killed.is_ok_and(|s| s.success()), "kill -TERM failed");
+        let status = child.wait().expect("wait for duro");
+        assert!(status.success(), "round {round}: SIGTERM right after the port opened ended duro with {status}");
+    }
 }

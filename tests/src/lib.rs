@@ -1,236 +1,29 @@
-//! Test harness: starts the real `duro` binary on a free port with its own SQLite file and
-//! gives tests a raw gRPC client. Used by the integration tests in `tests/rust/`.
+//! Raw-protocol helpers for the integration tests in `tests/rust/`: a minimal worker and
+//! client helpers on the generated tonic client. Starting `duro` (free ports, temporary
+//! store, logs, kill -9 and restart, building the binary) is `duro-testkit`'s, re-exported
+//! here so that tests need one `use duro_tests::*;`.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+pub use duro_testkit::*;
+
+use std::time::Duration;
 
 pub use duro_proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
 use tonic::transport::Channel;
 
-/// Path of the `duro` binary: `$DURO_BIN`, else `target/<profile>/duro` next to this test.
-pub fn duro_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DURO_BIN") {
-        return PathBuf::from(p);
-    }
-    // The test executable lives in target/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    profile_dir.join(if cfg!(windows) { "duro.exe" } else { "duro" })
+/// A gRPC client of a test sidecar.
+#[allow(async_fn_in_trait)]
+pub trait SidecarClient {
+    /// Connects a raw gRPC client with 64 MiB message limits; panics if it cannot.
+    async fn client(&self) -> TaskHubSidecarServiceClient<Channel>;
 }
 
-/// A loopback port nothing listens on, never the same one twice in this process: tests
-/// run in parallel threads, and a port handed to one sidecar must not be given to another
-/// test's sidecar after the first exits (its test would then talk to the wrong one).
-fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !handed.contains(&port) {
-            handed.push(port);
-            return port;
-        }
-    }
-}
-
-/// A running `duro` process. Killed (SIGKILL) on drop unless stopped first.
-pub struct Sidecar {
-    pub port: u16,
-    /// The loopback address the gRPC server listens on (`127.0.0.1`, or an alias such as
-    /// `127.0.0.2` that Duro treats as a non-loopback address in security tests).
-    pub host: String,
-    pub db: PathBuf,
-    child: Option<Child>,
-    extra_args: Vec<String>,
-    log: PathBuf,
-}
-
-impl Sidecar {
-    /// Starts a sidecar on a fresh database inside `dir`.
-    pub fn start(dir: &Path) -> Sidecar {
-        Self::start_with(dir, &[])
-    }
-
-    pub fn start_with(dir: &Path, extra_args: &[&str]) -> Sidecar {
-        Self::start_on(dir, "127.0.0.1", extra_args)
-    }
-
-    /// Starts a sidecar whose gRPC server listens on `host` (a 127/8 address: Linux routes
-    /// all of them to `lo`).
-    pub fn start_on(dir: &Path, host: &str, extra_args: &[&str]) -> Sidecar {
-        let mut s = Sidecar {
-            port: free_port(),
-            host: host.to_string(),
-            db: dir.join("duro.db"),
-            child: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            log: dir.join("duro.log"),
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let bin = duro_bin();
-        assert!(bin.exists(), "duro binary not found at {} (run `cargo build -p duro` first)", bin.display());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(&bin)
-            .arg("--listen")
-            .arg(format!("{}:{}", self.host, self.port))
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--log-level")
-            .arg("duro=debug,info")
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn duro");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect((self.host.as_str(), self.port)).is_err() {
-            assert!(Instant::now() < deadline, "duro did not start listening; log:\n{}", self.log_text());
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("duro exited with {status}; log:\n{}", self.log_text());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
-    }
-
-    pub async fn client(&self) -> TaskHubSidecarServiceClient<Channel> {
+impl SidecarClient for Sidecar {
+    async fn client(&self) -> TaskHubSidecarServiceClient<Channel> {
         TaskHubSidecarServiceClient::connect(self.endpoint())
             .await
             .expect("connect")
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024)
-    }
-
-    /// Process id of the running binary.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// `kill -9`: no chance to flush or clean up.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
-    pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts the binary again on the same port and database.
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-}
-
-/// Runs `duro` on `db` expecting it to exit by itself (e.g. refusing to start); returns its
-/// exit status and everything it wrote to stderr. Killed, and the test failed, after `timeout`.
-pub fn run_until_exit(db: &Path, extra_args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
-    run_until_exit_as(db, extra_args, &[], None, timeout)
-}
-
-/// Runs `duro` with exactly `args` expecting it to exit by itself; returns its exit status
-/// and stderr. Killed, and the test failed, after `timeout`.
-pub fn run_args_until_exit(args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
-    let mut cmd = Command::new(duro_bin());
-    cmd.args(args).env_remove("DURO_API_TOKEN").env_remove("DURO_INSECURE_ALLOW_REMOTE");
-    wait_for_exit(cmd, timeout)
-}
-
-/// An unprivileged user to run `duro` as (`nobody`), when the tests run as root: a file's
-/// permission bits do not stop root, so read-only cases need another user.
-pub const UNPRIVILEGED: (u32, u32) = (65534, 65534);
-
-/// Whether this process runs as root (tests that need an unprivileged `duro` use
-/// [`run_until_exit_as`] with [`UNPRIVILEGED`] then).
-pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// [`run_until_exit`] with extra environment variables and, optionally, as another user
-/// (`uid`, `gid`; needs root, through `setpriv`).
-pub fn run_until_exit_as(
-    db: &Path,
-    extra_args: &[&str],
-    env: &[(&str, &str)],
-    user: Option<(u32, u32)>,
-    timeout: Duration,
-) -> (std::process::ExitStatus, String) {
-    let mut cmd = match user {
-        Some((uid, gid)) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(duro_bin());
-            c
-        }
-        None => Command::new(duro_bin()),
-    };
-    if !extra_args.contains(&"--listen") {
-        cmd.arg("--listen").arg(format!("127.0.0.1:{}", free_port()));
-    }
-    cmd.arg("--db").arg(db).args(extra_args);
-    cmd.env_remove("DURO_API_TOKEN").env_remove("DURO_INSECURE_ALLOW_REMOTE");
-    cmd.envs(env.iter().copied());
-    wait_for_exit(cmd, timeout)
-}
-
-/// Spawns `cmd` (a `duro` expected to exit by itself) and waits for it.
-fn wait_for_exit(mut cmd: Command, timeout: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn duro");
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for duro") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("duro did not exit within {timeout:?} (it kept serving)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read as _;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    (status, stderr)
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -559,32 +352,6 @@ pub async fn try_wait_completion(client: &Client, id: &str, timeout: Duration) -
     }
 }
 
-/// A per-test directory: a `tempfile::TempDir`, or kept on disk (path printed) when the
-/// environment variable `DURO_KEEP_TEST_DIRS` is set, for post-mortems of the sidecar log.
-pub enum TestDir {
-    Temp(tempfile::TempDir),
-    Kept(PathBuf),
-}
-
-impl TestDir {
-    pub fn path(&self) -> &Path {
-        match self {
-            TestDir::Temp(t) => t.path(),
-            TestDir::Kept(p) => p,
-        }
-    }
-}
-
-pub fn test_dir() -> TestDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    if std::env::var_os("DURO_KEEP_TEST_DIRS").is_some() {
-        let path = dir.keep();
-        eprintln!("test dir kept: {}", path.display());
-        return TestDir::Kept(path);
-    }
-    TestDir::Temp(dir)
-}
-
 /// Polls GetInstance until `pred(status)` holds; panics after `timeout`.
 pub async fn wait_status(
     client: &Client,
@@ -903,14 +670,5 @@ pub async fn query_all(client: &Client, prefix: &str, statuses: &[OrchestrationS
             Some(t) if !t.is_empty() && Some(&t) != token.as_ref() => token = Some(t),
             _ => return out,
         }
-    }
-}
-
-impl Sidecar {
-    /// The last `n` lines of the sidecar's log (for failure messages).
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../support/sidecar.rs"]
-mod sidecar;
-
 use std::time::{Duration, Instant};
 
 use async_http_api::lro_api::LroApi;
 use axum::http::header;
+use duro_testkit::{sdk, Sidecar};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -21,9 +19,9 @@ async fn start_over_http_and_poll() {
     let api = LroApi::default();
     tokio::spawn(async_http_api::lro_api::serve(listener, api.clone()));
 
-    let http_port = sidecar::free_port();
-    let duro = sidecar::Sidecar::start_with(vec!["--http-listen".into(), format!("127.0.0.1:{http_port}")]);
-    let worker = sidecar::start_worker(&duro, async_http_api::register).await;
+    let duro = Sidecar::builder().allow_loopback_http().http_api().start();
+    let http_port = duro.http_port();
+    let worker = sdk::start_worker(&duro, async_http_api::register).await;
 
     let http = reqwest::Client::new();
     let r = http

@@ -2,9 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../support/sidecar.rs"]
-mod sidecar;
-
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -12,6 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use check_site_available::SiteStatus;
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 
 async fn check(client: &Client, url: &str) -> SiteStatus {
     let id = client.start_orchestration(check_site_available::ORCHESTRATION, url).await.unwrap();
@@ -28,9 +26,9 @@ async fn reports_up_and_down_sites() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let duro = sidecar::Sidecar::start();
-    let worker = sidecar::start_worker(&duro, check_site_available::register).await;
-    let client = Client::connect(duro.address()).await.unwrap();
+    let duro = Sidecar::builder().allow_loopback_http().start();
+    let worker = sdk::start_worker(&duro, check_site_available::register).await;
+    let client = Client::connect(duro.endpoint()).await.unwrap();
 
     let up = check(&client, &format!("{base}/up")).await;
     assert!(up.available, "{up:?}");
@@ -41,7 +39,7 @@ async fn reports_up_and_down_sites() {
     assert_eq!(down.status_code, Some(404));
 
     // Nothing listens there: the durable HTTP call fails; the orchestration reports it.
-    let port = sidecar::free_port();
+    let port = duro_testkit::free_port();
     let unreachable = check(&client, &format!("http://127.0.0.1:{port}/")).await;
     assert!(!unreachable.available);
     assert_eq!(unreachable.status_code, None);

@@ -2,13 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../support/sidecar.rs"]
-mod sidecar;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 use monitor::{CountdownJob, JobBackend, MonitorInput, MonitorResult};
 
 struct Recorder {
@@ -37,11 +35,11 @@ fn input(interval: u64, max: u64) -> MonitorInput {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stops_when_the_job_completes() {
-    let duro = sidecar::Sidecar::start();
+    let duro = Sidecar::builder().allow_loopback_http().start();
     let backend = Arc::new(Recorder { job: CountdownJob::new(3), alerts: Mutex::default() });
     let b: Arc<dyn JobBackend> = backend.clone();
-    let worker = sidecar::start_worker(&duro, |w| monitor::register(w, b)).await;
-    let client = Client::connect(duro.address()).await.unwrap();
+    let worker = sdk::start_worker(&duro, |w| monitor::register(w, b)).await;
+    let client = Client::connect(duro.endpoint()).await.unwrap();
     let id = client.start_orchestration(monitor::ORCHESTRATION, input(1, 60)).await.unwrap();
     let state = client.wait_for_completion(&id, Duration::from_secs(30)).await.unwrap();
     assert_eq!(state.output::<MonitorResult>().unwrap(), MonitorResult { outcome: "completed".into(), checks: 3 });
@@ -51,11 +49,11 @@ async fn stops_when_the_job_completes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gives_up_at_expiry() {
-    let duro = sidecar::Sidecar::start();
+    let duro = Sidecar::builder().allow_loopback_http().start();
     let backend = Arc::new(Recorder { job: CountdownJob::new(1000), alerts: Mutex::default() });
     let b: Arc<dyn JobBackend> = backend.clone();
-    let worker = sidecar::start_worker(&duro, |w| monitor::register(w, b)).await;
-    let client = Client::connect(duro.address()).await.unwrap();
+    let worker = sdk::start_worker(&duro, |w| monitor::register(w, b)).await;
+    let client = Client::connect(duro.endpoint()).await.unwrap();
     let id = client.start_orchestration(monitor::ORCHESTRATION, input(1, 2)).await.unwrap();
     let state = client.wait_for_completion(&id, Duration::from_secs(30)).await.unwrap();
     let result = state.output::<MonitorResult>().unwrap();

@@ -1,14 +1,12 @@
-//! End-to-end tests: the real `duro` binary (`$DURO_BIN`, else `<repo>/target/debug/duro`),
+//! End-to-end tests: the real `duro` binary (through `duro-testkit`: `$DURO_BIN`, else built),
 //! the fake Twilio and the front end in-process, talking HTTP like a user would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use duro_sdk::{Client, Worker, WorkerHandle, WorkerOptions};
+use duro_sdk::{Client, WorkerHandle};
+use duro_testkit::{sdk, Sidecar};
 use phone_verification::fake_twilio::FakeTwilio;
 use phone_verification::twilio::{TwilioClient, TwilioConfig, TwilioError};
 use phone_verification::{orchestration, web};
@@ -18,91 +16,6 @@ const SID: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "test-token";
 const FROM: &str = "+15550000000";
 const PHONE: &str = "+15551234567";
-
-fn duro_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DURO_BIN") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/duro")
-}
-
-/// A loopback port nothing listens on, never the same one twice in this process: tests
-/// run in parallel, and two sidecars given one port would leave a test talking to the
-/// other test's sidecar.
-fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut handed = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !handed.contains(&port) {
-            handed.push(port);
-            return port;
-        }
-    }
-}
-
-/// The real sidecar on free ports; killed (SIGKILL) on drop.
-struct Sidecar {
-    port: u16,
-    http_port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Sidecar {
-    fn start() -> Sidecar {
-        let mut s =
-            Sidecar { port: free_port(), http_port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let bin = duro_bin();
-        assert!(bin.exists(), "no duro binary at {} (cargo build -p duro)", bin.display());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("duro.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", self.http_port))
-            .arg("--db")
-            .arg(self.dir.path().join("duro.db"))
-            // The fake Twilio is on loopback, which durable HTTP refuses by default.
-            .arg("--http-allow")
-            .arg("127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn duro");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "duro did not start");
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("duro exited with {status} before listening");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 struct App {
     sidecar: Sidecar,
@@ -115,23 +28,18 @@ struct App {
 
 impl App {
     async fn start(timeout: Duration) -> App {
-        let sidecar = Sidecar::start();
+        let sidecar = Sidecar::builder().http_api().allow_loopback_http().start();
         let twilio = FakeTwilio::start("127.0.0.1:0".parse().unwrap(), SID, TOKEN).await.unwrap();
         let client = TwilioClient::new(config(&twilio.base_url)).with_retries(3, Duration::from_millis(20));
-        let mut worker = Worker::new(sidecar.address()).with_options(
-            WorkerOptions::default()
-                .with_reconnect_delays(Duration::from_millis(50), Duration::from_millis(300))
-                .with_shutdown_timeout(Duration::from_secs(2)),
-        );
+        let mut worker = sdk::worker(&sidecar);
         orchestration::register(&mut worker, client);
-        let worker = worker.start().unwrap();
-        assert!(worker.wait_until_connected(Duration::from_secs(20)).await);
+        let worker = sdk::start(worker).await;
 
-        let duro = Client::connect(sidecar.address()).await.unwrap();
+        let duro = Client::connect(sidecar.endpoint()).await.unwrap();
         let cfg = web::FrontEndConfig {
             challenge_timeout: timeout,
             max_attempts: 4,
-            duro_http_url: Some(format!("http://127.0.0.1:{}", sidecar.http_port)),
+            duro_http_url: Some(sidecar.http_url()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -289,9 +197,8 @@ async fn sidecar_killed_between_sms_and_reply() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    app.sidecar.kill();
-    app.sidecar.spawn();
-    // The front end's client and the worker reconnect on their own.
+    app.sidecar.restart(); // kill -9, then the same ports and store
+                           // The front end's client and the worker reconnect on their own.
     let deadline = Instant::now() + Duration::from_secs(30);
     while app.send_code(&id, &code).await != 202 {
         assert!(Instant::now() < deadline, "front end never reached the restarted sidecar");

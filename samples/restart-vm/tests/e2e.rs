@@ -3,9 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../support/sidecar.rs"]
-mod sidecar;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duro_sdk::Client;
+use duro_testkit::{sdk, Sidecar};
 use restart_vm::VmRef;
 use serde_json::json;
 
@@ -96,14 +94,12 @@ async fn restarts_with_a_managed_identity_token() {
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let duro = sidecar::Sidecar::start_with(vec![
-        "--identity-source".into(),
-        "imds".into(),
-        "--identity-endpoint".into(),
-        format!("{base}/metadata/identity/oauth2/token"),
-    ]);
-    let worker = sidecar::start_worker(&duro, restart_vm::register).await;
-    let client = Client::connect(duro.address()).await.unwrap();
+    let duro = Sidecar::builder()
+        .allow_loopback_http()
+        .args(["--identity-source", "imds", "--identity-endpoint", &format!("{base}/metadata/identity/oauth2/token")])
+        .start();
+    let worker = sdk::start_worker(&duro, restart_vm::register).await;
+    let client = Client::connect(duro.endpoint()).await.unwrap();
     let vm = VmRef {
         subscription_id: "sub-1".into(),
         resource_group: "rg-1".into(),

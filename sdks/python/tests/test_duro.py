@@ -7,11 +7,10 @@ import urllib.request
 from datetime import timedelta
 from typing import Any
 
+import duro
 import pytest
 from durabletask import client as dt_client
 from durabletask import task
-
-import duro
 
 
 def http_orchestrator(ctx: task.OrchestrationContext, url: str) -> Any:

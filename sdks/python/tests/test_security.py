@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from typing import Iterator
-
-import grpc
-import pytest
-from durabletask import client as dt_client
-from durabletask import task
+from collections.abc import Iterator
 
 import duro
+import grpc
+import pytest
 from conftest import REPO, free_port, wait_port
+from durabletask import client as dt_client
+from durabletask import task
 
 TOKEN = "py-test-token-0123456789abcdef"
 

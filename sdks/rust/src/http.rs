@@ -305,7 +305,7 @@ fn de_headers<'de, D: Deserializer<'de>>(d: D) -> Result<HttpHeaders, D::Error> 
 
 fn ser_timespan<S: Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(d) => s.serialize_str(&crate::time::format_timespan(*d)),
+        Some(d) => s.serialize_str(&duro_core::timespan::format(*d)),
         None => s.serialize_none(),
     }
 }
@@ -314,7 +314,7 @@ fn de_timespan<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
     let raw: Option<String> = Option::deserialize(d)?;
     match raw {
         None => Ok(None),
-        Some(s) => crate::time::parse_timespan(&s)
+        Some(s) => duro_core::timespan::parse(&s)
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("invalid TimeSpan '{s}'"))),
     }

@@ -281,11 +281,9 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// A cheap pseudo-random fraction in [0, 1) for backoff jitter.
+/// A uniformly random fraction in [0, 1) for backoff jitter (so reconnecting workers spread out).
 fn jitter() -> f64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    f64::from(nanos % 1_000_000) / 1_000_000.0
+    rand::random::<f64>()
 }
 
 enum StreamEnd {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{poll_until, start_worker, start_worker_with, test_options, Sidecar, WAIT};
+use common::{poll_until, start_sidecar, start_worker, start_worker_with, test_options, SdkClient, WAIT};
 use duro_sdk::{when_all, ActivityContext, Failure, OrchestrationContext, OrchestrationStatus, Registry, StartOptions};
 
 fn waiting_registry() -> Registry {
@@ -27,7 +27,7 @@ fn waiting_registry() -> Registry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_restart_while_orchestrations_wait_on_timers_and_events() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let client = sidecar.client().await;
     let first = start_worker(&sidecar, waiting_registry()).await;
     let ids: Vec<String> = (0..20).map(|i| format!("wait-{i}")).collect();
@@ -88,7 +88,7 @@ async fn wait_for_count(counter: &AtomicU32, at_least: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_finishes_in_flight_activities() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let client = sidecar.client().await;
     let (runs, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let first = start_worker(&sidecar, slow_registry(runs.clone(), finished.clone())).await;
@@ -106,7 +106,7 @@ async fn graceful_shutdown_finishes_in_flight_activities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_abandons_work_that_outlives_the_grace_period() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let client = sidecar.client().await;
     let (runs, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let options = test_options().with_shutdown_timeout(Duration::from_millis(300));
@@ -127,7 +127,7 @@ async fn graceful_shutdown_abandons_work_that_outlives_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crashed_worker_work_is_redelivered() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let client = sidecar.client().await;
     let (runs, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let first = start_worker(&sidecar, slow_registry(runs.clone(), finished.clone())).await;
@@ -143,7 +143,7 @@ async fn crashed_worker_work_is_redelivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_reconnects_after_the_sidecar_restarts() {
-    let mut sidecar = Sidecar::start();
+    let mut sidecar = start_sidecar();
     let client = sidecar.client().await;
     let worker = start_worker(&sidecar, waiting_registry()).await;
     let id = client.start_orchestration("TimerThenEvent", 7u32).await.unwrap();
@@ -162,7 +162,7 @@ async fn worker_reconnects_after_the_sidecar_restarts() {
 async fn five_hundred_orchestrations_of_ten_activities() {
     const ORCHESTRATIONS: u64 = 500;
     const ACTIVITIES: u64 = 10;
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut r = Registry::new();
     r.add_activity("Mul", |_ctx: ActivityContext, (a, b): (u64, u64)| async move { Ok::<_, Failure>(a * b) });
     r.add_orchestrator("Chain", |ctx: OrchestrationContext, n: u64| async move {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{poll_until, start_worker, Sidecar, WAIT};
+use common::{poll_until, start_sidecar, start_worker, SdkClient, Sidecar, WAIT};
 use duro_sdk::{
     ActivityContext, ClientError, DurableHttpRequest, DurableHttpResponse, Failure, InstanceQuery,
     OrchestrationContext, OrchestrationStatus, PurgeFilter, Registry, RetryPolicy, ReusePolicy, StartOptions,
@@ -27,7 +27,7 @@ fn base_registry() -> Registry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn activities_in_sequence_and_client_basics() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut r = base_registry();
     r.add_orchestrator("Seq", |ctx: OrchestrationContext, start: i64| async move {
         let a: i64 = ctx.call_activity("Add", (start, 1)).await?;
@@ -70,7 +70,7 @@ async fn activities_in_sequence_and_client_basics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failures_retries_and_failure_details() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let attempts = Arc::new(AtomicU32::new(0));
     let mut r = base_registry();
     let counter = attempts.clone();
@@ -133,7 +133,7 @@ async fn failures_retries_and_failure_details() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_events_and_when_any() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut r = base_registry();
     r.add_orchestrator("Timer", |ctx: OrchestrationContext, _: ()| async move {
         let t0 = ctx.current_utc_datetime();
@@ -181,7 +181,7 @@ async fn timers_events_and_when_any() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sub_orchestrations_with_id_and_retry() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let child_runs = Arc::new(AtomicU32::new(0));
     let mut r = base_registry();
     r.add_orchestrator("Child", |ctx: OrchestrationContext, n: i64| async move {
@@ -226,7 +226,7 @@ async fn sub_orchestrations_with_id_and_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn continue_as_new_custom_status_and_uuid() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut r = base_registry();
     // Counts events across generations; unprocessed events are carried over.
     r.add_orchestrator("Counter", |ctx: OrchestrationContext, total: i64| async move {
@@ -269,7 +269,7 @@ async fn continue_as_new_custom_status_and_uuid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn terminate_suspend_resume() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut r = base_registry();
     r.add_orchestrator("Waiter", |ctx: OrchestrationContext, _: ()| async move {
         let v: String = ctx.wait_for_external_event("go").await?;
@@ -315,7 +315,7 @@ async fn terminate_suspend_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn query_purge_restart_rewind() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let fail_next = Arc::new(AtomicU32::new(1));
     let mut r = base_registry();
     let gate = fail_next.clone();
@@ -395,7 +395,7 @@ async fn query_purge_restart_rewind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_start_time() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut r = base_registry();
     r.add_orchestrator("Now", |ctx: OrchestrationContext, _: ()| async move {
         Ok::<_, Failure>(ctx.current_utc_datetime().timestamp_millis())
@@ -483,7 +483,7 @@ async fn local_http_server() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn call_http_schedules_the_builtin_http_activity() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let base = local_http_server().await;
     let mut r = base_registry();
     // Stand-in for sidecars without a built-in `BuiltIn::HttpActivity` (a sidecar that has
@@ -539,7 +539,7 @@ async fn call_http_schedules_the_builtin_http_activity() {
 /// Inputs of the `taskScheduled` events named `name` in an instance's history.
 async fn scheduled_inputs(sidecar: &Sidecar, instance_id: &str, name: &str) -> Vec<String> {
     use duro_sdk::proto::history_event::EventType;
-    let mut raw = duro_sdk::proto::TaskHubSidecarServiceClient::connect(sidecar.address()).await.unwrap();
+    let mut raw = duro_sdk::proto::TaskHubSidecarServiceClient::connect(sidecar.endpoint()).await.unwrap();
     let mut stream = raw
         .stream_instance_history(duro_sdk::proto::StreamInstanceHistoryRequest {
             instance_id: instance_id.to_string(),
@@ -564,7 +564,7 @@ async fn scheduled_inputs(sidecar: &Sidecar, instance_id: &str, name: &str) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn non_determinism_after_a_code_change_fails_the_orchestration() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let mut v1 = base_registry();
     v1.add_orchestrator("Evolving", |ctx: OrchestrationContext, _: ()| async move {
         let _: Value = ctx.call_activity("Echo", 1).await?;
@@ -598,7 +598,7 @@ async fn non_determinism_after_a_code_change_fails_the_orchestration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn send_event_between_instances_and_is_replaying() {
-    let sidecar = Sidecar::start();
+    let sidecar = start_sidecar();
     let first_runs = Arc::new(AtomicU32::new(0));
     let mut r = base_registry();
     r.add_orchestrator("Receiver", |ctx: OrchestrationContext, _: ()| async move {

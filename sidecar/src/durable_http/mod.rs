@@ -218,17 +218,43 @@ impl BuiltinActivity for HttpActivity {
     }
 }
 
+/// W3C trace context on the outbound call (the initial request and every poll): the
+/// activity's context (Duro's activity span when tracing is on, else the worker's), unless the
+/// orchestration set `traceparent` itself. Malformed values are not forwarded.
+fn propagate_trace_context(headers: &mut request::Headers, trace: Option<&duro_proto::TraceContext>) {
+    let Some(tc) = trace else { return };
+    if headers.keys().any(|k| k.eq_ignore_ascii_case("traceparent")) || !is_traceparent(&tc.trace_parent) {
+        return;
+    }
+    headers.insert("traceparent".into(), vec![tc.trace_parent.clone()]);
+    if let Some(state) = tc.trace_state.as_ref().filter(|s| !s.is_empty() && s.is_ascii() && s.len() <= 512) {
+        if !headers.keys().any(|k| k.eq_ignore_ascii_case("tracestate")) {
+            headers.insert("tracestate".into(), vec![state.clone()]);
+        }
+    }
+}
+
+/// `version-traceid-spanid-flags` in lowercase hex (W3C Trace Context level 1 lengths).
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+}
+
 impl Inner {
     async fn run(&self, call: BuiltinCall) -> Result<Option<String>, TaskFailureDetails> {
         let instance = call.request.orchestration_instance.as_ref().map(|o| o.instance_id.clone()).unwrap_or_default();
         let task_id = call.request.task_id;
-        match self.execute(call.request.input.as_deref(), call.progress.as_deref(), &call.checkpoint).await {
+        let trace = call.request.parent_trace_context.as_ref();
+        match self.execute(call.request.input.as_deref(), call.progress.as_deref(), &call.checkpoint, trace).await {
             Ok(resp) => {
                 tracing::debug!(%instance, task_id, status = resp.status_code, "durable HTTP call finished");
+                crate::metrics::durable_http_request(true);
                 Ok(Some(resp.to_json()))
             }
             Err(f) => {
                 tracing::warn!(%instance, task_id, error_type = f.error_type(), error = %f, "durable HTTP call failed");
+                crate::metrics::durable_http_request(false);
                 Err(f.details())
             }
         }
@@ -239,8 +265,10 @@ impl Inner {
         input: Option<&str>,
         progress: Option<&str>,
         checkpoint: &Checkpoint,
+        trace: Option<&duro_proto::TraceContext>,
     ) -> Result<HttpResponseOut, Failure> {
-        let spec = request::parse_input(input)?;
+        let mut spec = request::parse_input(input)?;
+        propagate_trace_context(&mut spec.headers, trace);
         if let Some(ts) = &spec.token_source {
             self.tokens.check_source(ts)?;
             if spec.uri.scheme() != "https" && !ssrf::is_loopback_host(&spec.uri) {
@@ -266,6 +294,7 @@ impl Inner {
                     "resuming durable HTTP polling from its checkpoint"
                 );
                 sleep_until_ms(st.next_poll_at_ms).await;
+                crate::metrics::durable_http_poll();
                 let (r, u) = self.send(&spec, Target::Poll(&location)).await?;
                 (r, u, Some(st))
             }
@@ -293,6 +322,7 @@ impl Inner {
             }
             tracing::debug!(location = %display_url(&location), ?delay, polls = st.polls, "durable HTTP: 202, polling");
             sleep_until_ms(st.next_poll_at_ms).await;
+            crate::metrics::durable_http_poll();
             let (r, u) = self.send(&spec, Target::Poll(&location)).await?;
             response = r;
             answered_by = u;
@@ -560,6 +590,37 @@ mod tests {
 
     fn spec(json: &str) -> HttpRequestSpec {
         request::parse_input(Some(json)).expect("spec")
+    }
+
+    #[test]
+    fn the_activity_trace_context_travels_on_the_outbound_call() {
+        let tc = |parent: &str, state: Option<&str>| duro_proto::TraceContext {
+            trace_parent: parent.into(),
+            span_id: String::new(),
+            trace_state: state.map(str::to_string),
+        };
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = request::Headers::new();
+        propagate_trace_context(&mut h, Some(&tc(good, Some("congo=t61rcWkgMzE"))));
+        assert_eq!(h.get("traceparent"), Some(&vec![good.to_string()]));
+        assert_eq!(h.get("tracestate"), Some(&vec!["congo=t61rcWkgMzE".to_string()]));
+        // The orchestration's own header wins; polls copy whatever the request carries.
+        let mut own = request::Headers::new();
+        own.insert("TraceParent".into(), vec!["00-mine".into()]);
+        propagate_trace_context(&mut own, Some(&tc(good, None)));
+        assert_eq!(own.len(), 1);
+        assert_eq!(polling::poll_headers(&h).get("traceparent"), Some(&vec![good.to_string()]));
+        // Nothing malformed, nothing when there is no context.
+        for bad in
+            ["", "garbage", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01"]
+        {
+            let mut h = request::Headers::new();
+            propagate_trace_context(&mut h, Some(&tc(bad, None)));
+            assert!(h.is_empty(), "{bad:?} forwarded");
+        }
+        let mut h = request::Headers::new();
+        propagate_trace_context(&mut h, None);
+        assert!(h.is_empty());
     }
 
     #[tokio::test]

@@ -164,7 +164,7 @@ fn parse_request(obj: &Map<String, Value>) -> Result<HttpRequestSpec, InvalidReq
     };
     let timeout = match get(obj, "timeout") {
         None => None,
-        Some(Value::String(s)) => Some(parse_timespan(s).ok_or_else(|| {
+        Some(Value::String(s)) => Some(crate::core::timespan::parse(s).ok_or_else(|| {
             invalid("timeout", format!("'{s}' is not a TimeSpan such as \"00:01:30\" (hh:mm:ss) or \"1.00:00:00\""))
         })?),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -316,46 +316,6 @@ fn kind(v: &Value) -> &'static str {
 /// The first `Content-Type` value.
 pub fn content_type(headers: &Headers) -> Option<&str> {
     headers.get("content-type").and_then(|v| v.first()).map(String::as_str)
-}
-
-/// Parses a .NET `TimeSpan` string: `[-][d.]hh:mm[:ss[.fffffff]]`. Negative spans are refused.
-pub fn parse_timespan(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.starts_with('-') {
-        return None;
-    }
-    let (days, rest) = match s.split_once(':') {
-        Some((head, _)) => match head.split_once('.') {
-            Some((d, _)) => (d.parse::<u64>().ok()?, &s[d.len() + 1..]),
-            None => (0, s),
-        },
-        // A bare integer is a number of days in .NET.
-        None => return s.parse::<u64>().ok()?.checked_mul(86_400).map(Duration::from_secs),
-    };
-    let parts: Vec<&str> = rest.split(':').collect();
-    if !(2..=3).contains(&parts.len()) {
-        return None;
-    }
-    let hours: u64 = parts[0].parse().ok()?;
-    let minutes: u64 = parts[1].parse().ok()?;
-    let (secs, nanos) = match parts.get(2) {
-        None => (0, 0),
-        Some(sec) => match sec.split_once('.') {
-            None => (sec.parse::<u64>().ok()?, 0),
-            Some((whole, frac)) => {
-                if frac.is_empty() || frac.len() > 7 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                let padded = format!("{frac:0<9}");
-                (whole.parse::<u64>().ok()?, padded.parse::<u32>().ok()?)
-            }
-        },
-    };
-    if hours > 23 || minutes > 59 || secs > 59 {
-        return None;
-    }
-    let total = days.checked_mul(86_400)?.checked_add(hours * 3600 + minutes * 60 + secs)?;
-    Some(Duration::new(total, nanos))
 }
 
 /// Masks the values of [`SECRET_HEADERS`].
@@ -546,21 +506,6 @@ mod tests {
         );
         let e = parse(r#"{"method":"GET"}"#).expect_err("uri");
         assert!(e.to_string().contains("'uri'"), "{e}");
-    }
-
-    #[test]
-    fn parses_timespans() {
-        assert_eq!(parse_timespan("00:00:05"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_timespan("01:02"), Some(Duration::from_secs(3720)));
-        assert_eq!(parse_timespan("6.00:00:00"), Some(Duration::from_secs(6 * 86_400)));
-        assert_eq!(parse_timespan("00:00:01.25"), Some(Duration::from_millis(1250)));
-        assert_eq!(parse_timespan("00:00:00.0000001"), Some(Duration::from_nanos(100)));
-        assert_eq!(parse_timespan("2"), Some(Duration::from_secs(2 * 86_400)));
-        for bad in
-            ["", "-00:00:05", "24:00:00", "00:60:00", "00:00:60", "a:b:c", "00:00:01.", "1:2:3:4", "00:00:01.12345678"]
-        {
-            assert_eq!(parse_timespan(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -247,55 +247,13 @@ pub(crate) fn expiry_ms(body: &Value, now_ms: i64) -> Option<i64> {
     on.as_str().and_then(parse_legacy_date).map(|secs| secs.saturating_mul(1000))
 }
 
-/// `M/D/YYYY h:mm:ss [AM|PM] +HH:MM` → epoch seconds.
+/// `M/D/YYYY h:mm:ss [AM|PM] +HH:MM` (the App Service managed-identity endpoint's older
+/// `expires_on` form) → epoch seconds.
 fn parse_legacy_date(s: &str) -> Option<i64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let (date, time, ampm, offset) = match parts.as_slice() {
-        [d, t, o] => (*d, *t, None, *o),
-        [d, t, ap, o] => (*d, *t, Some(*ap), *o),
-        _ => return None,
-    };
-    let d: Vec<i64> = date.split('/').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let t: Vec<i64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let ([month, day, year], [mut hour, minute, second]) = (d.as_slice(), t.as_slice()) else {
-        return None;
-    };
-    let (month, day, year) = (*month, *day, *year);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || !(0..=59).contains(minute)
-        || !(0..=60).contains(second)
-    {
-        return None;
-    }
-    match ampm.map(str::to_ascii_uppercase).as_deref() {
-        None => {}
-        Some("AM") if (1..=12).contains(&hour) => hour %= 12,
-        Some("PM") if (1..=12).contains(&hour) => hour = hour % 12 + 12,
-        Some(_) => return None,
-    }
-    if !(0..=23).contains(&hour) {
-        return None;
-    }
-    let sign = match offset.as_bytes().first()? {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let (oh, om) = offset[1..].split_once(':')?;
-    let off = sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60);
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - off)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let s = s.trim();
+    let has_meridiem = s.split_whitespace().count() == 4;
+    let format = if has_meridiem { "%m/%d/%Y %I:%M:%S %p %:z" } else { "%m/%d/%Y %H:%M:%S %:z" };
+    chrono::DateTime::parse_from_str(s, format).ok().map(|t| t.timestamp())
 }
 
 /// Cache key: the credential is one per sidecar, so (resource, per-request overrides).
@@ -422,6 +380,7 @@ impl Tokens {
             let err = match result {
                 Ok(Ok(t)) => {
                     tracing::debug!(source = %cred.describe(), resource = %source.resource, "token acquired");
+                    crate::metrics::token_acquisition(true);
                     return Ok(t);
                 }
                 Ok(Err(e)) => e,
@@ -433,6 +392,7 @@ impl Tokens {
             };
             if !err.retryable || attempt >= self.opts.max_retries {
                 let tries = if attempt > 0 { format!(" (after {} attempts)", attempt + 1) } else { String::new() };
+                crate::metrics::token_acquisition(false);
                 return Err(fail(format!("{}{tries}", err.detail)));
             }
             let backoff = self

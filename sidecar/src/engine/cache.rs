@@ -98,10 +98,15 @@ impl HistoryCache {
             e.info.input = next.spec.input.clone();
             e.info.tags = next.spec.tags.clone();
             e.info.status = OrchestrationStatus::Running;
+            // A new execution: the worker starts a new orchestration span.
+            e.info.trace_context = None;
             e.history.clear();
             e.bytes = info_bytes(&e.info);
         } else {
             e.info.status = outcome.status;
+            if outcome.trace_context.is_some() {
+                e.info.trace_context = outcome.trace_context.clone();
+            }
             e.history.extend(outcome.append.iter().cloned());
             e.bytes += outcome.append.iter().map(event_bytes).sum::<usize>();
         }
@@ -140,6 +145,7 @@ impl HistoryCache {
 mod tests {
     use super::*;
     use crate::core::events;
+    use duro_proto::OrchestrationTraceContext;
 
     fn info(id: &str, execution: &str) -> InstanceInfo {
         InstanceInfo {
@@ -151,6 +157,7 @@ mod tests {
             input: None,
             parent: None,
             tags: Default::default(),
+            trace_context: None,
         }
     }
 
@@ -177,6 +184,20 @@ mod tests {
         let (i, h) = c.get("a").unwrap();
         assert_eq!((i.execution_id.as_str(), h.len()), ("x1", 5));
         assert!(consistent(&c));
+    }
+
+    #[test]
+    fn the_workers_trace_context_is_kept_until_it_sends_another() {
+        let mut c = HistoryCache::new(10, 1 << 20);
+        c.put(info("a", "x1"), history(1, 10));
+        let tc = OrchestrationTraceContext { span_id: Some("00f067aa0ba902b7".into()), span_start_time: None };
+        let mut o = appended(1, 10);
+        o.trace_context = Some(tc.clone());
+        c.apply(&info("a", "x1"), 1, &o);
+        assert_eq!(c.get("a").unwrap().0.trace_context, Some(tc.clone()));
+        // A response without one (Java's later chunks, SDKs without tracing) keeps it, as the store does.
+        c.apply(&info("a", "x1"), 2, &appended(1, 10));
+        assert_eq!(c.get("a").unwrap().0.trace_context, Some(tc));
     }
 
     #[test]

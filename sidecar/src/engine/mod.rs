@@ -209,6 +209,13 @@ impl Engine {
         self.inner.sched.lock().stats()
     }
 
+    /// The scheduler's figures and its connected streams, read under one lock (the dashboard's
+    /// live view).
+    pub fn live_snapshot(&self) -> LiveSnapshot {
+        let sched = self.inner.sched.lock();
+        LiveSnapshot { stats: sched.stats(), streams: sched.stream_views() }
+    }
+
     // ----- dispatch loop ---------------------------------------------------------------
 
     async fn timer_loop(self) {
@@ -260,8 +267,10 @@ impl Engine {
             let mut rest = Vec::new();
             for a in all {
                 match a {
-                    Assignment::Activity { token, stream, request, activity_id } => {
+                    Assignment::Activity { token, stream, mut request, activity_id } => {
                         tracing::debug!(activity_id, stream, name = %request.name, "dispatching activity");
+                        crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
+                        crate::otel::activity_dispatched(&token, &mut request);
                         let item = WorkItem {
                             request: Some(work_item::Request::ActivityRequest(request)),
                             completion_token: token.clone(),
@@ -289,7 +298,9 @@ impl Engine {
                     tracing::debug!(instance = %lease.instance_id, kind = ?lease.kind, events = lease.events.len(), "dispatching turn");
                     tokio::spawn(async move { engine.run_turn(lease).await });
                 }
-                Assignment::Builtin { token, activity_id, request, progress } => {
+                Assignment::Builtin { token, activity_id, mut request, progress } => {
+                    crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
+                    crate::otel::activity_dispatched(&token, &mut request);
                     tokio::spawn(async move { engine.run_builtin(token, activity_id, request, progress).await });
                 }
                 Assignment::PoisonActivity { activity_id, request, attempts } => {
@@ -347,6 +358,7 @@ impl Engine {
             true,
         );
         tracing::warn!(instance = %instance.instance_id, activity = %request.name, attempts, "poison activity failed");
+        crate::metrics::poison(crate::metrics::ACTIVITY);
         let msg = Message::now(
             instance.instance_id.clone(),
             instance.execution_id.clone(),
@@ -473,6 +485,7 @@ impl Engine {
                     true,
                 );
                 tracing::warn!(instance = %info.instance_id, attempts = lease.attempts, "poison orchestration failed");
+                crate::metrics::poison(crate::metrics::ORCHESTRATION);
                 self.fail_turn(&lease.token, &info, history.len(), failure, now).await;
             }
             TurnKind::Worker(stream) => {
@@ -490,7 +503,8 @@ impl Engine {
                     entity_parameters: None,
                     requires_history_streaming: false,
                     properties: Default::default(),
-                    orchestration_trace_context: None,
+                    // The worker's orchestration span (id, start) from earlier turns: one span per execution.
+                    orchestration_trace_context: info.trace_context.clone(),
                 };
                 // A burst of large events is split across turns: this one takes the events
                 // that fit (at least one); the rest wait for the next turn.
@@ -526,6 +540,14 @@ impl Engine {
                 if !deferred.is_empty() {
                     tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
                 }
+                let name = info.name.clone();
+                crate::otel::turn_dispatched(
+                    &lease.token,
+                    &name,
+                    &info.instance_id,
+                    &request.past_events,
+                    &request.new_events,
+                );
                 let ctx = TurnContext {
                     info,
                     history_len: request.past_events.len(),
@@ -539,6 +561,11 @@ impl Engine {
                     completion_token: lease.token.clone(),
                 };
                 let sent = self.inner.sched.lock().send_turn(&lease.token, stream, ctx, item);
+                if sent {
+                    crate::metrics::dispatched(crate::metrics::ORCHESTRATION, &name, &lease.token);
+                } else {
+                    crate::otel::released(&lease.token);
+                }
                 tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
             }
         }
@@ -679,6 +706,7 @@ impl Engine {
     }
 
     fn release(&self, token: &str, why: Release) {
+        crate::metrics::released(token);
         let poisoned = self.inner.sched.lock().release(token, why, self.now());
         self.persist_attempts();
         self.run_assignments(poisoned);
@@ -786,7 +814,7 @@ impl Engine {
         let decision = WorkerDecision { actions: flight.actions, ..decision };
         let mut new_id = crate::ambient::new_execution_id;
         let input = TurnInput { instance: &ctx.info, new_events: &ctx.new_events, now_ms: now };
-        let outcome = match turn::decide(input, decision, &mut new_id) {
+        let mut outcome = match turn::decide(input, decision, &mut new_id) {
             Ok(mut o) => {
                 self.mask_builtin_inputs(&mut o);
                 o
@@ -820,7 +848,9 @@ impl Engine {
             }
         }
         unconsumed.extend(ctx.deferred.iter().filter_map(|key| by_key.get(key).map(|p| (*key, p.clone()))));
+        crate::otel::stamp_activities(&token, &mut outcome.activities);
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
+        crate::metrics::completed(crate::metrics::ORCHESTRATION, &ctx.info.name, &token, true);
         Ok(())
     }
 
@@ -881,6 +911,7 @@ impl Engine {
         }
         let now = self.now();
         let instance = request.orchestration_instance.clone().unwrap_or_default();
+        let ok = resp.failure_details.is_none();
         let event = match resp.failure_details {
             Some(f) => events::task_failed(now, request.task_id, f),
             None => events::task_completed(now, request.task_id, resp.result),
@@ -888,6 +919,7 @@ impl Engine {
         let msg = Message::now(instance.instance_id, instance.execution_id, event, now);
         match self.inner.store.complete_activity(activity_id, msg).await {
             Ok(delivered) => {
+                crate::metrics::completed(crate::metrics::ACTIVITY, &request.name, &token, ok);
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_activity(&token, true, now);
@@ -1073,6 +1105,10 @@ impl Engine {
 
     pub async fn list_completed(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, EngineError> {
         Ok(self.inner.store.list_completed_ids(filter).await?)
+    }
+
+    pub async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, EngineError> {
+        Ok(self.inner.store.count_by_status().await?)
     }
 
     /// Runs to the end even if the caller stops waiting.

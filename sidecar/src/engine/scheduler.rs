@@ -166,7 +166,7 @@ struct InstanceSlot {
     name: String,
     version: Option<String>,
     pending: BTreeMap<EventKey, PendingEvent>,
-    leased: Option<String>,
+    dispatch: Dispatch,
     gate: Gate,
     /// Every inbox row of this instance up to this id is accounted for (registered, or
     /// known to be deleted): a registration at or below it arrives late and is ignored.
@@ -177,7 +177,6 @@ struct InstanceSlot {
     deleted_through: i64,
     attempts: u32,
     not_before_ms: i64,
-    queued: bool,
 }
 
 impl InstanceSlot {
@@ -190,7 +189,7 @@ impl InstanceSlot {
     }
 
     fn idle(&self) -> bool {
-        self.pending.is_empty() && self.leased.is_none()
+        self.pending.is_empty() && !self.dispatch.is_leased()
     }
 
     /// Whether the gate holds the pending events back (control events pass any gate).
@@ -199,6 +198,44 @@ impl InstanceSlot {
             Gate::Open => false,
             Gate::AwaitingStart => !self.has_start(),
             Gate::Suspended => true,
+        }
+    }
+}
+
+/// Where an instance stands with respect to its turns. The transitions, and the only
+/// places they happen:
+///
+/// - `Idle → Ready`: work arrives or a turn ends with work left (`enqueue_instance`; the id
+///   is pushed on `ready` exactly when this transition happens);
+/// - `Ready → Idle`: popped from `ready` and not runnable now (held by its gate, waiting for
+///   its backoff time: a gate change or a wake-up enqueues it again), or nothing pending;
+/// - `Ready → Parked`: popped, but no connected stream takes its orchestration (the id is
+///   pushed on `parked` exactly then, so it is parked at most once);
+/// - `Parked → Ready`: a stream connects or frees capacity (`unpark`);
+/// - `Idle | Ready | Parked → Leased`: a turn goes out (`lease_turn`; control and poison
+///   turns may overtake a queued worker turn, leaving a stale queue entry that is skipped);
+/// - `Leased → Idle`: the turn finished, was held back by its gate or was given back.
+///
+/// Entries of `ready`/`parked` whose slot is no longer `Ready`/`Parked` are stale and skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Dispatch {
+    #[default]
+    Idle,
+    Ready,
+    Parked,
+    /// A turn with this lease token is out.
+    Leased(String),
+}
+
+impl Dispatch {
+    fn is_leased(&self) -> bool {
+        matches!(self, Dispatch::Leased(_))
+    }
+
+    fn token(&self) -> Option<&str> {
+        match self {
+            Dispatch::Leased(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -298,12 +335,31 @@ pub struct TurnContext {
     pub always_consumed: Vec<i64>,
 }
 
+/// Whether a lease's result is being committed. `Out → Completing` when a completion (or
+/// the sidecar's own control/poison result) is accepted (`begin_completion`); back to `Out`
+/// when that commit fails and the worker may answer again (`reopen`). A `Completing` lease
+/// is not expired and not taken away with its stream: its commit decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeasePhase {
+    Out,
+    Completing,
+}
+
+impl LeasePhase {
+    /// `Out → Completing`; false when a completion is already being committed.
+    fn begin_completion(&mut self) -> bool {
+        let out = *self == LeasePhase::Out;
+        *self = LeasePhase::Completing;
+        out
+    }
+}
+
 enum Lease {
     Turn {
         instance_id: String,
         stream: Option<StreamId>,
         events: Vec<(EventKey, PendingEvent)>,
-        completing: bool,
+        phase: LeasePhase,
         partial: Vec<OrchestratorAction>,
         /// Encoded bytes of `partial`, bounded by `max_response_bytes`.
         partial_bytes: usize,
@@ -317,7 +373,7 @@ enum Lease {
     Activity {
         activity_id: i64,
         stream: StreamId,
-        completing: bool,
+        phase: LeasePhase,
     },
 }
 
@@ -406,12 +462,12 @@ pub struct Scheduler {
     armed_ms: i64,
     /// A wake-up earlier than `armed_ms` was scheduled: the timer task must re-arm.
     timer_dirty: bool,
-    token_seq: u64,
-    token_secret: u128,
     /// Delivery-attempt counts that changed, for the engine to persist.
     attempt_log: Vec<Attempts>,
     /// Bytes of event payloads held in memory (pending, waiting and leased).
     payload_meter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Turn leases that timed out, since start (metrics).
+    leases_expired: u64,
 }
 
 /// A completion that matched a live lease.
@@ -458,17 +514,16 @@ impl Scheduler {
             wake_seq: 0,
             armed_ms: i64::MAX,
             timer_dirty: false,
-            token_seq: 0,
-            token_secret: rand::random(),
             attempt_log: Vec::new(),
             payload_meter: Default::default(),
+            leases_expired: 0,
         }
     }
 
     fn new_token(&mut self) -> String {
-        self.token_seq += 1;
-        let salt: u64 = rand::random();
-        format!("{:032x}{:016x}{:016x}", self.token_secret ^ u128::from(salt), self.token_seq, salt)
+        // 128 bits from the OS-seeded CSPRNG (`rand::random` uses `ThreadRng`): unguessable, and
+        // a collision among live leases is as likely as guessing one.
+        format!("{:032x}", rand::random::<u128>())
     }
 
     // ----- streams -------------------------------------------------------------------
@@ -498,10 +553,10 @@ impl Scheduler {
             .leases
             .iter()
             .filter_map(|(t, l)| match l {
-                Lease::Turn { stream, completing, instance_id, .. } if *stream == Some(id) && !completing => {
+                Lease::Turn { stream, phase: LeasePhase::Out, instance_id, .. } if *stream == Some(id) => {
                     Some(((-1, instance_id.as_str()), t.clone()))
                 }
-                Lease::Activity { stream, completing, activity_id } if *stream == id && !completing => {
+                Lease::Activity { stream, phase: LeasePhase::Out, activity_id } if *stream == id => {
                     Some(((*activity_id, ""), t.clone()))
                 }
                 _ => None,
@@ -527,10 +582,12 @@ impl Scheduler {
     }
 
     fn unpark(&mut self) {
-        // A parked slot stays marked queued, so it is parked at most once.
-        for id in self.parked.drain(..) {
-            if self.instances.contains_key(&id) {
-                self.ready.push_back(id);
+        for id in std::mem::take(&mut self.parked) {
+            if let Some(slot) = self.instances.get_mut(&id) {
+                if slot.dispatch == Dispatch::Parked {
+                    slot.dispatch = Dispatch::Ready;
+                    self.ready.push_back(id);
+                }
             }
         }
         self.ready_activities.extend(self.parked_activities.drain(..));
@@ -627,11 +684,11 @@ impl Scheduler {
     fn enqueue_instance(&mut self, instance_id: &str) {
         let max_attempts = self.opts.max_attempts;
         if let Some(slot) = self.instances.get_mut(instance_id) {
-            if slot.leased.is_none() && (slot.has_control() || slot.attempts >= max_attempts) {
+            if !slot.dispatch.is_leased() && (slot.has_control() || slot.attempts >= max_attempts) {
                 self.ready_control.push_back(instance_id.to_string());
             }
-            if !slot.queued && slot.leased.is_none() && !slot.pending.is_empty() {
-                slot.queued = true;
+            if slot.dispatch == Dispatch::Idle && !slot.pending.is_empty() {
+                slot.dispatch = Dispatch::Ready;
                 self.ready.push_back(instance_id.to_string());
             }
         }
@@ -682,7 +739,8 @@ impl Scheduler {
                 Wake::Instance(id) => self.enqueue_instance(&id),
                 Wake::Activity(id) => self.requeue_activity(id),
                 Wake::LeaseExpiry(token) => {
-                    if matches!(self.leases.get(&token), Some(Lease::Turn { completing: false, .. })) {
+                    if matches!(self.leases.get(&token), Some(Lease::Turn { phase: LeasePhase::Out, .. })) {
+                        self.leases_expired += 1;
                         poisoned.extend(self.release(&token, Release::Lost, now_ms));
                     }
                 }
@@ -730,8 +788,10 @@ impl Scheduler {
             let token = self.new_token();
             let Some(slot) = self.activities.get_mut(&id) else { continue };
             slot.leased = Some(token.clone());
-            self.leases
-                .insert(token.clone(), Lease::Activity { activity_id: id, stream: BUILTIN_STREAM, completing: false });
+            self.leases.insert(
+                token.clone(),
+                Lease::Activity { activity_id: id, stream: BUILTIN_STREAM, phase: LeasePhase::Out },
+            );
             out.push(Assignment::Builtin {
                 token,
                 activity_id: id,
@@ -757,7 +817,7 @@ impl Scheduler {
     fn assign_control_turns(&mut self, now_ms: i64, out: &mut Vec<Assignment>) {
         while let Some(id) = self.ready_control.pop_front() {
             let Some(slot) = self.instances.get(&id) else { continue };
-            if slot.leased.is_some() || slot.pending.is_empty() {
+            if slot.dispatch.is_leased() || slot.pending.is_empty() {
                 continue;
             }
             let kind = if slot.attempts >= self.opts.max_attempts {
@@ -783,8 +843,11 @@ impl Scheduler {
             rounds -= 1;
             let Some(id) = self.ready.pop_front() else { break };
             let Some(slot) = self.instances.get_mut(&id) else { continue };
-            slot.queued = false;
-            if slot.leased.is_some() || slot.pending.is_empty() {
+            if slot.dispatch != Dispatch::Ready {
+                continue; // a stale entry
+            }
+            slot.dispatch = Dispatch::Idle;
+            if slot.pending.is_empty() {
                 continue;
             }
             if slot.not_before_ms > now_ms {
@@ -806,7 +869,7 @@ impl Scheduler {
             } else {
                 if !self.any_orchestration_capacity() {
                     if let Some(slot) = self.instances.get_mut(&id) {
-                        slot.queued = true;
+                        slot.dispatch = Dispatch::Ready;
                     }
                     self.ready.push_front(id);
                     break;
@@ -815,7 +878,7 @@ impl Scheduler {
                     Some(stream) => TurnKind::Worker(stream),
                     None => {
                         if let Some(slot) = self.instances.get_mut(&id) {
-                            slot.queued = true;
+                            slot.dispatch = Dispatch::Parked;
                         }
                         self.parked.push(id);
                         continue;
@@ -841,7 +904,7 @@ impl Scheduler {
             }
             TurnKind::Worker(_) | TurnKind::Poison => std::mem::take(&mut slot.pending).into_iter().collect(),
         };
-        slot.leased = Some(token.clone());
+        slot.dispatch = Dispatch::Leased(token.clone());
         let attempts = slot.attempts;
         let stream = match kind {
             TurnKind::Worker(s) => {
@@ -860,7 +923,7 @@ impl Scheduler {
                 instance_id: instance_id.clone(),
                 stream,
                 events: events.clone(),
-                completing: false,
+                phase: LeasePhase::Out,
                 partial: Vec::new(),
                 partial_bytes: 0,
                 expires,
@@ -895,7 +958,7 @@ impl Scheduler {
             if let Some(st) = self.streams.get_mut(&stream) {
                 st.activities += 1;
             }
-            self.leases.insert(token.clone(), Lease::Activity { activity_id: id, stream, completing: false });
+            self.leases.insert(token.clone(), Lease::Activity { activity_id: id, stream, phase: LeasePhase::Out });
             out.push(Assignment::Activity { token, stream, activity_id: id, request: slot.request.clone() });
         }
     }
@@ -932,12 +995,12 @@ impl Scheduler {
         actions: Vec<OrchestratorAction>,
         is_partial: bool,
     ) -> Option<Completion> {
-        let Some(Lease::Turn { instance_id, events, completing, partial, partial_bytes, context, .. }) =
+        let Some(Lease::Turn { instance_id, events, phase, partial, partial_bytes, context, .. }) =
             self.leases.get_mut(token)
         else {
             return None;
         };
-        if *completing || context.is_none() {
+        if *phase == LeasePhase::Completing || context.is_none() {
             return None;
         }
         *partial_bytes += actions.iter().map(prost::Message::encoded_len).sum::<usize>();
@@ -950,7 +1013,7 @@ impl Scheduler {
         if is_partial {
             return Some(Completion::Partial);
         }
-        *completing = true;
+        phase.begin_completion();
         Some(Completion::Complete(TurnInFlight {
             instance_id: instance_id.clone(),
             events: events.clone(),
@@ -962,10 +1025,7 @@ impl Scheduler {
     /// Marks a control or poison turn as completing (the sidecar commits it itself).
     pub fn begin_internal_completion(&mut self, token: &str) -> bool {
         match self.leases.get_mut(token) {
-            Some(Lease::Turn { completing, .. }) if !*completing => {
-                *completing = true;
-                true
-            }
+            Some(Lease::Turn { phase, .. }) => phase.begin_completion(),
             _ => false,
         }
     }
@@ -988,7 +1048,7 @@ impl Scheduler {
             self.wakeups.remove(&key);
         }
         let Some(slot) = self.instances.get_mut(&instance_id) else { return };
-        slot.leased = None;
+        slot.dispatch = Dispatch::Idle;
         slot.attempts = 0;
         slot.gate = if suspended { Gate::Suspended } else { Gate::Open };
         if let Some(through) = finished {
@@ -1026,7 +1086,7 @@ impl Scheduler {
             self.wakeups.remove(&key);
         }
         if let Some(slot) = self.instances.get_mut(&instance_id) {
-            slot.leased = None;
+            slot.dispatch = Dispatch::Idle;
             slot.gate = gate;
             slot.pending.extend(events);
         }
@@ -1065,7 +1125,7 @@ impl Scheduler {
         slot.pending.retain(|(_, id), _| *id > through);
         slot.known_through = slot.known_through.max(through);
         slot.deleted_through = slot.deleted_through.max(through);
-        let lease = slot.leased.clone();
+        let lease = slot.dispatch.token().map(str::to_string);
         if let Some(Lease::Turn { events, stale, .. }) = lease.and_then(|t| self.leases.get_mut(&t)) {
             stale.extend(events.iter().map(|(_, p)| p.inbox_id).filter(|id| *id <= through));
         }
@@ -1146,7 +1206,7 @@ impl Scheduler {
     /// rows registered later are kept, and the gate opens so the next turn re-checks.
     pub fn resync(&mut self, instance_id: &str, rows: Vec<Delivered>, watermark: i64, now_ms: i64) {
         let in_store: HashSet<i64> = rows.iter().map(|d| d.inbox_id).collect();
-        let lease = self.instances.get(instance_id).and_then(|s| s.leased.clone());
+        let lease = self.instances.get(instance_id).and_then(|s| s.dispatch.token()).map(str::to_string);
         let mut leased = HashSet::new();
         if let Some(Lease::Turn { events, stale, .. }) = lease.and_then(|t| self.leases.get_mut(&t)) {
             for (_, p) in events.iter() {
@@ -1195,7 +1255,7 @@ impl Scheduler {
                 }
                 let (base, max) = (self.opts.backoff_base_ms, self.opts.backoff_max_ms);
                 if let Some(slot) = self.instances.get_mut(&instance_id) {
-                    slot.leased = None;
+                    slot.dispatch = Dispatch::Idle;
                     slot.pending.extend(events);
                     if counted {
                         slot.attempts += 1;
@@ -1231,10 +1291,7 @@ impl Scheduler {
     /// Matches an activity result to its live lease; returns the activity id.
     pub fn begin_activity_completion(&mut self, token: &str) -> Option<i64> {
         match self.leases.get_mut(token) {
-            Some(Lease::Activity { activity_id, completing, .. }) if !*completing => {
-                *completing = true;
-                Some(*activity_id)
-            }
+            Some(Lease::Activity { activity_id, phase, .. }) => phase.begin_completion().then_some(*activity_id),
             _ => None,
         }
     }
@@ -1281,8 +1338,8 @@ impl Scheduler {
         } else {
             st.rejected_orchestrations.insert(name);
         }
-        if let Some(Lease::Turn { completing, .. } | Lease::Activity { completing, .. }) = self.leases.get_mut(token) {
-            *completing = false;
+        if let Some(Lease::Turn { phase, .. } | Lease::Activity { phase, .. }) = self.leases.get_mut(token) {
+            *phase = LeasePhase::Out;
         }
         self.release(token, Release::Retry, now_ms);
         true
@@ -1290,7 +1347,7 @@ impl Scheduler {
 
     /// The live turn token of an instance (for workers that send no completion token).
     pub fn turn_token_of(&self, instance_id: &str) -> Option<String> {
-        self.instances.get(instance_id).and_then(|s| s.leased.clone())
+        self.instances.get(instance_id).and_then(|s| s.dispatch.token()).map(str::to_string)
     }
 
     /// The live activity token for (instance, task id), for workers without tokens.
@@ -1362,6 +1419,7 @@ impl Scheduler {
             leases: self.leases.len(),
             wakeups: self.wakeups.len(),
             payload_bytes: self.payload_meter.load(std::sync::atomic::Ordering::Relaxed),
+            leases_expired: self.leases_expired,
         }
     }
 
@@ -1369,6 +1427,41 @@ impl Scheduler {
     pub fn parked_instances(&self) -> HashSet<String> {
         self.parked.iter().cloned().collect()
     }
+
+    /// Each connected work-item stream: its caps, filters and what it holds now.
+    pub fn stream_views(&self) -> Vec<StreamView> {
+        self.streams
+            .iter()
+            .map(|(id, s)| StreamView {
+                id: *id,
+                max_orchestrations: s.rules.max_orchestrations,
+                max_activities: s.rules.max_activities,
+                orchestrations: s.orchestrations,
+                activities: s.activities,
+                filters: s.rules.filters.clone(),
+            })
+            .collect()
+    }
+}
+
+/// One connected work-item stream, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamView {
+    pub id: StreamId,
+    pub max_orchestrations: usize,
+    pub max_activities: usize,
+    /// Orchestration turns and activities it holds now.
+    pub orchestrations: usize,
+    pub activities: usize,
+    /// `None`: the worker sent no filters (it takes everything).
+    pub filters: Option<WorkItemFilters>,
+}
+
+/// [`Scheduler::stats`] and [`Scheduler::stream_views`] read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSnapshot {
+    pub stats: SchedulerStats,
+    pub streams: Vec<StreamView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1382,6 +1475,8 @@ pub struct SchedulerStats {
     pub wakeups: usize,
     /// Estimated bytes of event payloads held in memory.
     pub payload_bytes: usize,
+    /// Turn leases that timed out, since start.
+    pub leases_expired: u64,
 }
 
 /// Where the scheduler holds each event and activity, and every broken internal rule:
@@ -1401,9 +1496,9 @@ impl Scheduler {
     /// One instance's dispatch state, for failure reports.
     pub(crate) fn describe(&self, instance_id: &str) -> String {
         let Some(slot) = self.instances.get(instance_id) else { return "no slot".into() };
-        let lease = slot.leased.as_ref().and_then(|t| self.leases.get(t)).map(|l| match l {
-            Lease::Turn { stream, completing, context, events, expires, .. } => format!(
-                "turn on stream {stream:?} completing={completing} sent={} expires={expires:?} (wake-up kept: {}) events={:?}",
+        let lease = slot.dispatch.token().and_then(|t| self.leases.get(t)).map(|l| match l {
+            Lease::Turn { stream, phase, context, events, expires, .. } => format!(
+                "turn on stream {stream:?} phase={phase:?} sent={} expires={expires:?} (wake-up kept: {}) events={:?}",
                 context.is_some(),
                 expires.is_some_and(|k| self.wakeups.contains_key(&k)),
                 events.iter().map(|(_, p)| p.inbox_id).collect::<Vec<_>>()
@@ -1411,12 +1506,12 @@ impl Scheduler {
             Lease::Activity { .. } => "activity?".into(),
         });
         format!(
-            "gate={:?} pending={:?} lease={lease:?} attempts={} not_before={} queued={} in_ready={} streams={:?}",
+            "gate={:?} pending={:?} lease={lease:?} attempts={} not_before={} dispatch={:?} in_ready={} streams={:?}",
             slot.gate,
             slot.pending.keys().collect::<Vec<_>>(),
             slot.attempts,
             slot.not_before_ms,
-            slot.queued,
+            slot.dispatch,
             self.ready.contains(&instance_id.to_string()),
             self.streams.iter().map(|(id, s)| (*id, s.orchestrations, s.rules.max_orchestrations)).collect::<Vec<_>>()
         )
@@ -1438,7 +1533,7 @@ impl Scheduler {
                         per_stream.entry(*st).or_default().0 += 1;
                     }
                     match self.instances.get(instance_id) {
-                        Some(slot) if slot.leased.as_deref() == Some(token.as_str()) => {}
+                        Some(slot) if slot.dispatch.token() == Some(token.as_str()) => {}
                         _ => a.problems.push(format!("turn lease of '{instance_id}' not recorded on its slot")),
                     }
                 }
@@ -1487,18 +1582,27 @@ impl Scheduler {
             for p in slot.pending.values() {
                 place(&mut a, id, p.inbox_id, "pending");
             }
-            if let Some(token) = &slot.leased {
-                if !self.leases.contains_key(token) {
-                    a.problems.push(format!("'{id}' is marked leased by a lease that does not exist"));
+            match &slot.dispatch {
+                Dispatch::Leased(token) => {
+                    if !self.leases.contains_key(token) {
+                        a.problems.push(format!("'{id}' is marked leased by a lease that does not exist"));
+                    }
+                    continue;
                 }
-                continue;
+                Dispatch::Ready if !self.ready.contains(id) => {
+                    a.problems.push(format!("'{id}' is marked ready but is not in the ready queue"))
+                }
+                Dispatch::Parked if !self.parked.contains(id) => {
+                    a.problems.push(format!("'{id}' is marked parked but is not parked"))
+                }
+                _ => {}
             }
             if slot.pending.is_empty() {
                 a.problems.push(format!("idle slot of '{id}' kept in memory"));
                 continue;
             }
             let runnable = slot.has_control() || slot.attempts >= self.opts.max_attempts || !slot.held();
-            let queued = self.ready.contains(id) || self.ready_control.contains(id) || self.parked.contains(id);
+            let queued = matches!(slot.dispatch, Dispatch::Ready | Dispatch::Parked) || self.ready_control.contains(id);
             if runnable && !queued && !instance_wakes.contains(id.as_str()) {
                 a.problems.push(format!("'{id}' has runnable events but is neither leased, queued nor waiting"));
             }
@@ -1665,6 +1769,22 @@ mod tests {
         assert!(s.assign(NOW + 499).is_empty());
         s.fire_due(NOW + 500);
         assert_eq!(turns(&s.assign(NOW + 500)).len(), 1);
+    }
+
+    #[test]
+    fn an_unanswered_turn_expires_is_counted_and_goes_out_again() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let first = turns(&s.assign(NOW))[0].token.clone();
+        s.fire_due(NOW + 4999);
+        assert_eq!(s.stats().leases_expired, 0);
+        s.fire_due(NOW + 5000);
+        assert_eq!(s.stats().leases_expired, 1);
+        let a = s.assign(NOW + 5000);
+        let again = turns(&a);
+        assert_eq!(again.len(), 1, "the expired turn is dispatched again");
+        assert_ne!(again[0].token, first);
     }
 
     #[test]
@@ -1838,6 +1958,7 @@ mod tests {
                 input: None,
                 parent: None,
                 tags: Default::default(),
+                trace_context: None,
             },
             history_len: 0,
             new_events: vec![],

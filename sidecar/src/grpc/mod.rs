@@ -334,6 +334,7 @@ impl TaskHubSidecarService for SidecarService {
             // One row more than the page tells whether another page follows.
             page_size: page + 1,
             after_instance_id: decode_token(q.continuation_token.as_ref())?,
+            ..Default::default()
         };
         let mut records = self.engine.query(&filter).await?;
         let continuation_token = if records.len() > page as usize {

@@ -391,6 +391,7 @@ pub fn history_json(events: &[HistoryEvent], show_input: bool, show_output: bool
 /// | DURO-2012 | 501 | reserved: no route answers it any more (entities were unimplemented before) | — |
 /// | DURO-2013 | 503 | the sidecar is shutting down | retry against the restarted sidecar |
 /// | DURO-2014 | 500 | the store failed | see the sidecar log; retry |
+/// | DURO-2017 | 403 | a browser sent a change from another site (`Origin`/`Sec-Fetch-Site`) | call the API from a server or the same origin |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidArgument,
@@ -406,6 +407,7 @@ pub enum ErrorCode {
     Conflict,
     TooManyRequests,
     RequestTimeout,
+    CrossSite,
     NotImplemented,
     Unavailable,
     Internal,
@@ -430,6 +432,7 @@ impl ErrorCode {
             ErrorCode::Internal => "DURO-2014",
             ErrorCode::TooManyRequests => "DURO-2015",
             ErrorCode::RequestTimeout => "DURO-2016",
+            ErrorCode::CrossSite => "DURO-2017",
         }
     }
 
@@ -440,7 +443,7 @@ impl ErrorCode {
             }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized | ErrorCode::InvalidLink => StatusCode::UNAUTHORIZED,
-            ErrorCode::LinkNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::LinkNotAllowed | ErrorCode::CrossSite => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::Conflict => StatusCode::CONFLICT,

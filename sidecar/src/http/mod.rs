@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod json;
 pub mod openapi;
+pub mod ops;
 pub mod routes;
 pub mod signed_links;
 
@@ -86,6 +87,10 @@ pub struct HttpArgs {
     /// Longest a start or restart with `timeout` waits for completion, in seconds.
     #[arg(long = "http-max-wait-seconds", env = "DURO_HTTP_MAX_WAIT_SECONDS", default_value_t = 300)]
     pub http_max_wait_seconds: u64,
+    /// Serve `/metrics` and `/stats` without the system key (they list orchestration and
+    /// activity names and counts; use it when a network boundary protects the port).
+    #[arg(long = "metrics-open", env = "DURO_METRICS_OPEN")]
+    pub metrics_open: bool,
 }
 
 impl std::fmt::Debug for HttpArgs {
@@ -104,6 +109,7 @@ impl std::fmt::Debug for HttpArgs {
             .field("http_max_connections", &self.http_max_connections)
             .field("http_max_body_bytes", &self.http_max_body_bytes)
             .field("http_max_wait_seconds", &self.http_max_wait_seconds)
+            .field("metrics_open", &self.metrics_open)
             .finish()
     }
 }
@@ -128,6 +134,8 @@ pub struct HttpOptions {
     pub max_connections: usize,
     pub max_body_bytes: usize,
     pub max_wait: Duration,
+    /// `/metrics` and `/stats` need no key.
+    pub metrics_open: bool,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -146,6 +154,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("max_connections", &self.max_connections)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_wait", &self.max_wait)
+            .field("metrics_open", &self.metrics_open)
             .finish()
     }
 }
@@ -167,6 +176,7 @@ impl HttpOptions {
             max_connections: 1024,
             max_body_bytes: 4 * 1024 * 1024,
             max_wait: Duration::from_secs(300),
+            metrics_open: false,
         }
     }
 
@@ -235,6 +245,7 @@ impl HttpArgs {
             max_connections: self.http_max_connections.max(1),
             max_body_bytes: self.http_max_body_bytes.max(1),
             max_wait: Duration::from_secs(self.http_max_wait_seconds),
+            metrics_open: self.metrics_open,
         };
         opts.check()?;
         Ok(Some(opts))
@@ -261,6 +272,8 @@ pub(crate) struct ApiState {
     pub key: Option<SystemKey>,
     pub links: LinkKeys,
     pub local_addr: SocketAddr,
+    pub health: Arc<crate::health::Health>,
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 /// The running HTTP server.
@@ -281,7 +294,11 @@ impl HttpServer {
 }
 
 /// Binds and serves the HTTP API. `Ok(None)`: the default address was taken (warned).
-pub async fn start(engine: Engine, opts: HttpOptions) -> Result<Option<HttpServer>, HttpError> {
+pub async fn start(
+    engine: Engine,
+    opts: HttpOptions,
+    health: Arc<crate::health::Health>,
+) -> Result<Option<HttpServer>, HttpError> {
     opts.check()?;
     let listener = match tokio::net::TcpListener::bind(opts.listen).await {
         Ok(l) => l,
@@ -307,13 +324,15 @@ pub async fn start(engine: Engine, opts: HttpOptions) -> Result<Option<HttpServe
         (None, false) => "open (loopback, no system key)",
         (None, true) => "OPEN (--http-insecure, no system key)",
     };
-    let state =
-        Arc::new(ApiState { key: opts.system_key.as_deref().map(SystemKey::new), engine, opts, links, local_addr });
+    let key = opts.system_key.as_deref().map(SystemKey::new);
+    let dashboard = crate::dashboard::Dashboard::new(&opts);
+    let state = Arc::new(ApiState { key, engine, opts, links, local_addr, health, dashboard });
     let limits = (state.opts.header_timeout, state.opts.max_connections);
     let app = axum::Router::new().fallback(handle).with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, app, limits, stopped));
     tracing::info!(address = %local_addr, base = BASE_PATH, auth, "serving the Durable Functions HTTP management API");
+    tracing::info!(url = %format!("http://{local_addr}{}", crate::dashboard::PREFIX), "serving the dashboard");
     Ok(Some(HttpServer { local_addr, task, stop }))
 }
 
@@ -379,7 +398,28 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let response = match std::panic::AssertUnwindSafe(routes::dispatch(state, req)).catch_unwind().await {
+    // A web page the user visits must not drive the API from their browser (a simple
+    // cross-site POST needs no preflight, and on loopback without a key nothing else stops it).
+    let changes = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    if changes && !crate::dashboard::same_origin(req.headers(), &state.opts) {
+        tracing::warn!(%method, %path, "refused a cross-site request from a browser");
+        return ApiError::new(
+            ErrorCode::CrossSite,
+            "Cross-site requests from a browser are refused: call the API from a server, a script or a page of the same origin",
+        )
+        .into_response();
+    }
+    let routed = async move {
+        match ops::matches(req.uri().path()) {
+            Some(op) => {
+                let (parts, _) = req.into_parts();
+                ops::route(&state, op, &parts.method, &parts.uri, &parts.headers).await
+            }
+            None if crate::dashboard::owns(req.uri().path()) => crate::dashboard::dispatch(state, req).await,
+            None => routes::dispatch(state, req).await,
+        }
+    };
+    let response = match std::panic::AssertUnwindSafe(routed).catch_unwind().await {
         Ok(r) => r,
         Err(_) => {
             tracing::error!(%method, %path, "an HTTP handler panicked");
@@ -445,6 +485,7 @@ mod tests {
             http_max_connections: 16,
             http_max_body_bytes: 1024,
             http_max_wait_seconds: 10,
+            metrics_open: false,
         }
     }
 

@@ -3,10 +3,15 @@
 //! [`Store`] is the small contract the engine needs. Each write method is one atomic
 //! transaction (an implementation may group several callers' writes into one commit, but
 //! each caller's write is all-or-nothing). Reads may run concurrently with writes.
-//! Implementations: [`sqlite::SqliteStore`] (embedded, default). A PostgreSQL backend
-//! implements the same trait; the engine does not change.
+//! Implementations: [`sqlite::SqliteStore`] (embedded, default). Leases live in the engine's
+//! memory, which is sound because one process owns a store (the lock file). A backend shared
+//! by several sidecars (PostgreSQL) needs more than this trait: leases, their expiry and
+//! fencing must move into the store, and the engine must claim work from it.
 
 pub mod sqlite;
+
+#[cfg(test)]
+mod contract;
 
 use std::collections::HashMap;
 
@@ -111,6 +116,7 @@ impl InstanceRecord {
             input: self.input.clone(),
             parent: self.parent.clone(),
             tags: self.tags.clone(),
+            trace_context: self.trace_context.clone(),
         }
     }
 }
@@ -172,7 +178,7 @@ pub struct QueuedActivity {
 /// - An unlisted status is always refused (durabletask-go answers `ErrDuplicateInstance`
 ///   before it looks at the action); it never means "replace". Issue 13 was the inverse.
 /// - No policy: durabletask-go refuses every existing id; Duro reuses finished ids (as
-///   Dapr and the Durable Task Scheduler do; protocol reference §7) and refuses live ones.
+///   Dapr and the Durable Task Scheduler do) and refuses live ones.
 /// - `ERROR` is the enum's zero value, which proto3 does not put on the wire: a Go client's
 ///   "S + ERROR" arrives as `replaceableStatus` = S and is treated as such. Only code that
 ///   builds `Legacy { action: Error }` directly gets the refuse-always row.
@@ -316,8 +322,22 @@ pub struct InstanceFilter {
     pub created_to_ms: Option<i64>,
     pub instance_id_prefix: Option<String>,
     pub page_size: u32,
-    /// Exclusive lower bound on the instance id.
+    /// Exclusive lower bound on the instance id (with [`QueryOrder::InstanceId`]).
     pub after_instance_id: Option<String>,
+    /// Only instances of this orchestration name.
+    pub name: Option<String>,
+    pub order: QueryOrder,
+}
+
+/// The order of a query's rows and its paging cursor.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum QueryOrder {
+    /// By instance id, paged with `after_instance_id` (the APIs).
+    #[default]
+    InstanceId,
+    /// Newest created first (the dashboard), paged with the exclusive cursor (created time,
+    /// instance id) of the last row seen.
+    NewestFirst { before: Option<(i64, String)> },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -469,6 +489,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_completed_ids(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError>;
 
+    /// How many instances have each status (statuses without instances are left out).
+    async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, StoreError>;
+
     /// Deletes finished instances (and, if `recursive`, their finished descendants);
     /// returns how many were deleted. Live instances are never deleted.
     async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, StoreError>;
@@ -515,6 +538,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every entity with its queue, for rebuilding entity dispatch at start-up.
     async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError>;
+
+    /// A real write through the store's write path, committed like any other (readiness:
+    /// it fails while the store cannot commit). Stores without such a path answer `Ok`.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Counts for the metrics, read when they are scraped (see [`StoreGauges`]).
+    async fn gauges(&self, _now_ms: i64) -> Result<StoreGauges, StoreError> {
+        Ok(StoreGauges::default())
+    }
+}
+
+/// What the store holds right now, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Instances per status (statuses with none are left out).
+    pub instances_by_status: Vec<(OrchestrationStatus, u64)>,
+    /// Inbox events visible now (ready or in a turn that has not committed yet).
+    pub inbox_ready: u64,
+    /// Inbox events waiting for their time (durable timers, scheduled starts, back-offs).
+    pub inbox_waiting: u64,
+    /// When the oldest visible inbox event became visible (ms since the epoch).
+    pub oldest_ready_ms: Option<i64>,
+    /// Activities scheduled and not completed (queued or running).
+    pub activities: u64,
 }
 
 #[cfg(test)]

@@ -240,6 +240,9 @@ enum WriteOp {
     EnqueueEntity(Vec<crate::core::entity::EntityMessage>, i64),
     CommitEntity(EntityCommit),
     RemoveEmptyEntities(Vec<String>),
+    /// Readiness probe: rewrites the header's `user_version` (unchanged), so the group's
+    /// COMMIT writes a WAL frame and syncs like a real write.
+    Probe,
     /// Tests only: runs a function on the writer's connection inside a group (to set a
     /// connection-level pragma there, or to make the writer thread panic).
     #[cfg(test)]
@@ -436,7 +439,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let results = run_group(&mut conn, &batch);
+        crate::metrics::store_commit(batch.len(), started.elapsed(), results.iter().all(Result::is_ok));
         for (job, r) in batch.drain(..).zip(results) {
             let _ = job.reply.send(r);
         }
@@ -584,6 +589,11 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
         }
         WriteOp::CommitEntity(commit) => WriteResult::EntityCommitted(entities::commit(c, commit)?),
         WriteOp::RemoveEmptyEntities(ids) => WriteResult::Purge(entities::remove_empty(c, ids)?),
+        WriteOp::Probe => {
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            c.pragma_update(None, "user_version", version)?;
+            WriteResult::Saved(true)
+        }
         #[cfg(test)]
         WriteOp::OnWriter(f) => {
             f(c)?;
@@ -937,7 +947,7 @@ fn continue_as_new(
     let s = &next.spec;
     c.prepare_cached(
         "UPDATE instances SET execution_id = ?, version = ?, input = ?, output = NULL, failure_details = NULL, \
-         completed_at = NULL, history_len = 0, tags = ?, status = ? WHERE instance_id = ?",
+         completed_at = NULL, history_len = 0, tags = ?, status = ?, trace_context = NULL WHERE instance_id = ?",
     )?
     .execute(params![
         s.execution_id,
@@ -1172,6 +1182,30 @@ fn load_inbox_with(c: &Connection, id: &str) -> Result<InboxSnapshot, StoreError
     read
 }
 
+fn gauges_with(c: &Connection, now_ms: i64) -> Result<StoreGauges, StoreError> {
+    let mut g = StoreGauges::default();
+    let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM instances GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (status, n) = row?;
+        if let Some(status) = i32::try_from(status).ok().and_then(|s| OrchestrationStatus::try_from(s).ok()) {
+            g.instances_by_status.push((status, u64::try_from(n).unwrap_or(0)));
+        }
+    }
+    let (ready, waiting, oldest): (i64, i64, Option<i64>) = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(visible_at <= ?1), 0), COALESCE(SUM(visible_at > ?1), 0), \
+             MIN(CASE WHEN visible_at <= ?1 THEN visible_at END) FROM inbox",
+        )?
+        .query_row([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    g.inbox_ready = u64::try_from(ready).unwrap_or(0);
+    g.inbox_waiting = u64::try_from(waiting).unwrap_or(0);
+    g.oldest_ready_ms = oldest;
+    let activities: i64 = c.prepare_cached("SELECT COUNT(*) FROM activities")?.query_row([], |r| r.get(0))?;
+    g.activities = u64::try_from(activities).unwrap_or(0);
+    Ok(g)
+}
+
 fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
     let inbox = DynQuery::new(
         "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
@@ -1258,11 +1292,39 @@ impl Store for SqliteStore {
             q.push(" AND instance_id >= ?", prefix.clone());
             q.push(" AND instance_id < ?", format!("{prefix}\u{10FFFF}"));
         }
-        if let Some(after) = &f.after_instance_id {
-            q.push(" AND instance_id > ?", after.clone());
+        if let Some(name) = &f.name {
+            q.push(" AND name = ?", name.clone());
         }
-        q.push(" ORDER BY instance_id LIMIT ?", i64::from(f.page_size.max(1)));
+        match &f.order {
+            QueryOrder::InstanceId => {
+                if let Some(after) = &f.after_instance_id {
+                    q.push(" AND instance_id > ?", after.clone());
+                }
+                q.push(" ORDER BY instance_id LIMIT ?", i64::from(f.page_size.max(1)));
+            }
+            QueryOrder::NewestFirst { before } => {
+                if let Some((t, id)) = before {
+                    // `created_at <= t` first so that the scan of `instances_created` starts there.
+                    q.push(" AND created_at <= ?", *t);
+                    q.push(" AND (created_at < ?", *t);
+                    q.push(" OR instance_id < ?)", id.clone());
+                }
+                q.push(" ORDER BY created_at DESC, instance_id DESC LIMIT ?", i64::from(f.page_size.max(1)));
+            }
+        }
         self.reads.run(move |c| q.rows(c, instance_from_row)).await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, StoreError> {
+        // One scan of the `instances_status` index (a covering index for this query).
+        let q = DynQuery::new("SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status");
+        let rows = self.reads.run(move |c| q.rows(c, |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| {
+                OrchestrationStatus::try_from(s).ok().map(|s| (s, u64::try_from(n).unwrap_or_default()))
+            })
+            .collect())
     }
 
     async fn list_completed_ids(&self, f: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError> {
@@ -1338,6 +1400,14 @@ impl Store for SqliteStore {
 
     async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError> {
         self.reads.run(entities::recover).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        expect_result!(self.write(WriteOp::Probe).await?, Saved).map(|_| ())
+    }
+
+    async fn gauges(&self, now_ms: i64) -> Result<StoreGauges, StoreError> {
+        self.reads.run(move |c| gauges_with(c, now_ms)).await
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
@@ -1804,6 +1874,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(done, [(102, "job-3".to_string()), (103, "other-1".to_string())]);
+        // Newest first (the dashboard), paged by (created, id); names; counts by status.
+        let newest = |before: Option<(i64, String)>| InstanceFilter {
+            page_size: 2,
+            order: QueryOrder::NewestFirst { before },
+            ..Default::default()
+        };
+        assert_eq!(ids(store.query_instances(&newest(None)).await.unwrap()), ["other-1", "job-3"]);
+        let next = store.query_instances(&newest(Some((12, "job-3".into())))).await.unwrap();
+        assert_eq!(ids(next), ["job-2", "job-1"]);
+        let by_name = InstanceFilter { name: Some("nobody".into()), page_size: 10, ..Default::default() };
+        assert!(store.query_instances(&by_name).await.unwrap().is_empty());
+        let by_name = InstanceFilter { name: Some("Orch".into()), page_size: 10, ..Default::default() };
+        assert_eq!(store.query_instances(&by_name).await.unwrap().len(), 4);
+        assert_eq!(
+            store.count_by_status().await.unwrap(),
+            [(OrchestrationStatus::Completed, 3), (OrchestrationStatus::Pending, 1)]
+        );
         let purged = store
             .purge(PurgeSelection::Filter { created_from_ms: None, created_to_ms: None, statuses: vec![] }, false)
             .await

@@ -23,12 +23,12 @@ from .http import (
 from .webhooks import DuroWebhookClient, InstanceStatus, WebhookError, WebhookResponse
 
 __all__ = [
-    "CheckStatusResponse",
     "DEFAULT_ADDRESS",
-    "DuroWebhookClient",
+    "HTTP_ACTIVITY_NAME",
+    "CheckStatusResponse",
     "DurableHttpRequest",
     "DurableHttpResponse",
-    "HTTP_ACTIVITY_NAME",
+    "DuroWebhookClient",
     "InstanceStatus",
     "ManagedIdentityTokenSource",
     "WebhookError",

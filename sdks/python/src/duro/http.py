@@ -13,9 +13,10 @@ and ``{"statusCode", "headers", "content"}``).
 from __future__ import annotations
 
 import json
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generator, Mapping
+from typing import Any
 
 from durabletask import task
 
@@ -131,7 +132,7 @@ class DurableHttpResponse:
     content: str | None = None
 
     @classmethod
-    def from_json(cls, value: Any) -> "DurableHttpResponse":
+    def from_json(cls, value: Any) -> DurableHttpResponse:
         """Builds a response from the activity output (a dict or its JSON text)."""
         if isinstance(value, (str, bytes)):
             value = json.loads(value)

@@ -10,8 +10,9 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 BASE_PATH = "/runtime/webhooks/durabletask"
 """Path of the management API below the server's root URL."""
@@ -63,7 +64,7 @@ class InstanceStatus:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "InstanceStatus":
+    def from_json(cls, obj: Mapping[str, Any]) -> InstanceStatus:
         """Builds a status from the API's camelCase JSON object."""
         return cls(
             name=obj.get("name", ""),

@@ -312,6 +312,10 @@ impl Store for MemStore {
         Err(not_simulated("list"))
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, StoreError> {
+        Err(not_simulated("count"))
+    }
+
     async fn purge(&self, _selection: PurgeSelection, _recursive: bool) -> Result<u32, StoreError> {
         Err(not_simulated("purge"))
     }
