@@ -12,15 +12,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import harness
 import pytest
-
 from durabletask import client as dt_client
-from durabletask import entities
-from durabletask import task
+from durabletask import entities, task
 from durabletask import worker as dt_worker
 from durabletask.client import OrchestrationStatus
-
-import harness
 
 TIMEOUT = 30
 pytestmark = pytest.mark.duro_only
