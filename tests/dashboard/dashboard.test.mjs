@@ -263,8 +263,27 @@ test("the live view shows the connected worker and the queues", async () => {
   assert.ok(Number(await page.locator('dd[data-completed="activity"]').innerText()) >= 8);
   assert.ok(Number(await page.locator('dd[data-completed="orchestration"]').innerText()) >= 12);
   await page.screenshot({ path: join(SHOTS, "live.png"), fullPage: true });
+  await page.context().close();
+});
+
+test("entities: listed with their state as text, filtered by id prefix", async () => {
+  const page = await newPage();
+  const dialogs = [];
+  page.on("dialog", (d) => {
+    dialogs.push(d.message());
+    d.dismiss();
+  });
   await page.goto(`${open.base}/entities`);
-  assert.match(await page.locator("#entities-unavailable").innerText(), /not available in this build/);
+  const row = page.locator("#entities tbody tr", { hasText: ids.entity });
+  assert.equal(await row.count(), 1);
+  assert.match(await row.innerText(), /<img src=x onerror=alert\(1\)>/);
+  assert.equal(await page.locator("#entities img").count(), 0, "state markup rendered as HTML");
+  await page.fill("#entity-prefix", "@nobody@");
+  await page.press("#entity-prefix", "Enter");
+  await page.waitForURL(/prefix=/);
+  assert.equal(await page.locator("#no-entities").count(), 1);
+  assert.deepEqual(dialogs, []);
+  await page.screenshot({ path: join(SHOTS, "entities.png"), fullPage: true });
   await page.context().close();
 });
 

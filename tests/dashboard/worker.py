@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
-from durabletask import client, task, worker
+from durabletask import client, entities, task, worker
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -51,6 +52,13 @@ def fan_out(ctx: task.OrchestrationContext, _):
     return results
 
 
+class Note(entities.DurableEntity):
+    """An entity whose state is user text (the dashboard must show it as text)."""
+
+    def set(self, text: str) -> None:
+        self.set_state(text)
+
+
 def main() -> None:
     address = sys.argv[1]
     with worker.TaskHubGrpcWorker(host_address=address) as w:
@@ -58,6 +66,7 @@ def main() -> None:
             w.add_orchestrator(o)
         for a in (hello, explode):
             w.add_activity(a)
+        w.add_entity(Note)
         w.start()
         with client.TaskHubGrpcClient(host_address=address) as c:
             ids = {
@@ -72,6 +81,16 @@ def main() -> None:
                 c.wait_for_orchestration_completion(ids[key], timeout=60)
             for key in ("waiting", "to_terminate"):
                 c.wait_for_orchestration_start(ids[key], timeout=60)
+            note = entities.EntityInstanceId("Note", "xss")
+            c.signal_entity(note, "set", XSS)
+            for _ in range(600):
+                md = c.get_entity(note, include_state=True)
+                if md is not None and md.get_typed_state() == XSS:
+                    break
+                time.sleep(0.1)
+            else:
+                raise SystemExit("the Note entity never got its state")
+            ids["entity"] = "@note@xss"
             print(json.dumps(ids), flush=True)
             sys.stdin.read()
 

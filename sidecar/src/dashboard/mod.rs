@@ -329,7 +329,7 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, req: Request<Body>) -> Respon
         Page::Instance(id) => instance(&ctx, &id, None).await,
         Page::Action(id, action) => act(&ctx, &id, action, &form).await,
         Page::Live => live(&ctx).await,
-        Page::Entities => html(StatusCode::OK, pages::entities(&ctx), ctx.set_cookie.clone()),
+        Page::Entities => entities(&ctx).await,
         Page::Logout => {
             dash.revoke(&ctx.session, now_secs());
             let target = if ctx.signed_in { format!("{PREFIX}/login") } else { PREFIX.to_string() };
@@ -620,6 +620,29 @@ async fn list(ctx: &Ctx) -> Response {
     let notice = ctx.query.get("purged").map(|id| format!("Instance '{id}' was purged."));
     let view = ListView { params, rows, counts, next, notice };
     html(StatusCode::OK, pages::list(ctx, &view), ctx.set_cookie.clone())
+}
+
+/// Entities by id, paged (50 a page), optionally under an id prefix; state, lock owner and
+/// queue length straight from the store.
+async fn entities(ctx: &Ctx) -> Response {
+    const PAGE: u32 = 50;
+    let prefix = ctx.query.get("prefix").map(str::trim).unwrap_or_default().to_string();
+    let filter = crate::store::EntitySelection {
+        id_prefix: Some(prefix.clone()).filter(|p| !p.is_empty()),
+        include_transient: true,
+        page_size: PAGE + 1,
+        after_id: ctx.query.get("after").filter(|a| !a.is_empty()).map(str::to_string),
+        ..Default::default()
+    };
+    let mut rows = match ctx.state.engine.query_entities(&filter).await {
+        Ok(rows) => rows,
+        Err(e) => return error_page(ctx, &e.into()),
+    };
+    let more = rows.len() > PAGE as usize;
+    rows.truncate(PAGE as usize);
+    let next = if more { rows.last().map(|r| r.entity_id.clone()) } else { None };
+    let view = pages::EntitiesView { prefix, rows, next };
+    html(StatusCode::OK, pages::entities(ctx, &view), ctx.set_cookie.clone())
 }
 
 fn search(ctx: &Ctx) -> Response {

@@ -582,14 +582,54 @@ pub fn live(ctx: &Ctx, v: &LiveView, cap: usize) -> Markup {
     )
 }
 
-pub fn entities(ctx: &Ctx) -> Markup {
+/// One page of entities (`next`: the cursor of the following page, if any).
+pub struct EntitiesView {
+    pub prefix: String,
+    pub rows: Vec<crate::store::EntityRecord>,
+    pub next: Option<String>,
+}
+
+/// Where an entity's lock owner links: the orchestration holding it.
+fn owner_link(owner: &str) -> Markup {
+    html! { a href=(instance_url(owner)) { (owner) } }
+}
+
+pub fn entities(ctx: &Ctx, v: &EntitiesView) -> Markup {
+    let page_url = |after: &str| {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("prefix", &v.prefix)
+            .append_pair("after", after)
+            .finish();
+        format!("{PREFIX}/entities?{q}")
+    };
     layout(
         Some(ctx),
         "Entities",
         "entities",
         html! {
             h1 { "Entities" }
-            p #entities-unavailable { "Durable entities are not available in this build of Duro." }
+            form.toolbar method="get" action={ (PREFIX) "/entities" } {
+                label for="entity-prefix" { "Entity id prefix" }
+                input #entity-prefix name="prefix" type="search" value=(v.prefix) placeholder="@counter@";
+                button type="submit" { "Filter" }
+            }
+            p.hint { "Ids are " code { "@name@key" } " (the name in lower case). Entities without state are listed while they hold a lock or have queued operations." }
+            @if v.rows.is_empty() { p.none #no-entities { "No entities." } } @else {
+                div.table-wrap { table #entities {
+                    thead { tr {
+                        th scope="col" { "Entity" } th scope="col" { "Lock owner" } th scope="col" { "Queued operations" }
+                        th scope="col" { "Last modified (UTC)" } th scope="col" { "State" }
+                    } }
+                    tbody { @for e in &v.rows { tr {
+                        td { code { (e.entity_id) } }
+                        td { @match &e.lock_owner { Some(o) => (owner_link(o)), None => "—" } }
+                        td data-backlog=(e.backlog) { (e.backlog) }
+                        td { (time(e.modified_at_ms)) }
+                        td { @match &e.state { Some(st) => code.state { (clip(st, 200)) }, None => span.none { "no state" } } }
+                    } } }
+                } }
+            }
+            @if let Some(after) = &v.next { p { a href=(page_url(after)) rel="next" { "Next page" } } }
         },
     )
 }
