@@ -275,6 +275,43 @@ async fn accepted_202_is_polled_at_the_relative_location() {
     worker.stop().await;
 }
 
+/// The dashboard shows a call that is polling: which task, how many polls, when the next one
+/// goes out, and the Location without its query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_call_that_is_polling() {
+    let dir = test_dir();
+    let target = Arc::new(Target::default());
+    target.hold.store(true, Ordering::SeqCst);
+    let base = target_server(target.clone()).await;
+    let sidecar = Sidecar::builder()
+        .dir(dir.path())
+        .http_api()
+        .args(["--http-allow", "127.0.0.1", "--durable-http-default-poll-interval-ms", "100"])
+        .start();
+    let (worker, _) = start_worker(&sidecar);
+    let client = sidecar.client().await;
+    let req = json!([{"method": "POST", "uri": format!("{base}/api/jobs"), "content": "{\"job\":1}"}]);
+    start(&client, "HttpOrchestration", "shown", Some(&req.to_string())).await.expect("start");
+    let page_url = format!("{}/dashboard/instances/shown", sidecar.http_url());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let page = loop {
+        let page = reqwest::get(&page_url).await.expect("dashboard").text().await.expect("page");
+        if page.contains("durable-http") && target.polls.load(Ordering::SeqCst) >= 2 {
+            break page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no polling shown; log:\n{}", sidecar.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(page.contains("Task #0: poll "), "{page}");
+    assert!(page.contains(&format!("{base}/api/status/1")), "the polled Location is shown: {page}");
+    target.release.store(true, Ordering::SeqCst);
+    let state = wait_completion(&client, "shown", WAIT).await;
+    assert_eq!(output(&state)[0]["statusCode"], 200);
+    let page = reqwest::get(&page_url).await.expect("dashboard").text().await.expect("page");
+    assert!(!page.contains("id=\"durable-http\""), "a finished call is no longer listed as polling");
+    worker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_resumes_after_kill9_without_repeating_the_post() {
     let dir = test_dir();

@@ -677,7 +677,12 @@ async fn instance(ctx: &Ctx, id: &str, refusal: Option<Refusal>) -> Response {
         Err(e) => return error_page(ctx, &e.into()),
     };
     let done = ctx.query.get("done").and_then(ActionKind::from_slug);
-    let view = pages::InstanceView { record, history, now_ms: now_ms(), done, refusal };
+    let polling = engine
+        .builtin_progress(id)
+        .into_iter()
+        .filter_map(|(task_id, p)| crate::durable_http::polling::PollState::decode(&p).ok().map(|st| (task_id, st)))
+        .collect();
+    let view = pages::InstanceView { record, history, now_ms: now_ms(), done, refusal, polling };
     html(status, pages::instance(ctx, &view), ctx.set_cookie.clone())
 }
 

@@ -243,6 +243,8 @@ pub struct InstanceView {
     pub now_ms: i64,
     pub done: Option<ActionKind>,
     pub refusal: Option<Refusal>,
+    /// Durable HTTP calls in flight that are polling a 202's `Location`, by task id.
+    pub polling: Vec<(i32, crate::durable_http::polling::PollState)>,
 }
 
 pub fn not_found(ctx: &Ctx, id: &str, e: &ApiError, refusal: Option<&Refusal>) -> Markup {
@@ -343,6 +345,17 @@ pub fn instance(ctx: &Ctx, v: &InstanceView) -> Markup {
                         ul { @for c in &children { li {
                             @if let Some(cid) = &c.instance_id { a href=(instance_url(cid)) { (cid) } }
                             " " (c.name) " · " (c.outcome.label())
+                        } } }
+                    }
+                }
+                @if !v.polling.is_empty() {
+                    section #durable-http {
+                        h2 { "Durable HTTP calls polling" }
+                        p.hint { "A 202 answer's Location is polled until the call finishes; the query string is not shown (it may hold a token)." }
+                        ul { @for (task_id, st) in &v.polling { li data-task=(task_id) {
+                            "Task #" (task_id) ": poll " (st.polls) " of this call, next at " (time(st.next_poll_at_ms)) " UTC, gives up at "
+                            (time(st.deadline_ms)) " UTC · "
+                            code { (st.location_url().map(|u| crate::durable_http::ssrf::display_url(&u)).unwrap_or_else(|_| "(unreadable location)".into())) }
                         } } }
                     }
                 }

@@ -209,6 +209,11 @@ impl Engine {
         self.inner.sched.lock().stats()
     }
 
+    /// The latest checkpoints of an instance's built-in activities in flight, by task id.
+    pub fn builtin_progress(&self, instance_id: &str) -> Vec<(i32, String)> {
+        self.inner.sched.lock().builtin_progress(instance_id)
+    }
+
     /// The scheduler's figures and its connected streams, read under one lock (the dashboard's
     /// live view).
     pub fn live_snapshot(&self) -> LiveSnapshot {

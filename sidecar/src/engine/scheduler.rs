@@ -1396,6 +1396,18 @@ impl Scheduler {
         self.schedule(at, Wake::Activity(id));
     }
 
+    /// The latest checkpoints of an instance's built-in activities, by task id (what a
+    /// durable HTTP call is polling; shown by the dashboard).
+    pub fn builtin_progress(&self, instance_id: &str) -> Vec<(i32, String)> {
+        self.instance_activities
+            .get(instance_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.activities.get(id))
+            .filter_map(|a| a.progress.clone().map(|p| (a.request.task_id, p)))
+            .collect()
+    }
+
     /// Remembers a built-in activity's latest checkpoint (already persisted).
     pub fn set_activity_progress(&mut self, activity_id: i64, progress: String) {
         if let Some(slot) = self.activities.get_mut(&activity_id) {
