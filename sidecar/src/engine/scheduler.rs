@@ -337,8 +337,9 @@ pub struct TurnContext {
 
 /// Whether a lease's result is being committed. `Out → Completing` when a completion (or
 /// the sidecar's own control/poison result) is accepted (`begin_completion`); back to `Out`
-/// when that commit fails and the worker may answer again (`reopen`). A `Completing` lease
-/// is not expired and not taken away with its stream: its commit decides.
+/// only in `reject_and_release`, just before the lease is released. A commit that fails
+/// releases the lease (`release`) or resyncs the instance; it never reopens it. A
+/// `Completing` lease is not expired and not taken away with its stream: its commit decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LeasePhase {
     Out,
