@@ -3,15 +3,11 @@
 //! Thin: the engine's entity API does the work.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::Serialize;
 
-use super::{
-    accepted, header_value, json_body, read_body, time_param, Ctx, CONTINUATION_HEADER, DEFAULT_PAGE, MAX_PAGE,
-};
+use super::{accepted, json_body, page_request, paged_response, read_body, time_param, Ctx};
 use crate::core::entity::EntityId;
 use crate::http::auth::Need;
 use crate::http::json::{self, ApiError, ErrorCode};
@@ -90,16 +86,7 @@ fn entity_json(r: EntityRecord, fetch_state: bool) -> EntityJson {
 /// entities with state, one page; more pages via the `x-ms-continuation-token` header.
 pub(super) async fn list(ctx: &Ctx, name: Option<&str>) -> Result<Response, ApiError> {
     ctx.authorize(Need::Manage)?;
-    let page = match ctx.query.get("top").and_then(|v| v.trim().parse::<i64>().ok()) {
-        Some(n) if n > 0 => u32::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
-        _ => DEFAULT_PAGE,
-    };
-    let after = match ctx.header(CONTINUATION_HEADER) {
-        None => None,
-        Some(t) => Some(URL_SAFE_NO_PAD.decode(t).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
-            ApiError::bad_request(format!("the {CONTINUATION_HEADER} header was not issued by this sidecar"))
-        })?),
-    };
+    let (page, after) = page_request(ctx)?;
     let prefix = match name {
         // `@name@` (the id with an empty key) is the prefix of every key.
         Some(n) => Some(entity_id(n, "")?),
@@ -115,18 +102,7 @@ pub(super) async fn list(ctx: &Ctx, name: Option<&str>) -> Result<Response, ApiE
         page_size: page.saturating_add(1),
         after_id: after,
     };
-    let mut records = ctx.state.engine.query_entities(&selection).await?;
-    let more = records.len() > page as usize;
-    records.truncate(page as usize);
-    let next = match records.last() {
-        Some(last) if more => URL_SAFE_NO_PAD.encode(last.entity_id.as_bytes()),
-        _ => String::new(),
-    };
+    let records = ctx.state.engine.query_entities(&selection).await?;
     let fetch_state = ctx.query.flag("fetchState", false);
-    let body: Vec<EntityJson> = records.into_iter().map(|r| entity_json(r, fetch_state)).collect();
-    let mut headers = HeaderMap::new();
-    if let Some(v) = header_value(&next) {
-        headers.insert(CONTINUATION_HEADER, v);
-    }
-    Ok(json::json_response(StatusCode::OK, headers, &body))
+    Ok(paged_response(records, page, |r| &r.entity_id, |r| entity_json(r, fetch_state)))
 }

@@ -646,16 +646,7 @@ fn time_param(q: &Query, name: &str) -> Result<Option<i64>, ApiError> {
 /// `GET /instances`
 async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
     ctx.authorize(Need::Manage)?;
-    let page = match ctx.query.get("top").and_then(|v| v.trim().parse::<i64>().ok()) {
-        Some(n) if n > 0 => u32::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
-        _ => DEFAULT_PAGE,
-    };
-    let after = match ctx.header(CONTINUATION_HEADER) {
-        None => None,
-        Some(t) => Some(URL_SAFE_NO_PAD.decode(t).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
-            ApiError::bad_request(format!("the {CONTINUATION_HEADER} header was not issued by this sidecar"))
-        })?),
-    };
+    let (page, after) = page_request(ctx)?;
     let filter = InstanceFilter {
         statuses: statuses(&ctx.query),
         created_from_ms: time_param(&ctx.query, "createdTimeFrom")?,
@@ -667,19 +658,47 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         ..Default::default()
     };
     let show_input = ctx.query.flag("showInput", true);
-    let mut records = ctx.state.engine.query(&filter).await?;
-    let more = records.len() > page as usize;
-    records.truncate(page as usize);
-    let next = match records.last() {
-        Some(last) if more => URL_SAFE_NO_PAD.encode(last.instance_id.as_bytes()),
+    let records = ctx.state.engine.query(&filter).await?;
+    Ok(paged_response(records, page, |r| &r.instance_id, |r| StatusObject::new(&r, show_input, None)))
+}
+
+/// A list request's page size (`top`: default 100, at most 1000) and exclusive cursor (the
+/// id in `x-ms-continuation-token`, as this sidecar issued it). Queries ask for one row more
+/// than the page, which says whether another page follows (see [`paged_response`]).
+fn page_request(ctx: &Ctx) -> Result<(u32, Option<String>), ApiError> {
+    let page = match ctx.query.get("top").and_then(|v| v.trim().parse::<i64>().ok()) {
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+        _ => DEFAULT_PAGE,
+    };
+    let after = match ctx.header(CONTINUATION_HEADER) {
+        None => None,
+        Some(t) => Some(URL_SAFE_NO_PAD.decode(t).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
+            ApiError::bad_request(format!("the {CONTINUATION_HEADER} header was not issued by this sidecar"))
+        })?),
+    };
+    Ok((page, after))
+}
+
+/// One page of `rows` (queried with `page + 1` rows) as JSON, with the next page's
+/// `x-ms-continuation-token` (the last row's id) when another page follows.
+fn paged_response<R, B: Serialize>(
+    mut rows: Vec<R>,
+    page: u32,
+    id: impl Fn(&R) -> &str,
+    body: impl Fn(R) -> B,
+) -> Response {
+    let more = rows.len() > page as usize;
+    rows.truncate(page as usize);
+    let next = match rows.last() {
+        Some(last) if more => URL_SAFE_NO_PAD.encode(id(last).as_bytes()),
         _ => String::new(),
     };
-    let body: Vec<StatusObject> = records.iter().map(|r| StatusObject::new(r, show_input, None)).collect();
+    let body: Vec<B> = rows.into_iter().map(body).collect();
     let mut headers = HeaderMap::new();
     if let Some(v) = header_value(&next) {
         headers.insert(CONTINUATION_HEADER, v);
     }
-    Ok(json::json_response(StatusCode::OK, headers, &body))
+    json::json_response(StatusCode::OK, headers, &body)
 }
 
 #[derive(Serialize)]
