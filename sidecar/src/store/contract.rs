@@ -243,3 +243,19 @@ async fn contract_holds_for_sqlite() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn contract_holds_for_postgres() {
+    let pg = duro_testkit::Postgres::start();
+    run_all(|| {
+        let opts = super::postgres::PgOptions {
+            url: pg.url().to_string(),
+            hub: pg.fresh_hub(),
+            owner: "contract".into(),
+            lease: std::time::Duration::from_secs(30),
+            max_connections: 4,
+        };
+        async move { super::postgres::PgStore::open(opts).await.expect("open store") }
+    })
+    .await;
+}

@@ -8,6 +8,8 @@
 //! by several sidecars (PostgreSQL) needs more than this trait: leases, their expiry and
 //! fencing must move into the store, and the engine must claim work from it.
 
+mod codec;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -30,6 +32,13 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
     /// The group commit holding this write failed; nothing of it was stored.
+    /// PostgreSQL (or the connection to it) failed; see [`StoreError::is_transient`].
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] sqlx_core::Error),
+    /// This sidecar's lease on the instance expired and another sidecar took it over; the
+    /// write was refused (fencing) and nothing of it was stored.
+    #[error("the lease on instance '{0}' was lost to another sidecar")]
+    LeaseLost(String),
     #[error("database commit failed: {0}")]
     CommitFailed(String),
     /// A write failed for a reason that retrying does not cure (a corrupt or read-only
@@ -78,6 +87,7 @@ impl StoreError {
                 e.code,
                 C::DatabaseBusy | C::DatabaseLocked | C::DiskFull | C::SystemIoFailure | C::OutOfMemory
             ),
+            StoreError::Postgres(e) => postgres::is_transient(e),
             _ => false,
         }
     }

@@ -26,6 +26,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::codec::{decode_event, decode_opt, encode_event, tags_json};
 use super::*;
 use crate::core::{self, events, is_terminal, status_from_i32, Message, NewInstance, Priority};
 
@@ -600,26 +601,6 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
             WriteResult::Saved(true)
         }
     })
-}
-
-fn encode_event(e: &HistoryEvent) -> Vec<u8> {
-    e.encode_to_vec()
-}
-
-fn decode_event(bytes: &[u8]) -> Result<HistoryEvent, StoreError> {
-    HistoryEvent::decode(bytes).map_err(|e| StoreError::Corrupt(format!("history event: {e}")))
-}
-
-fn decode_opt<M: prost::Message + Default>(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StoreError> {
-    bytes.map(|b| M::decode(&b[..]).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
-}
-
-fn tags_json(tags: &HashMap<String, String>) -> Option<String> {
-    if tags.is_empty() {
-        None
-    } else {
-        serde_json::to_string(tags).ok()
-    }
 }
 
 const INSTANCE_COLUMNS: &str = "instance_id, execution_id, name, version, status, created_at, updated_at, \

@@ -20,6 +20,7 @@ mod bin;
 mod dir;
 mod exit;
 mod ports;
+mod postgres;
 mod sidecar;
 
 #[cfg(feature = "sdk")]
@@ -29,4 +30,5 @@ pub use bin::{duro_bin, workspace_root};
 pub use dir::{test_dir, TestDir};
 pub use exit::{is_root, run_args_until_exit, run_until_exit, run_until_exit_as, UNPRIVILEGED};
 pub use ports::free_port;
+pub use postgres::{pg_bin_dir, Postgres};
 pub use sidecar::{Sidecar, SidecarBuilder};

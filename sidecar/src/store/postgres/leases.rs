@@ -1,0 +1,1 @@
+//! Leases in the store: claiming, renewing, releasing and fencing instances and activities.

@@ -1,0 +1,246 @@
+//! PostgreSQL store: one task hub shared by many sidecars (`--db postgres://…`).
+//!
+//! The schema lives in its own PostgreSQL schema per task hub (`--task-hub`, the connection's
+//! `search_path`), migrated with sqlx's migrator from `sidecar/migrations/postgres`. Every
+//! [`Store`] write is one transaction on a pooled connection; PostgreSQL groups concurrent
+//! commits' WAL flushes itself, so there is no writer thread as with SQLite.
+//!
+//! What SQLite gets from one process owning the file, PostgreSQL gets from leases kept in the
+//! store (`leases.rs`): an instance's turns run only on the sidecar holding its lease, and a
+//! turn commits only while that lease (owner and epoch) is still the current one. Rules every
+//! write here keeps:
+//! - every inbox insert first locks its target instance's row `FOR SHARE` (all targets of
+//!   one transaction in instance-id order, so two transactions never wait on each other in a
+//!   cycle); a lease release locks the row `FOR UPDATE` and then looks for inbox rows, so a
+//!   release never hides an event committed concurrently;
+//! - every inbox and activity insert notifies the hub's channel (delivered at commit), so
+//!   other sidecars claim new work without polling;
+//! - a replaced instance (id reuse) keeps its lease epoch rising, never resetting it.
+
+mod entities;
+pub mod leases;
+mod read;
+mod write;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use duro_proto::{HistoryEvent, OrchestrationStatus};
+use parking_lot::Mutex;
+use sqlx_core::migrate::{Migration, MigrationType, Migrator};
+use sqlx_postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::*;
+use crate::core::{Message, NewInstance};
+
+/// The migrations, in order (sqlx records them in `_sqlx_migrations` inside the hub's schema).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))];
+
+/// How a [`PgStore`] connects and leases.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user:pass@host:port/db?…` (libpq-style parameters as sqlx accepts them).
+    pub url: String,
+    /// The task hub: a PostgreSQL schema name (letters, digits, `_`; created if missing).
+    pub hub: String,
+    /// This sidecar's id in leases (unique per process).
+    pub owner: String,
+    /// How long a lease lasts without renewal; renewals run every third of it.
+    pub lease: Duration,
+    pub max_connections: u32,
+}
+
+/// A task-hub name usable as a PostgreSQL schema and notification channel: 1–48 of
+/// `[a-z0-9_]`, starting with a letter.
+pub fn valid_hub_name(hub: &str) -> bool {
+    let mut chars = hub.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && hub.len() <= 48
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+}
+
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+    pub(crate) opts: PgOptions,
+    /// The epoch of every instance lease this sidecar holds (filled by claims, emptied by
+    /// releases and by commits that find the lease lost). `commit_turn` fences with it.
+    pub(crate) held: Mutex<HashMap<String, i64>>,
+}
+
+impl PgStore {
+    /// Connects, creates the hub's schema if needed and migrates it.
+    pub async fn open(opts: PgOptions) -> Result<PgStore, StoreError> {
+        if !valid_hub_name(&opts.hub) {
+            return Err(StoreError::Migrate(format!(
+                "task hub '{}' is not a valid name: use 1-48 lower-case letters, digits or '_', starting with a letter",
+                opts.hub
+            )));
+        }
+        let base = PgConnectOptions::from_str(&opts.url)
+            .map_err(|e| StoreError::Migrate(format!("--db is not a valid PostgreSQL URL: {e}")))?;
+        // Create the schema on a connection without the search_path, then pool with it.
+        let admin = PgPoolOptions::new().max_connections(1).connect_with(base.clone()).await?;
+        sqlx_core::query::query::<sqlx_postgres::Postgres>(&format!("CREATE SCHEMA IF NOT EXISTS {}", opts.hub))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let with_hub = base.options([("search_path", opts.hub.as_str())]).application_name("duro");
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(with_hub)
+            .await?;
+        migrate(&pool).await?;
+        Ok(PgStore { pool, opts, held: Mutex::new(HashMap::new()) })
+    }
+
+    /// The notification channel of this hub.
+    pub fn channel(&self) -> String {
+        channel_of(&self.opts.hub)
+    }
+}
+
+/// The notification channel of a hub (channels are per database, so the hub names it).
+pub fn channel_of(hub: &str) -> String {
+    format!("duro_{hub}")
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(d), MigrationType::Simple, Cow::Borrowed(sql), false))
+        .collect();
+    let migrator = Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false };
+    migrator.run(pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
+        write::create_instance(self, new, reuse).await
+    }
+
+    async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError> {
+        write::enqueue(self, message).await
+    }
+
+    async fn commit_turn(&self, commit: TurnCommit) -> Result<CommitResult, StoreError> {
+        write::commit_turn(self, commit).await
+    }
+
+    async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
+        write::complete_activity(self, activity_id, result).await
+    }
+
+    async fn record_attempts(&self, counts: Vec<Attempts>) -> Result<(), StoreError> {
+        write::record_attempts(self, counts).await
+    }
+
+    async fn save_activity_progress(&self, activity_id: i64, progress: String) -> Result<bool, StoreError> {
+        write::save_activity_progress(self, activity_id, progress).await
+    }
+
+    async fn load_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        read::load_instance(self, instance_id).await
+    }
+
+    async fn load_history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        read::load_history(self, instance_id).await
+    }
+
+    async fn query_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>, StoreError> {
+        read::query_instances(self, filter).await
+    }
+
+    async fn list_completed_ids(&self, filter: &CompletedFilter) -> Result<Vec<(i64, String)>, StoreError> {
+        read::list_completed_ids(self, filter).await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(OrchestrationStatus, u64)>, StoreError> {
+        read::count_by_status(self).await
+    }
+
+    async fn purge(&self, selection: PurgeSelection, recursive: bool) -> Result<u32, StoreError> {
+        write::purge(self, selection, recursive).await
+    }
+
+    async fn restart(
+        &self,
+        instance_id: &str,
+        new_instance_id: Option<String>,
+        now_ms: i64,
+    ) -> Result<RestartResult, StoreError> {
+        write::restart(self, instance_id, new_instance_id, now_ms).await
+    }
+
+    async fn rewind(&self, instance_id: &str, reason: Option<String>, now_ms: i64) -> Result<RewindResult, StoreError> {
+        write::rewind(self, instance_id, reason, now_ms).await
+    }
+
+    async fn load_events(&self, instance_id: &str, inbox_ids: &[i64]) -> Result<Vec<(i64, HistoryEvent)>, StoreError> {
+        read::load_events(self, instance_id, inbox_ids).await
+    }
+
+    async fn load_inbox(&self, instance_id: &str) -> Result<InboxSnapshot, StoreError> {
+        read::load_inbox(self, instance_id).await
+    }
+
+    async fn recover(&self) -> Result<Recovered, StoreError> {
+        read::recover(self).await
+    }
+
+    async fn enqueue_entity(
+        &self,
+        messages: Vec<crate::core::entity::EntityMessage>,
+        now_ms: i64,
+    ) -> Result<Vec<QueuedEntityMessage>, StoreError> {
+        entities::enqueue_entity(self, messages, now_ms).await
+    }
+
+    async fn commit_entity(&self, commit: EntityCommit) -> Result<EntityCommitResult, StoreError> {
+        entities::commit_entity(self, commit).await
+    }
+
+    async fn remove_empty_entities(&self, ids: Vec<String>) -> Result<u32, StoreError> {
+        entities::remove_empty_entities(self, ids).await
+    }
+
+    async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError> {
+        entities::query_entities(self, filter).await
+    }
+
+    async fn recover_entities(&self) -> Result<Vec<RecoveredEntity>, StoreError> {
+        entities::recover_entities(self).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        read::probe(self).await
+    }
+
+    async fn gauges(&self, now_ms: i64) -> Result<StoreGauges, StoreError> {
+        read::gauges(self, now_ms).await
+    }
+}
+
+/// Whether a PostgreSQL error may pass on retry: the connection or pool failed, the server is
+/// shutting down or out of resources, or the transaction lost a serialization or deadlock
+/// check (SQLSTATE classes 08, 53, 57P, and 40001 / 40P01). Constraint violations, syntax and
+/// permission errors are permanent.
+pub fn is_transient(e: &sqlx_core::Error) -> bool {
+    use sqlx_core::Error as E;
+    match e {
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => true,
+        E::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }
+        _ => false,
+    }
+}
