@@ -10,6 +10,7 @@ use duro::engine::scheduler::SchedulerOptions;
 use duro::engine::EngineOptions;
 use duro::grpc::ServiceOptions;
 use duro::server::{self, ApiToken, Config};
+use duro::store::postgres::{valid_hub_name, PgOptions};
 use duro::store::sqlite::{SqliteOptions, StartupCheck};
 
 /// Duro: a durable-execution sidecar for the Durable Task SDKs.
@@ -33,9 +34,22 @@ struct Cli {
     /// TLS private key (PEM) for gRPC.
     #[arg(long, env = "DURO_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// SQLite database file (created if missing).
-    #[arg(long, env = "DURO_DB", default_value = "duro.db")]
+    /// The store: a SQLite database file (created if missing), or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/database`) shared by every sidecar of one task hub.
+    #[arg(long, env = "DURO_DB", default_value = "duro.db", hide_env_values = true)]
     db: PathBuf,
+    /// The task hub on PostgreSQL: the schema its tables live in (created if missing), so
+    /// several hubs can share one database. Lower-case letters, digits and '_'.
+    #[arg(long, env = "DURO_TASK_HUB", default_value = "duro")]
+    task_hub: String,
+    /// How long a sidecar's lease on an instance lasts without renewal (PostgreSQL). A dead
+    /// sidecar's instances move to the others within about this long; renewals run every third
+    /// of it, two statements each.
+    #[arg(long, env = "DURO_LEASE_SECONDS", default_value_t = 6.0)]
+    lease_seconds: f64,
+    /// Connections to PostgreSQL this sidecar opens at most.
+    #[arg(long, env = "DURO_PG_MAX_CONNECTIONS", default_value_t = 16)]
+    pg_max_connections: u32,
     /// Log filter, e.g. `info`, `duro=debug`.
     #[arg(long, env = "DURO_LOG", default_value = "info")]
     log_level: String,
@@ -182,12 +196,43 @@ fn report(format: LogFormat, line: &str) {
     }
 }
 
+/// PostgreSQL settings when `--db` is a PostgreSQL URL.
+fn postgres_options(cli: &Cli) -> anyhow::Result<Option<PgOptions>> {
+    let db = cli.db.to_string_lossy();
+    if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        valid_hub_name(&cli.task_hub),
+        "--task-hub '{}' is not a valid name: use 1-48 lower-case letters, digits or '_', starting with a letter",
+        cli.task_hub
+    );
+    anyhow::ensure!(
+        cli.lease_seconds.is_finite() && (1.0..=600.0).contains(&cli.lease_seconds),
+        "--lease-seconds must be between 1 and 600 (got {})",
+        cli.lease_seconds
+    );
+    // Unique per process: a restarted sidecar never mistakes its predecessor's leases for its own.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "duro".into());
+    let owner = format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    Ok(Some(PgOptions {
+        url: db.into_owned(),
+        hub: cli.task_hub.clone(),
+        owner,
+        lease: Duration::from_secs_f64(cli.lease_seconds),
+        max_connections: cli.pg_max_connections.max(2),
+        require_lease: true,
+    }))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cli)?;
     let cli_format = cli.log_format;
+    let postgres = postgres_options(&cli)?;
     let config = Config {
         listen: cli.listen,
         db: cli.db.clone(),
+        postgres,
         sqlite: SqliteOptions {
             synchronous_full: !cli.sqlite_relaxed_sync,
             secure_delete: !cli.sqlite_no_secure_delete,

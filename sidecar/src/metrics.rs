@@ -93,6 +93,7 @@ struct Metrics {
     commit_group: Histogram,
     commit_seconds: Histogram,
     commit_failures: Counter,
+    leases_lost: Counter,
     leases_expired: Counter,
     poison: Family<KindLabel, Counter>,
     instances: Family<StatusLabel, Gauge>,
@@ -122,6 +123,7 @@ impl Metrics {
             // 0.1 ms … ~3 s.
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             commit_failures: Counter::default(),
+            leases_lost: Counter::default(),
             leases_expired: Counter::default(),
             poison: Family::default(),
             instances: Family::default(),
@@ -162,6 +164,11 @@ impl Metrics {
             m.commit_seconds.clone(),
         );
         r.register("store_commit_failures", "Group commits that stored nothing", m.commit_failures.clone());
+        r.register(
+            "leases_lost",
+            "Instance leases lost to another sidecar sharing the task hub (expired, then claimed)",
+            m.leases_lost.clone(),
+        );
         r.register("leases_expired", "Orchestration turns whose lease timed out before the worker answered", {
             m.leases_expired.clone()
         });
@@ -253,6 +260,11 @@ pub fn completed(kind: &'static str, name: &str, token: &str, ok: bool) {
 pub fn released(token: &str) {
     METRICS.in_flight.lock().remove(token);
     crate::otel::released(token);
+}
+
+/// A sidecar sharing its task hub found an instance lease lost to another sidecar.
+pub fn lease_lost() {
+    METRICS.leases_lost.inc();
 }
 
 /// A work item failed as poison.

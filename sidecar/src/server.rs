@@ -10,8 +10,9 @@ use thiserror::Error;
 
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::grpc::{ServiceOptions, SidecarService};
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::StoreError;
+use crate::store::{Leases, Store, StoreError};
 
 /// gRPC streams (calls) one connection may have open at once.
 const GRPC_MAX_STREAMS: u32 = 1024;
@@ -23,6 +24,8 @@ const GRPC_MAX_HEADER_BYTES: u32 = 64 * 1024;
 pub struct Config {
     pub listen: SocketAddr,
     pub db: PathBuf,
+    /// PostgreSQL instead of the SQLite file `db` (a task hub shared with other sidecars).
+    pub postgres: Option<PgOptions>,
     pub sqlite: SqliteOptions,
     pub engine: EngineOptions,
     pub service: ServiceOptions,
@@ -74,6 +77,8 @@ pub enum ServerError {
     InsecureRemote(SocketAddr),
     #[error("cannot open the store at {path}: {source}", path = path.display())]
     Store { path: PathBuf, source: StoreError },
+    #[error("cannot open the PostgreSQL task hub '{hub}' at {at}: {source}")]
+    Postgres { hub: String, at: String, source: StoreError },
     /// The store refused to open (in use, missing directory, read-only, damaged): its own
     /// sentence names the file, the cause and what to do.
     #[error(transparent)]
@@ -125,7 +130,9 @@ impl Running {
         if let Some(http) = self.http {
             http.shutdown().await;
         }
-        match tokio::time::timeout(crate::grpc::SHUTDOWN_GRACE, self.task).await {
+        let served = tokio::time::timeout(crate::grpc::SHUTDOWN_GRACE, self.task).await;
+        self.engine.release_leases().await;
+        match served {
             Ok(Ok(r)) => r,
             Ok(Err(join)) => {
                 tracing::error!(error = %join, "server task ended abnormally");
@@ -137,6 +144,31 @@ impl Running {
             }
         }
     }
+}
+
+type StoreDied = Option<futures::future::BoxFuture<'static, String>>;
+
+/// Opens the configured store: SQLite (with the signal that its writer died), or PostgreSQL
+/// with the leases of a shared task hub.
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<Arc<dyn Leases>>, StoreDied), ServerError> {
+    if let Some(pg) = &config.postgres {
+        let store = PgStore::open(pg.clone()).await.map_err(|source| ServerError::Postgres {
+            hub: pg.hub.clone(),
+            at: pg.redacted_url(),
+            source,
+        })?;
+        let store = Arc::new(store);
+        return Ok((store.clone(), Some(store), None));
+    }
+    let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
+        e @ (StoreError::InUse { .. }
+        | StoreError::NoDirectory { .. }
+        | StoreError::ReadOnly { .. }
+        | StoreError::Damaged { .. }) => ServerError::InUse(e),
+        source => ServerError::Store { path: config.db.clone(), source },
+    })?;
+    let died = Some(Box::pin(store.writer_died()) as futures::future::BoxFuture<'static, String>);
+    Ok((Arc::new(store), None, died))
 }
 
 /// Opens the store, recovers pending work and starts serving.
@@ -162,16 +194,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
     }
-    let store = SqliteStore::open(&config.db, config.sqlite.clone()).await.map_err(|source| match source {
-        e @ (StoreError::InUse { .. }
-        | StoreError::NoDirectory { .. }
-        | StoreError::ReadOnly { .. }
-        | StoreError::Damaged { .. }) => ServerError::InUse(e),
-        source => ServerError::Store { path: config.db.clone(), source },
-    })?;
-    let store_died = Some(Box::pin(store.writer_died()) as futures::future::BoxFuture<'static, String>);
+    let (store, leases, store_died) = open_store(&config).await?;
     let durable_http = crate::durable_http::HttpActivity::new(config.durable_http.clone())?;
-    let engine = Engine::start(Arc::new(store), config.engine.clone(), vec![Arc::new(durable_http)]).await?;
+    let engine = Engine::start_shared(store, leases, config.engine.clone(), vec![Arc::new(durable_http)]).await?;
     let (health, health_service) = crate::health::Health::new(engine.store().clone());
     // Served before the gRPC port opens, so a client that sees gRPC up finds HTTP up too.
     let http = match config.http.clone() {
@@ -214,7 +239,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     tokio::spawn(health.clone().run(engine.shutdown_signal()));
     tracing::info!(
         address = %local_addr,
-        db = %config.db.display(),
+        db = %match &config.postgres {
+            Some(pg) => format!("{} (task hub '{}', sidecar '{}')", pg.redacted_url(), pg.hub, pg.owner),
+            None => config.db.display().to_string(),
+        },
         tls = config.tls.is_some(),
         auth = if token.is_some() { "api token" } else { "none (loopback or --insecure-allow-remote)" },
         "duro is serving the Durable Task sidecar protocol"

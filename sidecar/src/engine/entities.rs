@@ -542,7 +542,7 @@ impl Engine {
         self.inner.entities.lock().applied(entity_id, effects, result, now);
         if !delivered.is_empty() {
             let mut s = self.inner.sched.lock();
-            for d in delivered {
+            for d in delivered.into_iter().filter(|d| self.admits(&d.instance_id)) {
                 s.add_event(d, now);
             }
         }

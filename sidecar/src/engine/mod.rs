@@ -8,6 +8,7 @@
 
 pub mod builtin;
 pub mod cache;
+pub mod cluster;
 pub mod entities;
 pub mod scheduler;
 pub mod waiters;
@@ -70,6 +71,8 @@ pub struct EngineOptions {
     /// Events raised by clients (RaiseEvent) that may wait in one instance's inbox;
     /// more answer RESOURCE_EXHAUSTED until the instance consumes some.
     pub max_inbox_events: usize,
+    /// Sharing the store with other sidecars (used only with [`Engine::start_shared`]).
+    pub cluster: cluster::ClusterOptions,
 }
 
 impl Default for EngineOptions {
@@ -83,6 +86,7 @@ impl Default for EngineOptions {
             ping_interval: Duration::from_secs(30),
             max_wait: Duration::from_secs(3600),
             max_inbox_events: 10_000,
+            cluster: cluster::ClusterOptions::default(),
         }
     }
 }
@@ -99,6 +103,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     entities: Mutex<entities::EntityDispatch>,
     entity_timer: Notify,
+    /// Leases in a store shared with other sidecars; `None` with a store of its own.
+    leases: Option<Arc<dyn Leases>>,
+    /// Wakes the cluster loop for a claim.
+    claim_wanted: Notify,
 }
 
 /// Where the engine reads the time: the system clock, or a test's manual clock.
@@ -130,8 +138,22 @@ impl Engine {
         opts: EngineOptions,
         builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
     ) -> Result<Engine, EngineError> {
-        let engine = Engine::start_with_clock(store, opts, builtins, Arc::new(SystemClock)).await?;
+        Engine::start_shared(store, None, opts, builtins).await
+    }
+
+    /// Like [`Engine::start`]; with `leases` the store is shared with other sidecars and the
+    /// engine runs only what it claims (see [`cluster`]).
+    pub async fn start_shared(
+        store: Arc<dyn Store>,
+        leases: Option<Arc<dyn Leases>>,
+        opts: EngineOptions,
+        builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
+    ) -> Result<Engine, EngineError> {
+        let engine = Engine::start_inner(store, leases.clone(), opts, builtins, Arc::new(SystemClock)).await?;
         tokio::spawn(engine.clone().timer_loop());
+        if let Some(leases) = leases {
+            tokio::spawn(engine.clone().cluster_loop(leases));
+        }
         engine.recover_entities().await?;
         tokio::spawn(engine.clone().entity_timer_loop());
         engine.pump_entities();
@@ -140,13 +162,29 @@ impl Engine {
 
     /// Like [`Engine::start`], with time read from `clock` and no timer task: the caller
     /// fires due timers itself with [`Engine::fire_due_timers`] (deterministic tests).
+    #[cfg(test)]
     pub(crate) async fn start_with_clock(
         store: Arc<dyn Store>,
         opts: EngineOptions,
         builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, EngineError> {
-        let recovered = store.recover().await?;
+        Engine::start_inner(store, None, opts, builtins, clock).await
+    }
+
+    async fn start_inner(
+        store: Arc<dyn Store>,
+        leases: Option<Arc<dyn Leases>>,
+        opts: EngineOptions,
+        builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
+        // On a shared store, work enters by claims only; recovering everything would run
+        // other sidecars' instances.
+        let recovered = match &leases {
+            None => store.recover().await?,
+            Some(_) => Recovered::default(),
+        };
         let builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>> =
             builtins.into_iter().map(|b| (b.name().to_string(), b)).collect();
         let mut sched = Scheduler::new(opts.scheduler.clone());
@@ -178,6 +216,8 @@ impl Engine {
                 clock,
                 entities: Mutex::new(entities::EntityDispatch::new(max_attempts)),
                 entity_timer: Notify::new(),
+                leases,
+                claim_wanted: Notify::new(),
             }),
         };
         engine.pump();
@@ -371,11 +411,15 @@ impl Engine {
             now,
         );
         match self.inner.store.complete_activity(activity_id, msg).await {
-            Ok(Some(d)) => {
-                self.inner.sched.lock().add_event(d, now);
-                self.pump();
+            Ok(delivered) => {
+                if let Some(leases) = &self.inner.leases {
+                    leases.activity_done(activity_id);
+                }
+                if let Some(d) = delivered.filter(|d| self.admits(&d.instance_id)) {
+                    self.inner.sched.lock().add_event(d, now);
+                    self.pump();
+                }
             }
-            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "could not record a poison activity's failure; trying again after a back-off");
                 let queued = QueuedActivity { id: activity_id, request, progress: None };
@@ -660,22 +704,32 @@ impl Engine {
                 if commit.outcome.is_terminal() {
                     self.entity_owner_ended(&info.instance_id);
                 }
+                let admitted: Vec<Delivered> =
+                    result.delivered.into_iter().filter(|d| self.admits(&d.instance_id)).collect();
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_turn(token, unconsumed, suspended, result.finished_through);
                     if let Some(next) = &commit.outcome.continue_as_new {
                         s.forget_other_executions(&info.instance_id, &next.spec.execution_id);
                     }
-                    for a in result.activities {
-                        s.add_activity(a);
+                    if self.admits_activities() {
+                        for a in result.activities {
+                            s.add_activity(a);
+                        }
                     }
-                    for d in result.delivered {
+                    for d in admitted {
                         s.add_event(d, now);
                     }
                 }
                 if status_changed {
                     self.inner.waiters.notify(&info.instance_id);
+                    self.announce_status(&info.instance_id);
                 }
+                self.pump();
+            }
+            Err(e) if cluster::is_lease_lost(&e) => {
+                self.inner.sched.lock().finish_turn(token, Vec::new(), false, None);
+                self.lease_lost(&info.instance_id);
                 self.pump();
             }
             Err(StoreError::Conflict(_)) => {
@@ -738,6 +792,7 @@ impl Engine {
         self.entity_stream_opened(id, &entity_rules, max_entities, tx);
         tracing::info!(stream = id, "work-item stream connected");
         self.pump();
+        self.want_claim();
         (id, rx)
     }
 
@@ -925,10 +980,13 @@ impl Engine {
         match self.inner.store.complete_activity(activity_id, msg).await {
             Ok(delivered) => {
                 crate::metrics::completed(crate::metrics::ACTIVITY, &request.name, &token, ok);
+                if let Some(leases) = &self.inner.leases {
+                    leases.activity_done(activity_id);
+                }
                 {
                     let mut s = self.inner.sched.lock();
                     s.finish_activity(&token, true, now);
-                    if let Some(d) = delivered {
+                    if let Some(d) = delivered.filter(|d| self.admits(&d.instance_id)) {
                         s.add_event(d, now);
                     }
                 }
@@ -966,10 +1024,15 @@ impl Engine {
             self.inner.cache.lock().put(fresh, Vec::new());
             let now = self.now();
             let mut s = self.inner.sched.lock();
-            // Everything the scheduler holds of a replaced execution is gone from the store.
-            s.replace_execution(created.start.clone(), now);
+            if self.inner.leases.is_none() {
+                // Everything the scheduler holds of a replaced execution is gone from the store.
+                s.replace_execution(created.start.clone(), now);
+            } else {
+                // A new instance is claimed through its notice; a replaced one's lease ended.
+                s.disown(&id);
+            }
             // A terminated instance's notice to its parent.
-            for d in &created.delivered {
+            for d in created.delivered.iter().filter(|d| self.admits(&d.instance_id)) {
                 s.add_event(d.clone(), now);
             }
         }
@@ -1022,8 +1085,10 @@ impl Engine {
         let target = message.target.clone();
         match self.inner.store.enqueue(message).await? {
             Some(d) => {
-                self.inner.sched.lock().add_event(d, self.now());
-                self.pump();
+                if self.admits(&d.instance_id) {
+                    self.inner.sched.lock().add_event(d, self.now());
+                    self.pump();
+                }
                 Ok(true)
             }
             None => {
@@ -1152,7 +1217,11 @@ impl Engine {
             RestartResult::Restarted(d) => {
                 let id = d.instance_id.clone();
                 self.invalidate(&id);
-                self.inner.sched.lock().replace_execution(*d, now);
+                if self.inner.leases.is_none() {
+                    self.inner.sched.lock().replace_execution(*d, now);
+                } else {
+                    self.inner.sched.lock().disown(&id);
+                }
                 self.inner.waiters.notify(&id);
                 self.pump();
                 Ok(id)
@@ -1178,7 +1247,9 @@ impl Engine {
                 // Failed children are not rewound in place: replay re-creates them, and a
                 // finished child's id is reused for its new run.
                 self.invalidate(instance_id);
-                self.inner.sched.lock().add_event(*wake, now);
+                if self.admits(instance_id) {
+                    self.inner.sched.lock().add_event(*wake, now);
+                }
                 self.inner.waiters.notify(instance_id);
                 self.pump();
                 Ok(())

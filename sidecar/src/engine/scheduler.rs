@@ -14,7 +14,7 @@ use duro_proto::{ActivityRequest, GetWorkItemsRequest, HistoryEvent, Orchestrato
 use tokio::sync::mpsc;
 
 use crate::core::{is_control_event, Priority};
-use crate::store::{Attempts, Delivered, QueuedActivity, Target};
+use crate::store::{Attempts, Delivered, QueuedActivity, Served, Target};
 
 pub type StreamId = u64;
 pub type EventKey = (Priority, i64);
@@ -1198,6 +1198,128 @@ impl Scheduler {
             }
         }
         Some(slot)
+    }
+
+    // ----- sharing a store with other sidecars (see `engine::cluster`) -----------------
+
+    /// Whether the scheduler holds nothing for an instance: no pending event, no turn out,
+    /// no timer wake-up, no activity of it here. A sidecar sharing its store may then give the instance's lease back.
+    pub fn is_quiet(&self, instance_id: &str) -> bool {
+        !self.instances.contains_key(instance_id)
+            && !self.instance_wakes.contains_key(instance_id)
+            && !self.instance_activities.contains_key(instance_id)
+    }
+
+    /// Drops what the scheduler holds for an instance another sidecar runs now (its lease was
+    /// lost or given back): pending events and wake-ups. `false` (nothing dropped) while a
+    /// turn is out: its commit fails on the lease and the caller disowns the instance then.
+    pub fn disown(&mut self, instance_id: &str) -> bool {
+        if self.instances.get(instance_id).is_some_and(|s| s.dispatch.is_leased()) {
+            return false;
+        }
+        self.forget_wakes(instance_id, |_, _| true);
+        self.instances.remove(instance_id);
+        self.recent_through.pop(instance_id);
+        self.ready.retain(|id| id != instance_id);
+        self.parked.retain(|id| id != instance_id);
+        self.ready_control.retain(|id| id != instance_id);
+        true
+    }
+
+    /// Drops activities another sidecar runs now (their leases were lost); those out at a
+    /// worker stay until their completion (at least once: the first result counts).
+    pub fn disown_activities(&mut self, ids: &[i64]) {
+        for id in ids {
+            if self.activities.get(id).is_some_and(|a| a.leased.is_none()) {
+                self.remove_activity(*id);
+                self.ready_activities.retain(|a| a != id);
+                self.ready_builtin.retain(|a| a != id);
+                self.parked_activities.retain(|a| a != id);
+            }
+        }
+    }
+
+    /// Every instance the scheduler holds something for.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.instances.keys().cloned().collect()
+    }
+
+    /// Activities queued here that no connected stream accepts (to give back to the hub).
+    pub fn unserved_activities(&self) -> Vec<i64> {
+        self.parked_activities.clone()
+    }
+
+    /// Instances with pending events that no connected stream accepts.
+    pub fn unserved_instances(&self) -> Vec<String> {
+        self.parked.clone()
+    }
+
+    /// The orchestration and activity names the connected streams serve, for claiming shared
+    /// work: every name if a stream sent no filters (less the names all such streams
+    /// rejected as unregistered), else the union of the filters. Built-in activities are
+    /// always served.
+    pub fn served(&self) -> (Served, Served) {
+        fn combine<'a>(
+            streams: impl Iterator<Item = &'a StreamSlot>,
+            filtered: impl Fn(&WorkItemFilters) -> Vec<String>,
+            rejected: impl Fn(&StreamSlot) -> &HashSet<String>,
+        ) -> Served {
+            let mut names = BTreeSet::new();
+            let mut unfiltered: Option<HashSet<String>> = None;
+            for s in streams {
+                match &s.rules.filters {
+                    Some(f) => names.extend(filtered(f)),
+                    None => {
+                        let r = rejected(s);
+                        unfiltered = Some(match unfiltered {
+                            None => r.clone(),
+                            Some(acc) => acc.intersection(r).cloned().collect(),
+                        });
+                    }
+                }
+            }
+            match unfiltered {
+                Some(except) => Served::All(except.into_iter().filter(|n| !names.contains(n)).collect()),
+                None => Served::Names(names.into_iter().collect()),
+            }
+        }
+        let orchestrations = combine(
+            self.streams.values(),
+            |f| f.orchestrations.iter().map(|o| o.name.clone()).collect(),
+            |s| &s.rejected_orchestrations,
+        );
+        let mut activities = combine(
+            self.streams.values(),
+            |f| f.activities.iter().map(|a| a.name.clone()).collect(),
+            |s| &s.rejected_activities,
+        );
+        match &mut activities {
+            Served::All(except) => except.retain(|n| !self.builtin_names.contains(n)),
+            Served::Names(names) => {
+                names.extend(self.builtin_names.iter().cloned());
+                names.sort();
+                names.dedup();
+            }
+        }
+        (orchestrations, activities)
+    }
+
+    /// How many more instances and activities the connected streams could take now, less
+    /// what already waits here: what a claim may take from the hub.
+    pub fn claim_room(&self) -> (usize, usize) {
+        let (mut turns, mut activities) = (0usize, 0usize);
+        for s in self.streams.values() {
+            turns = turns.saturating_add(s.rules.max_orchestrations.saturating_sub(s.orchestrations));
+            activities = activities.saturating_add(s.rules.max_activities.saturating_sub(s.activities));
+        }
+        (
+            turns.saturating_sub(self.ready.len()),
+            activities.saturating_sub(self.ready_activities.len()).max(if self.builtin_names.is_empty() {
+                0
+            } else {
+                16
+            }),
+        )
     }
 
     /// Replaces what the scheduler believes is pending for an instance with the store's

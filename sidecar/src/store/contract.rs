@@ -254,6 +254,7 @@ async fn contract_holds_for_postgres() {
             owner: "contract".into(),
             lease: std::time::Duration::from_secs(30),
             max_connections: 4,
+            require_lease: false,
         };
         async move { super::postgres::PgStore::open(opts).await.expect("open store") }
     })

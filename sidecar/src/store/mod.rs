@@ -561,6 +561,106 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Names a sidecar's connected workers serve, for claiming shared work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// A worker without filters is connected: any name but these (which every such worker
+    /// answered "not registered" for).
+    All(Vec<String>),
+    /// Only these names (possibly none: no worker connected).
+    Names(Vec<String>),
+}
+
+impl Served {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Served::Names(n) if n.is_empty())
+    }
+}
+
+/// Work a claim took over from the shared store.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// Instances now leased to this sidecar, each with its inbox as one snapshot.
+    pub instances: Vec<(String, InboxSnapshot)>,
+    /// Activities now leased to this sidecar.
+    pub activities: Vec<QueuedActivity>,
+}
+
+/// Leases this sidecar held and no longer holds (expired and taken over by another).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lost {
+    pub instances: Vec<String>,
+    pub activities: Vec<i64>,
+}
+
+/// What giving an instance's lease back found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Released: the instance had no inbox rows; the next event's claimer runs it.
+    Released,
+    /// Kept: inbox rows arrived that this sidecar has not seen; reload them.
+    Busy,
+    /// The lease had already been lost to another sidecar.
+    Lost,
+}
+
+/// A wake-up from another sidecar sharing the store (or from this one's own commits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// An inbox row for `instance`, visible from `visible_at_ms`, committed by `origin`.
+    Inbox { instance: String, visible_at_ms: i64, origin: String },
+    /// An activity named `name` was queued.
+    Activity { name: String },
+    /// An instance's status changed (for `WaitFor*` callers on other sidecars).
+    Status { instance: String },
+    /// Entity work was queued.
+    Entity,
+    /// Notices may have been missed (the listening connection was re-established).
+    Missed,
+}
+
+/// Leases kept in a store shared by several sidecars (PostgreSQL). Each sidecar runs only
+/// the instances and activities it holds a lease on; a turn commits only under its lease
+/// (fencing), and expired leases are claimed by others. SQLite has no such trait object: one
+/// process owns its file, so the engine's in-memory leases suffice.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// This sidecar's id in leases.
+    fn owner(&self) -> &str;
+    /// How long a lease lasts without renewal.
+    fn lease_duration(&self) -> std::time::Duration;
+    /// Whether this sidecar holds `instance_id`'s lease (as far as it knows).
+    fn holds(&self, instance_id: &str) -> bool;
+    /// The instances this sidecar holds leases on.
+    fn held_ids(&self) -> Vec<String>;
+    /// Claims up to `turns` instances with inbox rows visible at `now_ms` whose lease is free
+    /// or expired, and up to `activities_limit` free or expired activities, whose names are
+    /// served.
+    async fn claim(
+        &self,
+        orchestrations: &Served,
+        turns: usize,
+        activities: &Served,
+        activities_limit: usize,
+        now_ms: i64,
+    ) -> Result<Claimed, StoreError>;
+    /// Extends every lease this sidecar holds; reports those lost meanwhile (and forgets them).
+    async fn renew(&self) -> Result<Lost, StoreError>;
+    /// Gives an instance's lease back (see [`ReleaseOutcome`]): only if it has no inbox rows,
+    /// or (`with_rows`, when no worker here serves it) with them, waking the other sidecars.
+    async fn release(&self, instance_id: &str, with_rows: bool) -> Result<ReleaseOutcome, StoreError>;
+    /// Gives activity leases back (their worker is gone), so other sidecars claim them.
+    async fn release_activities(&self, ids: Vec<i64>) -> Result<(), StoreError>;
+    /// Forgets an activity lease whose row is gone (completed).
+    fn activity_done(&self, id: i64);
+    /// Gives every lease back at once (graceful shutdown) and wakes the other sidecars.
+    async fn release_all(&self) -> Result<(), StoreError>;
+    /// Starts listening; notices arrive on the receiver until the store closes.
+    async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<Notice>, StoreError>;
+    /// Tells listeners on other sidecars that an instance's status changed.
+    async fn announce_status(&self, instance_id: &str) -> Result<(), StoreError>;
+}
+
 /// What the store holds right now, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreGauges {

@@ -135,6 +135,11 @@ impl Postgres {
 
     /// A task-hub name no other test of this run uses.
     pub fn fresh_hub(&self) -> String {
+        Postgres::hub_name()
+    }
+
+    /// A task-hub name no other test of this run uses (no server needed).
+    pub fn hub_name() -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let nanos =

@@ -25,9 +25,18 @@ pub struct SidecarBuilder {
     http_api: bool,
     log_level: String,
     env: Vec<(String, String)>,
+    /// A PostgreSQL URL and task hub instead of the SQLite file.
+    postgres: Option<(String, String)>,
 }
 
 impl SidecarBuilder {
+    /// Stores in the PostgreSQL task hub `hub` at `url` instead of a SQLite file (several
+    /// sidecars given the same hub share it).
+    pub fn postgres(mut self, url: &str, hub: &str) -> Self {
+        self.postgres = Some((url.to_string(), hub.to_string()));
+        self
+    }
+
     /// Keeps the store (`duro.db`) and the log (`duro.log`) in `dir`, which the caller owns
     /// (for example to reopen the store afterwards). By default the sidecar has a temporary
     /// directory of its own, removed when it is dropped.
@@ -101,7 +110,10 @@ impl SidecarBuilder {
         };
         let port = free_port();
         let mut args = vec!["--listen".to_string(), format!("{}:{port}", self.host)];
-        args.extend(["--db".to_string(), dir.join("duro.db").display().to_string()]);
+        match self.postgres.or_else(postgres_from_env) {
+            Some((url, hub)) => args.extend(["--db".to_string(), url, "--task-hub".to_string(), hub]),
+            None => args.extend(["--db".to_string(), dir.join("duro.db").display().to_string()]),
+        }
         args.extend(["--log-level".to_string(), self.log_level]);
         if http_listen_arg(&self.args).is_none() {
             let http = if self.http_api { format!("127.0.0.1:{}", free_port()) } else { "off".to_string() };
@@ -156,6 +168,7 @@ impl Sidecar {
             http_api: false,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
             env: Vec::new(),
+            postgres: None,
         }
     }
 
@@ -329,6 +342,18 @@ impl Drop for Sidecar {
 
 /// The value of the last `--http-listen` in `args` (`--http-listen ADDR` or
 /// `--http-listen=ADDR`).
+/// With `DURO_TEST_STORE=postgres`, every sidecar a test starts without a store of its own
+/// choosing gets a fresh task hub on `$DURO_TEST_PG_URL`: how the whole suite runs on
+/// PostgreSQL.
+fn postgres_from_env() -> Option<(String, String)> {
+    if std::env::var("DURO_TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    let url = std::env::var("DURO_TEST_PG_URL")
+        .unwrap_or_else(|_| panic!("DURO_TEST_STORE=postgres needs DURO_TEST_PG_URL (scripts/pg.sh starts a server)"));
+    Some((url, crate::Postgres::hub_name()))
+}
+
 fn http_listen_arg(args: &[String]) -> Option<&str> {
     let mut found = None;
     let mut iter = args.iter();

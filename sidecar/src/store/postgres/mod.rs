@@ -39,8 +39,8 @@ use crate::core::{Message, NewInstance};
 /// The migrations, in order (sqlx records them in `_sqlx_migrations` inside the hub's schema).
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))];
 
-/// How a [`PgStore`] connects and leases.
-#[derive(Debug, Clone)]
+/// How a [`PgStore`] connects and leases. Its `Debug` hides the URL's password.
+#[derive(Clone)]
 pub struct PgOptions {
     /// `postgres://user:pass@host:port/db?…` (libpq-style parameters as sqlx accepts them).
     pub url: String,
@@ -51,6 +51,38 @@ pub struct PgOptions {
     /// How long a lease lasts without renewal; renewals run every third of it.
     pub lease: Duration,
     pub max_connections: u32,
+    /// Refuse turn commits for instances this sidecar holds no lease on (always, when
+    /// sidecars share the hub; only the store contract tests commit without claiming).
+    pub require_lease: bool,
+}
+
+impl PgOptions {
+    /// The URL without its password, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.set_query(None);
+                u.to_string()
+            }
+            Err(_) => "<a PostgreSQL URL that does not parse>".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.redacted_url())
+            .field("hub", &self.hub)
+            .field("owner", &self.owner)
+            .field("lease", &self.lease)
+            .field("max_connections", &self.max_connections)
+            .field("require_lease", &self.require_lease)
+            .finish()
+    }
 }
 
 /// A task-hub name usable as a PostgreSQL schema and notification channel: 1–48 of
@@ -68,6 +100,8 @@ pub struct PgStore {
     /// The epoch of every instance lease this sidecar holds (filled by claims, emptied by
     /// releases and by commits that find the lease lost). `commit_turn` fences with it.
     pub(crate) held: Mutex<HashMap<String, i64>>,
+    /// The epoch of every activity lease this sidecar holds.
+    pub(crate) held_activities: Mutex<HashMap<i64, i64>>,
 }
 
 impl PgStore {
@@ -94,7 +128,7 @@ impl PgStore {
             .connect_with(with_hub)
             .await?;
         migrate(&pool).await?;
-        Ok(PgStore { pool, opts, held: Mutex::new(HashMap::new()) })
+        Ok(PgStore { pool, opts, held: Mutex::new(HashMap::new()), held_activities: Mutex::new(HashMap::new()) })
     }
 
     /// The notification channel of this hub.
