@@ -42,6 +42,9 @@ impl Default for ClusterOptions {
     }
 }
 
+/// The hub-wide lease whose holder dispatches entities.
+const ENTITY_LEASE: &str = "entities";
+
 /// Future visible times announced by notices, kept to arm claims (bounded: the poll covers
 /// whatever does not fit).
 const MAX_ARMED: usize = 4096;
@@ -162,6 +165,7 @@ impl Engine {
     async fn on_notices(&self, leases: &dyn Leases, batch: Vec<Notice>, armed: &mut BTreeSet<i64>) -> bool {
         let now = self.now();
         let mut claim = false;
+        let mut entities = false;
         let mut reload = BTreeSet::new();
         for n in batch {
             match n {
@@ -178,16 +182,25 @@ impl Engine {
                     }
                 }
                 Notice::Activity { .. } => claim = true,
-                Notice::Status { instance } => self.inner.waiters.notify(&instance),
-                Notice::Entity => {}
+                Notice::Status { instance } => {
+                    self.inner.waiters.notify(&instance);
+                    self.entity_owner_changed(&instance).await;
+                }
+                Notice::Entity => entities = true,
                 Notice::Missed => {
                     claim = true;
+                    entities = true;
                     reload.extend(self.inner.sched.lock().instance_ids());
                 }
             }
         }
         for id in reload {
             self.reload_inbox(&id).await;
+        }
+        if entities && self.dispatches_entities() {
+            if let Err(e) = self.recover_entities().await {
+                tracing::warn!(error = %e, "could not read new entity requests; the next notice retries");
+            }
         }
         claim
     }
@@ -252,8 +265,17 @@ impl Engine {
         }
     }
 
-    /// Renews leases, drops lost ones, gives back what is quiet or unserved here.
+    /// Renews leases, drops lost ones, gives back what is quiet or unserved here, and takes
+    /// or keeps entity dispatch when no other sidecar holds it.
     async fn renew(&self, leases: &dyn Leases) {
+        let lead = match leases.lead(ENTITY_LEASE).await {
+            Ok(lead) => lead,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the entity lease; stepping down");
+                false
+            }
+        };
+        self.set_entity_leader(lead).await;
         match leases.renew().await {
             Ok(lost) => {
                 for id in &lost.instances {

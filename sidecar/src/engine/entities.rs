@@ -69,6 +69,17 @@ struct EntityLease {
     completing: bool,
 }
 
+/// Whether this sidecar dispatches entities. One process on its own store always does; on a
+/// task hub shared by several sidecars exactly one (the holder of the hub's entity lease)
+/// does, so an operation is not run by two sidecars' workers at once. Commits stay safe even
+/// when two briefly overlap: a batch commits only if every queue row it consumed still exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityRole {
+    Sole,
+    Leader,
+    Follower,
+}
+
 /// In-memory entity dispatch state (behind the engine's mutex).
 #[derive(Default)]
 pub(super) struct EntityDispatch {
@@ -83,6 +94,10 @@ pub(super) struct EntityDispatch {
     armed_at: Option<i64>,
     /// Deliveries without a result after which a batch's operations fail (poison).
     max_attempts: u32,
+    /// The newest queue row added per entity in memory, so a refresh from the store (a
+    /// shared task hub, where other sidecars queue requests) adds only rows not seen yet.
+    /// An entity leaves it with its slot, once every row it had was consumed.
+    seen: HashMap<String, i64>,
 }
 
 /// Work `assign` found that needs an async commit.
@@ -94,6 +109,17 @@ struct LockStep {
 impl EntityDispatch {
     pub(super) fn new(max_attempts: u32) -> EntityDispatch {
         EntityDispatch { max_attempts: max_attempts.max(1), ..EntityDispatch::default() }
+    }
+
+    /// Forgets every entity, lease and queued request; keeps the connected streams (with
+    /// nothing in flight). Batches out at workers then complete as unknown.
+    fn reset(&mut self) {
+        let streams = std::mem::take(&mut self.streams);
+        *self = EntityDispatch::new(self.max_attempts);
+        self.streams = streams;
+        for s in self.streams.values_mut() {
+            s.in_flight = 0;
+        }
     }
 
     fn slot(&mut self, entity_id: &str) -> &mut Slot {
@@ -109,6 +135,8 @@ impl EntityDispatch {
     /// Adds committed queue rows (delayed ones wait for their time).
     fn add_messages(&mut self, messages: Vec<QueuedEntityMessage>, now: i64) {
         for m in messages {
+            let seen = self.seen.entry(m.entity_id.clone()).or_insert(0);
+            *seen = (*seen).max(m.id);
             if m.visible_at_ms > now {
                 self.delayed.insert((m.visible_at_ms, m.id), m);
                 continue;
@@ -288,10 +316,24 @@ impl EntityDispatch {
         let e = &slot.entity;
         if e.queue.is_empty() && e.lock == Lock::Free && e.batch == entity::BatchState::Idle {
             self.slots.remove(entity_id);
+            if !self.delayed.values().any(|m| m.entity_id == entity_id) {
+                self.seen.remove(entity_id);
+            }
         }
         self.ended_owners.extend(result.gone_owners);
         self.add_messages(result.queued, now);
         self.prune_ended_owners();
+    }
+
+    /// Whether an orchestration holds, or waits for, a lock of an entity in memory.
+    fn involves(&self, instance_id: &str) -> bool {
+        self.slots.values().any(|s| {
+            s.entity.lock.owner() == Some(instance_id)
+                || s.entity
+                    .queue
+                    .iter()
+                    .any(|q| matches!(&q.request, Request::Lock { owner, .. } if owner == instance_id))
+        })
     }
 
     /// Forgets ended owners that no entity knows any more.
@@ -342,7 +384,9 @@ fn operation_event(request: &Request) -> HistoryEvent {
 }
 
 impl Engine {
-    /// Rebuilds entity dispatch from the store and finds locks held by ended owners.
+    /// Rebuilds entity dispatch from the store (or, when it runs already, adds the queue
+    /// rows it has not seen: other sidecars of a shared hub queue requests too) and finds
+    /// locks held by ended owners.
     pub(super) async fn recover_entities(&self) -> Result<(), StoreError> {
         let recovered = self.inner.store.recover_entities().await?;
         let now = self.now();
@@ -351,14 +395,21 @@ impl Engine {
         {
             let mut d = self.inner.entities.lock();
             for r in recovered {
-                let slot = d.slot(&r.record.entity_id);
-                slot.load = Load::Yes;
-                slot.entity.state = r.record.state.clone();
-                if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
+                let id = r.record.entity_id.clone();
+                if let Some(owner) = &r.record.lock_owner {
                     owners.insert(owner.clone());
-                    slot.entity.lock = Lock::Held { owner, critical_section_id: section };
                 }
-                d.add_messages(r.messages, now);
+                if !d.slots.contains_key(&id) {
+                    let slot = d.slot(&id);
+                    slot.load = Load::Yes;
+                    slot.entity.state = r.record.state.clone();
+                    if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
+                        slot.entity.lock = Lock::Held { owner, critical_section_id: section };
+                    }
+                }
+                let floor = d.seen.get(&id).copied().unwrap_or(0);
+                let fresh: Vec<QueuedEntityMessage> = r.messages.into_iter().filter(|m| m.id > floor).collect();
+                d.add_messages(fresh, now);
             }
         }
         let mut ended = Vec::new();
@@ -369,8 +420,41 @@ impl Engine {
             }
         }
         self.inner.entities.lock().ended_owners.extend(ended);
-        tracing::info!(entities = count, "recovered entities from the store");
+        tracing::debug!(entities = count, "read entities from the store");
+        self.pump_entities();
         Ok(())
+    }
+
+    /// Whether this sidecar dispatches entities: always on a store of its own; on a shared
+    /// hub only while it holds the hub's entity lease (see [`EntityRole`]).
+    pub(super) fn dispatches_entities(&self) -> bool {
+        *self.inner.entity_role.lock() != EntityRole::Follower
+    }
+
+    /// Takes or gives up entity dispatch on a shared hub. A new leader starts from the store;
+    /// one that steps down forgets everything (batches out at workers complete as stale).
+    pub(super) async fn set_entity_leader(&self, lead: bool) {
+        let was = {
+            let mut role = self.inner.entity_role.lock();
+            let was = *role;
+            *role = if lead { EntityRole::Leader } else { EntityRole::Follower };
+            was
+        };
+        match (was, lead) {
+            (EntityRole::Follower, true) => {
+                tracing::info!("this sidecar now dispatches the task hub's entities");
+                self.inner.entities.lock().reset();
+                if let Err(e) = self.recover_entities().await {
+                    tracing::warn!(error = %e, "could not read entities; retrying at the next renewal");
+                    *self.inner.entity_role.lock() = EntityRole::Follower;
+                }
+            }
+            (EntityRole::Leader, false) => {
+                tracing::info!("another sidecar dispatches the task hub's entities now");
+                self.inner.entities.lock().reset();
+            }
+            _ => {}
+        }
     }
 
     /// Sleeps until the next scheduled signal or retry, then dispatches.
@@ -426,15 +510,24 @@ impl Engine {
     /// Hook for turn commits: an orchestration ended; its locks are released.
     pub(super) fn entity_owner_ended(&self, instance_id: &str) {
         let mut d = self.inner.entities.lock();
-        let involved = d.slots.values().any(|s| {
-            s.entity.lock.owner() == Some(instance_id)
-                || s.entity
-                    .queue
-                    .iter()
-                    .any(|q| matches!(&q.request, Request::Lock { owner, .. } if owner == instance_id))
-        });
-        if involved {
+        if d.involves(instance_id) {
             d.ended_owners.insert(instance_id.to_string());
+        }
+    }
+
+    /// On a shared hub: another sidecar changed an orchestration's status. If it holds or
+    /// asks for a lock here and has ended, its locks are released.
+    pub(super) async fn entity_owner_changed(&self, instance_id: &str) {
+        if !self.dispatches_entities() || !self.inner.entities.lock().involves(instance_id) {
+            return;
+        }
+        match self.inner.store.load_instance(instance_id).await {
+            Ok(Some(r)) if !is_terminal(r.status) => {}
+            Ok(_) => {
+                self.entity_owner_ended(instance_id);
+                self.pump_entities();
+            }
+            Err(e) => tracing::warn!(instance = %instance_id, error = %e, "could not check an entity lock owner"),
         }
     }
 
@@ -446,7 +539,7 @@ impl Engine {
 
     /// Hook for commits that queued entity requests.
     pub(super) fn entity_messages_committed(&self, messages: Vec<QueuedEntityMessage>) {
-        if messages.is_empty() {
+        if messages.is_empty() || !self.dispatches_entities() {
             return;
         }
         let now = self.now();

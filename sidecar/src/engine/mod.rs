@@ -107,6 +107,7 @@ struct Inner {
     leases: Option<Arc<dyn Leases>>,
     /// Wakes the cluster loop for a claim.
     claim_wanted: Notify,
+    entity_role: Mutex<entities::EntityRole>,
 }
 
 /// Where the engine reads the time: the system clock, or a test's manual clock.
@@ -151,10 +152,14 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let engine = Engine::start_inner(store, leases.clone(), opts, builtins, Arc::new(SystemClock)).await?;
         tokio::spawn(engine.clone().timer_loop());
+        let shared = leases.is_some();
         if let Some(leases) = leases {
             tokio::spawn(engine.clone().cluster_loop(leases));
         }
-        engine.recover_entities().await?;
+        if !shared {
+            // On a shared hub the entity leader reads them (see `cluster`).
+            engine.recover_entities().await?;
+        }
         tokio::spawn(engine.clone().entity_timer_loop());
         engine.pump_entities();
         Ok(engine)
@@ -216,6 +221,10 @@ impl Engine {
                 clock,
                 entities: Mutex::new(entities::EntityDispatch::new(max_attempts)),
                 entity_timer: Notify::new(),
+                entity_role: Mutex::new(match leases {
+                    None => entities::EntityRole::Sole,
+                    Some(_) => entities::EntityRole::Follower,
+                }),
                 leases,
                 claim_wanted: Notify::new(),
             }),

@@ -657,6 +657,9 @@ pub trait Leases: Send + Sync + 'static {
     async fn release_all(&self) -> Result<(), StoreError>;
     /// Starts listening; notices arrive on the receiver until the store closes.
     async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<Notice>, StoreError>;
+    /// Takes or keeps the hub-wide lease `name` (one holder per hub, expiring like instance
+    /// leases); `true` while this sidecar holds it.
+    async fn lead(&self, name: &str) -> Result<bool, StoreError>;
     /// Tells listeners on other sidecars that an instance's status changed.
     async fn announce_status(&self, instance_id: &str) -> Result<(), StoreError>;
 }

@@ -332,6 +332,10 @@ impl Leases for PgStore {
         .map(|r| r.try_get::<String, _>(0))
         .collect::<Result<_, _>>()?;
         q("DELETE FROM sidecars WHERE id = $1").bind(&self.opts.owner).execute(&mut *tx).await?;
+        q("UPDATE hub_leases SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+            .bind(&self.opts.owner)
+            .execute(&mut *tx)
+            .await?;
         // Wake the others for what was freed (delivered at commit). Visible-now is enough:
         // a claimer only takes instances with visible rows, and timers are found by polling.
         let now = q("SELECT duro_now_ms()").fetch_one(&mut *tx).await?.try_get::<i64, _>(0)?;
@@ -377,6 +381,22 @@ impl Leases for PgStore {
             }
         });
         Ok(rx)
+    }
+
+    async fn lead(&self, name: &str) -> Result<bool, StoreError> {
+        let row = q("INSERT INTO hub_leases (name, lease_owner, lease_until, lease_epoch)
+               VALUES ($1, $2, duro_now_ms() + $3, 1)
+               ON CONFLICT (name) DO UPDATE SET lease_owner = $2, lease_until = duro_now_ms() + $3,
+                   lease_epoch = hub_leases.lease_epoch + CASE WHEN hub_leases.lease_owner = $2 THEN 0 ELSE 1 END
+               WHERE hub_leases.lease_owner = $2 OR hub_leases.lease_owner IS NULL
+                   OR hub_leases.lease_until < duro_now_ms()
+               RETURNING lease_epoch")
+        .bind(name)
+        .bind(&self.opts.owner)
+        .bind(lease_ms(self))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     async fn announce_status(&self, instance_id: &str) -> Result<(), StoreError> {
