@@ -3,7 +3,8 @@
 # duro binary), the compatibility suite driven by the official Python SDK, a Go test with the
 # official Go SDK (bench/sdkcompat), the schema-based fuzz run of the HTTP API, and the per-component suites that exist (SDKs, samples, bench
 # smoke). Sets up what it needs itself (a Python venv with the pinned SDK, npm packages,
-# Go modules) on a fresh machine.
+# Go modules, a PostgreSQL server for the PostgreSQL store's tests: scripts/pg.sh) on a
+# fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,16 @@ report_times() {
   step ""
   printf '==> wall time per step (total %ss)\n%s' "$SECONDS" "$STEP_TIMES"
 }
-trap report_times EXIT
+# The PostgreSQL server of the store's tests (started before the Rust tests), stopped on exit.
+PG_DIR=""
+on_exit() {
+  if [ -n "$PG_DIR" ]; then
+    bash scripts/pg.sh stop "$PG_DIR" || true
+    rm -rf "$PG_DIR"
+  fi
+  report_times
+}
+trap on_exit EXIT
 
 # Fails fast, in one message, when a tool is missing (Rust, Python, Node, Go, git).
 bash scripts/checks/prereqs.sh
@@ -36,6 +46,15 @@ cargo build --workspace --all-targets
 # The Rust tests are given this binary (DURO_BIN) instead of building `-p duro` themselves, which
 # would compile a second copy of its dependencies with the feature set of `-p duro` alone.
 built_duro="${CARGO_TARGET_DIR:-$PWD/target}/debug/duro"
+
+# One PostgreSQL server for every test of the PostgreSQL store (each takes a task hub of its
+# own); a server given in DURO_TEST_PG_URL is used instead.
+if [ -z "${DURO_TEST_PG_URL:-}" ]; then
+  step "PostgreSQL server for the store's tests (scripts/pg.sh; installs postgresql if missing)"
+  PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/duro-pg.XXXXXX")
+  pg_env=$(bash scripts/pg.sh start "$PG_DIR")
+  eval "$pg_env"
+fi
 
 step "rust tests (the samples' tests included)"
 DURO_BIN="$built_duro" cargo test --workspace

@@ -3,8 +3,10 @@
 # cluster:
 #  1. the Helm chart deploy/helm/duro: `helm lint --strict`, rendered with the example values
 #     (must equal the committed deploy/kubernetes/app-with-duro.yaml, which is generated from
-#     it), the defaults and every deploy/helm/duro/ci/*-values.yaml; values Duro would refuse
-#     (a link key under 16 bytes) must fail to render;
+#     it), the defaults, every deploy/helm/duro/ci/*-values.yaml and the shared-PostgreSQL
+#     example deploy/helm/examples/postgres-shared.yaml; values Duro would refuse (a link key
+#     under 16 bytes, a bad task hub) or that cannot work (two replicas on one SQLite file)
+#     must fail to render;
 #  2. kubeconform (a Go module) validates the manifests and every rendering, strictly, against
 #     the Kubernetes 1.37 JSON schemas shipped in the PyPI package kubernetes-validate (offline);
 #  3. scripts/checks/deploy_check.py runs the image's entrypoint and each rendering's duro
@@ -54,15 +56,32 @@ if ! diff -u deploy/kubernetes/app-with-duro.yaml "$RENDERED/app-with-duro.yaml"
   exit 1
 fi
 "$HELM" template defaults "$CHART" > "$RENDERED/defaults.yaml"
+# The PostgreSQL renderings go to postgres/: kubeconform checks them, deploy_check.py (which
+# runs each rendering's duro) does not yet, since duro has no PostgreSQL --db/--task-hub yet.
+mkdir -p "$RENDERED/postgres"
 for values in "$CHART"/ci/*-values.yaml; do
   name="$(basename "$values" -values.yaml)"
+  out="$RENDERED/$name.yaml"
+  case "$name" in postgres*) out="$RENDERED/postgres/$name.yaml" ;; esac
   "$HELM" lint --strict "$CHART" -f "$values"
-  "$HELM" template "ci-$name" "$CHART" -f "$values" > "$RENDERED/$name.yaml"
+  "$HELM" template "ci-$name" "$CHART" -f "$values" > "$out"
 done
-if "$HELM" template short "$CHART" --set secrets.linkKeys=too-short > /dev/null 2>&1; then
-  echo "the chart rendered a link key shorter than Duro's minimum (16 bytes)" >&2
-  exit 1
-fi
+"$HELM" lint --strict "$CHART" -f deploy/helm/examples/postgres-shared.yaml
+"$HELM" template orders "$CHART" -f deploy/helm/examples/postgres-shared.yaml > "$RENDERED/postgres/postgres-shared.yaml"
+refuse() { # refuse WHY HELM-ARGS...: the chart must not render these values
+  local why=$1
+  shift
+  if "$HELM" template refused "$CHART" "$@" > /dev/null 2>&1; then
+    echo "the chart rendered $why" >&2
+    exit 1
+  fi
+}
+refuse "a link key shorter than Duro's minimum (16 bytes)" --set secrets.linkKeys=too-short
+refuse "two replicas on one SQLite file" --set replicas=2
+refuse "PostgreSQL without a URL or Secret" --set storage.backend=postgres
+refuse "a task hub Duro refuses" --set storage.backend=postgres --set storage.postgres.url=postgres://h/db \
+  --set storage.postgres.taskHub=Bad-Hub
+refuse "an unknown storage backend" --set storage.backend=mysql
 "$TOOLS/kubeconform-$KUBECONFORM_VERSION" -strict -summary \
   -schema-location "$SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" deploy/kubernetes "$RENDERED"
 # In a network namespace of its own (as root) the real ports 4001/7071 are used even when

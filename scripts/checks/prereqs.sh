@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks, before anything is built, that the tools the test command needs are installed
 # and new enough; prints one message naming everything missing and exits 1. Everything
-# else (Python packages, npm packages, Go modules, kubeconform) the test command installs
-# itself from the package registries.
+# else (Python packages, npm packages, Go modules, kubeconform, and PostgreSQL with apt-get in
+# scripts/pg.sh) the test command installs itself from the package registries.
 #
 #   Rust >= 1.89 ...... the sidecar, the Rust SDK, the samples
 #   Python >= 3.10 .... the official `durabletask` SDK (compatibility suite, Python samples)

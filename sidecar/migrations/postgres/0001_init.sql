@@ -79,9 +79,11 @@ CREATE TABLE activities (
 CREATE INDEX activities_instance ON activities(instance_id);
 CREATE INDEX activities_claim ON activities(name, lease_until);
 
--- Durable entities and their queues (as in SQLite).
+-- Durable entities and their queues (as in SQLite). Entity ids compare byte-wise (COLLATE "C"),
+-- as in SQLite, so listing order, prefix ranges and paging cursors do not depend on the
+-- database's locale.
 CREATE TABLE entities (
-    entity_id    text PRIMARY KEY,            -- '@<name lower-case>@<key>'
+    entity_id    text COLLATE "C" PRIMARY KEY, -- '@<name lower-case>@<key>'
     state        text,
     lock_owner   text,
     lock_section text,
@@ -91,7 +93,7 @@ CREATE INDEX entities_modified ON entities(modified_at);
 
 CREATE TABLE entity_messages (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    entity_id  text NOT NULL,
+    entity_id  text COLLATE "C" NOT NULL,
     visible_at bigint NOT NULL,
     event      bytea NOT NULL
 );

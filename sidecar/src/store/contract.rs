@@ -1,6 +1,7 @@
 //! The [`Store`] contract as executable checks, written against the trait only, so every
 //! backend runs the same suite: creation and id reuse, delivery, the turn fence, finishing,
-//! timers, recovery, queries, purge and attempt counts.
+//! timers, recovery, queries, purge and attempt counts; and the entity queue and steps
+//! ([`run_entities`] runs those alone).
 //!
 //! `contract_holds_for_sqlite` runs it on SQLite; a new backend adds one such test that hands
 //! [`run_all`] a factory for empty stores of its kind.
@@ -10,7 +11,11 @@ use std::future::Future;
 
 use duro_proto::OrchestrationStatus as S;
 
+use duro_proto::history_event::EventType;
+use duro_proto::EntityLockGrantedEvent;
+
 use super::*;
+use crate::core::entity::{Effects, EntityMessage, Lock, Outgoing};
 use crate::core::{events, Message, NewInstance, StartSpec, TurnOutcome};
 
 const NOW: i64 = 1_700_000_000_000;
@@ -75,6 +80,21 @@ where
     purge_removes_everything_of_finished_instances(&fresh().await).await;
     attempt_counts_survive_a_restart_view(&fresh().await).await;
     counts_by_status_and_newest_first_paging(&fresh().await).await;
+    entity_steps_reach_live_orchestrations_and_start_free_ids(&fresh().await).await;
+    run_entities(&fresh).await;
+}
+
+/// The entity checks that need no orchestration: queueing, steps, queries, removal, recovery.
+pub(crate) async fn run_entities<F, Fut, St>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = St>,
+    St: Store,
+{
+    entity_requests_create_rows_and_queue_in_order(&fresh().await).await;
+    an_entity_step_consumes_its_rows_once(&fresh().await).await;
+    entity_queries_filter_and_page(&fresh().await).await;
+    only_empty_entities_are_removed(&fresh().await).await;
 }
 
 async fn created_instances_are_pending_with_their_start_row(store: &dyn Store) {
@@ -230,6 +250,206 @@ async fn counts_by_status_and_newest_first_paging(store: &dyn Store) {
     assert_eq!(rest.iter().map(|r| r.instance_id.as_str()).collect::<Vec<_>>(), ["n-1"], "the cursor is exclusive");
 }
 
+fn request(entity_id: &str, visible_at_ms: i64, name: &str) -> EntityMessage {
+    EntityMessage { entity_id: entity_id.into(), visible_at_ms, event: events::event_raised(NOW, name.into(), None) }
+}
+
+/// A step of `entity_id` at `now_ms` that consumes `consumed` and leaves `state` and `lock`.
+fn step(entity_id: &str, consumed: Vec<i64>, state: Option<&str>, lock: Lock, now_ms: i64) -> EntityCommit {
+    EntityCommit {
+        entity_id: entity_id.into(),
+        effects: Effects { consumed, state: state.map(Into::into), lock, outgoing: Vec::new() },
+        starts: Vec::new(),
+        now_ms,
+    }
+}
+
+fn held(owner: &str, section: &str) -> Lock {
+    Lock::Held { owner: owner.into(), critical_section_id: section.into() }
+}
+
+fn every_entity() -> EntitySelection {
+    EntitySelection { include_transient: true, page_size: 100, ..Default::default() }
+}
+
+async fn entity_ids(store: &dyn Store, filter: &EntitySelection) -> Vec<String> {
+    store.query_entities(filter).await.expect("query entities").into_iter().map(|r| r.entity_id).collect()
+}
+
+async fn entity(store: &dyn Store, id: &str) -> Option<EntityRecord> {
+    let only = EntitySelection { id: Some(id.into()), ..every_entity() };
+    store.query_entities(&only).await.expect("query entities").pop()
+}
+
+async fn entity_requests_create_rows_and_queue_in_order(store: &dyn Store) {
+    let messages =
+        vec![request("@c@a", NOW, "one"), request("@c@b", NOW + 5, "two"), request("@c@a", NOW + 10, "three")];
+    let queued = store.enqueue_entity(messages.clone(), NOW).await.expect("enqueue");
+    assert_eq!(queued.len(), 3);
+    assert!(queued.windows(2).all(|w| w[0].id < w[1].id), "queue ids grow in arrival order: {queued:?}");
+    for (q, m) in queued.iter().zip(&messages) {
+        assert_eq!((&q.entity_id, q.visible_at_ms, &q.event), (&m.entity_id, m.visible_at_ms, &m.event));
+    }
+    let a = entity(store, "@c@a").await.expect("a request creates the entity's row");
+    assert_eq!((a.state, a.lock_owner, a.modified_at_ms, a.backlog), (None, None, NOW, 2));
+    assert_eq!(entity(store, "@c@b").await.map(|b| b.backlog), Some(1));
+    let stateful = EntitySelection { include_transient: false, ..every_entity() };
+    assert!(entity_ids(store, &stateful).await.is_empty(), "entities without state are transient");
+    // A request to an existing entity leaves its row as it is.
+    store.enqueue_entity(vec![request("@c@a", NOW + 100, "four")], NOW + 100).await.expect("enqueue");
+    let a = entity(store, "@c@a").await.expect("exists");
+    assert_eq!((a.modified_at_ms, a.backlog), (NOW, 3));
+    let recovered = store.recover_entities().await.expect("recover");
+    assert_eq!(recovered.iter().map(|r| r.record.entity_id.as_str()).collect::<Vec<_>>(), ["@c@a", "@c@b"]);
+    let queue: Vec<(i64, i64)> = recovered[0].messages.iter().map(|m| (m.id, m.visible_at_ms)).collect();
+    assert_eq!(queue[..2], [(queued[0].id, NOW), (queued[2].id, NOW + 10)], "the queue comes back in id order");
+    assert_eq!(queue.len(), 3);
+    assert_eq!(recovered[0].messages[0].event, messages[0].event);
+    assert_eq!(recovered[0].record.backlog, 3);
+}
+
+async fn an_entity_step_consumes_its_rows_once(store: &dyn Store) {
+    let queued = store
+        .enqueue_entity(vec![request("@c@a", NOW, "one"), request("@c@a", NOW, "two")], NOW)
+        .await
+        .expect("enqueue");
+    let mut first = step("@c@a", vec![queued[0].id], Some("1"), held("o", "cs"), NOW + 1);
+    let forward = events::event_raised(NOW, "fwd".into(), None);
+    first.effects.outgoing.push(Outgoing::ToEntity {
+        entity_id: "@c@b".into(),
+        visible_at_ms: NOW - 5,
+        event: forward.clone(),
+    });
+    let done = store.commit_entity(first.clone()).await.expect("commit");
+    assert!(done.delivered.is_empty() && done.gone_owners.is_empty());
+    assert_eq!(done.queued.len(), 1);
+    let sent = &done.queued[0];
+    assert_eq!(
+        (sent.entity_id.as_str(), sent.visible_at_ms, &sent.event),
+        ("@c@b", NOW + 1, &forward),
+        "never queued in the past"
+    );
+    let a = entity(store, "@c@a").await.expect("exists");
+    assert_eq!(
+        (a.state.as_deref(), a.lock_owner.as_deref(), a.lock_section.as_deref(), a.modified_at_ms, a.backlog),
+        (Some("1"), Some("o"), Some("cs"), NOW + 1, 1)
+    );
+    let recovered = store.recover_entities().await.expect("recover");
+    assert_eq!(recovered.iter().map(|r| r.record.entity_id.as_str()).collect::<Vec<_>>(), ["@c@a", "@c@b"]);
+    assert_eq!(recovered[0].messages.iter().map(|m| m.id).collect::<Vec<_>>(), [queued[1].id]);
+
+    // The same rows again: the step ran on a stale queue, and nothing of it is stored.
+    let mut stale = first;
+    stale.effects.state = Some("2".into());
+    stale.now_ms = NOW + 2;
+    let refused = store.commit_entity(stale).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(ref id)) if id == "@c@a"), "{refused:?}");
+    assert_eq!(entity(store, "@c@a").await.and_then(|a| a.state), Some("1".into()));
+    assert_eq!(entity(store, "@c@b").await.map(|b| b.backlog), Some(1), "the refused step queued nothing");
+
+    // Unchanged state keeps the modification time; a freed lock is stored as free.
+    store.commit_entity(step("@c@a", vec![queued[1].id], Some("1"), Lock::Free, NOW + 3)).await.expect("commit");
+    let a = entity(store, "@c@a").await.expect("exists");
+    assert_eq!((a.lock_owner, a.lock_section, a.modified_at_ms, a.backlog), (None, None, NOW + 1, 0));
+    let recovered = store.recover_entities().await.expect("recover");
+    assert_eq!(
+        recovered.iter().map(|r| r.record.entity_id.as_str()).collect::<Vec<_>>(),
+        ["@c@b"],
+        "an entity with neither lock nor queue needs no recovery"
+    );
+    // A step of an entity without a row (all its requests consumed elsewhere) creates it.
+    store.commit_entity(step("@c@new", Vec::new(), Some("n"), Lock::Free, NOW + 4)).await.expect("commit");
+    assert_eq!(entity(store, "@c@new").await.map(|e| (e.state, e.modified_at_ms)), Some((Some("n".into()), NOW + 4)));
+}
+
+async fn entity_queries_filter_and_page(store: &dyn Store) {
+    let ids = ["@c@1", "@c@2", "@c@3", "@d@1", "@e%@1"];
+    let queued =
+        store.enqueue_entity(ids.iter().map(|id| request(id, NOW, "op")).collect(), NOW).await.expect("enqueue");
+    for (q, at) in queued.iter().zip([NOW + 1, NOW + 1, 0, NOW + 2, NOW + 1]) {
+        if at > 0 {
+            store.commit_entity(step(&q.entity_id, vec![q.id], Some("s"), Lock::Free, at)).await.expect("commit");
+        }
+    }
+    let c = EntitySelection { id_prefix: Some("@c@".into()), include_transient: false, ..every_entity() };
+    assert_eq!(entity_ids(store, &c).await, ["@c@1", "@c@2"]);
+    let with_transient = EntitySelection { include_transient: true, ..c.clone() };
+    assert_eq!(entity_ids(store, &with_transient).await, ["@c@1", "@c@2", "@c@3"]);
+    let literal = EntitySelection { id_prefix: Some("@e%".into()), ..every_entity() };
+    assert_eq!(entity_ids(store, &literal).await, ["@e%@1"], "a prefix is literal text");
+    let wildcard = EntitySelection { id_prefix: Some("@_".into()), ..every_entity() };
+    assert!(entity_ids(store, &wildcard).await.is_empty(), "'_' is no wildcard");
+    let one = EntitySelection { id: Some("@c@2".into()), ..every_entity() };
+    assert_eq!(entity_ids(store, &one).await, ["@c@2"]);
+    let late = EntitySelection { modified_from_ms: Some(NOW + 2), include_transient: false, ..every_entity() };
+    assert_eq!(entity_ids(store, &late).await, ["@d@1"]);
+    let early = EntitySelection { modified_to_ms: Some(NOW + 1), include_transient: false, ..every_entity() };
+    assert_eq!(entity_ids(store, &early).await, ["@c@1", "@c@2", "@e%@1"]);
+    let page = EntitySelection { page_size: 1, after_id: Some("@c@1".into()), ..with_transient };
+    assert_eq!(entity_ids(store, &page).await, ["@c@2"], "pages continue after the exclusive cursor");
+    let empty_page = EntitySelection { page_size: 0, ..every_entity() };
+    assert_eq!(entity_ids(store, &empty_page).await, ["@c@1"], "a page holds at least one entity");
+    let all = store.query_entities(&every_entity()).await.expect("query");
+    assert_eq!(all.iter().map(|r| r.backlog).collect::<Vec<_>>(), [0, 0, 1, 0, 0]);
+}
+
+async fn only_empty_entities_are_removed(store: &dyn Store) {
+    let ids = ["@c@queued", "@c@state", "@c@locked", "@c@empty"];
+    let queued =
+        store.enqueue_entity(ids.iter().map(|id| request(id, NOW, "op")).collect(), NOW).await.expect("enqueue");
+    store.commit_entity(step("@c@state", vec![queued[1].id], Some("s"), Lock::Free, NOW)).await.expect("commit");
+    store.commit_entity(step("@c@locked", vec![queued[2].id], None, held("o", "cs"), NOW)).await.expect("commit");
+    store.commit_entity(step("@c@empty", vec![queued[3].id], None, Lock::Free, NOW)).await.expect("commit");
+    let mut asked: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    asked.extend(["@c@missing".to_string(), "@c@empty".to_string()]);
+    assert_eq!(store.remove_empty_entities(asked.clone()).await.expect("remove"), 1);
+    assert_eq!(entity_ids(store, &every_entity()).await, ["@c@locked", "@c@queued", "@c@state"]);
+    assert_eq!(store.remove_empty_entities(asked).await.expect("remove"), 0);
+}
+
+/// Needs orchestrations: deliveries from entity steps and orchestrations they start.
+async fn entity_steps_reach_live_orchestrations_and_start_free_ids(store: &dyn Store) {
+    create(store, "o1").await;
+    let start = create(store, "done").await;
+    store.commit_turn(turn("done", 0, vec![start.inbox_id], S::Completed)).await.expect("finish");
+    let queued = store.enqueue_entity(vec![request("@c@a", NOW, "op")], NOW).await.expect("enqueue");
+    let grant = events::sidecar_event(
+        0,
+        EventType::EntityLockGranted(EntityLockGrantedEvent { critical_section_id: "cs".into() }),
+    );
+    let reply = events::event_raised(0, "reply".into(), None);
+    let to = |id: &str, execution: Option<&str>, event: &duro_proto::HistoryEvent| Outgoing::ToOrchestration {
+        instance_id: id.into(),
+        execution_id: execution.map(Into::into),
+        event: event.clone(),
+    };
+    let mut commit = step("@c@a", vec![queued[0].id], Some("1"), Lock::Free, NOW + 7);
+    commit.effects.outgoing = vec![
+        to("o1", None, &reply),
+        to("o1", Some("o1-e0"), &reply),
+        to("done", None, &grant),
+        to("ghost", None, &grant),
+        to("ghost", None, &reply),
+        to("o1", Some("o1-e1"), &grant),
+    ];
+    commit.starts = vec![new_instance("o1"), new_instance("fresh")];
+    let done = store.commit_entity(commit).await.expect("commit");
+    assert_eq!(done.gone_owners, ["done", "ghost"], "grants to ended or unknown orchestrations come back");
+    let delivered: Vec<(&str, Priority)> =
+        done.delivered.iter().map(|d| (d.instance_id.as_str(), d.priority)).collect();
+    assert_eq!(delivered, [("o1", Priority::Normal), ("o1", Priority::Normal), ("fresh", Priority::Start)]);
+    let stamped = crate::core::time::from_ms(NOW + 7);
+    assert!(done.delivered[..2].iter().all(|d| d.event.timestamp == Some(stamped)), "stamped with the step's time");
+    let inbox: Vec<i64> = store.load_inbox("o1").await.expect("inbox").rows.iter().map(|d| d.inbox_id).collect();
+    assert_eq!(inbox[1..], [done.delivered[0].inbox_id, done.delivered[1].inbox_id]);
+    let o1 = store.load_instance("o1").await.expect("load").expect("exists");
+    assert_eq!(o1.execution_id, "o1-e1", "a start for a taken id changes nothing");
+    let fresh = store.load_instance("fresh").await.expect("load").expect("created");
+    assert_eq!(fresh.status, S::Pending);
+    let rows = store.load_inbox("fresh").await.expect("inbox").rows;
+    assert_eq!(rows.iter().map(|d| d.inbox_id).collect::<Vec<_>>(), [done.delivered[2].inbox_id]);
+}
+
 #[tokio::test]
 async fn contract_holds_for_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -255,6 +475,24 @@ async fn contract_holds_for_postgres() {
             lease: std::time::Duration::from_secs(30),
             max_connections: 4,
             require_lease: false,
+        };
+        async move { super::postgres::PgStore::open(opts).await.expect("open store") }
+    })
+    .await;
+}
+
+/// The entity section on PostgreSQL. The rest of the suite (and the entity check that needs
+/// orchestrations) joins once the PostgreSQL instance writes exist: `contract_holds_for_postgres`.
+#[tokio::test]
+async fn entity_contract_holds_for_postgres() {
+    let pg = duro_testkit::Postgres::start();
+    run_entities(|| {
+        let opts = super::postgres::PgOptions {
+            url: pg.url().to_string(),
+            hub: pg.fresh_hub(),
+            owner: "contract".into(),
+            lease: std::time::Duration::from_secs(30),
+            max_connections: 4,
         };
         async move { super::postgres::PgStore::open(opts).await.expect("open store") }
     })

@@ -30,6 +30,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-duro-history" (include "duro.name" .)) .Values.storage.sqlite.persistence.existingClaim -}}
 {{- end -}}
 
+{{- define "duro.postgres" -}}
+{{- if eq .Values.storage.backend "postgres" -}}true{{- else if ne .Values.storage.backend "sqlite" -}}
+{{- fail (printf "storage.backend must be sqlite or postgres, not %q" .Values.storage.backend) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "duro.dbSecretName" -}}
+{{- default (printf "%s-duro-db" (include "duro.name" .)) .Values.storage.postgres.existingSecret -}}
+{{- end -}}
+
+{{/* The task hub (a PostgreSQL schema), checked as Duro checks it. */}}
+{{- define "duro.taskHub" -}}
+{{- $hub := default (include "duro.name" . | lower | replace "-" "_") .Values.storage.postgres.taskHub -}}
+{{- if not (regexMatch "^[a-z][a-z0-9_]{0,47}$" $hub) -}}
+{{- fail (printf "storage.postgres.taskHub %q: use 1-48 lower-case letters, digits or '_', starting with a letter" $hub) -}}
+{{- end -}}
+{{- $hub -}}
+{{- end -}}
+
 {{- define "duro.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "duro.name" .) .Values.serviceAccount.name -}}
