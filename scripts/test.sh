@@ -67,6 +67,9 @@ fi
 .venv/bin/pip install --quiet -r tests/python/requirements.txt
 DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
 
+step "python compatibility tests again, every sidecar on a PostgreSQL task hub of its own"
+DURO_TEST_STORE=postgres DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m pytest tests/python -q
+
 step "Go SDK compatibility tests (official durabletask-go, bench/sdkcompat)"
 DURO_BIN="$PWD/target/debug/duro" bash -c 'cd bench && GOFLAGS="${GOFLAGS:--mod=mod}" go test -count=1 ./sdkcompat/'
 

@@ -124,9 +124,18 @@ class SidecarProcess:
     def address(self) -> str:
         return f"localhost:{self.port}"
 
+    def store_args(self) -> list[str]:
+        """``--db``: the SQLite file, or with ``DURO_TEST_STORE=postgres`` a task hub of its
+        own on ``$DURO_TEST_PG_URL`` (kept across restarts, like the file)."""
+        if os.environ.get("DURO_TEST_STORE") != "postgres":
+            return ["--db", str(self.db_path)]
+        if not hasattr(self, "hub"):
+            self.hub = f"py_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        return ["--db", os.environ["DURO_TEST_PG_URL"], "--task-hub", self.hub]
+
     def command(self) -> list[str]:
         return [str(duro_bin()), "--listen", f"127.0.0.1:{self.port}",
-                "--db", str(self.db_path), "--log-level", os.environ.get("DURO_TEST_LOG_LEVEL", "info"),
+                *self.store_args(), "--log-level", os.environ.get("DURO_TEST_LOG_LEVEL", "info"),
                 *self.extra_args]
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
