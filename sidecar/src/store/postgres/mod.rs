@@ -404,3 +404,6 @@ fn lost_race(e: &sqlx_core::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;
