@@ -193,3 +193,29 @@ async fn concurrent_creations_of_one_id_create_it_once_and_refuse_the_rest() {
     assert_eq!(created, 1, "the losers of the race find the row and apply the policy");
     assert_eq!(store.load_inbox("same").await.expect("inbox").rows.len(), 1);
 }
+
+/// `load_inbox` waits for a delivery in flight to its instance (which holds the row lock),
+/// so no id of that instance below the watermark can commit after the snapshot.
+#[tokio::test]
+async fn an_inbox_snapshot_waits_for_a_delivery_in_flight_to_its_instance() {
+    let pg = duro_testkit::Postgres::start();
+    let store = std::sync::Arc::new(open(&pg, "me").await);
+    create(&store, "w", "w-e1").await;
+    let mut tx = store.pool.begin().await.expect("begin");
+    let mut notices = Notices::default();
+    lock_instances(&mut tx, &["w".to_string()]).await.expect("lock");
+    let raised = Message::now("w", None, events::event_raised(NOW, "go".into(), None), NOW);
+    let in_flight = write::deliver(&mut tx, &mut notices, &raised).await.expect("deliver").expect("live");
+    // A later row of another instance makes the sequence run ahead of the one in flight.
+    create(&store, "other", "o-e1").await;
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move { store.load_inbox("w").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!reader.is_finished(), "the snapshot waits for the delivery in flight");
+    tx.commit().await.expect("commit");
+    let snapshot = reader.await.expect("task").expect("inbox");
+    assert!(snapshot.rows.iter().any(|d| d.inbox_id == in_flight.inbox_id), "{:?}", snapshot.rows);
+    assert!(snapshot.watermark > in_flight.inbox_id);
+}
