@@ -7,9 +7,11 @@
 CREATE FUNCTION duro_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
     AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 
+-- Instance ids compare byte-wise (COLLATE "C"), as in SQLite: the APIs page and filter by
+-- id order and id prefix, which must not depend on the database's locale.
 -- One row per orchestration instance: its current execution, status and lease.
 CREATE TABLE instances (
-    instance_id        text PRIMARY KEY,
+    instance_id        text COLLATE "C" PRIMARY KEY,
     execution_id       text NOT NULL,
     name               text NOT NULL,
     version            text,
@@ -22,7 +24,7 @@ CREATE TABLE instances (
     output             text,
     custom_status      text,
     failure_details    bytea,                 -- TaskFailureDetails, protobuf
-    parent_instance_id text,
+    parent_instance_id text COLLATE "C",
     parent_info        bytea,                 -- ParentInstanceInfo, protobuf
     tags               text,                  -- JSON object
     trace_context      bytea,                 -- OrchestrationTraceContext, protobuf
@@ -42,7 +44,7 @@ CREATE INDEX instances_lease_owner ON instances(lease_owner);
 
 -- Committed history of the current execution of each instance.
 CREATE TABLE history (
-    instance_id text NOT NULL,
+    instance_id text COLLATE "C" NOT NULL,
     seq         integer NOT NULL,
     event       bytea NOT NULL,               -- HistoryEvent, protobuf
     PRIMARY KEY (instance_id, seq)
@@ -52,7 +54,7 @@ CREATE TABLE history (
 -- in the future.
 CREATE TABLE inbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    instance_id  text NOT NULL,
+    instance_id  text COLLATE "C" NOT NULL,
     execution_id text,                        -- NULL: any execution; else only that one
     priority     integer NOT NULL,
     visible_at   bigint NOT NULL,
@@ -64,7 +66,7 @@ CREATE INDEX inbox_visible ON inbox(visible_at);
 -- Activity work not yet completed, with its lease like instances.
 CREATE TABLE activities (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    instance_id       text NOT NULL,
+    instance_id       text COLLATE "C" NOT NULL,
     execution_id      text NOT NULL,
     task_id           integer NOT NULL,
     name              text NOT NULL,

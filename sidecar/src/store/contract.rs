@@ -16,7 +16,7 @@ use duro_proto::EntityLockGrantedEvent;
 
 use super::*;
 use crate::core::entity::{Effects, EntityMessage, Lock, Outgoing};
-use crate::core::{events, Message, NewInstance, StartSpec, TurnOutcome};
+use crate::core::{events, is_terminal, Message, NewInstance, StartSpec, TurnOutcome};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -80,6 +80,11 @@ where
     purge_removes_everything_of_finished_instances(&fresh().await).await;
     attempt_counts_survive_a_restart_view(&fresh().await).await;
     counts_by_status_and_newest_first_paging(&fresh().await).await;
+    a_turn_commit_appends_history_consumes_its_inbox_and_finishes_the_instance(&fresh().await).await;
+    two_turns_built_on_the_same_history_commit_once(&fresh().await).await;
+    queries_filter_by_status_prefix_and_page_and_purge_only_finished_instances(&fresh().await).await;
+    id_reuse_matrix_every_existing_status_by_every_policy_form(&fresh().await).await;
+    terminate_and_replace_with_a_finished_parent_drops_the_notice(&fresh().await).await;
     entity_steps_reach_live_orchestrations_and_start_free_ids(&fresh().await).await;
     run_entities(&fresh).await;
 }
@@ -450,6 +455,405 @@ async fn entity_steps_reach_live_orchestrations_and_start_free_ids(store: &dyn S
     assert_eq!(rows.iter().map(|d| d.inbox_id).collect::<Vec<_>>(), [done.delivered[2].inbox_id]);
 }
 
+// ----- moved from the SQLite store's tests: backend-neutral checks ---------------------------
+
+fn new_at(id: &str, now: i64) -> NewInstance {
+    NewInstance {
+        spec: StartSpec {
+            instance_id: id.to_string(),
+            execution_id: format!("{id}-exec"),
+            name: "Orch".into(),
+            version: None,
+            input: Some("1".into()),
+            parent: None,
+            scheduled_start_ms: None,
+            parent_trace_context: None,
+            tags: HashMap::new(),
+        },
+        created_at_ms: now,
+        visible_at_ms: now,
+        parent_task: None,
+    }
+}
+
+fn finish(id: &str, consumed: Vec<i64>, status: OrchestrationStatus, now: i64) -> TurnCommit {
+    let mut outcome = TurnOutcome::unchanged(status, 0);
+    outcome.append = vec![events::orchestrator_started(now)];
+    outcome.output = Some("\"done\"".into());
+    TurnCommit {
+        instance_id: id.into(),
+        execution_id: format!("{id}-exec"),
+        history_len: 0,
+        consumed,
+        outcome,
+        now_ms: now,
+    }
+}
+
+/// A turn built on `history_len` events that appends one and keeps the instance running.
+fn turn_step(id: &str, history_len: usize, consumed: Vec<i64>, now: i64) -> TurnCommit {
+    let mut outcome = TurnOutcome::unchanged(OrchestrationStatus::Running, 0);
+    outcome.append = vec![events::orchestrator_started(now)];
+    TurnCommit {
+        instance_id: id.into(),
+        execution_id: format!("{id}-exec"),
+        history_len,
+        consumed,
+        outcome,
+        now_ms: now,
+    }
+}
+
+async fn a_turn_commit_appends_history_consumes_its_inbox_and_finishes_the_instance(store: &dyn Store) {
+    let CreateResult::Created(start) = store.create_instance(new_at("a", 1), IdReuse::terminal()).await.unwrap() else {
+        panic!("not created")
+    };
+    store.commit_turn(finish("a", vec![start.start.inbox_id], OrchestrationStatus::Completed, 5)).await.unwrap();
+    let rec = store.load_instance("a").await.unwrap().unwrap();
+    assert_eq!(rec.status, OrchestrationStatus::Completed);
+    assert_eq!(rec.output.as_deref(), Some("\"done\""));
+    assert_eq!(rec.completed_at_ms, Some(5));
+    assert_eq!(store.load_history("a").await.unwrap().len(), 1);
+    assert!(store.recover().await.unwrap().inbox.is_empty());
+    // A second commit against the finished instance conflicts instead of appending.
+    let again = store.commit_turn(finish("a", vec![], OrchestrationStatus::Completed, 6)).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))));
+    // Events for a finished instance are dropped.
+    let late = Message::now("a", None, events::wake_up(7), 7);
+    assert!(store.enqueue(late).await.unwrap().is_none());
+}
+
+async fn two_turns_built_on_the_same_history_commit_once(store: &dyn Store) {
+    let CreateResult::Created(start) = store.create_instance(new_at("a", 1), IdReuse::terminal()).await.unwrap() else {
+        panic!("not created")
+    };
+    let late = store.enqueue(Message::now("a", None, events::wake_up(2), 2)).await.unwrap().unwrap();
+    store.commit_turn(turn_step("a", 0, vec![start.start.inbox_id], 3)).await.unwrap();
+    // A second turn built on the same (now stale) empty history: refused, nothing stored.
+    let stale = store.commit_turn(turn_step("a", 0, vec![late.inbox_id], 4)).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    assert_eq!(store.load_history("a").await.unwrap().len(), 1);
+    let rec = store.load_instance("a").await.unwrap().unwrap();
+    assert_eq!(rec.updated_at_ms, 3);
+    let inbox: Vec<i64> = store.recover().await.unwrap().inbox.iter().map(|d| d.inbox_id).collect();
+    assert_eq!(inbox, [late.inbox_id], "the stale turn consumed nothing");
+    // Claiming a history longer than the stored one is refused too; the right length commits.
+    let ahead = store.commit_turn(turn_step("a", 2, vec![late.inbox_id], 5)).await;
+    assert!(matches!(ahead, Err(StoreError::Conflict(_))), "{ahead:?}");
+    store.commit_turn(turn_step("a", 1, vec![late.inbox_id], 6)).await.unwrap();
+    assert_eq!(store.load_history("a").await.unwrap().len(), 2);
+}
+
+async fn queries_filter_by_status_prefix_and_page_and_purge_only_finished_instances(store: &dyn Store) {
+    for (i, id) in ["job-1", "job-2", "job-3", "other-1"].iter().enumerate() {
+        let CreateResult::Created(d) =
+            store.create_instance(new_at(id, 10 + i as i64), IdReuse::terminal()).await.unwrap()
+        else {
+            panic!("not created")
+        };
+        if *id != "job-2" {
+            store
+                .commit_turn(finish(id, vec![d.start.inbox_id], OrchestrationStatus::Completed, 100 + i as i64))
+                .await
+                .unwrap();
+        }
+    }
+    let ids = |v: Vec<InstanceRecord>| v.into_iter().map(|r| r.instance_id).collect::<Vec<_>>();
+    let page = store
+        .query_instances(&InstanceFilter {
+            instance_id_prefix: Some("job-".into()),
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(page), ["job-1", "job-2"]);
+    let next = store
+        .query_instances(&InstanceFilter {
+            instance_id_prefix: Some("job-".into()),
+            page_size: 2,
+            after_instance_id: Some("job-2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(next), ["job-3"]);
+    let pending = store
+        .query_instances(&InstanceFilter {
+            statuses: vec![OrchestrationStatus::Pending],
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(pending), ["job-2"]);
+    let created = store
+        .query_instances(&InstanceFilter {
+            created_from_ms: Some(11),
+            created_to_ms: Some(13),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(created), ["job-2", "job-3"]);
+    let done = store
+        .list_completed_ids(&CompletedFilter {
+            page_size: 10,
+            after: Some((100, "job-1".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done, [(102, "job-3".to_string()), (103, "other-1".to_string())]);
+    // Newest first (the dashboard), paged by (created, id); names; counts by status.
+    let newest = |before: Option<(i64, String)>| InstanceFilter {
+        page_size: 2,
+        order: QueryOrder::NewestFirst { before },
+        ..Default::default()
+    };
+    assert_eq!(ids(store.query_instances(&newest(None)).await.unwrap()), ["other-1", "job-3"]);
+    let next = store.query_instances(&newest(Some((12, "job-3".into())))).await.unwrap();
+    assert_eq!(ids(next), ["job-2", "job-1"]);
+    let by_name = InstanceFilter { name: Some("nobody".into()), page_size: 10, ..Default::default() };
+    assert!(store.query_instances(&by_name).await.unwrap().is_empty());
+    let by_name = InstanceFilter { name: Some("Orch".into()), page_size: 10, ..Default::default() };
+    assert_eq!(store.query_instances(&by_name).await.unwrap().len(), 4);
+    assert_eq!(
+        store.count_by_status().await.unwrap(),
+        [(OrchestrationStatus::Completed, 3), (OrchestrationStatus::Pending, 1)]
+    );
+    let purged = store
+        .purge(PurgeSelection::Filter { created_from_ms: None, created_to_ms: None, statuses: vec![] }, false)
+        .await
+        .unwrap();
+    assert_eq!(purged, 3);
+    let left = store.query_instances(&InstanceFilter { page_size: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(ids(left), ["job-2"]);
+}
+
+// ----- id reuse: every existing status × policy ------------------------------------------
+
+/// A far-future scheduled start (a PENDING instance that will not run soon).
+const FUTURE: i64 = 4_000_000_000_000;
+
+/// The instance `id` as a child of running parent `p` (task 7), in `status`. Live ones
+/// have an unconsumed future inbox row (scheduled start or timer) and, once started, a
+/// queued activity, so a replacement must delete them.
+async fn existing(store: &dyn Store, id: &str, status: Option<OrchestrationStatus>) {
+    use OrchestrationStatus as S;
+    let Some(status) = status else { return };
+    let mut new = new_at(id, 10);
+    new.spec.parent = Some(duro_proto::ParentInstanceInfo {
+        task_scheduled_id: 7,
+        orchestration_instance: Some(duro_proto::OrchestrationInstance {
+            instance_id: "p".into(),
+            execution_id: Some("p-exec".into()),
+        }),
+        ..Default::default()
+    });
+    if status == S::Pending {
+        new.spec.scheduled_start_ms = Some(FUTURE);
+        new.visible_at_ms = FUTURE;
+    }
+    let CreateResult::Created(c) = store.create_instance(new, IdReuse::Replace(vec![])).await.unwrap() else {
+        panic!("{id} not created")
+    };
+    if status == S::Pending {
+        return;
+    }
+    let mut outcome = TurnOutcome::unchanged(status, 0);
+    outcome.append = vec![events::orchestrator_started(20)];
+    if !is_terminal(status) {
+        outcome.activities = vec![ActivityRequest {
+            name: "A".into(),
+            orchestration_instance: Some(duro_proto::OrchestrationInstance {
+                instance_id: id.into(),
+                execution_id: Some(format!("{id}-exec")),
+            }),
+            ..Default::default()
+        }];
+        let timer =
+            Message { visible_at_ms: FUTURE, ..Message::now(id, Some(format!("{id}-exec")), events::wake_up(20), 20) };
+        outcome.messages = vec![timer];
+    }
+    let commit = TurnCommit {
+        instance_id: id.into(),
+        execution_id: format!("{id}-exec"),
+        history_len: 0,
+        consumed: vec![c.start.inbox_id],
+        outcome,
+        now_ms: 20,
+    };
+    store.commit_turn(commit).await.unwrap();
+    assert_eq!(store.load_instance(id).await.unwrap().unwrap().status, status);
+}
+
+/// The whole matrix of [`IdReuse`]'s table, written out by hand (not derived from
+/// `decide`). Columns: no instance, PENDING (scheduled in the future), RUNNING,
+/// SUSPENDED, COMPLETED, FAILED, TERMINATED. `c` created, `k` kept (OK, untouched),
+/// `x` AlreadyExists (untouched), `r` finished instance replaced, `t` live instance
+/// terminated (its parent told) and replaced.
+async fn id_reuse_matrix_every_existing_status_by_every_policy_form(store: &dyn Store) {
+    use LegacyReuseAction::*;
+    use OrchestrationStatus as S;
+    let all = || vec![S::Pending, S::Running, S::Suspended, S::Completed, S::Failed, S::Terminated];
+    let legacy = |statuses: Vec<S>, action| IdReuse::Legacy { statuses, action };
+    let rows: Vec<(&str, IdReuse, &str)> = vec![
+        ("no policy", IdReuse::terminal(), "cxxxrrr"),
+        ("replaceable []", IdReuse::Replace(vec![]), "cxxxxxx"),
+        ("replaceable [RUNNING]", IdReuse::Replace(vec![S::Running]), "cxtxxxx"),
+        (
+            "replaceable [PENDING,RUNNING,SUSPENDED]",
+            IdReuse::Replace(vec![S::Pending, S::Running, S::Suspended]),
+            "ctttxxx",
+        ),
+        ("replaceable [COMPLETED,FAILED]", IdReuse::Replace(vec![S::Completed, S::Failed]), "cxxxrrx"),
+        ("replaceable all", IdReuse::Replace(all()), "ctttrrr"),
+        // Issue 13: this used to replace (wipe) PENDING, RUNNING, SUSPENDED and TERMINATED.
+        ("legacy [COMPLETED,FAILED] TERMINATE", legacy(vec![S::Completed, S::Failed], Terminate), "cxxxrrx"),
+        ("legacy [RUNNING] TERMINATE", legacy(vec![S::Running], Terminate), "cxtxxxx"),
+        ("legacy [] TERMINATE", legacy(vec![], Terminate), "cxxxxxx"),
+        ("legacy all TERMINATE", legacy(all(), Terminate), "ctttrrr"),
+        ("legacy [RUNNING,PENDING] IGNORE", legacy(vec![S::Running, S::Pending], Ignore), "ckkxxxx"),
+        ("legacy [COMPLETED] IGNORE", legacy(vec![S::Completed], Ignore), "cxxxkxx"),
+        ("legacy all IGNORE", legacy(all(), Ignore), "ckkkkkk"),
+        ("legacy all ERROR", legacy(all(), Error), "cxxxxxx"),
+        ("legacy [RUNNING] ERROR", legacy(vec![S::Running], Error), "cxxxxxx"),
+    ];
+    let columns = [
+        None,
+        Some(S::Pending),
+        Some(S::Running),
+        Some(S::Suspended),
+        Some(S::Completed),
+        Some(S::Failed),
+        Some(S::Terminated),
+    ];
+
+    let CreateResult::Created(p) = store.create_instance(new_at("p", 1), IdReuse::terminal()).await.unwrap() else {
+        panic!("parent not created")
+    };
+    let mut running = finish("p", vec![p.start.inbox_id], S::Running, 2);
+    running.outcome.output = None;
+    store.commit_turn(running).await.unwrap();
+
+    let mut notices = 0;
+    for (r, (name, policy, expected)) in rows.iter().enumerate() {
+        assert_eq!(expected.len(), columns.len(), "{name}");
+        for (col, (status, want)) in columns.iter().zip(expected.chars()).enumerate() {
+            let id = format!("i-{r}-{col}");
+            let cell = format!("{name} × {status:?} (expected '{want}')");
+            existing(store, &id, *status).await;
+            let before = store.load_instance(&id).await.unwrap();
+            let history_before = store.load_history(&id).await.unwrap();
+            let mut new = new_at(&id, 30);
+            new.spec.execution_id = format!("{id}-new");
+            new.spec.input = Some("\"new\"".into());
+            let result = store.create_instance(new, policy.clone()).await.unwrap();
+            let after = store.load_instance(&id).await.unwrap().unwrap();
+            let rows_of_old = store.recover().await.unwrap();
+            let old_exec = format!("{id}-exec");
+            let old_inbox = rows_of_old.inbox.iter().filter(|d| d.execution_id.as_deref() == Some(&old_exec)).count();
+            let old_activities = rows_of_old
+                .activities
+                .iter()
+                .filter(|a| {
+                    a.request.orchestration_instance.as_ref().and_then(|o| o.execution_id.as_deref()) == Some(&old_exec)
+                })
+                .count();
+            match want {
+                'c' | 'r' | 't' => {
+                    let CreateResult::Created(created) = result else { panic!("{cell}: got {result:?}") };
+                    assert_eq!(created.replaced, *status, "{cell}");
+                    assert_eq!(created.start.execution_id.as_deref(), Some(format!("{id}-new").as_str()), "{cell}");
+                    assert_eq!(after.execution_id, format!("{id}-new"), "{cell}");
+                    assert_eq!(after.status, S::Pending, "{cell}");
+                    assert_eq!(after.input.as_deref(), Some("\"new\""), "{cell}");
+                    assert_eq!(after.parent_instance_id, None, "{cell}: the new instance has no parent");
+                    assert!(store.load_history(&id).await.unwrap().is_empty(), "{cell}: old history must be gone");
+                    assert_eq!(
+                        (old_inbox, old_activities),
+                        (0, 0),
+                        "{cell}: old execution's pending work must be gone"
+                    );
+                    if want == 't' {
+                        assert!(!is_terminal(status.unwrap()), "{cell}: 't' is for live instances");
+                        assert_eq!(created.delivered.len(), 1, "{cell}: the parent must be told");
+                        let d = &created.delivered[0];
+                        assert_eq!(
+                            (d.instance_id.as_str(), d.execution_id.as_deref()),
+                            ("p", Some("p-exec")),
+                            "{cell}"
+                        );
+                        match &d.event.event_type {
+                            Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(f)) => {
+                                assert_eq!(f.task_scheduled_id, 7, "{cell}");
+                                let details = f.failure_details.as_ref().expect("details");
+                                assert_eq!(details.error_type, "TaskTerminated", "{cell}");
+                                assert!(details.error_message.contains(&id), "{cell}: {}", details.error_message);
+                            }
+                            other => panic!("{cell}: parent got {other:?}"),
+                        }
+                        notices += 1;
+                    } else {
+                        assert!(created.delivered.is_empty(), "{cell}: nothing to tell (finished or no instance)");
+                    }
+                    if want == 'c' {
+                        assert!(before.is_none(), "{cell}");
+                    }
+                    if want == 'r' {
+                        assert!(is_terminal(status.unwrap()), "{cell}: 'r' is for finished instances");
+                    }
+                }
+                'k' | 'x' => {
+                    match (want, &result) {
+                        ('k', CreateResult::Kept) => {}
+                        ('x', CreateResult::AlreadyExists(s)) => assert_eq!(Some(*s), *status, "{cell}"),
+                        _ => panic!("{cell}: got {result:?}"),
+                    }
+                    assert_eq!(Some(&after), before.as_ref(), "{cell}: the existing instance must be untouched");
+                    assert_eq!(store.load_history(&id).await.unwrap(), history_before, "{cell}");
+                    if !is_terminal(status.unwrap()) {
+                        assert!(old_inbox >= 1, "{cell}: the live instance keeps its pending work");
+                    }
+                }
+                other => panic!("bad expectation {other}"),
+            }
+        }
+    }
+    // Every terminated child's notice sits in the parent's inbox.
+    let in_parent = store
+        .recover()
+        .await
+        .unwrap()
+        .inbox
+        .iter()
+        .filter(|d| {
+            d.instance_id == "p"
+                && matches!(
+                    d.event.event_type,
+                    Some(duro_proto::history_event::EventType::SubOrchestrationInstanceFailed(_))
+                )
+        })
+        .count();
+    assert_eq!(in_parent, notices);
+    assert_eq!(notices, 1 + 3 + 3 + 1 + 3, "t cells in the table");
+}
+
+/// A live instance whose parent has finished (or is gone) is still terminated and
+/// replaced; the notice is dropped like any message to a finished instance.
+async fn terminate_and_replace_with_a_finished_parent_drops_the_notice(store: &dyn Store) {
+    existing(store, "orphan", Some(OrchestrationStatus::Running)).await; // parent "p" never existed
+    let mut new = new_at("orphan", 30);
+    new.spec.execution_id = "orphan-new".into();
+    let result = store.create_instance(new, IdReuse::Replace(vec![OrchestrationStatus::Running])).await.unwrap();
+    let CreateResult::Created(created) = result else { panic!("{result:?}") };
+    assert_eq!(created.replaced, Some(OrchestrationStatus::Running));
+    assert!(created.delivered.is_empty());
+    assert_eq!(store.load_instance("orphan").await.unwrap().unwrap().execution_id, "orphan-new");
+}
+
 #[tokio::test]
 async fn contract_holds_for_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -493,6 +897,7 @@ async fn entity_contract_holds_for_postgres() {
             owner: "contract".into(),
             lease: std::time::Duration::from_secs(30),
             max_connections: 4,
+            require_lease: false,
         };
         async move { super::postgres::PgStore::open(opts).await.expect("open store") }
     })

@@ -445,6 +445,7 @@ mod tests {
             owner: "entities".into(),
             lease: Duration::from_secs(30),
             max_connections: 4,
+            require_lease: false,
         })
         .await
         .expect("open store")

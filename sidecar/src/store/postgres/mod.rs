@@ -16,6 +16,11 @@
 //! - every inbox and activity insert notifies the hub's channel (delivered at commit), so
 //!   other sidecars claim new work without polling;
 //! - a replaced instance (id reuse) keeps its lease epoch rising, never resetting it.
+//!
+//! Row locks: the code here takes `FOR UPDATE` on instance rows (see [`lock_instances`]),
+//! which also covers the `FOR SHARE` requirement above. A transaction may lock a row it did
+//! not foresee (a replaced child's parent); the order is then not guaranteed, so a deadlock
+//! is possible and such writes are retried whole ([`retrying`]).
 
 mod entities;
 pub mod leases;
@@ -23,7 +28,8 @@ mod read;
 mod write;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,10 +37,12 @@ use async_trait::async_trait;
 use duro_proto::{HistoryEvent, OrchestrationStatus};
 use parking_lot::Mutex;
 use sqlx_core::migrate::{Migration, MigrationType, Migrator};
-use sqlx_postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx_core::row::Row as _;
+use sqlx_postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres};
 
 use super::*;
-use crate::core::{Message, NewInstance};
+use crate::core::{status_from_i32, Message, NewInstance};
+use crate::store::codec::{decode_opt, encode_event};
 
 /// The migrations, in order (sqlx records them in `_sqlx_migrations` inside the hub's schema).
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))];
@@ -278,3 +286,158 @@ pub fn is_transient(e: &sqlx_core::Error) -> bool {
         _ => false,
     }
 }
+
+/// A query on PostgreSQL (parameters are bound with `.bind`, in order).
+pub(crate) fn q(sql: &str) -> sqlx_core::query::Query<'_, Postgres, PgArguments> {
+    sqlx_core::query::query::<Postgres>(sql)
+}
+
+/// The columns [`instance_from_row`] decodes.
+pub(crate) const INSTANCE_COLUMNS: &str = "instance_id, execution_id, name, version, status, created_at, updated_at, \
+     completed_at, scheduled_start_at, input, output, custom_status, failure_details, parent_instance_id, \
+     parent_info, tags, trace_context";
+
+/// Decodes an instance row selected with [`INSTANCE_COLUMNS`].
+pub(crate) fn instance_from_row(row: &PgRow) -> Result<InstanceRecord, StoreError> {
+    let tags: Option<String> = row.try_get("tags")?;
+    Ok(InstanceRecord {
+        instance_id: row.try_get("instance_id")?,
+        execution_id: row.try_get("execution_id")?,
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        status: status_from_i32(row.try_get("status")?),
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        completed_at_ms: row.try_get("completed_at")?,
+        scheduled_start_at_ms: row.try_get("scheduled_start_at")?,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        custom_status: row.try_get("custom_status")?,
+        failure: decode_opt(row.try_get("failure_details")?, "failure details")?,
+        parent_instance_id: row.try_get("parent_instance_id")?,
+        parent: decode_opt(row.try_get("parent_info")?, "parent info")?,
+        tags: match tags {
+            Some(t) => serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
+            None => HashMap::new(),
+        },
+        trace_context: decode_opt(row.try_get("trace_context")?, "trace context")?,
+    })
+}
+
+/// Locks the rows of these instances `FOR UPDATE`, in instance-id order and in one
+/// statement (rule: every transaction that inserts inbox rows or updates several instance
+/// rows takes its locks this way, so lock waits never form a cycle). Returns the ids that
+/// exist; missing ids lock nothing. Locking a row this transaction holds already is free.
+pub(crate) async fn lock_instances(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: Vec<&str> = wanted.into_iter().collect();
+    let rows = q("SELECT instance_id FROM instances WHERE instance_id = ANY($1) ORDER BY instance_id FOR UPDATE")
+        .bind(wanted)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+}
+
+/// Sends notifications on `channel` (PostgreSQL delivers them when the transaction
+/// commits, and drops duplicates within it).
+pub(crate) async fn notify(
+    conn: &mut PgConnection,
+    channel: &str,
+    payloads: impl IntoIterator<Item = String>,
+) -> Result<(), StoreError> {
+    let payloads: Vec<String> = payloads.into_iter().collect();
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    q("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p").bind(channel).bind(payloads).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The notifications a transaction owes its hub's channel, one per distinct payload:
+/// `i <visible_at_ms> <instance_id>` (inbox row), `a <activity name>` (activity row),
+/// `e <visible_at_ms> <entity_id>` (entity message).
+#[derive(Debug, Default)]
+pub(crate) struct Notices(BTreeSet<String>);
+
+impl Notices {
+    pub(crate) fn inbox(&mut self, visible_at_ms: i64, instance_id: &str) {
+        self.0.insert(format!("i {visible_at_ms} {instance_id}"));
+    }
+
+    pub(crate) fn activity(&mut self, name: &str) {
+        self.0.insert(format!("a {name}"));
+    }
+
+    pub(crate) fn entity(&mut self, visible_at_ms: i64, entity_id: &str) {
+        self.0.insert(format!("e {visible_at_ms} {entity_id}"));
+    }
+
+    /// Sends them (call last, just before the commit).
+    pub(crate) async fn send(self, conn: &mut PgConnection, hub: &str) -> Result<(), StoreError> {
+        notify(conn, &channel_of(hub), self.0).await
+    }
+}
+
+/// Queues a request for an entity, creating the entity's row if needed.
+pub(crate) async fn insert_entity_message(
+    conn: &mut PgConnection,
+    notices: &mut Notices,
+    m: &crate::core::entity::EntityMessage,
+    now_ms: i64,
+) -> Result<QueuedEntityMessage, StoreError> {
+    q("INSERT INTO entities (entity_id, modified_at) VALUES ($1, $2) ON CONFLICT (entity_id) DO NOTHING")
+        .bind(&m.entity_id)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    let id: i64 = q("INSERT INTO entity_messages (entity_id, visible_at, event) VALUES ($1, $2, $3) RETURNING id")
+        .bind(&m.entity_id)
+        .bind(m.visible_at_ms)
+        .bind(encode_event(&m.event))
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    notices.entity(m.visible_at_ms, &m.entity_id);
+    Ok(QueuedEntityMessage {
+        id,
+        entity_id: m.entity_id.clone(),
+        visible_at_ms: m.visible_at_ms,
+        event: m.event.clone(),
+    })
+}
+
+/// How often a write transaction is run again after losing a race (see [`retrying`]).
+const RACE_RETRIES: usize = 4;
+
+/// Runs a whole write transaction again when it lost a race that a second run resolves:
+/// a deadlock (locks taken outside the id order, see the module doc), a serialization
+/// failure, or a unique violation (two transactions creating the same instance id: the
+/// second run finds the row and applies the id-reuse policy). Nothing of a failed run was
+/// stored, so running it again is safe.
+pub(crate) async fn retrying<T, F, Fut>(mut run: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match run().await {
+            Err(StoreError::Postgres(e)) if attempt < RACE_RETRIES && lost_race(&e) => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+/// A deadlock (40P01), serialization failure (40001) or unique violation (23505).
+fn lost_race(e: &sqlx_core::Error) -> bool {
+    match e {
+        sqlx_core::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001" | "23505")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
