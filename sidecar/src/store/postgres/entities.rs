@@ -15,7 +15,7 @@
 //! `insert_instance`, `notify`) are private copies of what `write.rs` needs as well; they
 //! belong in `mod.rs` once both exist.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use duro_proto::history_event::EventType;
 use prost::Message as _;
@@ -35,14 +35,14 @@ pub(super) async fn enqueue_entity(
     now_ms: i64,
 ) -> Result<Vec<QueuedEntityMessage>, StoreError> {
     let mut tx = s.pool.begin().await?;
-    let mut notes = Notes::default();
+    let mut notes = Notices::default();
     let ids: Vec<String> = messages.iter().map(|m| m.entity_id.clone()).collect();
     lock_entities(&mut tx, ids, now_ms).await?;
     let mut queued = Vec::with_capacity(messages.len());
     for m in &messages {
         queued.push(insert_message(&mut tx, m, &mut notes).await?);
     }
-    notify(&mut tx, &s.channel(), notes).await?;
+    notes.send(&mut tx, s).await?;
     tx.commit().await?;
     Ok(queued)
 }
@@ -50,7 +50,7 @@ pub(super) async fn enqueue_entity(
 pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<EntityCommitResult, StoreError> {
     let fx = &t.effects;
     let mut tx = s.pool.begin().await?;
-    let mut notes = Notes::default();
+    let mut notes = Notices::default();
     // Every instance this step may deliver to or create, locked before any entity row.
     let instances = fx
         .outgoing
@@ -133,7 +133,7 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
             }
         }
     }
-    notify(&mut tx, &s.channel(), notes).await?;
+    notes.send(&mut tx, s).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -262,7 +262,7 @@ pub(super) async fn lock_entities(tx: &mut PgConnection, mut ids: Vec<String>, n
 pub(super) async fn insert_message(
     tx: &mut PgConnection,
     m: &EntityMessage,
-    notes: &mut Notes,
+    notes: &mut Notices,
 ) -> Result<QueuedEntityMessage, StoreError> {
     let id: i64 = query::<Postgres>(
         "INSERT INTO entity_messages (entity_id, visible_at, event) VALUES ($1, $2, $3) RETURNING id",
@@ -318,7 +318,7 @@ async fn deliver(
     tx: &mut PgConnection,
     targets: &Targets,
     m: &Message,
-    notes: &mut Notes,
+    notes: &mut Notices,
 ) -> Result<Option<Delivered>, StoreError> {
     let Some((target, execution_id)) = targets.get(&m.target) else { return Ok(None) };
     if is_terminal(target.status) || m.execution_id.as_ref().is_some_and(|wanted| wanted != execution_id) {
@@ -331,7 +331,7 @@ async fn insert_inbox(
     tx: &mut PgConnection,
     m: &Message,
     target: Target,
-    notes: &mut Notes,
+    notes: &mut Notices,
 ) -> Result<Delivered, StoreError> {
     let id: i64 = query::<Postgres>(
         "INSERT INTO inbox (instance_id, execution_id, priority, visible_at, event) VALUES ($1, $2, $3, $4, $5) \
@@ -361,7 +361,7 @@ async fn insert_inbox(
 async fn insert_instance(
     tx: &mut PgConnection,
     new: &NewInstance,
-    notes: &mut Notes,
+    notes: &mut Notices,
 ) -> Result<Option<Delivered>, StoreError> {
     let s = &new.spec;
     let inserted = query::<Postgres>(
@@ -395,35 +395,6 @@ async fn insert_instance(
     };
     let target = Target { name: s.name.clone(), version: s.version.clone(), status: OrchestrationStatus::Pending };
     Ok(Some(insert_inbox(tx, &start, target, notes).await?))
-}
-
-/// The notifications a transaction sends at its end, one per distinct payload (rule 3 of
-/// `mod.rs`).
-#[derive(Default)]
-pub(super) struct Notes(BTreeSet<String>);
-
-impl Notes {
-    fn inbox(&mut self, visible_at_ms: i64, instance_id: &str) {
-        self.0.insert(format!("i {visible_at_ms} {instance_id}"));
-    }
-
-    fn entity(&mut self, visible_at_ms: i64, entity_id: &str) {
-        self.0.insert(format!("e {visible_at_ms} {entity_id}"));
-    }
-}
-
-/// Sends the notes on `channel`; PostgreSQL delivers them when the transaction commits.
-async fn notify(tx: &mut PgConnection, channel: &str, notes: Notes) -> Result<(), StoreError> {
-    if notes.0.is_empty() {
-        return Ok(());
-    }
-    let payloads: Vec<String> = notes.0.into_iter().collect();
-    query::<Postgres>("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-        .bind(channel)
-        .bind(&payloads)
-        .fetch_all(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -478,7 +449,7 @@ mod tests {
         let mut tx = s.pool.begin().await.expect("begin");
         for id in ["o1", "done"] {
             let new = NewInstance::simple(id, &format!("{id}-e1"), "Orch", None, NOW);
-            insert_instance(&mut tx, &new, &mut Notes::default()).await.expect("insert").expect("free id");
+            insert_instance(&mut tx, &new, &mut Notices::default()).await.expect("insert").expect("free id");
         }
         query::<Postgres>("UPDATE instances SET status = $1 WHERE instance_id = 'done'")
             .bind(OrchestrationStatus::Completed as i32)
@@ -530,7 +501,7 @@ mod tests {
         assert_eq!(done.queued.iter().map(|q| q.visible_at_ms).collect::<Vec<_>>(), [later]);
         assert_eq!(
             drain(&mut listener).await,
-            [format!("e {later} @c@b"), format!("i {later} fresh"), format!("i {later} o1")]
+            [format!("e {later} @c@b"), format!("i {later} entities fresh"), format!("i {later} entities o1")]
         );
         let inbox: Vec<(String, i32)> = query::<Postgres>("SELECT instance_id, priority FROM inbox ORDER BY id")
             .fetch_all(&s.pool)
@@ -578,7 +549,7 @@ mod tests {
         // A request being queued, not committed yet.
         let mut tx = s.pool.begin().await.expect("begin");
         lock_entities(&mut tx, vec!["@c@a".into()], NOW).await.expect("lock");
-        insert_message(&mut tx, &request("@c@a", NOW), &mut Notes::default()).await.expect("insert");
+        insert_message(&mut tx, &request("@c@a", NOW), &mut Notices::default()).await.expect("insert");
         let removal = tokio::spawn({
             let s = Arc::clone(&s);
             async move { remove_empty_entities(&s, vec!["@c@a".into()]).await }

@@ -356,57 +356,34 @@ pub(crate) async fn notify(
     Ok(())
 }
 
-/// The notifications a transaction owes its hub's channel, one per distinct payload:
-/// `i <visible_at_ms> <instance_id>` (inbox row), `a <activity name>` (activity row),
-/// `e <visible_at_ms> <entity_id>` (entity message).
+/// The notifications a transaction owes its hub's channel, one per distinct payload (see
+/// [`leases::parse_notice`]): `i <visible_at_ms> <origin sidecar> <instance_id>` (inbox row),
+/// `a <activity name>` (activity row), `e <visible_at_ms> <entity_id>` (entity message).
 #[derive(Debug, Default)]
-pub(crate) struct Notices(BTreeSet<String>);
+pub(crate) struct Notices {
+    inbox: BTreeSet<(i64, String)>,
+    other: BTreeSet<String>,
+}
 
 impl Notices {
     pub(crate) fn inbox(&mut self, visible_at_ms: i64, instance_id: &str) {
-        self.0.insert(format!("i {visible_at_ms} {instance_id}"));
+        self.inbox.insert((visible_at_ms, instance_id.to_string()));
     }
 
     pub(crate) fn activity(&mut self, name: &str) {
-        self.0.insert(format!("a {name}"));
+        self.other.insert(format!("a {name}"));
     }
 
     pub(crate) fn entity(&mut self, visible_at_ms: i64, entity_id: &str) {
-        self.0.insert(format!("e {visible_at_ms} {entity_id}"));
+        self.other.insert(format!("e {visible_at_ms} {entity_id}"));
     }
 
-    /// Sends them (call last, just before the commit).
-    pub(crate) async fn send(self, conn: &mut PgConnection, hub: &str) -> Result<(), StoreError> {
-        notify(conn, &channel_of(hub), self.0).await
+    /// Sends them (call last, just before the commit; PostgreSQL delivers them at commit).
+    pub(crate) async fn send(self, conn: &mut PgConnection, s: &PgStore) -> Result<(), StoreError> {
+        let origin = &s.opts.owner;
+        let inbox = self.inbox.into_iter().map(|(at, id)| leases::inbox_notice(at, origin, &id));
+        notify(conn, &s.channel(), inbox.chain(self.other)).await
     }
-}
-
-/// Queues a request for an entity, creating the entity's row if needed.
-pub(crate) async fn insert_entity_message(
-    conn: &mut PgConnection,
-    notices: &mut Notices,
-    m: &crate::core::entity::EntityMessage,
-    now_ms: i64,
-) -> Result<QueuedEntityMessage, StoreError> {
-    q("INSERT INTO entities (entity_id, modified_at) VALUES ($1, $2) ON CONFLICT (entity_id) DO NOTHING")
-        .bind(&m.entity_id)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await?;
-    let id: i64 = q("INSERT INTO entity_messages (entity_id, visible_at, event) VALUES ($1, $2, $3) RETURNING id")
-        .bind(&m.entity_id)
-        .bind(m.visible_at_ms)
-        .bind(encode_event(&m.event))
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-    notices.entity(m.visible_at_ms, &m.entity_id);
-    Ok(QueuedEntityMessage {
-        id,
-        entity_id: m.entity_id.clone(),
-        visible_at_ms: m.visible_at_ms,
-        event: m.event.clone(),
-    })
 }
 
 /// How often a write transaction is run again after losing a race (see [`retrying`]).

@@ -166,7 +166,8 @@ async fn new_inbox_rows_and_activities_are_announced_on_the_hub_channel_at_commi
         let n = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.expect("in time").expect("recv");
         got.push(n.payload().to_string());
     }
-    assert_eq!(got, [format!("i {NOW} n"), "a Act".to_string(), format!("i {at} n")]);
+    // Inbox notices name the sidecar that committed them (the store's owner, "me").
+    assert_eq!(got, [format!("i {NOW} me n"), format!("i {at} me n"), "a Act".to_string()]);
     let quiet = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await;
     assert!(quiet.is_err(), "one notification per row: {quiet:?}");
 }

@@ -28,7 +28,7 @@ async fn create_once(s: &PgStore, new: &NewInstance, reuse: &IdReuse) -> Result<
     ids.extend(parent_of(&mut tx, &new.spec.instance_id).await?);
     lock_instances(&mut tx, &ids).await?;
     let created = create(&mut tx, &mut notices, new, reuse).await?;
-    notices.send(&mut tx, &s.opts.hub).await?;
+    notices.send(&mut tx, s).await?;
     tx.commit().await?;
     Ok(created)
 }
@@ -39,7 +39,7 @@ pub(super) async fn enqueue(s: &PgStore, m: Message) -> Result<Option<Delivered>
         let mut notices = Notices::default();
         lock_instances(&mut tx, std::slice::from_ref(&m.target)).await?;
         let delivered = deliver(&mut tx, &mut notices, &m).await?;
-        notices.send(&mut tx, &s.opts.hub).await?;
+        notices.send(&mut tx, s).await?;
         tx.commit().await?;
         Ok(delivered)
     })
@@ -114,10 +114,11 @@ async fn commit_once(s: &PgStore, t: &TurnCommit, held: Option<i64>) -> Result<C
             result.delivered.push(d);
         }
     }
+    entities::lock_entities(&mut tx, o.entity_messages.iter().map(|m| m.entity_id.clone()).collect(), t.now_ms).await?;
     for m in &o.entity_messages {
-        result.entity_messages.push(insert_entity_message(&mut tx, &mut notices, m, t.now_ms).await?);
+        result.entity_messages.push(entities::insert_message(&mut tx, m, &mut notices).await?);
     }
-    notices.send(&mut tx, &s.opts.hub).await?;
+    notices.send(&mut tx, s).await?;
     tx.commit().await?;
     Ok(result)
 }
@@ -208,7 +209,7 @@ pub(super) async fn complete_activity(s: &PgStore, id: i64, m: Message) -> Resul
         lock_instances(&mut tx, std::slice::from_ref(&m.target)).await?;
         let gone = q("DELETE FROM activities WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         let delivered = if gone == 0 { None } else { deliver(&mut tx, &mut notices, &m).await? };
-        notices.send(&mut tx, &s.opts.hub).await?;
+        notices.send(&mut tx, s).await?;
         tx.commit().await?;
         Ok(delivered)
     })
@@ -374,7 +375,7 @@ async fn restart_once(
         CreateResult::Created(created) => RestartResult::Restarted(Box::new(created.start)),
         CreateResult::Kept | CreateResult::AlreadyExists(_) => return Err(StoreError::Conflict(target_id)),
     };
-    notices.send(&mut tx, &s.opts.hub).await?;
+    notices.send(&mut tx, s).await?;
     tx.commit().await?;
     Ok(result)
 }
@@ -390,7 +391,7 @@ pub(super) async fn rewind(
         let mut notices = Notices::default();
         lock_instances(&mut tx, &[id.to_string()]).await?;
         let result = rewind_in(&mut tx, &mut notices, id, now_ms).await?;
-        notices.send(&mut tx, &s.opts.hub).await?;
+        notices.send(&mut tx, s).await?;
         tx.commit().await?;
         Ok(result)
     })
