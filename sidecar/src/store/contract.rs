@@ -457,7 +457,7 @@ async fn entity_steps_reach_live_orchestrations_and_start_free_ids(store: &dyn S
 
 // ----- moved from the SQLite store's tests: backend-neutral checks ---------------------------
 
-fn new_at(id: &str, now: i64) -> NewInstance {
+pub(crate) fn new_at(id: &str, now: i64) -> NewInstance {
     NewInstance {
         spec: StartSpec {
             instance_id: id.to_string(),
@@ -476,7 +476,7 @@ fn new_at(id: &str, now: i64) -> NewInstance {
     }
 }
 
-fn finish(id: &str, consumed: Vec<i64>, status: OrchestrationStatus, now: i64) -> TurnCommit {
+pub(crate) fn finish(id: &str, consumed: Vec<i64>, status: OrchestrationStatus, now: i64) -> TurnCommit {
     let mut outcome = TurnOutcome::unchanged(status, 0);
     outcome.append = vec![events::orchestrator_started(now)];
     outcome.output = Some("\"done\"".into());
@@ -872,25 +872,6 @@ async fn contract_holds_for_sqlite() {
 async fn contract_holds_for_postgres() {
     let pg = duro_testkit::Postgres::start();
     run_all(|| {
-        let opts = super::postgres::PgOptions {
-            url: pg.url().to_string(),
-            hub: pg.fresh_hub(),
-            owner: "contract".into(),
-            lease: std::time::Duration::from_secs(30),
-            max_connections: 4,
-            require_lease: false,
-        };
-        async move { super::postgres::PgStore::open(opts).await.expect("open store") }
-    })
-    .await;
-}
-
-/// The entity section on PostgreSQL. The rest of the suite (and the entity check that needs
-/// orchestrations) joins once the PostgreSQL instance writes exist: `contract_holds_for_postgres`.
-#[tokio::test]
-async fn entity_contract_holds_for_postgres() {
-    let pg = duro_testkit::Postgres::start();
-    run_entities(|| {
         let opts = super::postgres::PgOptions {
             url: pg.url().to_string(),
             hub: pg.fresh_hub(),

@@ -288,6 +288,27 @@ pub struct Created {
     pub delivered: Vec<Delivered>,
 }
 
+/// The notice a parent gets when the sub-orchestration it asked for cannot be created because
+/// an instance holding the id is `status` (live): its task fails. `None` without a parent task.
+pub(crate) fn child_id_taken(new: &NewInstance, status: OrchestrationStatus, now_ms: i64) -> Option<Message> {
+    let p = new.parent_task.as_ref()?;
+    let failure = crate::core::events::failure(
+        "InstanceAlreadyExists",
+        format!(
+            "cannot create sub-orchestration '{}': an instance with that id is {}",
+            new.spec.instance_id,
+            status.as_str_name()
+        ),
+        true,
+    );
+    Some(Message::now(
+        p.instance_id.clone(),
+        Some(p.execution_id.clone()),
+        crate::core::events::sub_orchestration_failed(now_ms, p.task_id, failure),
+        now_ms,
+    ))
+}
+
 /// One turn's changes for [`Store::commit_turn`].
 #[derive(Debug, Clone)]
 pub struct TurnCommit {

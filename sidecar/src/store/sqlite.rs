@@ -767,25 +767,7 @@ fn create_child(c: &Connection, new: &NewInstance, now_ms: i64, out: &mut Commit
         }
         CreateResult::Kept => {}
         CreateResult::AlreadyExists(status) => {
-            if let Some(p) = &new.parent_task {
-                let notice = Message::now(
-                    p.instance_id.clone(),
-                    Some(p.execution_id.clone()),
-                    events::sub_orchestration_failed(
-                        now_ms,
-                        p.task_id,
-                        events::failure(
-                            "InstanceAlreadyExists",
-                            format!(
-                                "cannot create sub-orchestration '{}': an instance with that id is {}",
-                                new.spec.instance_id,
-                                status.as_str_name()
-                            ),
-                            true,
-                        ),
-                    ),
-                    now_ms,
-                );
+            if let Some(notice) = child_id_taken(new, status, now_ms) {
                 if let Some(d) = deliver(c, &notice)? {
                     out.delivered.push(d);
                 }
@@ -1399,40 +1381,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{StartSpec, TurnOutcome};
-
-    fn new_instance(id: &str, now: i64) -> NewInstance {
-        NewInstance {
-            spec: StartSpec {
-                instance_id: id.to_string(),
-                execution_id: format!("{id}-exec"),
-                name: "Orch".into(),
-                version: None,
-                input: Some("1".into()),
-                parent: None,
-                scheduled_start_ms: None,
-                parent_trace_context: None,
-                tags: HashMap::new(),
-            },
-            created_at_ms: now,
-            visible_at_ms: now,
-            parent_task: None,
-        }
-    }
-
-    fn finish(id: &str, consumed: Vec<i64>, status: OrchestrationStatus, now: i64) -> TurnCommit {
-        let mut outcome = TurnOutcome::unchanged(status, 0);
-        outcome.append = vec![events::orchestrator_started(now)];
-        outcome.output = Some("\"done\"".into());
-        TurnCommit {
-            instance_id: id.into(),
-            execution_id: format!("{id}-exec"),
-            history_len: 0,
-            consumed,
-            outcome,
-            now_ms: now,
-        }
-    }
+    use crate::store::contract::{finish, new_at as new_instance};
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).await.unwrap()

@@ -11,14 +11,12 @@
 //!   therefore either sees a concurrently queued request or finishes before the request
 //!   recreates the row.
 //!
-//! The inbox and instance helpers at the end (`lock_targets`, `insert_inbox`,
-//! `insert_instance`, `notify`) are private copies of what `write.rs` needs as well; they
-//! belong in `mod.rs` once both exist.
+//! Deliveries to orchestrations and the orchestrations a step starts go through `write.rs`
+//! (`deliver`, `create`), so they follow the same locking and notice rules as turns.
 
 use std::collections::HashMap;
 
 use duro_proto::history_event::EventType;
-use prost::Message as _;
 use sqlx_core::query::query;
 use sqlx_core::query_builder::QueryBuilder;
 use sqlx_core::row::Row;
@@ -26,8 +24,8 @@ use sqlx_postgres::{PgConnection, PgRow, Postgres};
 
 use super::*;
 use crate::core::entity::{EntityMessage, Lock, Outgoing};
-use crate::core::{is_terminal, status_from_i32, Priority};
-use crate::store::codec::{decode_event, encode_event, tags_json};
+use crate::core::Priority;
+use crate::store::codec::{decode_event, encode_event};
 
 pub(super) async fn enqueue_entity(
     s: &PgStore,
@@ -61,7 +59,8 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
         })
         .chain(t.starts.iter().map(|n| n.spec.instance_id.clone()))
         .collect();
-    let targets = lock_targets(&mut tx, instances).await?;
+    let instances: Vec<String> = instances;
+    lock_instances(&mut tx, &instances).await?;
     let entities = fx
         .outgoing
         .iter()
@@ -108,7 +107,7 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
                 event.timestamp = Some(crate::core::time::from_ms(t.now_ms));
                 let grant = matches!(event.event_type, Some(EventType::EntityLockGranted(_)));
                 let m = Message::now(instance_id.clone(), execution_id.clone(), event, t.now_ms);
-                match deliver(&mut tx, &targets, &m, &mut notes).await? {
+                match write::deliver(&mut tx, &mut notes, &m).await? {
                     Some(d) => out.delivered.push(d),
                     None if grant => out.gone_owners.push(instance_id.clone()),
                     None => {}
@@ -126,11 +125,11 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
         }
     }
     for new in &t.starts {
-        // Created only if the id is free (also if another transaction took it meanwhile).
-        if !targets.contains_key(&new.spec.instance_id) {
-            if let Some(start) = insert_instance(&mut tx, new, &mut notes).await? {
-                out.delivered.push(start);
-            }
+        // Created only if the id is free: an empty reuse list refuses every existing instance.
+        if let CreateResult::Created(created) =
+            write::create(&mut tx, &mut notes, new, &IdReuse::Replace(vec![])).await?
+        {
+            out.delivered.push(created.start);
         }
     }
     notes.send(&mut tx, s).await?;
@@ -282,121 +281,6 @@ pub(super) async fn insert_message(
     })
 }
 
-/// Routing facts of a locked instance row: its target and current execution id.
-type Targets = HashMap<String, (Target, String)>;
-
-/// Locks the rows of these instances in id order (rule 2 of `mod.rs`) and returns what a
-/// delivery needs of those that exist.
-async fn lock_targets(tx: &mut PgConnection, mut ids: Vec<String>) -> Result<Targets, StoreError> {
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(Targets::new());
-    }
-    let rows = query::<Postgres>(
-        "SELECT instance_id, name, version, status, execution_id FROM instances \
-         WHERE instance_id = ANY($1) ORDER BY instance_id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut out = Targets::with_capacity(rows.len());
-    for r in &rows {
-        let target = Target {
-            name: r.try_get("name")?,
-            version: r.try_get("version")?,
-            status: status_from_i32(r.try_get("status")?),
-        };
-        out.insert(r.try_get("instance_id")?, (target, r.try_get("execution_id")?));
-    }
-    Ok(out)
-}
-
-/// Delivers a message to a live instance (and, if it names one, the same execution); the
-/// instance's row is locked and described in `targets`.
-async fn deliver(
-    tx: &mut PgConnection,
-    targets: &Targets,
-    m: &Message,
-    notes: &mut Notices,
-) -> Result<Option<Delivered>, StoreError> {
-    let Some((target, execution_id)) = targets.get(&m.target) else { return Ok(None) };
-    if is_terminal(target.status) || m.execution_id.as_ref().is_some_and(|wanted| wanted != execution_id) {
-        return Ok(None);
-    }
-    Ok(Some(insert_inbox(tx, m, target.clone(), notes).await?))
-}
-
-async fn insert_inbox(
-    tx: &mut PgConnection,
-    m: &Message,
-    target: Target,
-    notes: &mut Notices,
-) -> Result<Delivered, StoreError> {
-    let id: i64 = query::<Postgres>(
-        "INSERT INTO inbox (instance_id, execution_id, priority, visible_at, event) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING id",
-    )
-    .bind(&m.target)
-    .bind(&m.execution_id)
-    .bind(m.priority as i32)
-    .bind(m.visible_at_ms)
-    .bind(encode_event(&m.event))
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("id")?;
-    notes.inbox(m.visible_at_ms, &m.target);
-    Ok(Delivered {
-        inbox_id: id,
-        instance_id: m.target.clone(),
-        execution_id: m.execution_id.clone(),
-        priority: m.priority,
-        visible_at_ms: m.visible_at_ms,
-        event: m.event.clone(),
-        target,
-    })
-}
-
-/// Creates a pending instance and its start row, unless the id is taken (`None`).
-async fn insert_instance(
-    tx: &mut PgConnection,
-    new: &NewInstance,
-    notes: &mut Notices,
-) -> Result<Option<Delivered>, StoreError> {
-    let s = &new.spec;
-    let inserted = query::<Postgres>(
-        "INSERT INTO instances (instance_id, execution_id, name, version, status, created_at, updated_at, \
-         scheduled_start_at, input, parent_instance_id, parent_info, tags, history_len) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, 0) \
-         ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id",
-    )
-    .bind(&s.instance_id)
-    .bind(&s.execution_id)
-    .bind(&s.name)
-    .bind(&s.version)
-    .bind(OrchestrationStatus::Pending as i32)
-    .bind(new.created_at_ms)
-    .bind(s.scheduled_start_ms)
-    .bind(&s.input)
-    .bind(s.parent.as_ref().and_then(|p| p.orchestration_instance.as_ref()).map(|i| i.instance_id.clone()))
-    .bind(s.parent.as_ref().map(|p| p.encode_to_vec()))
-    .bind(tags_json(&s.tags))
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_none() {
-        return Ok(None);
-    }
-    let start = Message {
-        target: s.instance_id.clone(),
-        execution_id: Some(s.execution_id.clone()),
-        priority: Priority::Start,
-        visible_at_ms: new.visible_at_ms,
-        event: new.started_event(),
-    };
-    let target = Target { name: s.name.clone(), version: s.version.clone(), status: OrchestrationStatus::Pending };
-    Ok(Some(insert_inbox(tx, &start, target, notes).await?))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -440,17 +324,16 @@ mod tests {
         }
     }
 
-    /// Deliveries, starts and notifications of an entity step. The instances are made with
-    /// this module's helpers (the store's instance writes are tested by the contract suite).
+    /// Deliveries, starts and notifications of an entity step.
     #[tokio::test]
     async fn entity_steps_deliver_start_and_notify() {
         let pg = duro_testkit::Postgres::start();
         let s = open(&pg).await;
-        let mut tx = s.pool.begin().await.expect("begin");
         for id in ["o1", "done"] {
             let new = NewInstance::simple(id, &format!("{id}-e1"), "Orch", None, NOW);
-            insert_instance(&mut tx, &new, &mut Notices::default()).await.expect("insert").expect("free id");
+            s.create_instance(new, IdReuse::terminal()).await.expect("create");
         }
+        let mut tx = s.pool.begin().await.expect("begin");
         query::<Postgres>("UPDATE instances SET status = $1 WHERE instance_id = 'done'")
             .bind(OrchestrationStatus::Completed as i32)
             .execute(&mut *tx)

@@ -130,6 +130,11 @@ impl PgStore {
     }
 }
 
+/// The first column of every row, as text.
+fn strings(rows: Vec<sqlx_postgres::PgRow>) -> Result<Vec<String>, StoreError> {
+    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+}
+
 /// Reads a notice's payload (see the rules in `mod.rs`); unknown ones are ignored.
 pub fn parse_notice(payload: &str) -> Option<Notice> {
     let (kind, rest) = payload.split_once(' ').unwrap_or((payload, ""));
@@ -286,17 +291,15 @@ impl Leases for PgStore {
                 held.remove(id);
             }
         }
-        let names: Vec<String> = q("UPDATE activities SET lease_owner = NULL, lease_until = NULL
+        let mut distinct = strings(
+            q("UPDATE activities SET lease_owner = NULL, lease_until = NULL
                WHERE id IN (SELECT id FROM activities WHERE id = ANY($1) AND lease_owner = $2 ORDER BY id FOR UPDATE)
                RETURNING name")
-        .bind(&ids)
-        .bind(&self.opts.owner)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
-        let mut distinct: Vec<String> = names;
+            .bind(&ids)
+            .bind(&self.opts.owner)
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
         distinct.sort();
         distinct.dedup();
         for name in distinct {
@@ -313,24 +316,22 @@ impl Leases for PgStore {
         self.held.lock().clear();
         self.held_activities.lock().clear();
         let mut tx = self.pool.begin().await?;
-        let freed: Vec<String> = q("UPDATE instances SET lease_owner = NULL, lease_until = NULL
+        let freed = strings(
+            q("UPDATE instances SET lease_owner = NULL, lease_until = NULL
                WHERE instance_id IN (SELECT instance_id FROM instances WHERE lease_owner = $1 ORDER BY instance_id FOR UPDATE)
                RETURNING instance_id")
-        .bind(&self.opts.owner)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
-        let activities: Vec<String> = q("UPDATE activities SET lease_owner = NULL, lease_until = NULL
+            .bind(&self.opts.owner)
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
+        let activities = strings(
+            q("UPDATE activities SET lease_owner = NULL, lease_until = NULL
                WHERE id IN (SELECT id FROM activities WHERE lease_owner = $1 ORDER BY id FOR UPDATE)
                RETURNING name")
-        .bind(&self.opts.owner)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
+            .bind(&self.opts.owner)
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
         q("DELETE FROM sidecars WHERE id = $1").bind(&self.opts.owner).execute(&mut *tx).await?;
         q("UPDATE hub_leases SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
             .bind(&self.opts.owner)

@@ -633,25 +633,7 @@ async fn create_child(
         }
         CreateResult::Kept => {}
         CreateResult::AlreadyExists(status) => {
-            if let Some(p) = &new.parent_task {
-                let notice = Message::now(
-                    p.instance_id.clone(),
-                    Some(p.execution_id.clone()),
-                    events::sub_orchestration_failed(
-                        now_ms,
-                        p.task_id,
-                        events::failure(
-                            "InstanceAlreadyExists",
-                            format!(
-                                "cannot create sub-orchestration '{}': an instance with that id is {}",
-                                new.spec.instance_id,
-                                status.as_str_name()
-                            ),
-                            true,
-                        ),
-                    ),
-                    now_ms,
-                );
+            if let Some(notice) = child_id_taken(new, status, now_ms) {
                 if let Some(d) = deliver(conn, notices, &notice).await? {
                     out.delivered.push(d);
                 }
