@@ -24,7 +24,6 @@ use sqlx_postgres::{PgConnection, PgRow, Postgres};
 
 use super::*;
 use crate::core::entity::{EntityMessage, Lock, Outgoing};
-use crate::core::Priority;
 use crate::store::codec::{decode_event, encode_event};
 
 pub(super) async fn enqueue_entity(
@@ -289,6 +288,7 @@ mod tests {
     use sqlx_postgres::PgListener;
 
     use super::*;
+    use crate::core::Priority;
     use crate::core::events;
 
     const NOW: i64 = 1_700_000_000_000;
