@@ -205,7 +205,9 @@ impl Engine {
         for a in &recovered.attempts {
             sched.restore_attempts(a);
         }
-        tracing::info!(inbox, activities, "recovered pending work from the store");
+        if leases.is_none() {
+            tracing::info!(inbox, activities, "recovered pending work from the store");
+        }
         let (shutdown, _) = watch::channel(false);
         let max_attempts = opts.scheduler.max_attempts;
         let engine = Engine {

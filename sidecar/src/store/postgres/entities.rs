@@ -288,8 +288,8 @@ mod tests {
     use sqlx_postgres::PgListener;
 
     use super::*;
-    use crate::core::Priority;
     use crate::core::events;
+    use crate::core::Priority;
 
     const NOW: i64 = 1_700_000_000_000;
 

@@ -19,16 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message as _;
 use sqlx_core::row::Row;
-use sqlx_postgres::{PgListener, Postgres};
+use sqlx_postgres::PgListener;
 use tokio::sync::mpsc;
 
 use super::*;
-
-type Q<'q> = sqlx_core::query::Query<'q, Postgres, sqlx_postgres::PgArguments>;
-
-fn q(sql: &str) -> Q<'_> {
-    sqlx_core::query::query::<Postgres>(sql)
-}
 
 fn lease_ms(s: &PgStore) -> i64 {
     i64::try_from(s.opts.lease.as_millis()).unwrap_or(i64::MAX / 4)

@@ -124,10 +124,17 @@ impl PgStore {
         let base = PgConnectOptions::from_str(&opts.url)
             .map_err(|e| StoreError::Migrate(format!("--db is not a valid PostgreSQL URL: {e}")))?;
         // Create the schema on a connection without the search_path, then pool with it.
+        // Sidecars of one hub often start together: `CREATE SCHEMA IF NOT EXISTS` is not safe
+        // against a concurrent creation (it fails on the catalog's unique index), so creations
+        // of one hub take turns under a transaction-level advisory lock.
         let admin = PgPoolOptions::new().max_connections(1).connect_with(base.clone()).await?;
-        sqlx_core::query::query::<sqlx_postgres::Postgres>(&format!("CREATE SCHEMA IF NOT EXISTS {}", opts.hub))
-            .execute(&admin)
+        let mut tx = admin.begin().await?;
+        q("SELECT pg_advisory_xact_lock(hashtextextended('duro schema ' || $1, 0))")
+            .bind(&opts.hub)
+            .execute(&mut *tx)
             .await?;
+        q(&format!("CREATE SCHEMA IF NOT EXISTS {}", opts.hub)).execute(&mut *tx).await?;
+        tx.commit().await?;
         admin.close().await;
         let with_hub = base.options([("search_path", opts.hub.as_str())]).application_name("duro");
         let pool = PgPoolOptions::new()

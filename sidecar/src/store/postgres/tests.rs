@@ -221,3 +221,115 @@ async fn an_inbox_snapshot_waits_for_a_delivery_in_flight_to_its_instance() {
     assert!(snapshot.rows.iter().any(|d| d.inbox_id == in_flight.inbox_id), "{:?}", snapshot.rows);
     assert!(snapshot.watermark > in_flight.inbox_id);
 }
+
+/// A second store on the same hub (another sidecar), with its own owner id and lease length.
+async fn peer(pg: &duro_testkit::Postgres, hub: &str, owner: &str, lease: Duration) -> PgStore {
+    let opts = PgOptions {
+        url: pg.url().to_string(),
+        hub: hub.into(),
+        owner: owner.into(),
+        lease,
+        max_connections: 4,
+        require_lease: true,
+    };
+    PgStore::open(opts).await.expect("open store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecars_starting_together_create_and_migrate_their_hub_once() {
+    let pg = duro_testkit::Postgres::start();
+    // Several rounds, each on a new hub, with every open on its own task: concurrent
+    // `CREATE SCHEMA IF NOT EXISTS` of one name collide unless serialized.
+    for _ in 0..5 {
+        let hub = pg.fresh_hub();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+        let opens: Vec<_> = (0..8)
+            .map(|i| {
+                let opts = PgOptions {
+                    url: pg.url().to_string(),
+                    hub: hub.clone(),
+                    owner: format!("s{i}"),
+                    lease: Duration::from_secs(30),
+                    max_connections: 2,
+                    require_lease: true,
+                };
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    PgStore::open(opts).await.map(|_| ())
+                })
+            })
+            .collect();
+        for open in opens {
+            open.await.expect("task").expect("every sidecar opens the hub");
+        }
+    }
+}
+
+#[tokio::test]
+async fn claims_are_exclusive_expire_to_a_higher_epoch_and_fence_the_old_holder() {
+    let pg = duro_testkit::Postgres::start();
+    let hub = pg.fresh_hub();
+    let a = peer(&pg, &hub, "a", Duration::from_millis(800)).await;
+    let b = peer(&pg, &hub, "b", Duration::from_secs(30)).await;
+    let start = create(&a, "x", "x-e1").await;
+    let all = Served::All(Vec::new());
+    let none = Served::Names(Vec::new());
+
+    let got = a.claim(&all, 10, &none, 0, NOW).await.expect("claim");
+    assert_eq!(got.instances.iter().map(|(id, s)| (id.as_str(), s.rows.len())).collect::<Vec<_>>(), [("x", 1)]);
+    assert!(a.holds("x"));
+    assert!(b.claim(&all, 10, &none, 0, NOW).await.expect("claim").instances.is_empty(), "a live lease is exclusive");
+    let served_elsewhere = Served::Names(vec!["Other".into()]);
+    let (_, epoch_a) = lease_of(&a, "x").await;
+
+    // A's lease runs out unrenewed; B takes the instance over with a higher epoch.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(b.claim(&served_elsewhere, 10, &none, 0, NOW).await.expect("claim").instances.is_empty(), "names filter");
+    let got = b.claim(&all, 10, &none, 0, NOW).await.expect("claim");
+    assert_eq!(got.instances.len(), 1);
+    let (owner, epoch_b) = lease_of(&b, "x").await;
+    assert_eq!((owner.as_deref(), epoch_b > epoch_a), (Some("b"), true));
+
+    // A, resuming, is fenced: nothing of its turn is stored.
+    let late = a.commit_turn(turn("x", "x-e1", vec![start.inbox_id], S::Running)).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost(_))), "{late:?}");
+    assert!(!a.holds("x"));
+    assert!(a.load_history("x").await.expect("history").is_empty());
+    assert_eq!(a.renew().await.expect("renew"), Lost::default(), "a forgotten lease is not reported again");
+
+    // B's release keeps the lease while the instance has inbox rows; once consumed, it frees it.
+    assert_eq!(b.release("x", false).await.expect("release"), ReleaseOutcome::Busy);
+    assert!(b.holds("x"));
+    b.commit_turn(turn("x", "x-e1", vec![start.inbox_id], S::Running)).await.expect("B commits under its lease");
+    assert_eq!(b.release("x", false).await.expect("release"), ReleaseOutcome::Released);
+    assert_eq!(lease_of(&b, "x").await.0, None);
+    assert_eq!(b.release("x", false).await.expect("release"), ReleaseOutcome::Lost, "nothing held any more");
+}
+
+#[tokio::test]
+async fn renewal_reports_leases_taken_over_and_release_all_wakes_the_others() {
+    let pg = duro_testkit::Postgres::start();
+    let hub = pg.fresh_hub();
+    let a = peer(&pg, &hub, "a", Duration::from_millis(600)).await;
+    let b = peer(&pg, &hub, "b", Duration::from_secs(30)).await;
+    create(&a, "x", "x-e1").await;
+    create(&a, "y", "y-e1").await;
+    let all = Served::All(Vec::new());
+    let none = Served::Names(Vec::new());
+    assert_eq!(a.claim(&all, 10, &none, 0, NOW).await.expect("claim").instances.len(), 2);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // B takes only one of the two expired leases.
+    assert_eq!(b.claim(&all, 1, &none, 0, NOW).await.expect("claim").instances.len(), 1);
+    let taken = b.held_ids();
+    let lost = a.renew().await.expect("renew");
+    assert_eq!(lost.instances, taken, "the renewal reports exactly the lease taken over");
+    assert_eq!(a.held_ids().len(), 1, "the other lease is renewed and kept");
+
+    let mut notices = b.listen().await.expect("listen");
+    a.release_all().await.expect("release all");
+    assert!(a.held_ids().is_empty());
+    let n = tokio::time::timeout(Duration::from_secs(5), notices.recv()).await.expect("in time").expect("notice");
+    assert!(matches!(n, Notice::Inbox { ref origin, .. } if origin == "a"), "{n:?}");
+    assert_eq!(b.claim(&all, 10, &none, 0, NOW).await.expect("claim").instances.len(), 1, "freed at once");
+}
