@@ -106,8 +106,13 @@ enum LogFormat {
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("invalid --log-level '{}'", cli.log_level))?;
+    if !cli.log_level.contains("sqlx") {
+        // PostgreSQL's NOTICE messages ("schema … already exists, skipping" on every start)
+        // are sqlx INFO lines; they say nothing an operator needs.
+        filter = filter.add_directive("sqlx::postgres::notice=warn".parse().context("log directive")?);
+    }
     // Colours only for a terminal: logs redirected to a file or collected stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
