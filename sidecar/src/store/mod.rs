@@ -3,10 +3,10 @@
 //! [`Store`] is the small contract the engine needs. Each write method is one atomic
 //! transaction (an implementation may group several callers' writes into one commit, but
 //! each caller's write is all-or-nothing). Reads may run concurrently with writes.
-//! Implementations: [`sqlite::SqliteStore`] (embedded, default). Leases live in the engine's
-//! memory, which is sound because one process owns a store (the lock file). A backend shared
-//! by several sidecars (PostgreSQL) needs more than this trait: leases, their expiry and
-//! fencing must move into the store, and the engine must claim work from it.
+//! Implementations: [`sqlite::SqliteStore`] (embedded, default; one process owns the file, so
+//! leases live in the engine's memory) and [`postgres::PgStore`] (a task hub shared by many
+//! sidecars), which also implements [`Leases`]: leases, their expiry and fencing live in the
+//! store, and the engine claims its work from it (`engine::cluster`).
 
 mod codec;
 pub mod postgres;
