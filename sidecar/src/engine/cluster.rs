@@ -257,6 +257,9 @@ impl Engine {
                 for a in claimed.activities {
                     s.add_activity(a);
                 }
+                for a in &claimed.attempts {
+                    s.restore_attempts(a);
+                }
             }
             self.pump();
             if (got_turns < turns || turns == 0) && (got_acts < acts || acts == 0) {

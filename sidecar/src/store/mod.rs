@@ -605,6 +605,9 @@ pub struct Claimed {
     pub instances: Vec<(String, InboxSnapshot)>,
     /// Activities now leased to this sidecar.
     pub activities: Vec<QueuedActivity>,
+    /// Stored delivery-attempt counts of what was claimed (non-zero only), so poison
+    /// detection continues where the previous holder left off.
+    pub attempts: Vec<Attempts>,
 }
 
 /// Leases this sidecar held and no longer holds (expired and taken over by another).

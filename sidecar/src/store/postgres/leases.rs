@@ -49,7 +49,7 @@ WITH due AS (
 )
 UPDATE instances i SET lease_owner = $4, lease_until = duro_now_ms() + $5, lease_epoch = i.lease_epoch + 1
 FROM picked WHERE i.instance_id = picked.instance_id
-RETURNING i.instance_id, i.lease_epoch";
+RETURNING i.instance_id, i.lease_epoch, i.delivery_attempts";
 
 const CLAIM_ACTIVITIES: &str = "
 WITH picked AS (
@@ -62,7 +62,7 @@ WITH picked AS (
 )
 UPDATE activities a SET lease_owner = $3, lease_until = duro_now_ms() + $4, lease_epoch = a.lease_epoch + 1
 FROM picked WHERE a.id = picked.id
-RETURNING a.id, a.lease_epoch, a.request, a.progress";
+RETURNING a.id, a.lease_epoch, a.request, a.progress, a.delivery_attempts";
 
 const RENEW_INSTANCES: &str = "
 UPDATE instances SET lease_until = duro_now_ms() + $2
@@ -75,12 +75,13 @@ WHERE id IN (SELECT id FROM activities WHERE lease_owner = $1 ORDER BY id FOR UP
 RETURNING id, lease_epoch";
 
 impl PgStore {
+    /// Claims instances; each with its new epoch and stored delivery attempts.
     async fn claim_instances(
         &self,
         served: &Served,
         limit: i64,
         now_ms: i64,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
+    ) -> Result<Vec<(String, i64, i32)>, StoreError> {
         let (take, leave) = names(served);
         let rows = q(CLAIM_INSTANCES)
             .bind(take)
@@ -91,10 +92,13 @@ impl PgStore {
             .bind(leave)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?, r.try_get::<i32, _>(2)?)))
+            .collect()
     }
 
-    async fn claim_activities(&self, served: &Served, limit: i64) -> Result<Vec<QueuedActivity>, StoreError> {
+    /// Claims activities; each with its stored delivery attempts.
+    async fn claim_activities(&self, served: &Served, limit: i64) -> Result<Vec<(QueuedActivity, i32)>, StoreError> {
         let (take, leave) = names(served);
         let rows = q(CLAIM_ACTIVITIES)
             .bind(take)
@@ -112,7 +116,7 @@ impl PgStore {
             let request = duro_proto::ActivityRequest::decode(&bytes[..])
                 .map_err(|e| StoreError::Corrupt(format!("activity request {id}: {e}")))?;
             held.push((id, r.try_get::<i64, _>(1)?));
-            out.push(QueuedActivity { id, request, progress: r.try_get(3)? });
+            out.push((QueuedActivity { id, request, progress: r.try_get(3)? }, r.try_get::<i32, _>(4)?));
         }
         self.held_activities.lock().extend(held);
         Ok(out)
@@ -183,14 +187,22 @@ impl Leases for PgStore {
         let mut claimed = Claimed::default();
         if turns > 0 && !orchestrations.is_none() {
             let won = self.claim_instances(orchestrations, turns, now_ms).await?;
-            self.held.lock().extend(won.iter().cloned());
-            for (id, _) in won {
+            self.held.lock().extend(won.iter().map(|(id, epoch, _)| (id.clone(), *epoch)));
+            for (id, _, attempts) in won {
+                if let Ok(n @ 1..) = u32::try_from(attempts) {
+                    claimed.attempts.push(Attempts::Instance(id.clone(), n));
+                }
                 let snapshot = read::load_inbox(self, &id).await?;
                 claimed.instances.push((id, snapshot));
             }
         }
         if limit > 0 && !activities.is_none() {
-            claimed.activities = self.claim_activities(activities, limit).await?;
+            for (a, attempts) in self.claim_activities(activities, limit).await? {
+                if let Ok(n @ 1..) = u32::try_from(attempts) {
+                    claimed.attempts.push(Attempts::Activity(a.id, n));
+                }
+                claimed.activities.push(a);
+            }
         }
         Ok(claimed)
     }

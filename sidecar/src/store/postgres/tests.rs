@@ -276,8 +276,10 @@ async fn claims_are_exclusive_expire_to_a_higher_epoch_and_fence_the_old_holder(
     let all = Served::All(Vec::new());
     let none = Served::Names(Vec::new());
 
+    a.record_attempts(vec![Attempts::Instance("x".into(), 2)]).await.expect("attempts");
     let got = a.claim(&all, 10, &none, 0, NOW).await.expect("claim");
     assert_eq!(got.instances.iter().map(|(id, s)| (id.as_str(), s.rows.len())).collect::<Vec<_>>(), [("x", 1)]);
+    assert_eq!(got.attempts, [Attempts::Instance("x".into(), 2)], "poison counts travel with the claim");
     assert!(a.holds("x"));
     assert!(b.claim(&all, 10, &none, 0, NOW).await.expect("claim").instances.is_empty(), "a live lease is exclusive");
     let served_elsewhere = Served::Names(vec!["Other".into()]);
