@@ -56,8 +56,8 @@ if ! diff -u deploy/kubernetes/app-with-duro.yaml "$RENDERED/app-with-duro.yaml"
   exit 1
 fi
 "$HELM" template defaults "$CHART" > "$RENDERED/defaults.yaml"
-# The PostgreSQL renderings go to postgres/: kubeconform checks them, deploy_check.py (which
-# runs each rendering's duro) does not yet, since duro has no PostgreSQL --db/--task-hub yet.
+# The PostgreSQL renderings go to postgres/: deploy_check.py runs them against the test server
+# (DURO_TEST_PG_URL), every replica at once on one task hub, outside the private network namespace.
 mkdir -p "$RENDERED/postgres"
 for values in "$CHART"/ci/*-values.yaml; do
   name="$(basename "$values" -values.yaml)"
@@ -90,4 +90,10 @@ if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
   DURO_DEPLOY_NETNS=1 unshare -n "$PY" scripts/checks/deploy_check.py "$DURO_BIN" "$RENDERED"/*.yaml
 else
   "$PY" scripts/checks/deploy_check.py "$DURO_BIN" "$RENDERED"/*.yaml
+fi
+if [ -n "${DURO_TEST_PG_URL:-}" ]; then
+  DURO_DEPLOY_PG_URL="$DURO_TEST_PG_URL" "$PY" scripts/checks/deploy_check.py "$DURO_BIN" "$RENDERED"/postgres/*.yaml
+else
+  echo "deploy: DURO_TEST_PG_URL is not set (scripts/pg.sh starts a server): the PostgreSQL renderings were not run" >&2
+  exit 1
 fi

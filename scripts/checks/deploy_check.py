@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,15 +35,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 failures = []
+# Replicas are checked at once, from threads: one line at a time.
+output = threading.Lock()
 
 
 def fail(msg):
-    failures.append(msg)
-    print(f"FAIL: {msg}")
+    with output:
+        failures.append(msg)
+        print(f"FAIL: {msg}", flush=True)
 
 
 def ok(msg):
-    print(f"ok: {msg}")
+    with output:
+        print(f"ok: {msg}", flush=True)
 
 
 def parse_dockerfile(path):
@@ -287,6 +292,11 @@ def check_kubernetes(duro, tmp, image_user, manifests):
                         continue
                     ref = (e.get("valueFrom") or {}).get("secretKeyRef")
                     if ref:
+                        external_db = e["name"] == "DURO_DB" and os.environ.get("DURO_DEPLOY_PG_URL")
+                        if external_db and ref["name"] not in secrets:
+                            # An existing Secret the operator creates (the chart's examples).
+                            env[e["name"]] = "postgres://from-an-existing-secret"
+                            continue
                         if ref["name"] not in secrets or ref["key"] not in secrets[ref["name"]]:
                             fail(
                                 f"{name}: {c['name']}: {e['name']} refers to secret {ref['name']} "
@@ -344,23 +354,43 @@ def check_kubernetes(duro, tmp, image_user, manifests):
                         http_gets.append((ports.get(p, p) if isinstance(p, str) else p, get.get("path", "/")))
                 if "DURO_LISTEN" in env:
                     wanted.add(listen_port(env["DURO_LISTEN"]))
-                run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", **env}
-                if not isolated():
-                    moved = {}
-                    for i, a in enumerate(args):
-                        if i > 0 and args[i - 1] in ("--http-listen", "--listen") and ":" in a:
+                base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", **env}
+                # A PostgreSQL rendering's database is the test server (DURO_DEPLOY_PG_URL), and
+                # all its replicas run at once on that one task hub, as the pods would.
+                replicas = 1
+                if base_env.get("DURO_DB", "").startswith("postgres"):
+                    if not os.environ.get("DURO_DEPLOY_PG_URL"):
+                        fail(f"{name}: a PostgreSQL rendering needs DURO_DEPLOY_PG_URL (a server to run against)")
+                        continue
+                    base_env["DURO_DB"] = os.environ["DURO_DEPLOY_PG_URL"]
+                    replicas = int(dep["spec"].get("replicas", 1))
+
+                def launch(copy, args=args, base_env=base_env, wanted=wanted, http_gets=http_gets, data=data):
+                    args, run_env = list(args), dict(base_env)
+                    if not isolated():
+                        moved = {}
+                        for i, a in enumerate(args):
+                            if i > 0 and args[i - 1] in ("--http-listen", "--listen") and ":" in a:
+                                p = free_port()
+                                moved[listen_port(a)] = p
+                                args[i] = f"{a.rsplit(':', 1)[0]}:{p}"
+                        if "DURO_LISTEN" in run_env:
                             p = free_port()
-                            moved[listen_port(a)] = p
-                            args[i] = f"{a.rsplit(':', 1)[0]}:{p}"
-                    if "DURO_LISTEN" in run_env:
-                        p = free_port()
-                        moved[listen_port(run_env["DURO_LISTEN"])] = p
-                        run_env["DURO_LISTEN"] = f"127.0.0.1:{p}"
-                    wanted = {moved.get(p, p) for p in wanted}
-                    http_gets = [(moved.get(p, p), path) for p, path in http_gets]
-                run_duro(
-                    f"{name} {dname}/{c['name']}", duro, args, run_env, uid, gid, sorted(wanted), data, http_gets
-                )
+                            moved[listen_port(run_env["DURO_LISTEN"])] = p
+                            run_env["DURO_LISTEN"] = f"127.0.0.1:{p}"
+                        wanted = {moved.get(p, p) for p in wanted}
+                        http_gets = [(moved.get(p, p), path) for p, path in http_gets]
+                    what = f"{name} {dname}/{c['name']}" + (f" replica {copy + 1}/{replicas}" if replicas > 1 else "")
+                    run_duro(what, duro, args, run_env, uid, gid, sorted(wanted), data, http_gets)
+
+                if replicas > 1 and isolated():
+                    fail(f"{name}: {replicas} replicas share ports inside one network namespace; run without it")
+                    continue
+                threads = [threading.Thread(target=launch, args=(i,)) for i in range(replicas)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
         ok(f"{name}: references resolved ({', '.join(f'{len(v)} {k}' for k, v in sorted(by_kind.items()))})")
 
 
