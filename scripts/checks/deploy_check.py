@@ -17,6 +17,7 @@ Usage: deploy_check.py DURO_BIN [MANIFEST...]. Run inside a private network name
 as root) so the real ports 4001/7071 are free; elsewhere the ports are checked only after
 the listen addresses are moved to free ports.
 """
+
 import json
 import os
 import re
@@ -115,7 +116,7 @@ def run_duro(what, duro, args, env, uid, gid, ports, data_dir, http_gets=()):
     """Starts duro as uid:gid; every port must accept on 127.0.0.1 and every (port, path) of
     http_gets answer 200 (as a kubelet probe would); then SIGTERM: exit 0 and no WAL left in
     data_dir."""
-    log = data_dir.parent / (re.sub(r'[^A-Za-z0-9_.-]', '-', what) + '.log')
+    log = data_dir.parent / (re.sub(r"[^A-Za-z0-9_.-]", "-", what) + ".log")
     with open(log, "w") as out:
         proc = subprocess.Popen(user_prefix(uid, gid) + [str(duro)] + args, env=env, stdout=out, stderr=out)
     deadline = time.time() + 20
@@ -201,7 +202,7 @@ def check_dockerfile(duro, tmp):
     entry = [json.loads(a) for i, a in stage if i == "ENTRYPOINT"]
     cmd = [json.loads(a) for i, a in stage if i == "CMD"]
     if not entry or entry[-1][0] != "/usr/local/bin/duro":
-        fail("Dockerfile: ENTRYPOINT is not [\"/usr/local/bin/duro\", ...]")
+        fail('Dockerfile: ENTRYPOINT is not ["/usr/local/bin/duro", ...]')
         return
     args = entry[-1][1:] + (cmd[-1] if cmd else [])
     exposed = sorted(int(p.split("/")[0]) for i, a in stage if i == "EXPOSE" for p in a.split())
@@ -219,7 +220,7 @@ def check_dockerfile(duro, tmp):
     for k, v in env.items():
         for vol in volumes:
             if v.startswith(vol.rstrip("/") + "/"):
-                v = str(data) + v[len(vol.rstrip("/")):]
+                v = str(data) + v[len(vol.rstrip("/")) :]
         run_env[k] = v
     # As documented in the Dockerfile's `docker run` line: a key and a token, since HTTP
     # and gRPC listen off loopback.
@@ -242,9 +243,26 @@ def self_signed_tls(tmp):
     key, crt = tmp / "tls-check.key", tmp / "tls-check.crt"
     if not crt.exists():
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(crt)],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+                "-keyout",
+                str(key),
+                "-out",
+                str(crt),
+            ],
+            check=True,
+            capture_output=True,
         )
     return {"tls.crt": crt.read_text(), "tls.key": key.read_text(), "ca.crt": crt.read_text()}
 
@@ -339,7 +357,7 @@ def check_kubernetes(duro, tmp, image_user, manifests):
                 for k, v in list(env.items()):
                     for m in mounts:
                         if v.startswith(m.rstrip("/") + "/"):
-                            env[k] = str(data) + v[len(m.rstrip("/")):]
+                            env[k] = str(data) + v[len(m.rstrip("/")) :]
                 args = list(c.get("command", [])[1:]) + list(c.get("args", []))
                 ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
                 wanted = set(ports.values())
@@ -365,7 +383,20 @@ def check_kubernetes(duro, tmp, image_user, manifests):
                     base_env["DURO_DB"] = os.environ["DURO_DEPLOY_PG_URL"]
                     replicas = int(dep["spec"].get("replicas", 1))
 
-                def launch(copy, args=args, base_env=base_env, wanted=wanted, http_gets=http_gets, data=data):
+                label = f"{name} {dname}/{c['name']}"
+
+                def launch(
+                    copy,
+                    args=args,
+                    base_env=base_env,
+                    wanted=wanted,
+                    http_gets=http_gets,
+                    data=data,
+                    label=label,
+                    replicas=replicas,
+                    uid=uid,
+                    gid=gid,
+                ):
                     args, run_env = list(args), dict(base_env)
                     if not isolated():
                         moved = {}
@@ -380,7 +411,7 @@ def check_kubernetes(duro, tmp, image_user, manifests):
                             run_env["DURO_LISTEN"] = f"127.0.0.1:{p}"
                         wanted = {moved.get(p, p) for p in wanted}
                         http_gets = [(moved.get(p, p), path) for p, path in http_gets]
-                    what = f"{name} {dname}/{c['name']}" + (f" replica {copy + 1}/{replicas}" if replicas > 1 else "")
+                    what = label + (f" replica {copy + 1}/{replicas}" if replicas > 1 else "")
                     run_duro(what, duro, args, run_env, uid, gid, sorted(wanted), data, http_gets)
 
                 if replicas > 1 and isolated():
