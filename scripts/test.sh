@@ -72,6 +72,8 @@ DURO_TEST_STORE=postgres DURO_BIN="$PWD/target/debug/duro" .venv/bin/python -m p
 
 step "Go SDK compatibility tests (official durabletask-go, bench/sdkcompat)"
 DURO_BIN="$PWD/target/debug/duro" bash -c 'cd bench && GOFLAGS="${GOFLAGS:--mod=mod}" go test -count=1 ./sdkcompat/'
+echo "--> again on a PostgreSQL task hub"
+DURO_TEST_STORE=postgres DURO_BIN="$PWD/target/debug/duro" bash -c 'cd bench && GOFLAGS="${GOFLAGS:--mod=mod}" go test -count=1 ./sdkcompat/'
 
 step "deploy/ (kubeconform; the image's entrypoint and the manifest's duro as their user)"
 bash scripts/checks/deploy.sh

@@ -56,7 +56,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer logFile.Close()
-	sidecar := exec.Command(bin, "--listen", addr, "--db", filepath.Join(dir, "duro.db"), "--http-listen", "off")
+	store := []string{"--db", filepath.Join(dir, "duro.db")}
+	// DURO_TEST_STORE=postgres: a task hub of its own on DURO_TEST_PG_URL (scripts/pg.sh).
+	if os.Getenv("DURO_TEST_STORE") == "postgres" {
+		store = []string{"--db", os.Getenv("DURO_TEST_PG_URL"), "--task-hub", fmt.Sprintf("go_%d_%d", os.Getpid(), time.Now().UnixNano())}
+	}
+	sidecar := exec.Command(bin, append([]string{"--listen", addr, "--http-listen", "off"}, store...)...)
 	sidecar.Stdout, sidecar.Stderr = logFile, logFile
 	if err := sidecar.Start(); err != nil {
 		fmt.Fprintf(os.Stderr, "start %s: %v\n", bin, err)
