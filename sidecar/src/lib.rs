@@ -24,5 +24,6 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod otel;
+pub mod otel_metrics;
 pub mod server;
 pub mod store;

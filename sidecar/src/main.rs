@@ -268,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let stop = shutdown_signal()?;
     // Start-up errors say what failed in their own words (one line).
     let mut running = server::start(config).await?;
+    let otel_metrics = duro::otel_metrics::start(running.engine.clone()).map_err(anyhow::Error::msg)?;
     tokio::select! {
         _ = stop => {}
         why = running.store_died() => {
@@ -282,6 +283,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     running.shutdown().await.context("duro failed to shut down cleanly")?;
+    if let Some(m) = otel_metrics {
+        let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
+    }
     if let Some(otel) = otel {
         // The batch exporter blocks while it flushes: off the runtime's threads.
         let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;

@@ -12,6 +12,10 @@
 //!   turn that scheduled it. The worker receives Duro's activity span as the request's
 //!   `parentTraceContext`, so its own spans join the same trace.
 //!
+//! - `timer` per durable timer, from the turn that created it to its firing (recorded when the
+//!   turn that receives `timerFired` is dispatched);
+//! - `store commit` under a turn or activity span, over committing its answer.
+//!
 //! Spans are kept by completion token between dispatch and completion (bounded like the
 //! metrics' in-flight table) and end as `error` when the lease ends without an answer.
 
@@ -20,7 +24,7 @@ use std::sync::LazyLock;
 
 use duro_proto::history_event::EventType;
 use duro_proto::{ActivityRequest, HistoryEvent, TraceContext};
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{global, Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use parking_lot::Mutex;
@@ -75,6 +79,22 @@ impl opentelemetry_http::HttpClient for Client {
     }
 }
 
+/// The OTLP exporters' HTTP client (traces and metrics). Must run inside the tokio runtime.
+pub(crate) fn http_client() -> Result<impl opentelemetry_http::HttpClient + 'static, String> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no tokio runtime: {e}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+    Ok(Client { http, runtime })
+}
+
+/// The resource of Duro's telemetry: `service.name` from `OTEL_SERVICE_NAME`, else `duro`.
+pub(crate) fn resource() -> opentelemetry_sdk::Resource {
+    let service = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "duro".into());
+    opentelemetry_sdk::Resource::builder().with_service_name(service).build()
+}
+
 /// Whether the environment configures a trace exporter.
 pub fn configured() -> bool {
     ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
@@ -90,21 +110,15 @@ pub fn init() -> Result<Option<Otel>, String> {
         return Ok(None);
     }
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no tokio runtime: {e}"))?;
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_http_client(Client { http, runtime })
+        .with_http_client(http_client()?)
         .build()
         .map_err(|e| format!("invalid OpenTelemetry exporter configuration (OTEL_EXPORTER_OTLP_*): {e}"))?;
-    let service = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "duro".into());
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+        .with_resource(resource())
         .build();
     global::set_tracer_provider(provider.clone());
     global::set_text_map_propagator(TraceContextPropagator::new());
@@ -157,6 +171,15 @@ fn client_trace_context<'a>(past: &'a [HistoryEvent], new: &'a [HistoryEvent]) -
     })
 }
 
+/// The trace id of an orchestration: the one of the client's `parentTraceContext` on start
+/// (so log lines carry it whether or not Duro exports spans).
+pub fn orchestration_trace_id(past: &[HistoryEvent], new: &[HistoryEvent]) -> Option<String> {
+    let tp = &client_trace_context(past, new)?.trace_parent;
+    let id = tp.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_ascii_lowercase())
+}
+
 /// A turn was sent to a worker.
 pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[HistoryEvent], new: &[HistoryEvent]) {
     if !configured_now() {
@@ -174,7 +197,70 @@ pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[Histo
             KeyValue::new("durabletask.turn.new_events", new.len() as i64),
         ])
         .start_with_context(&tracer, &parent);
+    timers_fired(&tracer, &parent, instance_id, past, new);
     remember(token, span);
+}
+
+/// One `timer` span per durable timer that fires in this turn: from the turn that created it
+/// (`timerCreated`) to its firing (`timerFired`), a sibling of the turn spans.
+fn timers_fired(
+    tracer: &global::BoxedTracer,
+    parent: &Context,
+    instance_id: &str,
+    past: &[HistoryEvent],
+    new: &[HistoryEvent],
+) {
+    for fired in new {
+        let Some(EventType::TimerFired(f)) = &fired.event_type else { continue };
+        let created = past
+            .iter()
+            .chain(new)
+            .find(|e| e.event_id == f.timer_id && matches!(e.event_type, Some(EventType::TimerCreated(_))));
+        let (Some(start), Some(end)) = (created.and_then(|c| c.timestamp.as_ref()), f.fire_at.as_ref()) else {
+            continue;
+        };
+        let mut span = tracer
+            .span_builder("timer")
+            .with_kind(SpanKind::Internal)
+            .with_start_time(system_time(start))
+            .with_attributes([
+                KeyValue::new("durabletask.type", "timer"),
+                KeyValue::new("durabletask.task.instance_id", instance_id.to_string()),
+                KeyValue::new("durabletask.task.task_id", i64::from(f.timer_id)),
+                KeyValue::new("durabletask.fire_at", crate::core::time::to_ms(end)),
+            ])
+            .start_with_context(tracer, parent);
+        span.end_with_timestamp(system_time(end).max(system_time(start)));
+    }
+}
+
+fn system_time(t: &prost_types::Timestamp) -> std::time::SystemTime {
+    let ms = u64::try_from(crate::core::time::to_ms(t)).unwrap_or(0);
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}
+
+/// A child span of a work item's span over committing its answer to the store (waiting for
+/// the group commit included); ends when dropped.
+pub fn commit_span(token: &str, writes: &'static str) -> Option<global::BoxedSpan> {
+    let in_flight = IN_FLIGHT.lock();
+    let parent = in_flight.get(token)?;
+    let cx = Context::new().with_remote_span_context(parent.span_context().clone());
+    let tracer = global::tracer("duro");
+    Some(
+        tracer
+            .span_builder("store commit")
+            .with_kind(SpanKind::Internal)
+            .with_attributes([KeyValue::new("duro.store.write", writes)])
+            .start_with_context(&tracer, &cx),
+    )
+}
+
+/// The trace id of a work item's span, for log lines (`None` when tracing is off or the
+/// item has no span).
+pub fn trace_id(token: &str) -> Option<String> {
+    let in_flight = IN_FLIGHT.lock();
+    let sc = in_flight.get(token)?.span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 /// A turn's answer is about to commit: the activities it schedules without a trace context
@@ -242,7 +328,6 @@ fn configured_now() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::TraceContextExt as _;
 
     #[test]
     fn a_traceparent_becomes_the_parent_context() {

@@ -10,13 +10,18 @@ protocol implies:
        │     │                                           with the scheduleTask action)
        │     └─ activity obs_hello                      (Duro: dispatch to committed result)
        │        └─ activity:obs_hello                   (SDK worker, running it; Duro's span as parent)
-       └─ orchestration obs_traced  × 3 turns           (Duro: dispatch to committed answer)
+       ├─ orchestration obs_traced  × 4 turns           (Duro: dispatch to committed answer)
+       │  └─ store commit                               (Duro: committing the answer)
+       └─ timer                                         (Duro: from the turn creating it to its firing)
+
+Duro's log lines of a turn carry the instance id and the trace id.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,6 +32,7 @@ sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 sdk_export = pytest.importorskip("opentelemetry.sdk.trace.export")
 trace_service_pb2 = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+metrics_service_pb2 = pytest.importorskip("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
 
 import harness  # noqa: E402
 from durabletask import task  # noqa: E402
@@ -36,18 +42,34 @@ TIMEOUT = 30
 
 
 class _Receiver(BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver: spans on /v1/traces, metric points on /v1/metrics."""
+
     spans: list[dict] = []
+    points: list[dict] = []
 
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        req = trace_service_pb2.ExportTraceServiceRequest()
-        req.ParseFromString(body)
-        for rs in req.resource_spans:
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    _Receiver.spans.append({"name": s.name, "trace_id": s.trace_id.hex(),
-                                            "span_id": s.span_id.hex(), "parent": s.parent_span_id.hex()})
-        out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        if self.path.endswith("/v1/metrics"):
+            mreq = metrics_service_pb2.ExportMetricsServiceRequest()
+            mreq.ParseFromString(body)
+            for rm in mreq.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        data = m.sum.data_points if m.HasField("sum") else m.gauge.data_points
+                        for p in data:
+                            value = p.as_int if p.HasField("as_int") else p.as_double
+                            attrs = {a.key: a.value.string_value for a in p.attributes}
+                            _Receiver.points.append({"name": m.name, "value": value, "attrs": attrs})
+            out = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+        else:
+            req = trace_service_pb2.ExportTraceServiceRequest()
+            req.ParseFromString(body)
+            for rs in req.resource_spans:
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        _Receiver.spans.append({"name": s.name, "trace_id": s.trace_id.hex(),
+                                                "span_id": s.span_id.hex(), "parent": s.parent_span_id.hex()})
+            out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", str(len(out)))
@@ -94,6 +116,7 @@ def test_one_trace_from_the_client_span_through_duro_and_the_sdk_worker(tmp_path
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    monkeypatch.setenv("DURO_TEST_LOG_LEVEL", "duro=debug,info")
     exporter = _sdk_exporter()
     sc = harness.SidecarProcess(db_path=tmp_path / "duro.db", log_path=tmp_path / "duro.log")
     sc.start()
@@ -103,6 +126,7 @@ def test_one_trace_from_the_client_span_through_duro_and_the_sdk_worker(tmp_path
 
         def obs_traced(ctx: task.OrchestrationContext, _):
             a = yield ctx.call_activity(obs_hello, input="Tokyo")
+            yield ctx.create_timer(timedelta(milliseconds=300))
             b = yield ctx.call_activity(obs_hello, input="London")
             return [a, b]
 
@@ -144,7 +168,12 @@ def test_one_trace_from_the_client_span_through_duro_and_the_sdk_worker(tmp_path
     duro_activities = [s for s in duro_spans if s["name"] == "activity obs_hello"]
     sdk_activities = [s for s in sdk_spans if s["name"] == "activity:obs_hello"]
     assert create["parent"] == format(root.get_span_context().span_id, "016x"), picture
-    assert len(turns) == 3 and all(t["parent"] == create["span_id"] for t in turns), picture
+    assert len(turns) == 4 and all(t["parent"] == create["span_id"] for t in turns), picture
+    timer = one(duro_spans, "timer")
+    assert timer["parent"] == create["span_id"], picture
+    commits = [s for s in duro_spans if s["name"] == "store commit"]
+    work = {s["span_id"] for s in turns + [a for a in duro_spans if a["name"] == "activity obs_hello"]}
+    assert len(commits) == 6 and {c["parent"] for c in commits} == work, picture
     # One SDK orchestration span over all turns: Duro sent its id back every turn.
     assert orchestration["parent"] == create["span_id"], picture
     assert len(duro_activities) == 2, picture
@@ -155,3 +184,49 @@ def test_one_trace_from_the_client_span_through_duro_and_the_sdk_worker(tmp_path
         assert scheduling is not None and scheduling["parent"] == orchestration["span_id"], picture
         running = [s for s in sdk_activities if s["parent"] == a["span_id"]]
         assert len(running) == 1, picture
+    log = (tmp_path / "duro.log").read_text()
+    tagged = [line for line in log.splitlines() if f"instance={iid}" in line and f"trace_id={trace_id}" in line]
+    assert any("orchestrator work item sent" in line for line in tagged), log[-3000:]
+    assert any("activity response received" in line for line in tagged), log[-3000:]
+
+
+@pytest.mark.duro_only
+def test_counters_and_gauges_are_exported_as_otlp_metrics(tmp_path: Path, monkeypatch):
+    if harness.backend_kind() == "inmemory":
+        pytest.skip("needs a real duro")
+    _Receiver.points = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "300")
+    sc = harness.SidecarProcess(db_path=tmp_path / "duro.db", log_path=tmp_path / "duro.log")
+    sc.start()
+    try:
+        def obs_metered(ctx: task.OrchestrationContext, _):
+            return "done"
+
+        c = harness.make_client(sc.address)
+        with harness.running_worker(sc.address, orchestrators=[obs_metered]):
+            ids = [c.schedule_new_orchestration(obs_metered) for _ in range(3)]
+            for iid in ids:
+                state = c.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+                assert state is not None and state.runtime_status == OrchestrationStatus.COMPLETED
+
+            def latest(name: str, **attrs: str) -> float | None:
+                found = [p["value"] for p in _Receiver.points if p["name"] == name and p["attrs"] == attrs]
+                return found[-1] if found else None
+
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if (latest("duro.work_items_completed", kind="orchestration") or 0) >= 3 and (
+                    latest("duro.instances", status="completed") or 0
+                ) >= 3:
+                    break
+                time.sleep(0.1)
+            assert latest("duro.work_items_completed", kind="orchestration") == 3, _Receiver.points[-20:]
+            assert latest("duro.work_items_dispatched", kind="orchestration") == 3, _Receiver.points[-20:]
+            assert latest("duro.instances", status="completed") == 3, _Receiver.points[-20:]
+            assert latest("duro.worker_streams") == 1, _Receiver.points[-20:]
+    finally:
+        sc.stop()
+        server.shutdown()

@@ -352,7 +352,9 @@ impl Engine {
             match a {
                 Assignment::Turn(lease) => {
                     tracing::debug!(instance = %lease.instance_id, kind = ?lease.kind, events = lease.events.len(), "dispatching turn");
-                    tokio::spawn(async move { engine.run_turn(lease).await });
+                    // Every log line of the turn names its instance and, once known, trace.
+                    let span = tracing::info_span!(parent: None, "turn", instance = %lease.instance_id, trace_id = tracing::field::Empty);
+                    tokio::spawn(tracing::Instrument::instrument(async move { engine.run_turn(lease).await }, span));
                 }
                 Assignment::Builtin { token, activity_id, mut request, progress } => {
                     crate::metrics::dispatched(crate::metrics::ACTIVITY, &request.name, &token);
@@ -601,6 +603,9 @@ impl Engine {
                     tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
                 }
                 let name = info.name.clone();
+                if let Some(id) = crate::otel::orchestration_trace_id(&request.past_events, &request.new_events) {
+                    tracing::Span::current().record("trace_id", tracing::field::display(&id));
+                }
                 crate::otel::turn_dispatched(
                     &lease.token,
                     &name,
@@ -708,7 +713,11 @@ impl Engine {
             outcome,
             now_ms: now,
         };
-        match self.inner.store.commit_turn(commit.clone()).await {
+        let committed = {
+            let _span = crate::otel::commit_span(token, "turn");
+            self.inner.store.commit_turn(commit.clone()).await
+        };
+        match committed {
             Ok(result) => {
                 self.update_cache(info, history_len, &commit.outcome);
                 self.entity_messages_committed(result.entity_messages.clone());
@@ -821,7 +830,9 @@ impl Engine {
     /// stops waiting (see [`detached`]).
     pub async fn complete_orchestration(&self, resp: OrchestratorResponse) -> Result<(), EngineError> {
         let engine = self.clone();
-        detached(async move { engine.complete_orchestration_now(resp).await }).await
+        let span = completion_span("turn_completion", &resp.instance_id, &resp.completion_token);
+        detached(tracing::Instrument::instrument(async move { engine.complete_orchestration_now(resp).await }, span))
+            .await
     }
 
     async fn complete_orchestration_now(&self, resp: OrchestratorResponse) -> Result<(), EngineError> {
@@ -943,7 +954,8 @@ impl Engine {
     /// Commits an activity's result. Runs to the end even if the caller stops waiting.
     pub async fn complete_activity(&self, resp: ActivityResponse) -> Result<(), EngineError> {
         let engine = self.clone();
-        detached(async move { engine.complete_activity_now(resp).await }).await
+        let span = completion_span("activity_completion", &resp.instance_id, &resp.completion_token);
+        detached(tracing::Instrument::instrument(async move { engine.complete_activity_now(resp).await }, span)).await
     }
 
     async fn complete_activity_now(&self, resp: ActivityResponse) -> Result<(), EngineError> {
@@ -988,7 +1000,11 @@ impl Engine {
             None => events::task_completed(now, request.task_id, resp.result),
         };
         let msg = Message::now(instance.instance_id, instance.execution_id, event, now);
-        match self.inner.store.complete_activity(activity_id, msg).await {
+        let committed = {
+            let _span = crate::otel::commit_span(&token, "activity result");
+            self.inner.store.complete_activity(activity_id, msg).await
+        };
+        match committed {
             Ok(delivered) => {
                 crate::metrics::completed(crate::metrics::ACTIVITY, &request.name, &token, ok);
                 if let Some(leases) = &self.inner.leases {
@@ -1267,6 +1283,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// The log span of a worker's answer: its instance and, when Duro traces it, the trace id.
+fn completion_span(what: &'static str, instance_id: &str, token: &str) -> tracing::Span {
+    let span = match what {
+        "turn_completion" => {
+            tracing::info_span!("turn_completion", instance = %instance_id, trace_id = tracing::field::Empty)
+        }
+        _ => tracing::info_span!("activity_completion", instance = %instance_id, trace_id = tracing::field::Empty),
+    };
+    if let Some(id) = crate::otel::trace_id(token) {
+        span.record("trace_id", tracing::field::display(&id));
+    }
+    span
 }
 
 /// Runs `work` on its own task and waits for it. A gRPC handler's future is dropped when
