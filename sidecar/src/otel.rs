@@ -4,9 +4,11 @@
 //! SDK reads them). Off otherwise: the global tracer is then a no-op and nothing is recorded.
 //!
 //! Owns: the tracer provider, and the spans Duro records around work it hands out:
-//! - `orchestration {name}` per turn, from sending the work item to committing the answer,
-//!   a child of the client's `parentTraceContext` (the start request's, kept in the
-//!   `executionStarted` event);
+//! - `turn {name}` per turn, from sending the work item to committing the answer, a child of
+//!   the client's `parentTraceContext` (the start request's, kept in the `executionStarted`
+//!   event);
+//! - `orchestration {name}` over an execution's life (its start to the commit of the turn
+//!   that ends it), a sibling of its turns, with the final status;
 //! - `activity {name}` per activity, from sending to committing the result, a child of the
 //!   `parentTraceContext` of its `scheduleTask` action, or, when the worker sent none, of the
 //!   turn that scheduled it. The worker receives Duro's activity span as the request's
@@ -33,6 +35,17 @@ use parking_lot::Mutex;
 const MAX_IN_FLIGHT: usize = 100_000;
 
 static IN_FLIGHT: LazyLock<Mutex<HashMap<String, global::BoxedSpan>>> = LazyLock::new(Default::default);
+
+/// What a turn in flight knows of its orchestration, for the orchestration's own span when
+/// the turn finishes it: the client's context (its parent), when it started, name, instance.
+struct TurnOf {
+    parent: Context,
+    started: Option<std::time::SystemTime>,
+    name: String,
+    instance_id: String,
+}
+
+static TURNS: LazyLock<Mutex<HashMap<String, TurnOf>>> = LazyLock::new(Default::default);
 
 /// The configured exporter; flushes what is buffered when shut down.
 pub struct Otel {
@@ -188,7 +201,7 @@ pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[Histo
     let tracer = global::tracer("duro");
     let parent = context_of(client_trace_context(past, new));
     let span = tracer
-        .span_builder(format!("orchestration {name}"))
+        .span_builder(format!("turn {name}"))
         .with_kind(SpanKind::Server)
         .with_attributes([
             KeyValue::new("durabletask.type", "orchestration"),
@@ -198,7 +211,44 @@ pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[Histo
         ])
         .start_with_context(&tracer, &parent);
     timers_fired(&tracer, &parent, instance_id, past, new);
+    let started = past.iter().chain(new).find_map(|e| match (&e.event_type, &e.timestamp) {
+        (Some(EventType::ExecutionStarted(_)), Some(t)) => Some(system_time(t)),
+        _ => None,
+    });
+    let mut turns = TURNS.lock();
+    if turns.len() >= MAX_IN_FLIGHT {
+        turns.clear();
+    }
+    turns.insert(
+        token.to_string(),
+        TurnOf { parent: parent.clone(), started, name: name.to_string(), instance_id: instance_id.to_string() },
+    );
+    drop(turns);
     remember(token, span);
+}
+
+/// A worker's turn ended its orchestration (committed): the `orchestration {name}` span over
+/// the execution's life, from its start to now, a child of the client's context (a sibling of
+/// the turn spans), with the final status.
+pub fn orchestration_ended(token: &str, status: duro_proto::OrchestrationStatus) {
+    let Some(turn) = TURNS.lock().remove(token) else { return };
+    let tracer = global::tracer("duro");
+    let mut builder = tracer.span_builder(format!("orchestration {}", turn.name)).with_kind(SpanKind::Server);
+    if let Some(at) = turn.started {
+        builder = builder.with_start_time(at);
+    }
+    let mut span = builder
+        .with_attributes([
+            KeyValue::new("durabletask.type", "orchestration"),
+            KeyValue::new("durabletask.task.name", turn.name),
+            KeyValue::new("durabletask.task.instance_id", turn.instance_id),
+            KeyValue::new("durabletask.runtime_status", status.as_str_name()),
+        ])
+        .start_with_context(&tracer, &turn.parent);
+    if status != duro_proto::OrchestrationStatus::Completed {
+        span.set_status(Status::error(status.as_str_name()));
+    }
+    span.end();
 }
 
 /// One `timer` span per durable timer that fires in this turn: from the turn that created it
@@ -303,6 +353,7 @@ pub fn activity_dispatched(token: &str, request: &mut ActivityRequest) {
 
 /// A work item's answer committed (`ok`: not a failure).
 pub fn completed(token: &str, ok: bool) {
+    TURNS.lock().remove(token);
     if let Some(mut span) = IN_FLIGHT.lock().remove(token) {
         if !ok {
             span.set_status(Status::error("the task failed"));
@@ -313,6 +364,7 @@ pub fn completed(token: &str, ok: bool) {
 
 /// A lease ended without a committed answer.
 pub fn released(token: &str) {
+    TURNS.lock().remove(token);
     if let Some(mut span) = IN_FLIGHT.lock().remove(token) {
         span.set_status(Status::error("abandoned or redelivered"));
         span.end();

@@ -10,7 +10,8 @@ protocol implies:
        │     │                                           with the scheduleTask action)
        │     └─ activity obs_hello                      (Duro: dispatch to committed result)
        │        └─ activity:obs_hello                   (SDK worker, running it; Duro's span as parent)
-       ├─ orchestration obs_traced  × 4 turns           (Duro: dispatch to committed answer)
+       ├─ orchestration obs_traced                      (Duro: the execution's life, start to end)
+       ├─ turn obs_traced  × 4                          (Duro: dispatch to committed answer)
        │  └─ store commit                               (Duro: committing the answer)
        └─ timer                                         (Duro: from the turn creating it to its firing)
 
@@ -164,11 +165,13 @@ def test_one_trace_from_the_client_span_through_duro_and_the_sdk_worker(tmp_path
 
     create = one(sdk_spans, "create_orchestration:obs_traced")
     orchestration = one(sdk_spans, "orchestration:obs_traced")
-    turns = [s for s in duro_spans if s["name"] == "orchestration obs_traced"]
+    turns = [s for s in duro_spans if s["name"] == "turn obs_traced"]
     duro_activities = [s for s in duro_spans if s["name"] == "activity obs_hello"]
     sdk_activities = [s for s in sdk_spans if s["name"] == "activity:obs_hello"]
     assert create["parent"] == format(root.get_span_context().span_id, "016x"), picture
     assert len(turns) == 4 and all(t["parent"] == create["span_id"] for t in turns), picture
+    life = one(duro_spans, "orchestration obs_traced")
+    assert life["parent"] == create["span_id"], picture
     timer = one(duro_spans, "timer")
     assert timer["parent"] == create["span_id"], picture
     commits = [s for s in duro_spans if s["name"] == "store commit"]

@@ -720,6 +720,9 @@ impl Engine {
         match committed {
             Ok(result) => {
                 self.update_cache(info, history_len, &commit.outcome);
+                if commit.outcome.is_terminal() {
+                    crate::otel::orchestration_ended(token, commit.outcome.status);
+                }
                 self.entity_messages_committed(result.entity_messages.clone());
                 if commit.outcome.is_terminal() {
                     self.entity_owner_ended(&info.instance_id);
