@@ -162,7 +162,7 @@ impl Engine {
     }
 
     /// Handles a burst of notices; `true` when a claim should run.
-    async fn on_notices(&self, leases: &dyn Leases, batch: Vec<Notice>, armed: &mut BTreeSet<i64>) -> bool {
+    pub(crate) async fn on_notices(&self, leases: &dyn Leases, batch: Vec<Notice>, armed: &mut BTreeSet<i64>) -> bool {
         let now = self.now();
         let mut claim = false;
         let mut entities = false;
@@ -220,7 +220,7 @@ impl Engine {
     }
 
     /// Claims work until a claim comes back short or there is no room.
-    async fn claim_pass(&self, leases: &dyn Leases) {
+    pub(crate) async fn claim_pass(&self, leases: &dyn Leases) {
         let batch = self.inner.opts.cluster.claim_batch;
         loop {
             let ((orchestrations, activities), (turn_room, activity_room)) = {
@@ -267,7 +267,7 @@ impl Engine {
 
     /// Renews leases, drops lost ones, gives back what is quiet or unserved here, and takes
     /// or keeps entity dispatch when no other sidecar holds it.
-    async fn renew(&self, leases: &dyn Leases) {
+    pub(crate) async fn renew(&self, leases: &dyn Leases) {
         let lead = match leases.lead(ENTITY_LEASE).await {
             Ok(lead) => lead,
             Err(e) => {

@@ -177,6 +177,20 @@ impl Engine {
         Engine::start_inner(store, None, opts, builtins, clock).await
     }
 
+    /// Like [`Engine::start_shared`] with `leases`, with time read from `clock` and neither a
+    /// timer task nor the cluster loop: the caller runs their steps itself
+    /// ([`Engine::fire_due_timers`], [`Engine::claim_pass`], [`Engine::on_notices`],
+    /// [`Engine::renew`]), as the cluster simulation does.
+    #[cfg(test)]
+    pub(crate) async fn start_clustered_with_clock(
+        store: Arc<dyn Store>,
+        leases: Arc<dyn Leases>,
+        opts: EngineOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
+        Engine::start_inner(store, Some(leases), opts, Vec::new(), clock).await
+    }
+
     async fn start_inner(
         store: Arc<dyn Store>,
         leases: Option<Arc<dyn Leases>>,

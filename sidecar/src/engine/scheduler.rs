@@ -664,7 +664,13 @@ impl Scheduler {
         self.builtin_names = names.into_iter().collect();
     }
 
+    /// Adds a committed activity to dispatch. One held here already stays as it is: on a
+    /// shared store a claim can take back an activity whose lease ran out while it was out
+    /// at a worker here (or queued here); that worker's result still completes it.
     pub fn add_activity(&mut self, a: QueuedActivity) {
+        if self.activities.contains_key(&a.id) {
+            return;
+        }
         if let Some(of) = a.request.orchestration_instance.as_ref() {
             self.instance_activities.entry(of.instance_id.clone()).or_default().insert(a.id);
         }
@@ -2041,6 +2047,20 @@ mod tests {
         let a = s.assign(NOW);
         let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
         assert_eq!(ids, [3], "only the event for any execution is kept");
+    }
+
+    #[test]
+    fn an_activity_claimed_back_while_out_at_a_worker_keeps_its_lease() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_activity(activity(1, "Act"));
+        assert_eq!(s.assign(NOW).len(), 1);
+        // Its lease in the shared store ran out and this sidecar claimed it again.
+        s.add_activity(activity(1, "Act"));
+        assert!(s.assign(NOW).is_empty(), "not dispatched twice");
+        let audit = s.audit();
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+        assert_eq!(audit.activities.get(&1).map(Vec::len), Some(1));
     }
 
     #[test]
