@@ -62,6 +62,12 @@ impl Engine {
         self.inner.leases.is_none()
     }
 
+    /// Whether this sidecar holds an instance's lease now (after a commit was fenced: a claim
+    /// may have taken the instance back, under a newer epoch, while the turn was out).
+    pub(crate) fn holds_again(&self, instance_id: &str) -> bool {
+        self.inner.leases.as_ref().is_some_and(|l| l.holds(instance_id))
+    }
+
     /// A commit found this sidecar's lease lost: the instance belongs to another sidecar now.
     pub(crate) fn lease_lost(&self, instance_id: &str) {
         tracing::info!(instance = %instance_id, "lease lost to another sidecar; dropping the instance here");

@@ -750,6 +750,14 @@ impl Engine {
                 }
                 self.pump();
             }
+            Err(e) if cluster::is_lease_lost(&e) && self.holds_again(&info.instance_id) => {
+                // The turn was fenced by an older epoch, but a claim of this sidecar took the
+                // instance back while it was out: the lease is not lost. The claim's resync
+                // left the turn's rows to the turn; rebuild them from the store.
+                tracing::info!(instance = %info.instance_id, "turn of an earlier lease dropped; the instance was claimed again");
+                self.invalidate(&info.instance_id);
+                self.resync_after_stale_turn(token, &info.instance_id).await;
+            }
             Err(e) if cluster::is_lease_lost(&e) => {
                 self.inner.sched.lock().finish_turn(token, Vec::new(), false, None);
                 self.lease_lost(&info.instance_id);

@@ -1391,8 +1391,10 @@ impl Scheduler {
                         self.attempt_log.push(Attempts::Instance(instance_id.clone(), slot.attempts));
                     }
                     slot.not_before_ms = now_ms + delay(slot.attempts, base, max);
-                    self.enqueue_instance(&instance_id);
                 }
+                // Every event of the turn may have proved stale meanwhile (a resync from
+                // the store while it was out): then nothing is left to keep the slot for.
+                self.settle(&instance_id);
                 Vec::new()
             }
             Lease::Activity { activity_id, stream, .. } => {
@@ -2331,6 +2333,21 @@ mod tests {
         let a = s.assign(NOW);
         let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
         assert_eq!(ids, [2, 3, 9]);
+    }
+
+    #[test]
+    fn a_turn_given_back_after_a_resync_emptied_it_leaves_no_slot() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let token = turns(&a)[0].token.clone();
+        // While the turn is out, the store shows the row gone (another sidecar ran it).
+        s.resync("a", Vec::new(), 1, NOW);
+        s.release(&token, Release::Lost, NOW);
+        let audit = s.audit();
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+        assert!(s.is_quiet("a"), "nothing is held for the instance");
     }
 
     #[test]

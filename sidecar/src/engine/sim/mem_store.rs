@@ -24,6 +24,11 @@ use crate::core::{is_terminal, Message, NewInstance, Priority};
 use crate::engine::Clock;
 use crate::store::*;
 
+/// Commits refused for a lost lease and instances claimed, over every shared store (the
+/// cluster simulation reports them, to show that its schedules reach fencing).
+pub static FENCED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static CLAIMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A lease on an instance, an activity or a hub-wide role, as the PostgreSQL store keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lease {
@@ -383,6 +388,7 @@ impl Store for MemStore {
                         None => mine || inst.lease.free_at(db_now),
                     };
                     if !leased {
+                        FENCED.fetch_add(1, Ordering::Relaxed);
                         return Err(StoreError::LeaseLost(c.instance_id.clone()));
                     }
                 }
@@ -641,6 +647,7 @@ impl Leases for MemStore {
                     Ok(won)
                 })
                 .await?;
+            CLAIMED.fetch_add(won.len() as u64, Ordering::Relaxed);
             node.held.lock().extend(won.iter().cloned());
             for (id, _) in won {
                 let snapshot = self.load_inbox(&id).await?;
