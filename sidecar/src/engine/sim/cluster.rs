@@ -24,7 +24,7 @@
 //! At the end the faults stop, the engines deliver their notices, renew and claim until
 //! everything has run, and every instance must finish with the output its history implies.
 //!
-//! `DURO_SIM_CLUSTER_SCHEDULES` (default 2,000) sets how many seeds run; `DURO_SIM_SEED`
+//! `DURO_SIM_CLUSTER_SCHEDULES` (default 3,000) sets how many seeds run; `DURO_SIM_SEED`
 //! replays one seed and prints its steps.
 
 use std::collections::{BTreeSet, HashSet};
@@ -336,21 +336,17 @@ impl Cluster {
                     }
                 }
             }
-            46..=49 => {
-                if self.nodes[n].workers.len() < 2 {
-                    self.connect(n);
-                    let id = self.nodes[n].workers.last().map(|w| w.id).unwrap_or_default();
-                    self.note(format!("{name}: worker {id} connects"));
-                    self.spawn_loop_step(n, LoopStep::Claim, false);
-                }
+            46..=49 if self.nodes[n].workers.len() < 2 => {
+                self.connect(n);
+                let id = self.nodes[n].workers.last().map(|w| w.id).unwrap_or_default();
+                self.note(format!("{name}: worker {id} connects"));
+                self.spawn_loop_step(n, LoopStep::Claim, false);
             }
-            50..=52 => {
-                if !self.nodes[n].workers.is_empty() {
-                    let pick = self.roll(self.nodes[n].workers.len());
-                    let w = self.nodes[n].workers.swap_remove(pick);
-                    self.note(format!("{name}: worker {} disconnects holding {} items", w.id, w.held.len()));
-                    engine.close_stream(w.id);
-                }
+            50..=52 if !self.nodes[n].workers.is_empty() => {
+                let pick = self.roll(self.nodes[n].workers.len());
+                let w = self.nodes[n].workers.swap_remove(pick);
+                self.note(format!("{name}: worker {} disconnects holding {} items", w.id, w.held.len()));
+                engine.close_stream(w.id);
             }
             53..=58 => {
                 let ms = 1 + self.roll(1_500) as i64;
@@ -398,11 +394,7 @@ impl Cluster {
                     self.nodes[n].frozen = true;
                 }
             }
-            95..=96 => {
-                if self.nodes.len() < MAX_NODES {
-                    self.join().await?;
-                }
-            }
+            95..=96 if self.nodes.len() < MAX_NODES => self.join().await?,
             97 => {
                 let node = self.nodes.swap_remove(n);
                 self.note(format!("{name} is killed"));
@@ -709,7 +701,7 @@ fn cluster_schedules_hold_their_invariants() {
         }
         return;
     }
-    let schedules: u64 = std::env::var("DURO_SIM_CLUSTER_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000);
+    let schedules: u64 = std::env::var("DURO_SIM_CLUSTER_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(3_000);
     let base: u64 = std::env::var("DURO_SIM_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let threads = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let failures: Vec<(u64, String)> = std::thread::scope(|scope| {
