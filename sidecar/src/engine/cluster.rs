@@ -62,6 +62,12 @@ impl Engine {
         self.inner.leases.is_none()
     }
 
+    /// Whether this sidecar holds an instance's lease now (after a commit was fenced: a claim
+    /// may have taken the instance back, under a newer epoch, while the turn was out).
+    pub(crate) fn holds_again(&self, instance_id: &str) -> bool {
+        self.inner.leases.as_ref().is_some_and(|l| l.holds(instance_id))
+    }
+
     /// A commit found this sidecar's lease lost: the instance belongs to another sidecar now.
     pub(crate) fn lease_lost(&self, instance_id: &str) {
         tracing::info!(instance = %instance_id, "lease lost to another sidecar; dropping the instance here");
@@ -162,7 +168,7 @@ impl Engine {
     }
 
     /// Handles a burst of notices; `true` when a claim should run.
-    async fn on_notices(&self, leases: &dyn Leases, batch: Vec<Notice>, armed: &mut BTreeSet<i64>) -> bool {
+    pub(crate) async fn on_notices(&self, leases: &dyn Leases, batch: Vec<Notice>, armed: &mut BTreeSet<i64>) -> bool {
         let now = self.now();
         let mut claim = false;
         let mut entities = false;
@@ -220,7 +226,7 @@ impl Engine {
     }
 
     /// Claims work until a claim comes back short or there is no room.
-    async fn claim_pass(&self, leases: &dyn Leases) {
+    pub(crate) async fn claim_pass(&self, leases: &dyn Leases) {
         let batch = self.inner.opts.cluster.claim_batch;
         loop {
             let ((orchestrations, activities), (turn_room, activity_room)) = {
@@ -270,7 +276,7 @@ impl Engine {
 
     /// Renews leases, drops lost ones, gives back what is quiet or unserved here, and takes
     /// or keeps entity dispatch when no other sidecar holds it.
-    async fn renew(&self, leases: &dyn Leases) {
+    pub(crate) async fn renew(&self, leases: &dyn Leases) {
         let lead = match leases.lead(ENTITY_LEASE).await {
             Ok(lead) => lead,
             Err(e) => {

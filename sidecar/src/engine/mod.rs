@@ -177,6 +177,20 @@ impl Engine {
         Engine::start_inner(store, None, opts, builtins, clock).await
     }
 
+    /// Like [`Engine::start_shared`] with `leases`, with time read from `clock` and neither a
+    /// timer task nor the cluster loop: the caller runs their steps itself
+    /// ([`Engine::fire_due_timers`], [`Engine::claim_pass`], [`Engine::on_notices`],
+    /// [`Engine::renew`]), as the cluster simulation does.
+    #[cfg(test)]
+    pub(crate) async fn start_clustered_with_clock(
+        store: Arc<dyn Store>,
+        leases: Arc<dyn Leases>,
+        opts: EngineOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
+        Engine::start_inner(store, Some(leases), opts, Vec::new(), clock).await
+    }
+
     async fn start_inner(
         store: Arc<dyn Store>,
         leases: Option<Arc<dyn Leases>>,
@@ -749,6 +763,14 @@ impl Engine {
                     self.announce_status(&info.instance_id);
                 }
                 self.pump();
+            }
+            Err(e) if cluster::is_lease_lost(&e) && self.holds_again(&info.instance_id) => {
+                // The turn was fenced by an older epoch, but a claim of this sidecar took the
+                // instance back while it was out: the lease is not lost. The claim's resync
+                // left the turn's rows to the turn; rebuild them from the store.
+                tracing::info!(instance = %info.instance_id, "turn of an earlier lease dropped; the instance was claimed again");
+                self.invalidate(&info.instance_id);
+                self.resync_after_stale_turn(token, &info.instance_id).await;
             }
             Err(e) if cluster::is_lease_lost(&e) => {
                 self.inner.sched.lock().finish_turn(token, Vec::new(), false, None);

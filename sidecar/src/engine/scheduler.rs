@@ -664,7 +664,13 @@ impl Scheduler {
         self.builtin_names = names.into_iter().collect();
     }
 
+    /// Adds a committed activity to dispatch. One held here already stays as it is: on a
+    /// shared store a claim can take back an activity whose lease ran out while it was out
+    /// at a worker here (or queued here); that worker's result still completes it.
     pub fn add_activity(&mut self, a: QueuedActivity) {
+        if self.activities.contains_key(&a.id) {
+            return;
+        }
         if let Some(of) = a.request.orchestration_instance.as_ref() {
             self.instance_activities.entry(of.instance_id.clone()).or_default().insert(a.id);
         }
@@ -1385,8 +1391,10 @@ impl Scheduler {
                         self.attempt_log.push(Attempts::Instance(instance_id.clone(), slot.attempts));
                     }
                     slot.not_before_ms = now_ms + delay(slot.attempts, base, max);
-                    self.enqueue_instance(&instance_id);
                 }
+                // Every event of the turn may have proved stale meanwhile (a resync from
+                // the store while it was out): then nothing is left to keep the slot for.
+                self.settle(&instance_id);
                 Vec::new()
             }
             Lease::Activity { activity_id, stream, .. } => {
@@ -2044,6 +2052,20 @@ mod tests {
     }
 
     #[test]
+    fn an_activity_claimed_back_while_out_at_a_worker_keeps_its_lease() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_activity(activity(1, "Act"));
+        assert_eq!(s.assign(NOW).len(), 1);
+        // Its lease in the shared store ran out and this sidecar claimed it again.
+        s.add_activity(activity(1, "Act"));
+        assert!(s.assign(NOW).is_empty(), "not dispatched twice");
+        let audit = s.audit();
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+        assert_eq!(audit.activities.get(&1).map(Vec::len), Some(1));
+    }
+
+    #[test]
     fn lost_stream_redelivers_its_leases_to_another() {
         let mut s = Scheduler::new(opts());
         let (one, _rx1) = stream(&mut s, rules(10));
@@ -2311,6 +2333,21 @@ mod tests {
         let a = s.assign(NOW);
         let ids: Vec<i64> = turns(&a)[0].events.iter().map(|(_, p)| p.inbox_id).collect();
         assert_eq!(ids, [2, 3, 9]);
+    }
+
+    #[test]
+    fn a_turn_given_back_after_a_resync_emptied_it_leaves_no_slot() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let token = turns(&a)[0].token.clone();
+        // While the turn is out, the store shows the row gone (another sidecar ran it).
+        s.resync("a", Vec::new(), 1, NOW);
+        s.release(&token, Release::Lost, NOW);
+        let audit = s.audit();
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+        assert!(s.is_quiet("a"), "nothing is held for the instance");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! `DURO_SIM_SCHEDULES` (default 10,000) sets how many seeds run, `DURO_SIM_SEED` replays
 //! one seed and prints its steps.
 
+mod cluster;
 mod mem_store;
 
 use std::collections::{BTreeSet, HashSet};
