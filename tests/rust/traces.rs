@@ -86,14 +86,23 @@ async fn turns_and_activities_join_the_clients_trace() {
     let (turns, activities) = loop {
         let all = spans.lock().expect("lock").clone();
         let named = |prefix: &str| all.iter().filter(|s| s.name.starts_with(prefix)).cloned().collect::<Vec<_>>();
-        let (turns, activities) = (named("orchestration Sum"), named("activity Add"));
-        if turns.len() > ACTIVITIES && activities.len() >= ACTIVITIES {
+        let (turns, activities) = (named("turn Sum"), named("activity Add"));
+        if turns.len() > ACTIVITIES && activities.len() >= ACTIVITIES && !named("orchestration Sum").is_empty() {
             break (turns, activities);
         }
         assert!(Instant::now() < deadline, "spans received: {:?}", all.iter().map(|s| &s.name).collect::<Vec<_>>());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(turns.len(), ACTIVITIES + 1, "one span per turn");
+    let all = spans.lock().expect("lock").clone();
+    let life: Vec<_> = all.iter().filter(|s| s.name == "orchestration Sum").collect();
+    assert_eq!(life.len(), 1, "one span over the execution's life");
+    assert_eq!(hex(&life[0].parent_span_id), CLIENT_SPAN, "the execution's span is a child of the client's");
+    assert!(
+        turns.iter().all(|t| t.start_time_unix_nano >= life[0].start_time_unix_nano
+            && t.end_time_unix_nano <= life[0].end_time_unix_nano + 1_000_000),
+        "the execution's span covers its turns"
+    );
     assert_eq!(activities.len(), ACTIVITIES, "one span per activity");
     let turn_ids: HashSet<String> = turns.iter().map(|s| hex(&s.span_id)).collect();
     for t in &turns {

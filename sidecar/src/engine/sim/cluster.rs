@@ -449,9 +449,10 @@ impl Cluster {
         let mut audits: Vec<Audit> = Vec::with_capacity(self.nodes.len());
         for (n, node) in self.nodes.iter().enumerate() {
             let audit = node.engine.inner.sched.lock().audit();
-            // A sidecar whose lease is stale (it does not know yet) may have run a turn on a
-            // stale view and closed the gate for a start row it will never see; its renewal
-            // or a claim rebuilds the instance, and its commits are fenced meanwhile.
+            // A sidecar whose lease another sidecar voided (a replacement of the instance, or a
+            // takeover after expiry) learns it only at its renewal, a notice or a fenced commit;
+            // meanwhile it may hold a later event behind a start row it does not know. Its
+            // commits are fenced, and its renewal or a claim rebuilds the instance.
             let stale_gate = |p: &String| {
                 p.contains("waits for a start event that is nowhere")
                     && p.split('\'').nth(1).is_some_and(|id| holder(id) != Some(n))

@@ -324,45 +324,59 @@ fn not_simulated(what: &str) -> StoreError {
 impl Store for MemStore {
     async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
         let origin = self.origin();
-        self.write(|t| {
-            let s = &new.spec;
-            let mut replaced = None;
-            // Replaced in place: the lease is dropped and its epoch keeps rising.
-            let epoch = t.instances.get(&s.instance_id).map(|i| i.lease.epoch + 1).unwrap_or(0);
-            if let Some(existing) = t.instances.get(&s.instance_id) {
-                match reuse.decide(existing.status) {
-                    ReuseDecision::Refuse => return Ok(CreateResult::AlreadyExists(existing.status)),
-                    ReuseDecision::Keep => return Ok(CreateResult::Kept),
-                    // Simulated instances have no parent to tell.
-                    ReuseDecision::Replace => replaced = Some(existing.status),
+        let replaced_epoch = std::sync::Mutex::new(None);
+        let result = self
+            .write(|t| {
+                let s = &new.spec;
+                let mut replaced = None;
+                // Replaced in place: the lease is dropped and its epoch keeps rising.
+                let epoch = t.instances.get(&s.instance_id).map(|i| i.lease.epoch + 1).unwrap_or(0);
+                if let Some(existing) = t.instances.get(&s.instance_id) {
+                    match reuse.decide(existing.status) {
+                        ReuseDecision::Refuse => return Ok(CreateResult::AlreadyExists(existing.status)),
+                        ReuseDecision::Keep => return Ok(CreateResult::Kept),
+                        // Simulated instances have no parent to tell.
+                        ReuseDecision::Replace => replaced = Some(existing.status),
+                    }
+                    delete_instance(t, &s.instance_id);
                 }
-                delete_instance(t, &s.instance_id);
+                t.instances.insert(
+                    s.instance_id.clone(),
+                    Instance {
+                        execution_id: s.execution_id.clone(),
+                        name: s.name.clone(),
+                        status: OrchestrationStatus::Pending,
+                        input: s.input.clone(),
+                        output: None,
+                        history: Vec::new(),
+                        created_at_ms: new.created_at_ms,
+                        lease: Lease { owner: None, until_ms: 0, epoch },
+                    },
+                );
+                let start = Message {
+                    target: s.instance_id.clone(),
+                    execution_id: Some(s.execution_id.clone()),
+                    priority: Priority::Start,
+                    visible_at_ms: new.visible_at_ms,
+                    event: new.started_event(),
+                };
+                let target = Target { name: s.name.clone(), version: None, status: OrchestrationStatus::Pending };
+                let start = insert_inbox(t, &start, target, &origin);
+                if replaced.is_some() {
+                    *replaced_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
+                }
+                Ok(CreateResult::Created(Box::new(Created { start, replaced, delivered: Vec::new() })))
+            })
+            .await;
+        // Like `PgStore` (`AfterCommit`): a lease held on the replaced instance is void.
+        let epoch = *replaced_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(epoch), Some(node)) = (epoch, self.node.as_ref()) {
+            let mut held = node.held.lock();
+            if held.get(&new.spec.instance_id).is_some_and(|e| *e < epoch) {
+                held.remove(&new.spec.instance_id);
             }
-            t.instances.insert(
-                s.instance_id.clone(),
-                Instance {
-                    execution_id: s.execution_id.clone(),
-                    name: s.name.clone(),
-                    status: OrchestrationStatus::Pending,
-                    input: s.input.clone(),
-                    output: None,
-                    history: Vec::new(),
-                    created_at_ms: new.created_at_ms,
-                    lease: Lease { owner: None, until_ms: 0, epoch },
-                },
-            );
-            let start = Message {
-                target: s.instance_id.clone(),
-                execution_id: Some(s.execution_id.clone()),
-                priority: Priority::Start,
-                visible_at_ms: new.visible_at_ms,
-                event: new.started_event(),
-            };
-            let target = Target { name: s.name.clone(), version: None, status: OrchestrationStatus::Pending };
-            let start = insert_inbox(t, &start, target, &origin);
-            Ok(CreateResult::Created(Box::new(Created { start, replaced, delivered: Vec::new() })))
-        })
-        .await
+        }
+        result
     }
 
     async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError> {
@@ -379,13 +393,14 @@ impl Store for MemStore {
             .write(|t| {
                 let conflict = || StoreError::Conflict(c.instance_id.clone());
                 let inst = t.instances.get(&c.instance_id).ok_or_else(conflict)?;
-                // The lease first (PostgreSQL's `fence`): with a lease held the row must still
-                // name this engine and that epoch; without one, no other may hold a live lease.
+                // The lease first (PostgreSQL's `fence`, with `require_lease` as sidecars run
+                // it): the row must still name this engine and the epoch it holds; a commit for
+                // an instance it holds no lease on is refused.
                 if let Some(held) = held {
                     let mine = inst.lease.owner.is_some() && inst.lease.owner.as_deref() == Some(origin.as_str());
                     let leased = match held {
                         Some(epoch) => mine && inst.lease.epoch == epoch,
-                        None => mine || inst.lease.free_at(db_now),
+                        None => false,
                     };
                     if !leased {
                         FENCED.fetch_add(1, Ordering::Relaxed);

@@ -39,8 +39,9 @@ pub(super) async fn enqueue_entity(
     for m in &messages {
         queued.push(insert_message(&mut tx, m, &mut notes).await?);
     }
-    notes.send(&mut tx, s).await?;
+    let after = notes.send(&mut tx, s).await?;
     tx.commit().await?;
+    after.apply(s);
     Ok(queued)
 }
 
@@ -131,8 +132,9 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
             out.delivered.push(created.start);
         }
     }
-    notes.send(&mut tx, s).await?;
+    let after = notes.send(&mut tx, s).await?;
     tx.commit().await?;
+    after.apply(s);
     Ok(out)
 }
 

@@ -370,6 +370,31 @@ pub(crate) async fn notify(
 pub(crate) struct Notices {
     inbox: BTreeSet<(i64, String)>,
     other: BTreeSet<String>,
+    /// Instances replaced in place (id reuse, restart) with their new lease epoch: their old
+    /// lease is void, so this sidecar forgets it once the transaction commits.
+    replaced: Vec<(String, i64)>,
+}
+
+/// What a committed transaction still owes this sidecar's memory (see [`Notices::send`]).
+#[must_use = "apply it once the transaction has committed"]
+pub(crate) struct AfterCommit {
+    replaced: Vec<(String, i64)>,
+}
+
+impl AfterCommit {
+    /// Forgets leases held on instances the transaction replaced (only those older than the
+    /// replacement: a claim made since holds a newer epoch and stays).
+    pub(crate) fn apply(self, s: &PgStore) {
+        if self.replaced.is_empty() {
+            return;
+        }
+        let mut held = s.held.lock();
+        for (id, epoch) in self.replaced {
+            if held.get(&id).is_some_and(|e| *e < epoch) {
+                held.remove(&id);
+            }
+        }
+    }
 }
 
 impl Notices {
@@ -385,11 +410,18 @@ impl Notices {
         self.other.insert(format!("e {visible_at_ms} {entity_id}"));
     }
 
-    /// Sends them (call last, just before the commit; PostgreSQL delivers them at commit).
-    pub(crate) async fn send(self, conn: &mut PgConnection, s: &PgStore) -> Result<(), StoreError> {
+    /// An instance replaced in place, with its new lease epoch.
+    pub(crate) fn lease_replaced(&mut self, instance_id: &str, epoch: i64) {
+        self.replaced.push((instance_id.to_string(), epoch));
+    }
+
+    /// Sends them (call last, just before the commit; PostgreSQL delivers them at commit);
+    /// the result is applied after the commit.
+    pub(crate) async fn send(self, conn: &mut PgConnection, s: &PgStore) -> Result<AfterCommit, StoreError> {
         let origin = &s.opts.owner;
         let inbox = self.inbox.into_iter().map(|(at, id)| leases::inbox_notice(at, origin, &id));
-        notify(conn, &s.channel(), inbox.chain(self.other)).await
+        notify(conn, &s.channel(), inbox.chain(self.other)).await?;
+        Ok(AfterCommit { replaced: self.replaced })
     }
 }
 

@@ -335,3 +335,23 @@ async fn renewal_reports_leases_taken_over_and_release_all_wakes_the_others() {
     assert!(matches!(n, Notice::Inbox { ref origin, .. } if origin == "a"), "{n:?}");
     assert_eq!(b.claim(&all, 10, &none, 0, NOW).await.expect("claim").instances.len(), 1, "freed at once");
 }
+
+#[tokio::test]
+async fn replacing_an_instance_voids_the_lease_its_sidecar_held_on_it() {
+    let pg = duro_testkit::Postgres::start();
+    let hub = pg.fresh_hub();
+    let a = peer(&pg, &hub, "a", Duration::from_secs(30)).await;
+    create(&a, "x", "x-e1").await;
+    let all = Served::All(Vec::new());
+    let none = Served::Names(Vec::new());
+    assert_eq!(a.claim(&all, 10, &none, 0, NOW).await.expect("claim").instances.len(), 1);
+    assert!(a.holds("x"));
+    // The same sidecar replaces the live instance: its lease on the old one is void at once,
+    // so it neither admits deliveries for it nor skips the new start's notice.
+    let replaced = a.create_instance(new_instance("x", "x-e2"), IdReuse::Replace(vec![S::Pending])).await;
+    assert!(matches!(replaced, Ok(CreateResult::Created(_))), "{replaced:?}");
+    assert!(!a.holds("x"), "the replaced instance's lease is forgotten");
+    let got = a.claim(&all, 10, &none, 0, NOW).await.expect("claim");
+    assert_eq!(got.instances.len(), 1, "the new execution is claimed like any free instance");
+    assert!(a.holds("x"));
+}

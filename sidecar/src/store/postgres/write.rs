@@ -28,8 +28,9 @@ async fn create_once(s: &PgStore, new: &NewInstance, reuse: &IdReuse) -> Result<
     ids.extend(parent_of(&mut tx, &new.spec.instance_id).await?);
     lock_instances(&mut tx, &ids).await?;
     let created = create(&mut tx, &mut notices, new, reuse).await?;
-    notices.send(&mut tx, s).await?;
+    let after = notices.send(&mut tx, s).await?;
     tx.commit().await?;
+    after.apply(s);
     Ok(created)
 }
 
@@ -39,8 +40,9 @@ pub(super) async fn enqueue(s: &PgStore, m: Message) -> Result<Option<Delivered>
         let mut notices = Notices::default();
         lock_instances(&mut tx, std::slice::from_ref(&m.target)).await?;
         let delivered = deliver(&mut tx, &mut notices, &m).await?;
-        notices.send(&mut tx, s).await?;
+        let after = notices.send(&mut tx, s).await?;
         tx.commit().await?;
+        after.apply(s);
         Ok(delivered)
     })
     .await
@@ -118,8 +120,9 @@ async fn commit_once(s: &PgStore, t: &TurnCommit, held: Option<i64>) -> Result<C
     for m in &o.entity_messages {
         result.entity_messages.push(entities::insert_message(&mut tx, m, &mut notices).await?);
     }
-    notices.send(&mut tx, s).await?;
+    let after = notices.send(&mut tx, s).await?;
     tx.commit().await?;
+    after.apply(s);
     Ok(result)
 }
 
@@ -209,8 +212,9 @@ pub(super) async fn complete_activity(s: &PgStore, id: i64, m: Message) -> Resul
         lock_instances(&mut tx, std::slice::from_ref(&m.target)).await?;
         let gone = q("DELETE FROM activities WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         let delivered = if gone == 0 { None } else { deliver(&mut tx, &mut notices, &m).await? };
-        notices.send(&mut tx, s).await?;
+        let after = notices.send(&mut tx, s).await?;
         tx.commit().await?;
+        after.apply(s);
         Ok(delivered)
     })
     .await
@@ -375,8 +379,9 @@ async fn restart_once(
         CreateResult::Created(created) => RestartResult::Restarted(Box::new(created.start)),
         CreateResult::Kept | CreateResult::AlreadyExists(_) => return Err(StoreError::Conflict(target_id)),
     };
-    notices.send(&mut tx, s).await?;
+    let after = notices.send(&mut tx, s).await?;
     tx.commit().await?;
+    after.apply(s);
     Ok(result)
 }
 
@@ -391,8 +396,9 @@ pub(super) async fn rewind(
         let mut notices = Notices::default();
         lock_instances(&mut tx, &[id.to_string()]).await?;
         let result = rewind_in(&mut tx, &mut notices, id, now_ms).await?;
-        notices.send(&mut tx, s).await?;
+        let after = notices.send(&mut tx, s).await?;
         tx.commit().await?;
+        after.apply(s);
         Ok(result)
     })
     .await
@@ -574,6 +580,14 @@ async fn write_instance(
         .bind(tags_json(&s.tags))
         .execute(&mut *conn)
         .await?;
+    if replacing {
+        let epoch: i64 = q("SELECT lease_epoch FROM instances WHERE instance_id = $1")
+            .bind(&s.instance_id)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        notices.lease_replaced(&s.instance_id, epoch);
+    }
     let start = Message {
         target: s.instance_id.clone(),
         execution_id: Some(s.execution_id.clone()),
