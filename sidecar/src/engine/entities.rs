@@ -291,17 +291,20 @@ impl EntityDispatch {
     /// Ends a lease without a result: its operations run again after `delay_ms`. A
     /// `counted` give-back (abandon, stream loss, whole-batch failure) moves the batch
     /// towards the poison limit; a rerouting or the sidecar's own failure does not.
-    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64, counted: bool) {
-        let Some(lease) = self.leases.remove(token) else { return };
+    /// Returns the entity's new count when it was counted, for the store.
+    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64, counted: bool) -> Option<(String, u32)> {
+        let lease = self.leases.remove(token)?;
         if let Some(s) = self.streams.get_mut(&lease.stream) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
         let slot = self.slot(&lease.entity_id);
         slot.entity.abandon_batch();
+        slot.retry_at = if delay_ms > 0 { now + delay_ms } else { 0 };
         if counted {
             slot.attempts += 1;
+            return Some((lease.entity_id, slot.attempts));
         }
-        slot.retry_at = if delay_ms > 0 { now + delay_ms } else { 0 };
+        None
     }
 
     /// Applies a committed step to memory.
@@ -402,6 +405,7 @@ impl Engine {
                 if !d.slots.contains_key(&id) {
                     let slot = d.slot(&id);
                     slot.load = Load::Yes;
+                    slot.attempts = r.delivery_attempts;
                     slot.entity.state = r.record.state.clone();
                     if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
                         slot.entity.lock = Lock::Held { owner, critical_section_id: section };
@@ -502,9 +506,25 @@ impl Engine {
         d.streams.remove(&id);
         let lost: Vec<String> =
             d.leases.iter().filter(|(_, l)| l.stream == id && !l.completing).map(|(t, _)| t.clone()).collect();
-        for token in lost {
-            d.give_back(&token, now, 0, true);
+        let counts: Vec<(String, u32)> = lost.iter().filter_map(|token| d.give_back(token, now, 0, true)).collect();
+        drop(d);
+        self.persist_entity_attempts(counts);
+    }
+
+    /// Writes entity batches' delivery-attempt counts to the store (off the caller's path; a
+    /// lost write only means poison detection counts a few deliveries fewer after a crash).
+    fn persist_entity_attempts(&self, counts: Vec<(String, u32)>) {
+        if counts.is_empty() {
+            return;
         }
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            for (entity_id, n) in counts {
+                if let Err(e) = store.record_entity_attempts(entity_id.clone(), n).await {
+                    tracing::warn!(entity = %entity_id, error = %e, "could not record entity delivery attempts");
+                }
+            }
+        });
     }
 
     /// Hook for turn commits: an orchestration ended; its locks are released.
@@ -672,8 +692,9 @@ impl Engine {
                 let why = r.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
                 tracing::info!(entity = %lease.entity_id, error = %why, requires_state = r.requires_state, "entity batch failed as a whole; it runs again");
                 let delay = if r.requires_state { 0 } else { RETRY_MS };
-                d.give_back(&token, now, delay, !r.requires_state);
+                let counted = d.give_back(&token, now, delay, !r.requires_state);
                 drop(d);
+                self.persist_entity_attempts(counted.into_iter().collect());
                 self.inner.entity_timer.notify_one();
                 self.pump_entities();
                 return Ok(());
@@ -768,7 +789,8 @@ impl Engine {
     /// Gives an entity batch back for redelivery after a back-off. Unknown tokens are fine.
     pub fn abandon_entity(&self, token: &str) {
         let now = self.now();
-        self.inner.entities.lock().give_back(token, now, RETRY_MS, true);
+        let counted = self.inner.entities.lock().give_back(token, now, RETRY_MS, true);
+        self.persist_entity_attempts(counted.into_iter().collect());
         self.inner.entity_timer.notify_one();
     }
 
@@ -1019,6 +1041,45 @@ mod tests {
         h.signal("@c@p", "add", "2").await;
         let (req, _) = h.next_batch().await;
         assert_eq!(req.operation_requests.len(), 1, "later requests run normally");
+    }
+
+    /// The poison count of an entity batch survives a restart: two abandoned deliveries
+    /// before it and one after reach a limit of three. Before, a restart started it from zero.
+    #[tokio::test]
+    async fn entity_delivery_attempts_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("duro.db");
+        let mut opts = EngineOptions::default();
+        opts.scheduler.max_attempts = 3;
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        {
+            let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("store");
+            let engine = Engine::start(Arc::new(store), opts.clone(), Vec::new()).await.expect("engine");
+            let (stream, rx) = engine.open_stream_with_entities(rules.clone(), 10);
+            let mut h = Harness { engine, rx, stream, _dir: tempfile::tempdir().expect("unused") };
+            h.signal("@c@p", "add", "1").await;
+            for _ in 0..2 {
+                let (_, token) = h.next_batch().await;
+                h.engine.abandon_entity(&token);
+                h.engine.inner.entities.lock().slot("@c@p").retry_at = 0;
+                h.engine.pump_entities();
+            }
+            let _ = h.next_batch().await; // the third delivery is still out when the sidecar stops
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.engine.shutdown();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("reopened");
+        let engine = Engine::start(Arc::new(store), opts, Vec::new()).await.expect("engine");
+        let (stream, rx) = engine.open_stream_with_entities(rules, 10);
+        let mut h = Harness { engine, rx, stream, _dir: dir };
+        let (_, token) = h.next_batch().await;
+        h.engine.abandon_entity(&token);
+        h.engine.inner.entities.lock().slot("@c@p").retry_at = 0;
+        h.engine.pump_entities();
+        h.nothing_for(300).await;
+        let rec = h.engine.get_entity("@c@p").await.expect("read").expect("row");
+        assert_eq!(rec.backlog, 0, "the third delivery without a result failed the batch as poison");
     }
 
     #[tokio::test]
