@@ -84,7 +84,10 @@ pub enum Request {
         event: HistoryEvent,
     },
     /// An orchestration asks for this entity's lock (position `position` of `lock_set`).
-    Lock { critical_section_id: String, lock_set: Vec<String>, position: usize, owner: String },
+    /// `requested_at_ms` is when the orchestration's turn sent it (kept when the request is
+    /// forwarded along the lock set), so a request older than its owner's current execution
+    /// can be told apart after a restart.
+    Lock { critical_section_id: String, lock_set: Vec<String>, position: usize, owner: String, requested_at_ms: i64 },
     /// The lock owner leaves its critical section.
     Unlock { critical_section_id: String, owner: String },
 }
@@ -117,6 +120,7 @@ impl Request {
                 position: usize::try_from(l.position)
                     .map_err(|_| EntityError::BadMessage("negative position".into()))?,
                 owner: l.parent_instance_id.clone().unwrap_or_default(),
+                requested_at_ms: event.timestamp.as_ref().map(to_ms).unwrap_or(0),
             }),
             Some(EventType::EntityUnlockSent(u)) => Ok(Request::Unlock {
                 critical_section_id: u.critical_section_id.clone(),
@@ -278,14 +282,14 @@ impl EntityState {
                 }
                 Step::Run(ops)
             }
-            Request::Lock { critical_section_id, lock_set, position, owner: requester } => {
+            Request::Lock { critical_section_id, lock_set, position, owner: requester, requested_at_ms } => {
                 let mut outgoing = Vec::new();
                 let next = position + 1;
                 match lock_set.get(next) {
                     Some(target) => outgoing.push(Outgoing::ToEntity {
                         entity_id: target.clone(),
                         visible_at_ms: 0,
-                        event: lock_requested_event(critical_section_id, lock_set, next, requester),
+                        event: lock_requested_event(critical_section_id, lock_set, next, requester, *requested_at_ms),
                     }),
                     None => outgoing.push(Outgoing::ToOrchestration {
                         instance_id: requester.clone(),
@@ -408,15 +412,17 @@ impl EntityState {
     }
 }
 
-/// An `entityLockRequested` event for position `position` of `lock_set`.
+/// An `entityLockRequested` event for position `position` of `lock_set`, stamped with the
+/// time the orchestration sent the request.
 pub fn lock_requested_event(
     critical_section_id: &str,
     lock_set: &[String],
     position: usize,
     owner: &str,
+    requested_at_ms: i64,
 ) -> HistoryEvent {
     events::sidecar_event(
-        0,
+        requested_at_ms,
         EventType::EntityLockRequested(EntityLockRequestedEvent {
             critical_section_id: critical_section_id.into(),
             lock_set: lock_set.to_vec(),
@@ -539,7 +545,7 @@ mod tests {
 
     fn lock(id: i64, owner: &str, set: &[&str], position: usize) -> Queued {
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-        let event = lock_requested_event(&format!("cs-{owner}"), &set, position, owner);
+        let event = lock_requested_event(&format!("cs-{owner}"), &set, position, owner, 0);
         Queued { id, request: Request::from_event(&event).expect("lock") }
     }
 

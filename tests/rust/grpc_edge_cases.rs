@@ -831,3 +831,59 @@ async fn sigterm_exits_cleanly_and_ends_streams_with_unavailable() {
     }
     assert!(exited_ok, "duro must exit with success on SIGTERM; log:\n{}", sidecar.log_tail(20));
 }
+
+// ----- entity work item shapes -------------------------------------------------------------
+
+/// A stream whose `GetWorkItems` carries `x-duro-entity-work-items: v1` gets entity batches as
+/// `entityRequest` (`EntityBatchRequest`); one without it gets `entityRequestV2`.
+/// `CompleteEntityTask` takes the result of either (with or without `operationInfos`).
+#[tokio::test]
+async fn entity_work_items_come_in_the_shape_each_stream_asks_for() {
+    let (_dir, _sidecar, client) = setup(&[]).await;
+    let signal = |input: &str| SignalEntityRequest {
+        instance_id: "@counter@k".into(),
+        name: "add".into(),
+        input: Some(input.into()),
+        request_id: format!("r-{input}"),
+        ..Default::default()
+    };
+    let answer = |token: String, state: &str, infos: Vec<OperationInfo>| EntityBatchResult {
+        results: vec![OperationResult {
+            result_type: Some(operation_result::ResultType::Success(OperationResultSuccess::default())),
+        }],
+        entity_state: Some(state.into()),
+        completion_token: token,
+        operation_infos: infos,
+        ..Default::default()
+    };
+
+    let mut request = tonic::Request::new(GetWorkItemsRequest::default());
+    request.metadata_mut().insert("x-duro-entity-work-items", "v1".parse().expect("ascii"));
+    let mut v1 = tokio::time::timeout(CALL_TIMEOUT, client.clone().get_work_items(request))
+        .await
+        .expect("GetWorkItems hung")
+        .expect("GetWorkItems failed")
+        .into_inner();
+    call(client.clone().signal_entity(signal("1"))).await.expect("signaled");
+    let item = next_work(&mut v1, T).await.expect("an entity work item");
+    let Some(work_item::Request::EntityRequest(batch)) = item.request else { panic!("not entityRequest: {item:?}") };
+    assert_eq!((batch.instance_id.as_str(), batch.entity_state.as_deref()), ("@counter@k", None));
+    let ops: Vec<_> = batch.operations.iter().map(|o| (o.operation.as_str(), o.input.as_deref())).collect();
+    assert_eq!(ops, [("add", Some("1"))]);
+    call(client.clone().complete_entity_task(answer(item.completion_token, "1", Vec::new()))).await.expect("v1 result");
+    drop(v1);
+
+    let mut v2 = open_stream(&client, GetWorkItemsRequest::default()).await;
+    call(client.clone().signal_entity(signal("2"))).await.expect("signaled");
+    let item = next_work(&mut v2, T).await.expect("an entity work item");
+    let Some(work_item::Request::EntityRequestV2(req)) = item.request else { panic!("not entityRequestV2: {item:?}") };
+    assert_eq!(req.entity_state.as_deref(), Some("1"), "the v1 result's state was stored");
+    let infos = vec![OperationInfo { request_id: "r-2".into(), response_destination: None }];
+    call(client.clone().complete_entity_task(answer(item.completion_token, "3", infos))).await.expect("v2 result");
+
+    let got =
+        call(client.clone().get_entity(GetEntityRequest { instance_id: "@counter@k".into(), include_state: true }))
+            .await
+            .expect("get entity");
+    assert_eq!(got.entity.and_then(|e| e.serialized_state).as_deref(), Some("3"));
+}

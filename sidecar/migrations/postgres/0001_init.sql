@@ -89,7 +89,10 @@ CREATE TABLE entities (
     state        text,
     lock_owner   text,
     lock_section text,
-    modified_at  bigint NOT NULL
+    modified_at  bigint NOT NULL,
+    -- Deliveries of the current batch without a result (poison detection); a committed
+    -- step of the entity resets it.
+    delivery_attempts integer NOT NULL DEFAULT 0
 );
 CREATE INDEX entities_modified ON entities(modified_at);
 

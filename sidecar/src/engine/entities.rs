@@ -12,8 +12,13 @@
 //! replies handed to the orchestration scheduler. A batch whose stream closes, that is
 //! abandoned, or whose worker reports a whole-batch failure runs again after a back-off.
 //!
-//! Locks of orchestrations that end are released here: an ended owner's held locks are
-//! released and its queued lock requests are dropped when they reach the head of a queue.
+//! Locks of orchestrations that end are released here. A lock belongs to one execution of
+//! its owner, named by its critical section id (each execution makes its own): when an
+//! execution ends (a terminal turn, a replacement, a restart under the same id, a lock grant
+//! that finds no live owner) the sections of its held locks and queued lock requests are
+//! marked ended; held ones are released and queued ones are dropped when they reach the head
+//! of a queue. A rewound instance (the same execution, live again) gets its pending requests
+//! back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -88,8 +93,9 @@ pub(super) struct EntityDispatch {
     leases: HashMap<String, EntityLease>,
     /// Requests not visible yet (scheduled signals), by (visible_at, row id).
     delayed: BTreeMap<(i64, i64), QueuedEntityMessage>,
-    /// Orchestrations that ended while holding (or asking for) entity locks.
-    ended_owners: HashSet<String>,
+    /// Critical sections of executions that ended while holding (or asking for) entity
+    /// locks: their locks are released, their lock requests dropped.
+    ended_sections: HashSet<String>,
     /// When the timer task will wake next (`None`: it sleeps without a deadline).
     armed_at: Option<i64>,
     /// Deliveries without a result after which a batch's operations fail (poison).
@@ -210,15 +216,14 @@ impl EntityDispatch {
                     && !s.applying
                     && s.entity.batch == entity::BatchState::Idle
                     && s.retry_at <= now
-                    && (!s.entity.queue.is_empty()
-                        || s.entity.lock.owner().is_some_and(|o| self.ended_owners.contains(o)))
+                    && (!s.entity.queue.is_empty() || held_section(&s.entity.lock, &self.ended_sections).is_some())
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
             let Some(slot) = self.slots.get(&id) else { continue };
             // An ended owner's lock is released before anything else.
-            if let Some(owner) = slot.entity.lock.owner().filter(|o| self.ended_owners.contains(*o)) {
+            if let Some(owner) = held_section(&slot.entity.lock, &self.ended_sections).and(slot.entity.lock.owner()) {
                 if let Some(effects) = slot.entity.release_owner(owner) {
                     steps.push(LockStep { entity_id: id.clone(), effects });
                     self.slot(&id).applying = true;
@@ -228,12 +233,10 @@ impl EntityDispatch {
             match slot.entity.next_step() {
                 Step::Wait => {}
                 Step::Apply(mut effects) => {
-                    // A lock request of an orchestration that has ended is dropped, not granted.
-                    if let Some(owner) = effects.lock.owner() {
-                        if slot.entity.lock.owner() != Some(owner) && self.ended_owners.contains(owner) {
-                            effects.lock = slot.entity.lock.clone();
-                            effects.outgoing.clear();
-                        }
+                    // A lock request of an execution that has ended is dropped, not granted.
+                    if effects.lock != slot.entity.lock && held_section(&effects.lock, &self.ended_sections).is_some() {
+                        effects.lock = slot.entity.lock.clone();
+                        effects.outgoing.clear();
                     }
                     steps.push(LockStep { entity_id: id.clone(), effects });
                     self.slot(&id).applying = true;
@@ -291,17 +294,20 @@ impl EntityDispatch {
     /// Ends a lease without a result: its operations run again after `delay_ms`. A
     /// `counted` give-back (abandon, stream loss, whole-batch failure) moves the batch
     /// towards the poison limit; a rerouting or the sidecar's own failure does not.
-    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64, counted: bool) {
-        let Some(lease) = self.leases.remove(token) else { return };
+    /// Returns the entity's new count when it was counted, for the store.
+    fn give_back(&mut self, token: &str, now: i64, delay_ms: i64, counted: bool) -> Option<(String, u32)> {
+        let lease = self.leases.remove(token)?;
         if let Some(s) = self.streams.get_mut(&lease.stream) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
         let slot = self.slot(&lease.entity_id);
         slot.entity.abandon_batch();
+        slot.retry_at = if delay_ms > 0 { now + delay_ms } else { 0 };
         if counted {
             slot.attempts += 1;
+            return Some((lease.entity_id, slot.attempts));
         }
-        slot.retry_at = if delay_ms > 0 { now + delay_ms } else { 0 };
+        None
     }
 
     /// Applies a committed step to memory.
@@ -320,9 +326,47 @@ impl EntityDispatch {
                 self.seen.remove(entity_id);
             }
         }
-        self.ended_owners.extend(result.gone_owners);
         self.add_messages(result.queued, now);
-        self.prune_ended_owners();
+        for owner in &result.gone_owners {
+            self.end_owner(owner);
+        }
+        self.prune_ended_sections();
+    }
+
+    /// An execution of `instance_id` ended (or was replaced): every lock it holds and every
+    /// lock request it has queued, as far as memory knows them, belong to ended sections.
+    /// A new execution's requests come later, with sections of their own.
+    fn end_owner(&mut self, instance_id: &str) {
+        let mut ended = Vec::new();
+        for s in self.slots.values() {
+            if let Lock::Held { owner, critical_section_id } = &s.entity.lock {
+                if owner == instance_id {
+                    ended.push(critical_section_id.clone());
+                }
+            }
+            for q in &s.entity.queue {
+                if let Request::Lock { owner, critical_section_id, .. } = &q.request {
+                    if owner == instance_id {
+                        ended.push(critical_section_id.clone());
+                    }
+                }
+            }
+        }
+        self.ended_sections.extend(ended);
+    }
+
+    /// A rewound instance is live again on the same execution: its queued lock requests
+    /// sent since `since_ms` (its execution's creation) are granted again in turn.
+    fn resume_owner(&mut self, instance_id: &str, since_ms: i64) {
+        for s in self.slots.values() {
+            for q in &s.entity.queue {
+                if let Request::Lock { owner, critical_section_id, requested_at_ms, .. } = &q.request {
+                    if owner == instance_id && *requested_at_ms >= since_ms {
+                        self.ended_sections.remove(critical_section_id);
+                    }
+                }
+            }
+        }
     }
 
     /// Whether an orchestration holds, or waits for, a lock of an entity in memory.
@@ -336,28 +380,36 @@ impl EntityDispatch {
         })
     }
 
-    /// Forgets ended owners that no entity knows any more.
-    fn prune_ended_owners(&mut self) {
-        if self.ended_owners.is_empty() {
+    /// Forgets ended sections that no entity knows any more.
+    fn prune_ended_sections(&mut self) {
+        if self.ended_sections.is_empty() {
             return;
         }
         let mut known = HashSet::new();
         for s in self.slots.values() {
-            if let Some(o) = s.entity.lock.owner() {
-                known.insert(o.to_string());
+            if let Lock::Held { critical_section_id, .. } = &s.entity.lock {
+                known.insert(critical_section_id.clone());
             }
             for q in &s.entity.queue {
-                if let Request::Lock { owner, .. } = &q.request {
-                    known.insert(owner.clone());
+                if let Request::Lock { critical_section_id, .. } = &q.request {
+                    known.insert(critical_section_id.clone());
                 }
             }
         }
         for m in self.delayed.values() {
-            if let Ok(Request::Lock { owner, .. }) = Request::from_event(&m.event) {
-                known.insert(owner);
+            if let Ok(Request::Lock { critical_section_id, .. }) = Request::from_event(&m.event) {
+                known.insert(critical_section_id);
             }
         }
-        self.ended_owners.retain(|o| known.contains(o));
+        self.ended_sections.retain(|c| known.contains(c));
+    }
+}
+
+/// The critical section of a held lock if it has ended.
+fn held_section<'a>(lock: &'a Lock, ended: &HashSet<String>) -> Option<&'a str> {
+    match lock {
+        Lock::Held { critical_section_id, .. } if ended.contains(critical_section_id) => Some(critical_section_id),
+        _ => None,
     }
 }
 
@@ -390,18 +442,27 @@ impl Engine {
     pub(super) async fn recover_entities(&self) -> Result<(), StoreError> {
         let recovered = self.inner.store.recover_entities().await?;
         let now = self.now();
-        let mut owners = HashSet::new();
+        // Every lock and lock request: (owner, critical section, sent at; `None` for a held lock).
+        let mut sections: Vec<(String, String, Option<i64>)> = Vec::new();
         let count = recovered.len();
         {
             let mut d = self.inner.entities.lock();
             for r in recovered {
                 let id = r.record.entity_id.clone();
-                if let Some(owner) = &r.record.lock_owner {
-                    owners.insert(owner.clone());
+                if let (Some(owner), Some(section)) = (&r.record.lock_owner, &r.record.lock_section) {
+                    sections.push((owner.clone(), section.clone(), None));
+                }
+                for m in &r.messages {
+                    if let Ok(Request::Lock { owner, critical_section_id, requested_at_ms, .. }) =
+                        Request::from_event(&m.event)
+                    {
+                        sections.push((owner, critical_section_id, Some(requested_at_ms)));
+                    }
                 }
                 if !d.slots.contains_key(&id) {
                     let slot = d.slot(&id);
                     slot.load = Load::Yes;
+                    slot.attempts = r.delivery_attempts;
                     slot.entity.state = r.record.state.clone();
                     if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
                         slot.entity.lock = Lock::Held { owner, critical_section_id: section };
@@ -412,14 +473,29 @@ impl Engine {
                 d.add_messages(fresh, now);
             }
         }
+        // A section has ended when its owner has ended or is gone, or (for a request, which
+        // carries its time) when the owner's current execution was created after it was sent.
+        let mut live: HashMap<String, Option<i64>> = HashMap::new();
         let mut ended = Vec::new();
-        for owner in owners {
-            match self.inner.store.load_instance(&owner).await? {
-                Some(rec) if !is_terminal(rec.status) => {}
-                _ => ended.push(owner),
+        for (owner, section, sent_at) in sections {
+            let created = match live.get(&owner) {
+                Some(c) => *c,
+                None => {
+                    let c = match self.inner.store.load_instance(&owner).await? {
+                        Some(rec) if !is_terminal(rec.status) => Some(rec.created_at_ms),
+                        _ => None,
+                    };
+                    live.insert(owner.clone(), c);
+                    c
+                }
+            };
+            match (created, sent_at) {
+                (None, _) => ended.push(section),
+                (Some(created), Some(sent)) if sent > 0 && sent < created => ended.push(section),
+                _ => {}
             }
         }
-        self.inner.entities.lock().ended_owners.extend(ended);
+        self.inner.entities.lock().ended_sections.extend(ended);
         tracing::debug!(entities = count, "read entities from the store");
         self.pump_entities();
         Ok(())
@@ -502,17 +578,39 @@ impl Engine {
         d.streams.remove(&id);
         let lost: Vec<String> =
             d.leases.iter().filter(|(_, l)| l.stream == id && !l.completing).map(|(t, _)| t.clone()).collect();
-        for token in lost {
-            d.give_back(&token, now, 0, true);
-        }
+        let counts: Vec<(String, u32)> = lost.iter().filter_map(|token| d.give_back(token, now, 0, true)).collect();
+        drop(d);
+        self.persist_entity_attempts(counts);
     }
 
-    /// Hook for turn commits: an orchestration ended; its locks are released.
-    pub(super) fn entity_owner_ended(&self, instance_id: &str) {
-        let mut d = self.inner.entities.lock();
-        if d.involves(instance_id) {
-            d.ended_owners.insert(instance_id.to_string());
+    /// Writes entity batches' delivery-attempt counts to the store (off the caller's path; a
+    /// lost write only means poison detection counts a few deliveries fewer after a crash).
+    fn persist_entity_attempts(&self, counts: Vec<(String, u32)>) {
+        if counts.is_empty() {
+            return;
         }
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            for (entity_id, n) in counts {
+                if let Err(e) = store.record_entity_attempts(entity_id.clone(), n).await {
+                    tracing::warn!(entity = %entity_id, error = %e, "could not record entity delivery attempts");
+                }
+            }
+        });
+    }
+
+    /// Hook for turn commits, replacements and restarts: an execution of this orchestration
+    /// ended; its locks are released and its queued lock requests dropped.
+    pub(super) fn entity_owner_ended(&self, instance_id: &str) {
+        self.inner.entities.lock().end_owner(instance_id);
+    }
+
+    /// Hook for rewind: the instance is live again on the same execution (created at
+    /// `created_at_ms`); its queued lock requests are granted in turn. Locks it held when it
+    /// failed were released then and are not taken again.
+    pub(super) fn entity_owner_rewound(&self, instance_id: &str, created_at_ms: i64) {
+        self.inner.entities.lock().resume_owner(instance_id, created_at_ms);
+        self.pump_entities();
     }
 
     /// On a shared hub: another sidecar changed an orchestration's status. If it holds or
@@ -672,8 +770,9 @@ impl Engine {
                 let why = r.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
                 tracing::info!(entity = %lease.entity_id, error = %why, requires_state = r.requires_state, "entity batch failed as a whole; it runs again");
                 let delay = if r.requires_state { 0 } else { RETRY_MS };
-                d.give_back(&token, now, delay, !r.requires_state);
+                let counted = d.give_back(&token, now, delay, !r.requires_state);
                 drop(d);
+                self.persist_entity_attempts(counted.into_iter().collect());
                 self.inner.entity_timer.notify_one();
                 self.pump_entities();
                 return Ok(());
@@ -768,7 +867,8 @@ impl Engine {
     /// Gives an entity batch back for redelivery after a back-off. Unknown tokens are fine.
     pub fn abandon_entity(&self, token: &str) {
         let now = self.now();
-        self.inner.entities.lock().give_back(token, now, RETRY_MS, true);
+        let counted = self.inner.entities.lock().give_back(token, now, RETRY_MS, true);
+        self.persist_entity_attempts(counted.into_iter().collect());
         self.inner.entity_timer.notify_one();
     }
 
@@ -836,7 +936,7 @@ impl Engine {
                 };
                 if ended {
                     released += 1;
-                    self.inner.entities.lock().ended_owners.insert(owner.clone());
+                    self.inner.entities.lock().end_owner(owner);
                 }
             }
             if released > 0 {
@@ -906,6 +1006,126 @@ mod tests {
             let request_id = uuid::Uuid::new_v4().to_string();
             self.engine.signal_entity(id, op.into(), Some(input.into()), request_id, None).await.expect("signaled");
         }
+    }
+
+    impl Harness {
+        /// The next orchestrator work item (entity items in between are a test failure).
+        async fn next_turn(&mut self) -> (OrchestratorRequest, String) {
+            match tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await {
+                Ok(Some(StreamItem::Item(item))) => match item.request {
+                    Some(work_item::Request::OrchestratorRequest(r)) => (r, item.completion_token),
+                    other => panic!("expected an orchestrator work item, got {other:?}"),
+                },
+                other => panic!("no orchestrator work item within 5 s: {other:?}"),
+            }
+        }
+
+        async fn start(&mut self, id: &str, reuse: IdReuse) -> String {
+            let new =
+                NewInstance::simple(id, &uuid::Uuid::new_v4().simple().to_string(), "Orch", None, self.engine.now());
+            let created = self.engine.create_instance(new, reuse).await.expect("created");
+            assert!(matches!(created, CreateResult::Created(_)), "{created:?}");
+            let (turn, token) = self.next_turn().await;
+            assert_eq!(turn.instance_id, id);
+            token
+        }
+
+        async fn answer_turn(&self, id: &str, token: String, actions: Vec<OrchestratorAction>) {
+            let response =
+                OrchestratorResponse { instance_id: id.into(), actions, completion_token: token, ..Default::default() };
+            self.engine.complete_orchestration(response).await.expect("turn committed");
+        }
+    }
+
+    fn lock_action(section: &str, entity: &str) -> OrchestratorAction {
+        use duro_proto::send_entity_message_action::EntityMessageType as M;
+        OrchestratorAction {
+            id: 1,
+            orchestrator_action_type: Some(orchestrator_action::OrchestratorActionType::SendEntityMessage(
+                SendEntityMessageAction {
+                    entity_message_type: Some(M::EntityLockRequested(EntityLockRequestedEvent {
+                        critical_section_id: section.into(),
+                        lock_set: vec![entity.into()],
+                        position: 0,
+                        parent_instance_id: None,
+                    })),
+                },
+            )),
+        }
+    }
+
+    fn unlock_action(section: &str, entity: &str) -> OrchestratorAction {
+        use duro_proto::send_entity_message_action::EntityMessageType as M;
+        OrchestratorAction {
+            id: 2,
+            orchestrator_action_type: Some(orchestrator_action::OrchestratorActionType::SendEntityMessage(
+                SendEntityMessageAction {
+                    entity_message_type: Some(M::EntityUnlockSent(EntityUnlockSentEvent {
+                        critical_section_id: section.into(),
+                        parent_instance_id: None,
+                        target_instance_id: Some(entity.into()),
+                    })),
+                },
+            )),
+        }
+    }
+
+    fn granted(turn: &OrchestratorRequest) -> Vec<String> {
+        turn.new_events
+            .iter()
+            .filter_map(|e| match &e.event_type {
+                Some(history_event::EventType::EntityLockGranted(g)) => Some(g.critical_section_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An instance that waited for a lock, was terminated and restarted under the same id is
+    /// a new owner: the old execution's request is dropped, the new one's is granted. Before,
+    /// both were dropped (the id counted as ended) and the new execution waited forever.
+    #[tokio::test]
+    async fn a_restarted_waiter_is_a_new_owner() {
+        let mut h = harness().await;
+        let token = h.start("a", IdReuse::terminal()).await;
+        h.answer_turn("a", token, vec![lock_action("cs-a", "@c@k")]).await;
+        let (turn, a_token) = h.next_turn().await;
+        assert_eq!(granted(&turn), ["cs-a"]);
+        let token = h.start("b", IdReuse::terminal()).await;
+        h.answer_turn("b", token, vec![lock_action("cs-b1", "@c@k")]).await;
+        h.engine.terminate("b", None, false).await.expect("terminated");
+        let done = h.engine.wait_for("b", is_terminal);
+        tokio::time::timeout(Duration::from_secs(5), done).await.expect("b ended").expect("read");
+        h.engine.restart("b", None).await.expect("restarted");
+        let (_, token) = h.next_turn().await;
+        h.answer_turn("b", token, vec![lock_action("cs-b2", "@c@k")]).await;
+        // a leaves its critical section: the lock passes over b's old request to its new one.
+        h.answer_turn("a", a_token, vec![unlock_action("cs-a", "@c@k")]).await;
+        let (turn, _) = h.next_turn().await;
+        assert_eq!((turn.instance_id.as_str(), granted(&turn)), ("b", vec!["cs-b2".to_string()]));
+        let rec = h.engine.get_entity("@c@k").await.expect("read").expect("row");
+        assert_eq!((rec.lock_owner.as_deref(), rec.lock_section.as_deref()), (Some("b"), Some("cs-b2")));
+    }
+
+    /// Replacing a running instance that holds a lock (a client start with a replaceable
+    /// RUNNING status) releases the lock: the new execution is not its owner. Before, the lock
+    /// stayed held under the id and other requests waited.
+    #[tokio::test]
+    async fn a_replaced_holder_releases_its_locks() {
+        let mut h = harness().await;
+        let token = h.start("a", IdReuse::terminal()).await;
+        h.answer_turn("a", token, vec![lock_action("cs-a", "@c@k")]).await;
+        let (turn, token) = h.next_turn().await;
+        assert_eq!(granted(&turn), ["cs-a"]);
+        h.answer_turn("a", token, Vec::new()).await;
+        assert!(h.engine.holds_entity_locks("a"));
+        let replace = IdReuse::Replace(vec![OrchestrationStatus::Running, OrchestrationStatus::Pending]);
+        let token = h.start("a", replace).await;
+        h.answer_turn("a", token, Vec::new()).await;
+        h.signal("@c@k", "add", "1").await;
+        let (req, _) = h.next_batch().await;
+        assert_eq!(req.instance_id, "@c@k", "the signal runs: nobody holds the lock");
+        let rec = h.engine.get_entity("@c@k").await.expect("read").expect("row");
+        assert_eq!(rec.lock_owner, None);
     }
 
     fn success(output: Option<&str>) -> OperationResult {
@@ -1019,6 +1239,45 @@ mod tests {
         h.signal("@c@p", "add", "2").await;
         let (req, _) = h.next_batch().await;
         assert_eq!(req.operation_requests.len(), 1, "later requests run normally");
+    }
+
+    /// The poison count of an entity batch survives a restart: two abandoned deliveries
+    /// before it and one after reach a limit of three. Before, a restart started it from zero.
+    #[tokio::test]
+    async fn entity_delivery_attempts_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("duro.db");
+        let mut opts = EngineOptions::default();
+        opts.scheduler.max_attempts = 3;
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        {
+            let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("store");
+            let engine = Engine::start(Arc::new(store), opts.clone(), Vec::new()).await.expect("engine");
+            let (stream, rx) = engine.open_stream_with_entities(rules.clone(), 10);
+            let mut h = Harness { engine, rx, stream, _dir: tempfile::tempdir().expect("unused") };
+            h.signal("@c@p", "add", "1").await;
+            for _ in 0..2 {
+                let (_, token) = h.next_batch().await;
+                h.engine.abandon_entity(&token);
+                h.engine.inner.entities.lock().slot("@c@p").retry_at = 0;
+                h.engine.pump_entities();
+            }
+            let _ = h.next_batch().await; // the third delivery is still out when the sidecar stops
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.engine.shutdown();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("reopened");
+        let engine = Engine::start(Arc::new(store), opts, Vec::new()).await.expect("engine");
+        let (stream, rx) = engine.open_stream_with_entities(rules, 10);
+        let mut h = Harness { engine, rx, stream, _dir: dir };
+        let (_, token) = h.next_batch().await;
+        h.engine.abandon_entity(&token);
+        h.engine.inner.entities.lock().slot("@c@p").retry_at = 0;
+        h.engine.pump_entities();
+        h.nothing_for(300).await;
+        let rec = h.engine.get_entity("@c@p").await.expect("read").expect("row");
+        assert_eq!(rec.backlog, 0, "the third delivery without a result failed the batch as poison");
     }
 
     #[tokio::test]

@@ -1073,6 +1073,9 @@ impl Engine {
         let fresh = new.info();
         let result = self.inner.store.create_instance(new, reuse).await?;
         if let CreateResult::Created(created) = &result {
+            // Entity locks and lock requests under this id belong to an execution that has
+            // ended (a replaced one, or one purged earlier): the new execution is a new owner.
+            self.entity_owner_ended(&id);
             self.inner.cache.lock().put(fresh, Vec::new());
             let now = self.now();
             let mut s = self.inner.sched.lock();
@@ -1269,6 +1272,8 @@ impl Engine {
             RestartResult::Restarted(d) => {
                 let id = d.instance_id.clone();
                 self.invalidate(&id);
+                // The new execution is a new owner: the old one's lock requests are not its own.
+                self.entity_owner_ended(&id);
                 if self.inner.leases.is_none() {
                     self.inner.sched.lock().replace_execution(*d, now);
                 } else {
@@ -1299,6 +1304,10 @@ impl Engine {
                 // Failed children are not rewound in place: replay re-creates them, and a
                 // finished child's id is reused for its new run.
                 self.invalidate(instance_id);
+                // The same execution runs on: lock requests it is still waiting for count again.
+                if let Ok(Some(rec)) = self.inner.store.load_instance(instance_id).await {
+                    self.entity_owner_rewound(instance_id, rec.created_at_ms);
+                }
                 if self.admits(instance_id) {
                     self.inner.sched.lock().add_event(*wake, now);
                 }

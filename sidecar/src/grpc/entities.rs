@@ -9,6 +9,60 @@ use crate::core::time::{from_ms, to_ms};
 use crate::engine::Engine;
 use crate::store::{EntityRecord, EntitySelection};
 
+/// The `GetWorkItems` request header by which a worker asks for the older entity work item,
+/// `entityRequest` (`EntityBatchRequest`), instead of `entityRequestV2`: value `v1`. The
+/// protocol has no field for this choice (no `WorkerCapability` names either shape, and the
+/// official SDKs accept both), so the default stays `entityRequestV2` and this header is the
+/// way to opt in per stream.
+pub(super) const ENTITY_WORK_ITEMS_HEADER: &str = "x-duro-entity-work-items";
+
+/// Whether a `GetWorkItems` call asked for `entityRequest` work items.
+pub(super) fn wants_v1(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get(ENTITY_WORK_ITEMS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("v1"))
+}
+
+/// Rewrites an `entityRequestV2` work item as the older `entityRequest`: the same entity,
+/// state and operations, in order (so results align with operations either way; a
+/// worker's `CompleteEntityTask` is read the same for both shapes). Other items pass as they are.
+pub(super) fn to_v1(item: WorkItem) -> WorkItem {
+    use history_event::EventType;
+    let WorkItem { request: Some(work_item::Request::EntityRequestV2(r)), completion_token } = item else {
+        return item;
+    };
+    let operations = r
+        .operation_requests
+        .into_iter()
+        .map(|e| match e.event_type {
+            Some(EventType::EntityOperationSignaled(s)) => OperationRequest {
+                operation: s.operation,
+                request_id: s.request_id,
+                input: s.input,
+                trace_context: None,
+            },
+            Some(EventType::EntityOperationCalled(c)) => OperationRequest {
+                operation: c.operation,
+                request_id: c.request_id,
+                input: c.input,
+                trace_context: None,
+            },
+            // Only operations are batched; anything else keeps its place empty.
+            _ => OperationRequest::default(),
+        })
+        .collect();
+    WorkItem {
+        request: Some(work_item::Request::EntityRequest(EntityBatchRequest {
+            instance_id: r.instance_id,
+            entity_state: r.entity_state,
+            operations,
+            properties: Default::default(),
+        })),
+        completion_token,
+    }
+}
+
 fn metadata(r: EntityRecord, include_state: bool) -> EntityMetadata {
     EntityMetadata {
         instance_id: r.entity_id,
@@ -102,6 +156,50 @@ pub(super) async fn clean(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_work_items_carry_the_same_operations_in_order() {
+        use history_event::EventType;
+        let signal = crate::core::entity::signal_event("r1", "add", Some("1".into()), None, 5);
+        let call = crate::core::events::sidecar_event(
+            6,
+            EventType::EntityOperationCalled(EntityOperationCalledEvent {
+                request_id: "r2".into(),
+                operation: "get".into(),
+                parent_instance_id: Some("o".into()),
+                ..Default::default()
+            }),
+        );
+        let v2 = WorkItem {
+            request: Some(work_item::Request::EntityRequestV2(EntityRequest {
+                instance_id: "@counter@k".into(),
+                execution_id: String::new(),
+                entity_state: Some("3".into()),
+                operation_requests: vec![signal, call],
+            })),
+            completion_token: "t".into(),
+        };
+        let v1 = to_v1(v2);
+        assert_eq!(v1.completion_token, "t");
+        let Some(work_item::Request::EntityRequest(b)) = v1.request else { panic!("not an entityRequest: {v1:?}") };
+        assert_eq!((b.instance_id.as_str(), b.entity_state.as_deref()), ("@counter@k", Some("3")));
+        let ops: Vec<_> =
+            b.operations.iter().map(|o| (o.operation.as_str(), o.request_id.as_str(), o.input.as_deref())).collect();
+        assert_eq!(ops, [("add", "r1", Some("1")), ("get", "r2", None)]);
+        let ping =
+            WorkItem { request: Some(work_item::Request::HealthPing(HealthPing {})), completion_token: String::new() };
+        assert_eq!(to_v1(ping.clone()), ping, "other items pass unchanged");
+    }
+
+    #[test]
+    fn only_the_v1_header_value_selects_v1() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert!(!wants_v1(&m));
+        m.insert(ENTITY_WORK_ITEMS_HEADER, "v2".parse().expect("ascii"));
+        assert!(!wants_v1(&m));
+        m.insert(ENTITY_WORK_ITEMS_HEADER, "V1".parse().expect("ascii"));
+        assert!(wants_v1(&m));
+    }
 
     #[test]
     fn prefixes_are_normalized_like_stored_ids() {

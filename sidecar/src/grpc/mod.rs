@@ -431,6 +431,7 @@ impl TaskHubSidecarService for SidecarService {
         &self,
         request: Request<GetWorkItemsRequest>,
     ) -> Result<Response<Self::GetWorkItemsStream>, Status> {
+        let v1 = entities::wants_v1(request.metadata());
         let r = request.into_inner();
         let default_cap = self.engine.options().default_stream_cap;
         let rules = StreamRules::from_request(&r, default_cap);
@@ -450,7 +451,8 @@ impl TaskHubSidecarService for SidecarService {
                 tokio::select! {
                     item = items.recv() => match item {
                         Some(Outgoing::Item(w)) => {
-                            if out.send(Ok(*w)).await.is_err() { break; }
+                            let w = if v1 { entities::to_v1(*w) } else { *w };
+                            if out.send(Ok(w)).await.is_err() { break; }
                             ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
                         }
                         None => break,

@@ -100,6 +100,7 @@ where
     an_entity_step_consumes_its_rows_once(&fresh().await).await;
     entity_queries_filter_and_page(&fresh().await).await;
     only_empty_entities_are_removed(&fresh().await).await;
+    entity_delivery_attempts_are_kept_until_a_step_commits(&fresh().await).await;
 }
 
 async fn created_instances_are_pending_with_their_start_row(store: &dyn Store) {
@@ -365,6 +366,19 @@ async fn an_entity_step_consumes_its_rows_once(store: &dyn Store) {
     // A step of an entity without a row (all its requests consumed elsewhere) creates it.
     store.commit_entity(step("@c@new", Vec::new(), Some("n"), Lock::Free, NOW + 4)).await.expect("commit");
     assert_eq!(entity(store, "@c@new").await.map(|e| (e.state, e.modified_at_ms)), Some((Some("n".into()), NOW + 4)));
+}
+
+async fn entity_delivery_attempts_are_kept_until_a_step_commits(store: &dyn Store) {
+    let queued = store.enqueue_entity(vec![request("@c@p", NOW, "op")], NOW).await.expect("enqueue");
+    let attempts = |r: Vec<RecoveredEntity>| r.iter().map(|e| e.delivery_attempts).collect::<Vec<_>>();
+    assert_eq!(attempts(store.recover_entities().await.expect("recover")), [0]);
+    store.record_entity_attempts("@c@p".into(), 2).await.expect("record");
+    store.record_entity_attempts("@c@p".into(), 1).await.expect("record");
+    store.record_entity_attempts("@c@unknown".into(), 5).await.expect("an unknown entity is skipped");
+    assert_eq!(attempts(store.recover_entities().await.expect("recover")), [2], "counts only rise");
+    store.enqueue_entity(vec![request("@c@p", NOW, "two")], NOW).await.expect("enqueue");
+    store.commit_entity(step("@c@p", vec![queued[0].id], None, Lock::Free, NOW + 1)).await.expect("commit");
+    assert_eq!(attempts(store.recover_entities().await.expect("recover")), [0], "a committed step resets the count");
 }
 
 async fn entity_queries_filter_and_page(store: &dyn Store) {

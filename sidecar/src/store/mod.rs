@@ -484,6 +484,9 @@ pub struct EntitySelection {
 pub struct RecoveredEntity {
     pub record: EntityRecord,
     pub messages: Vec<QueuedEntityMessage>,
+    /// Deliveries of the entity's current batch that came back without a result (reset by
+    /// every committed step of the entity).
+    pub delivery_attempts: u32,
 }
 
 #[async_trait]
@@ -564,6 +567,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes those of `ids` that hold no state, no lock and no queued request.
     async fn remove_empty_entities(&self, ids: Vec<String>) -> Result<u32, StoreError>;
+
+    /// Raises an entity's stored delivery-attempt count (never lowers it; a committed step
+    /// resets it), so poison detection of its batch survives a restart. An unknown entity is
+    /// skipped. The default keeps nothing (in-memory test stores without entities).
+    async fn record_entity_attempts(&self, entity_id: String, attempts: u32) -> Result<(), StoreError> {
+        let _ = (entity_id, attempts);
+        Ok(())
+    }
 
     async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError>;
 

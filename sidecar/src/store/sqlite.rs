@@ -38,6 +38,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_activity_progress", include_str!("../../migrations/sqlite/0002_activity_progress.sql")),
     ("0003_delivery_attempts", include_str!("../../migrations/sqlite/0003_delivery_attempts.sql")),
     ("0004_entities", include_str!("../../migrations/sqlite/0004_entities.sql")),
+    ("0005_entity_delivery_attempts", include_str!("../../migrations/sqlite/0005_entity_delivery_attempts.sql")),
 ];
 
 /// Most writes grouped into one transaction.
@@ -241,6 +242,7 @@ enum WriteOp {
     EnqueueEntity(Vec<crate::core::entity::EntityMessage>, i64),
     CommitEntity(EntityCommit),
     RemoveEmptyEntities(Vec<String>),
+    RecordEntityAttempts(String, u32),
     /// Readiness probe: rewrites the header's `user_version` (unchanged), so the group's
     /// COMMIT writes a WAL frame and syncs like a real write.
     Probe,
@@ -590,6 +592,11 @@ fn run_op(c: &Connection, op: &WriteOp) -> Result<WriteResult, StoreError> {
         }
         WriteOp::CommitEntity(commit) => WriteResult::EntityCommitted(entities::commit(c, commit)?),
         WriteOp::RemoveEmptyEntities(ids) => WriteResult::Purge(entities::remove_empty(c, ids)?),
+        WriteOp::RecordEntityAttempts(id, n) => {
+            c.prepare_cached("UPDATE entities SET delivery_attempts = MAX(delivery_attempts, ?) WHERE entity_id = ?")?
+                .execute(params![n, id])?;
+            WriteResult::Saved(true)
+        }
         WriteOp::Probe => {
             let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             c.pragma_update(None, "user_version", version)?;
@@ -1354,6 +1361,10 @@ impl Store for SqliteStore {
 
     async fn remove_empty_entities(&self, ids: Vec<String>) -> Result<u32, StoreError> {
         expect_result!(self.write(WriteOp::RemoveEmptyEntities(ids)).await?, Purge)
+    }
+
+    async fn record_entity_attempts(&self, entity_id: String, attempts: u32) -> Result<(), StoreError> {
+        expect_result!(self.write(WriteOp::RecordEntityAttempts(entity_id, attempts)).await?, Saved).map(|_| ())
     }
 
     async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError> {

@@ -89,7 +89,7 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
     };
     query::<Postgres>(
         "UPDATE entities SET modified_at = CASE WHEN state IS NOT DISTINCT FROM $1::text THEN modified_at ELSE $2 END, \
-         state = $1::text, lock_owner = $3, lock_section = $4 WHERE entity_id = $5",
+         state = $1::text, lock_owner = $3, lock_section = $4, delivery_attempts = 0 WHERE entity_id = $5",
     )
     .bind(&fx.state)
     .bind(t.now_ms)
@@ -157,6 +157,16 @@ pub(super) async fn remove_empty_entities(s: &PgStore, ids: Vec<String>) -> Resu
     Ok(u32::try_from(removed).unwrap_or(u32::MAX))
 }
 
+pub(super) async fn record_entity_attempts(s: &PgStore, entity_id: String, attempts: u32) -> Result<(), StoreError> {
+    // One row, its own transaction: no lock order to keep with other writers.
+    query::<Postgres>("UPDATE entities SET delivery_attempts = GREATEST(delivery_attempts, $1) WHERE entity_id = $2")
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .bind(&entity_id)
+        .execute(&s.pool)
+        .await?;
+    Ok(())
+}
+
 const COLUMNS: &str = "e.entity_id, e.state, e.lock_owner, e.lock_section, e.modified_at, \
      (SELECT COUNT(*) FROM entity_messages m WHERE m.entity_id = e.entity_id) AS backlog";
 
@@ -202,15 +212,18 @@ pub(super) async fn recover_entities(s: &PgStore) -> Result<Vec<RecoveredEntity>
     // One snapshot, so every backlog count matches the queue returned with it.
     let mut tx = s.pool.begin().await?;
     query::<Postgres>("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let records: Vec<EntityRecord> = query::<Postgres>(&format!(
-        "SELECT {COLUMNS} FROM entities e WHERE e.lock_owner IS NOT NULL \
+    let records: Vec<(EntityRecord, u32)> = query::<Postgres>(&format!(
+        "SELECT {COLUMNS}, e.delivery_attempts FROM entities e WHERE e.lock_owner IS NOT NULL \
          OR EXISTS (SELECT 1 FROM entity_messages m WHERE m.entity_id = e.entity_id) ORDER BY e.entity_id"
     ))
     .fetch_all(&mut *tx)
     .await?
     .iter()
-    .map(record)
-    .collect::<Result<_, _>>()?;
+    .map(|r| {
+        let attempts: i32 = r.try_get("delivery_attempts")?;
+        Ok((record(r)?, u32::try_from(attempts).unwrap_or(0)))
+    })
+    .collect::<Result<_, StoreError>>()?;
     let rows = query::<Postgres>(
         "SELECT m.id, m.entity_id, m.visible_at, m.event FROM entity_messages m \
          JOIN entities e ON e.entity_id = m.entity_id ORDER BY m.id",
@@ -231,9 +244,9 @@ pub(super) async fn recover_entities(s: &PgStore) -> Result<Vec<RecoveredEntity>
     }
     Ok(records
         .into_iter()
-        .map(|record| {
+        .map(|(record, delivery_attempts)| {
             let messages = queues.remove(&record.entity_id).unwrap_or_default();
-            RecoveredEntity { record, messages }
+            RecoveredEntity { record, messages, delivery_attempts }
         })
         .collect())
 }

@@ -257,6 +257,10 @@ impl Store for PgStore {
         entities::remove_empty_entities(self, ids).await
     }
 
+    async fn record_entity_attempts(&self, entity_id: String, attempts: u32) -> Result<(), StoreError> {
+        entities::record_entity_attempts(self, entity_id, attempts).await
+    }
+
     async fn query_entities(&self, filter: &EntitySelection) -> Result<Vec<EntityRecord>, StoreError> {
         entities::query_entities(self, filter).await
     }

@@ -50,7 +50,7 @@ pub(super) fn commit(c: &Connection, t: &EntityCommit) -> Result<EntityCommitRes
     };
     c.prepare_cached(
         "UPDATE entities SET modified_at = CASE WHEN state IS ? THEN modified_at ELSE ? END, \
-         state = ?, lock_owner = ?, lock_section = ? WHERE entity_id = ?",
+         state = ?, lock_owner = ?, lock_section = ?, delivery_attempts = 0 WHERE entity_id = ?",
     )?
     .execute(params![fx.state, t.now_ms, fx.state, owner, section, t.entity_id])?;
     let mut out = EntityCommitResult::default();
@@ -141,15 +141,15 @@ pub(super) fn query(c: &Connection, f: &EntitySelection) -> Result<Vec<EntityRec
 
 pub(super) fn recover(c: &Connection) -> Result<Vec<RecoveredEntity>, StoreError> {
     let records = DynQuery::new(format!(
-        "SELECT {COLUMNS} FROM entities e WHERE e.lock_owner IS NOT NULL \
+        "SELECT {COLUMNS}, e.delivery_attempts FROM entities e WHERE e.lock_owner IS NOT NULL \
          OR EXISTS (SELECT 1 FROM entity_messages m WHERE m.entity_id = e.entity_id) ORDER BY e.entity_id"
     ))
-    .rows(c, record)?;
+    .rows(c, |r| Ok((record(r)?, r.get::<_, u32>(6)?)))?;
     let mut stmt = c.prepare_cached(
         "SELECT id, entity_id, visible_at, event FROM entity_messages WHERE entity_id = ? ORDER BY id",
     )?;
     let mut out = Vec::with_capacity(records.len());
-    for record in records {
+    for (record, delivery_attempts) in records {
         let mut rows = stmt.query([&record.entity_id])?;
         let mut messages = Vec::new();
         while let Some(r) = rows.next()? {
@@ -160,7 +160,7 @@ pub(super) fn recover(c: &Connection) -> Result<Vec<RecoveredEntity>, StoreError
                 event: decode_event(blob(r, 3)?)?,
             });
         }
-        out.push(RecoveredEntity { record, messages });
+        out.push(RecoveredEntity { record, messages, delivery_attempts });
     }
     Ok(out)
 }
