@@ -96,6 +96,20 @@ impl Engine {
         }
     }
 
+    /// An instance was replaced or restarted under its id here: its old execution's entity
+    /// locks end here and, on a shared hub, at the entity leader (off the caller's path).
+    pub(crate) fn execution_replaced(&self, instance_id: &str) {
+        self.entity_owner_ended(instance_id);
+        if let Some(leases) = self.inner.leases.clone() {
+            let id = instance_id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = leases.announce_replaced(&id).await {
+                    tracing::warn!(instance = %id, error = %e, "replacement notice not sent; the entity leader frees the old execution's locks when the new one ends");
+                }
+            });
+        }
+    }
+
     /// Gives every lease back (graceful shutdown), so other sidecars take over at once.
     pub async fn release_leases(&self) {
         if let Some(leases) = &self.inner.leases {
@@ -193,6 +207,12 @@ impl Engine {
                     self.entity_owner_changed(&instance).await;
                 }
                 Notice::Entity => entities = true,
+                Notice::Replaced { instance } => {
+                    if self.dispatches_entities() {
+                        self.entity_owner_ended(&instance);
+                        self.pump_entities();
+                    }
+                }
                 Notice::Missed => {
                     claim = true;
                     entities = true;

@@ -1075,7 +1075,11 @@ impl Engine {
         if let CreateResult::Created(created) = &result {
             // Entity locks and lock requests under this id belong to an execution that has
             // ended (a replaced one, or one purged earlier): the new execution is a new owner.
-            self.entity_owner_ended(&id);
+            if created.replaced.is_some() {
+                self.execution_replaced(&id);
+            } else {
+                self.entity_owner_ended(&id);
+            }
             self.inner.cache.lock().put(fresh, Vec::new());
             let now = self.now();
             let mut s = self.inner.sched.lock();
@@ -1273,7 +1277,7 @@ impl Engine {
                 let id = d.instance_id.clone();
                 self.invalidate(&id);
                 // The new execution is a new owner: the old one's lock requests are not its own.
-                self.entity_owner_ended(&id);
+                self.execution_replaced(&id);
                 if self.inner.leases.is_none() {
                     self.inner.sched.lock().replace_execution(*d, now);
                 } else {

@@ -648,6 +648,9 @@ pub enum Notice {
     Activity { name: String },
     /// An instance's status changed (for `WaitFor*` callers on other sidecars).
     Status { instance: String },
+    /// An instance was replaced or restarted under its id: its old execution has ended (the
+    /// entity leader releases that execution's locks).
+    Replaced { instance: String },
     /// Entity work was queued.
     Entity,
     /// Notices may have been missed (the listening connection was re-established).
@@ -697,6 +700,8 @@ pub trait Leases: Send + Sync + 'static {
     async fn lead(&self, name: &str) -> Result<bool, StoreError>;
     /// Tells listeners on other sidecars that an instance's status changed.
     async fn announce_status(&self, instance_id: &str) -> Result<(), StoreError>;
+    /// Tells listeners on other sidecars that an instance was replaced or restarted.
+    async fn announce_replaced(&self, instance_id: &str) -> Result<(), StoreError>;
 }
 
 /// What the store holds right now, for metrics.

@@ -874,4 +874,12 @@ impl Leases for MemStore {
         })
         .await
     }
+
+    async fn announce_replaced(&self, instance_id: &str) -> Result<(), StoreError> {
+        self.apply(|t| {
+            t.notify(Notice::Replaced { instance: instance_id.to_string() });
+            Ok(())
+        })
+        .await
+    }
 }

@@ -146,6 +146,7 @@ pub fn parse_notice(payload: &str) -> Option<Notice> {
         }
         "a" => Some(Notice::Activity { name: rest.to_string() }),
         "s" => Some(Notice::Status { instance: rest.to_string() }),
+        "r" => Some(Notice::Replaced { instance: rest.to_string() }),
         "e" => Some(Notice::Entity),
         _ => None,
     }
@@ -409,6 +410,10 @@ impl Leases for PgStore {
     async fn announce_status(&self, instance_id: &str) -> Result<(), StoreError> {
         self.notify(format!("s {instance_id}")).await
     }
+
+    async fn announce_replaced(&self, instance_id: &str) -> Result<(), StoreError> {
+        self.notify(format!("r {instance_id}")).await
+    }
 }
 
 #[cfg(test)]
@@ -424,6 +429,7 @@ mod tests {
         );
         assert_eq!(parse_notice("a Charge"), Some(Notice::Activity { name: "Charge".into() }));
         assert_eq!(parse_notice("s x"), Some(Notice::Status { instance: "x".into() }));
+        assert_eq!(parse_notice("r x"), Some(Notice::Replaced { instance: "x".into() }));
         assert_eq!(parse_notice("zzz"), None);
         assert_eq!(parse_notice("i notanumber a b"), None);
     }
