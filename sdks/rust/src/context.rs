@@ -535,7 +535,7 @@ impl OrchestrationContext {
     /// # use duro_sdk::{EntityId, Failure, OrchestrationContext};
     /// # async fn transfer(ctx: OrchestrationContext, amount: i64) -> Result<bool, Failure> {
     /// let (from, to) = (EntityId::new("Account", "alice"), EntityId::new("Account", "bob"));
-    /// let section = ctx.lock_entities(&[from.clone(), to.clone()]).await?;
+    /// let section = ctx.lock_entities([&from, &to]).await?;
     /// let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
     /// if balance < amount {
     ///     return Ok(false); // dropping the section unlocks both accounts
@@ -546,7 +546,8 @@ impl OrchestrationContext {
     /// Ok(true)
     /// # }
     /// ```
-    pub fn lock_entities(&self, entities: &[EntityId]) -> DurableTask<CriticalSection> {
+    pub fn lock_entities<'e>(&self, entities: impl IntoIterator<Item = &'e EntityId>) -> DurableTask<CriticalSection> {
+        let entities: Vec<EntityId> = entities.into_iter().cloned().collect();
         let invalid = |message: String| DurableTask::ready(Err(TaskError::InvalidEntityUse { message }));
         if entities.is_empty() {
             return invalid("lock_entities needs at least one entity".into());
@@ -560,7 +561,7 @@ impl OrchestrationContext {
                 cs.id
             ));
         }
-        let mut sorted: Vec<EntityId> = entities.to_vec();
+        let mut sorted = entities;
         sorted.sort_by_key(|e| e.to_string());
         sorted.dedup();
         let lock_set: Vec<String> = sorted.iter().map(EntityId::to_string).collect();

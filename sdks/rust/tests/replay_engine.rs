@@ -1012,7 +1012,7 @@ fn transfer_registry() -> Registry {
             let (from, to) = (EntityId::new("Account", "b"), EntityId::new("Account", "a"));
             assert!(!ctx.is_in_critical_section());
             // Locks are requested in sorted order, each entity once.
-            let section = ctx.lock_entities(&[from.clone(), to.clone(), from.clone()]).await?;
+            let section = ctx.lock_entities([&from, &to, &from]).await?;
             assert!(ctx.is_in_critical_section());
             assert_eq!(section.entities(), &[to.clone(), from.clone()]);
             let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
@@ -1105,13 +1105,13 @@ fn critical_section_rules_are_enforced() {
                     other => format!("unexpected {other:?}"),
                 })
             };
-            note(ctx.lock_entities(&[]).await.map(drop));
-            note(ctx.lock_entities(&[EntityId::new("", "x")]).await.map(drop));
+            note(ctx.lock_entities(&Vec::new()).await.map(drop));
+            note(ctx.lock_entities([&EntityId::new("", "x")]).await.map(drop));
             note(ctx.call_entity::<()>(&EntityId::new("a@b", "x"), "op", ()).await);
             note(ctx.signal_entity(&EntityId::new("", "x"), "op", ()));
-            let section = ctx.lock_entities(&[a.clone()]).await?;
+            let section = ctx.lock_entities([&a]).await?;
             note(ctx.call_entity::<()>(&b, "balance", ()).await);
-            note(ctx.lock_entities(&[b.clone()]).await.map(drop));
+            note(ctx.lock_entities([&b]).await.map(drop));
             drop(section);
             // After the section, anything goes again.
             ctx.call_entity::<()>(&b, "balance", ()).await?;
