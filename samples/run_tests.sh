@@ -9,7 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
-RUST_SAMPLES=(hello-cities fan-out-fan-in phone-verification monitor check-site-available async-http-api restart-vm)
+RUST_SAMPLES=(hello-cities fan-out-fan-in phone-verification monitor check-site-available async-http-api restart-vm bank-transfer)
 
 if [[ $# -gt 0 ]]; then samples=("$@"); else samples=("${RUST_SAMPLES[@]}"); fi
 packages=()

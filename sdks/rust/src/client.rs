@@ -1,25 +1,28 @@
 //! The orchestration client: start, inspect, wait for and manage instances over gRPC.
 //!
 //! Owns the client half of `TaskHubSidecarService` (StartInstance, GetInstance, WaitFor*,
-//! RaiseEvent, Terminate, Suspend/Resume, Purge, Query, Restart, Rewind) and the mapping of
-//! gRPC status codes to [`ClientError`]. Payloads are JSON through serde.
+//! RaiseEvent, Terminate, Suspend/Resume, Purge, Query, Restart, Rewind; for entities
+//! SignalEntity, GetEntity, QueryEntities, CleanEntityStorage) and the mapping of gRPC status
+//! codes to [`ClientError`]. Payloads are JSON through serde.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use duro_proto::{
-    purge_instances_request, CreateInstanceRequest, GetInstanceRequest, InstanceQuery as ProtoQuery,
-    OrchestrationIdReusePolicy, PurgeInstanceFilter, PurgeInstancesRequest, QueryInstancesRequest, RaiseEventRequest,
-    RestartInstanceRequest, ResumeRequest, RewindInstanceRequest, SuspendRequest, TaskHubSidecarServiceClient,
+    purge_instances_request, CleanEntityStorageRequest, CreateInstanceRequest, EntityQuery as ProtoEntityQuery,
+    GetEntityRequest, GetInstanceRequest, InstanceQuery as ProtoQuery, OrchestrationIdReusePolicy, PurgeInstanceFilter,
+    PurgeInstancesRequest, QueryEntitiesRequest, QueryInstancesRequest, RaiseEventRequest, RestartInstanceRequest,
+    ResumeRequest, RewindInstanceRequest, SignalEntityRequest, SuspendRequest, TaskHubSidecarServiceClient,
     TerminateRequest,
 };
 use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::entity::EntityId;
 use crate::error::ClientError;
-use crate::metadata::{OrchestrationMetadata, OrchestrationStatus};
+use crate::metadata::{EntityMetadata, OrchestrationMetadata, OrchestrationStatus};
 use crate::payload;
 use crate::time;
 
@@ -342,6 +345,88 @@ pub struct QueryPage {
     pub instances: Vec<OrchestrationMetadata>,
     /// Token for the next page; `None` at the end.
     pub continuation_token: Option<String>,
+}
+
+/// A filter (and page) for [`Client::query_entities`].
+///
+/// ```
+/// use duro_sdk::EntityQuery;
+/// let q = EntityQuery::new().with_id_prefix("@account@").with_state(true).with_page_size(50);
+/// assert!(q.include_state);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntityQuery {
+    /// Entity ids starting with this prefix, e.g. `@account@` for every account (the name
+    /// part is case-insensitive).
+    pub id_prefix: Option<String>,
+    /// Last modified at or after.
+    pub last_modified_from: Option<DateTime<Utc>>,
+    /// Last modified before.
+    pub last_modified_to: Option<DateTime<Utc>>,
+    /// Include each entity's state.
+    pub include_state: bool,
+    /// Include entities without state that are locked or have queued requests.
+    pub include_transient: bool,
+    /// Page size (0 = the sidecar's default).
+    pub page_size: u32,
+    /// Continuation token of the previous page.
+    pub continuation_token: Option<String>,
+}
+
+impl EntityQuery {
+    /// Matches every entity that has state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Restricts to an id prefix.
+    pub fn with_id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.id_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Restricts the last-modified time to `[from, to)`.
+    pub fn with_last_modified_between(mut self, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Self {
+        self.last_modified_from = from;
+        self.last_modified_to = to;
+        self
+    }
+
+    /// Includes the state.
+    pub fn with_state(mut self, include: bool) -> Self {
+        self.include_state = include;
+        self
+    }
+
+    /// Includes transient entities (no state, but locked or with queued requests).
+    pub fn with_transient(mut self, include: bool) -> Self {
+        self.include_transient = include;
+        self
+    }
+
+    /// Sets the page size.
+    pub fn with_page_size(mut self, size: u32) -> Self {
+        self.page_size = size;
+        self
+    }
+}
+
+/// One page of [`Client::query_entities`] results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityQueryPage {
+    /// The entities of this page, by id.
+    pub entities: Vec<EntityMetadata>,
+    /// Token for the next page; `None` at the end.
+    pub continuation_token: Option<String>,
+}
+
+/// What [`Client::clean_entity_storage`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanEntityStorageResult {
+    /// Entities without state, lock or queued requests that were removed.
+    pub empty_entities_removed: u32,
+    /// Locks held by orchestrations that no longer run that were released.
+    pub orphaned_locks_released: u32,
 }
 
 /// Which finished instances [`Client::purge_by_filter`] deletes.
@@ -705,5 +790,155 @@ impl Client {
             })
             .await?;
         Ok(())
+    }
+
+    /// Signals operation `operation` with `input` on an entity (fire and forget). The signal
+    /// is stored when this returns; the entity runs it once, in arrival order, when a worker
+    /// that hosts the entity is connected.
+    ///
+    /// ```no_run
+    /// # use duro_sdk::{Client, ClientError, EntityId};
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// client.signal_entity(&EntityId::new("Counter", "visits"), "add", 1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn signal_entity(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: impl Serialize,
+    ) -> Result<(), ClientError> {
+        self.send_signal(entity, operation, input, None).await
+    }
+
+    /// Like [`signal_entity`](Self::signal_entity), run no earlier than `at`.
+    pub async fn signal_entity_at(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: impl Serialize,
+        at: DateTime<Utc>,
+    ) -> Result<(), ClientError> {
+        self.send_signal(entity, operation, input, Some(at)).await
+    }
+
+    async fn send_signal(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: impl Serialize,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), ClientError> {
+        entity.validate().map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        self.grpc
+            .clone()
+            .signal_entity(SignalEntityRequest {
+                instance_id: entity.to_string(),
+                name: operation.to_string(),
+                input: Some(payload::encode(&input)?),
+                request_id: uuid::Uuid::new_v4().to_string(),
+                scheduled_time: at.map(time::to_timestamp),
+                parent_trace_context: None,
+                request_time: Some(time::to_timestamp(Utc::now())),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The entity, or `None` if it has no state (an entity exists while it has state). With
+    /// `include_state`, its state is included.
+    ///
+    /// ```no_run
+    /// # use duro_sdk::{Client, ClientError, EntityId};
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// if let Some(counter) = client.get_entity(&EntityId::new("Counter", "visits"), true).await? {
+    ///     println!("visits: {:?}", counter.state::<i64>()?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_entity(
+        &self,
+        entity: &EntityId,
+        include_state: bool,
+    ) -> Result<Option<EntityMetadata>, ClientError> {
+        let r = self
+            .grpc
+            .clone()
+            .get_entity(GetEntityRequest { instance_id: entity.to_string(), include_state })
+            .await?
+            .into_inner();
+        match (r.exists, r.entity) {
+            (true, Some(m)) => Ok(Some(EntityMetadata::from_proto(m)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// One page of entities matching `query`.
+    pub async fn query_entities(&self, query: &EntityQuery) -> Result<EntityQueryPage, ClientError> {
+        let q = ProtoEntityQuery {
+            instance_id_starts_with: query.id_prefix.clone(),
+            last_modified_from: query.last_modified_from.map(time::to_timestamp),
+            last_modified_to: query.last_modified_to.map(time::to_timestamp),
+            include_state: query.include_state,
+            include_transient: query.include_transient,
+            page_size: (query.page_size > 0).then(|| i32::try_from(query.page_size).unwrap_or(i32::MAX)),
+            continuation_token: query.continuation_token.clone(),
+        };
+        let r = self.grpc.clone().query_entities(QueryEntitiesRequest { query: Some(q) }).await?.into_inner();
+        Ok(EntityQueryPage {
+            entities: r.entities.into_iter().map(EntityMetadata::from_proto).collect::<Result<_, _>>()?,
+            continuation_token: r.continuation_token.filter(|t| !t.is_empty() && t != "0"),
+        })
+    }
+
+    /// All entities matching `query`, following continuation tokens.
+    ///
+    /// ```no_run
+    /// # use duro_sdk::{Client, ClientError, EntityQuery};
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// for account in client.query_all_entities(EntityQuery::new().with_id_prefix("@account@").with_state(true)).await? {
+    ///     println!("{}: {:?}", account.id.key(), account.state::<i64>()?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_all_entities(&self, mut query: EntityQuery) -> Result<Vec<EntityMetadata>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.query_entities(&query).await?;
+            all.extend(page.entities);
+            match page.continuation_token {
+                Some(t) if query.continuation_token.as_ref() != Some(&t) => query.continuation_token = Some(t),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Removes entities that hold nothing (no state, lock or queued request) and/or releases
+    /// locks whose owners no longer run, over the whole task hub.
+    pub async fn clean_entity_storage(
+        &self,
+        remove_empty_entities: bool,
+        release_orphaned_locks: bool,
+    ) -> Result<CleanEntityStorageResult, ClientError> {
+        let mut total = CleanEntityStorageResult::default();
+        let mut token: Option<String> = None;
+        loop {
+            let r = self
+                .grpc
+                .clone()
+                .clean_entity_storage(CleanEntityStorageRequest {
+                    continuation_token: token.clone(),
+                    remove_empty_entities,
+                    release_orphaned_locks,
+                })
+                .await?
+                .into_inner();
+            total.empty_entities_removed += u32::try_from(r.empty_entities_removed).unwrap_or(0);
+            total.orphaned_locks_released += u32::try_from(r.orphaned_locks_released).unwrap_or(0);
+            match r.continuation_token.filter(|t| !t.is_empty()) {
+                Some(t) if token.as_ref() != Some(&t) => token = Some(t),
+                _ => return Ok(total),
+            }
+        }
     }
 }

@@ -12,16 +12,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use duro_proto::orchestrator_action::OrchestratorActionType;
+use duro_proto::send_entity_message_action::EntityMessageType;
 use duro_proto::{
-    CreateSubOrchestrationAction, CreateTimerAction, OrchestrationInstance, ScheduleTaskAction, SendEventAction,
+    CreateSubOrchestrationAction, CreateTimerAction, EntityLockRequestedEvent, EntityOperationCalledEvent,
+    EntityOperationSignaledEvent, EntityUnlockSentEvent, OrchestrationInstance, ScheduleTaskAction,
+    SendEntityMessageAction, SendEventAction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::entity::EntityId;
 use crate::error::{TaskError, TaskKind};
 use crate::http::{self, DurableHttpRequest, DurableHttpResponse};
 use crate::payload;
-use crate::replay::{ContinueAsNew, ReplayState};
+use crate::replay::{ContinueAsNew, ReplayState, SectionState};
 use crate::retry::RetryPolicy;
 use crate::task::{self, DurableTask, SlotFuture, SlotRef, WhenAny};
 use crate::time;
@@ -435,6 +439,160 @@ impl OrchestrationContext {
         })
     }
 
+    /// Signals an operation on an entity (fire and forget): the entity runs it once, in the
+    /// order its requests arrive; nothing comes back. Inside a critical section, a signal to
+    /// a locked entity runs after the section ends.
+    ///
+    /// ```no_run
+    /// # use duro_sdk::{EntityId, Failure, OrchestrationContext};
+    /// # async fn orchestrator(ctx: OrchestrationContext) -> Result<(), Failure> {
+    /// ctx.signal_entity(&EntityId::new("Counter", "visits"), "add", 1)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn signal_entity(&self, entity: &EntityId, operation: &str, input: impl Serialize) -> Result<(), TaskError> {
+        self.send_signal(entity, operation, input, None)
+    }
+
+    /// Like [`signal_entity`](Self::signal_entity), delivered no earlier than `at`.
+    pub fn signal_entity_at(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: impl Serialize,
+        at: DateTime<Utc>,
+    ) -> Result<(), TaskError> {
+        self.send_signal(entity, operation, input, Some(at))
+    }
+
+    /// Calls an operation on an entity and returns its task, which completes with the
+    /// operation's result, or fails with [`TaskError::Failed`] (kind [`TaskKind::Entity`])
+    /// carrying the operation's failure details. Inside a critical section only the locked
+    /// entities may be called.
+    ///
+    /// ```no_run
+    /// # use duro_sdk::{EntityId, Failure, OrchestrationContext};
+    /// # async fn orchestrator(ctx: OrchestrationContext) -> Result<i64, Failure> {
+    /// let counter = EntityId::new("Counter", "visits");
+    /// let value: i64 = ctx.call_entity(&counter, "add", 1).await?;
+    /// Ok(value)
+    /// # }
+    /// ```
+    pub fn call_entity<O>(&self, entity: &EntityId, operation: &str, input: impl Serialize) -> DurableTask<O>
+    where
+        O: DeserializeOwned + 'static,
+    {
+        let name = format!("{operation} on {entity}");
+        if let Err(e) = entity.validate() {
+            return DurableTask::ready(Err(TaskError::InvalidEntityUse { message: e.to_string() }));
+        }
+        let input = match payload::encode(&input) {
+            Ok(json) => json,
+            Err(e) => return DurableTask::ready(Err(TaskError::Serialize { name, message: e.to_string() })),
+        };
+        let target = entity.to_string();
+        let outside = {
+            let s = self.state.borrow();
+            s.critical_section
+                .as_ref()
+                .filter(|cs| cs.granted && !cs.entities.contains(&target))
+                .map(|cs| cs.id.clone())
+        };
+        if let Some(section) = outside {
+            return DurableTask::ready(Err(TaskError::InvalidEntityUse {
+                message: format!(
+                    "{target} is not locked by critical section {section}: inside a critical section only its \
+                     locked entities can be called"
+                ),
+            }));
+        }
+        let request_id = self.new_uuid().to_string();
+        let slot = {
+            let mut s = self.state.borrow_mut();
+            let kind = OrchestratorActionType::SendEntityMessage(SendEntityMessageAction {
+                entity_message_type: Some(EntityMessageType::EntityOperationCalled(EntityOperationCalledEvent {
+                    request_id: request_id.clone(),
+                    operation: operation.to_string(),
+                    scheduled_time: None,
+                    input: Some(input),
+                    parent_instance_id: Some(s.instance_id.clone()),
+                    parent_execution_id: s.execution_id.clone(),
+                    target_instance_id: Some(target),
+                })),
+            });
+            s.schedule_entity_call(kind, &request_id)
+        };
+        DurableTask::from_slot(slot, TaskKind::Entity, name)
+    }
+
+    /// Locks `entities` (in a fixed order, so two orchestrations locking overlapping sets
+    /// cannot deadlock) and completes with a [`CriticalSection`] once all are locked. Until
+    /// it is released (dropped, or [`CriticalSection::release`]), the locked entities run
+    /// only this orchestration's calls; everyone else's operations wait. Inside the section,
+    /// only the locked entities can be called, and no other lock can be taken. The sidecar
+    /// releases the locks if the orchestration ends while holding them.
+    ///
+    /// ```no_run
+    /// # use duro_sdk::{EntityId, Failure, OrchestrationContext};
+    /// # async fn transfer(ctx: OrchestrationContext, amount: i64) -> Result<bool, Failure> {
+    /// let (from, to) = (EntityId::new("Account", "alice"), EntityId::new("Account", "bob"));
+    /// let section = ctx.lock_entities([&from, &to]).await?;
+    /// let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
+    /// if balance < amount {
+    ///     return Ok(false); // dropping the section unlocks both accounts
+    /// }
+    /// ctx.call_entity::<i64>(&from, "withdraw", amount).await?;
+    /// ctx.call_entity::<i64>(&to, "deposit", amount).await?;
+    /// section.release();
+    /// Ok(true)
+    /// # }
+    /// ```
+    pub fn lock_entities<'e>(&self, entities: impl IntoIterator<Item = &'e EntityId>) -> DurableTask<CriticalSection> {
+        let entities: Vec<EntityId> = entities.into_iter().cloned().collect();
+        let invalid = |message: String| DurableTask::ready(Err(TaskError::InvalidEntityUse { message }));
+        if entities.is_empty() {
+            return invalid("lock_entities needs at least one entity".into());
+        }
+        if let Some(e) = entities.iter().find_map(|e| e.validate().err()) {
+            return invalid(e.to_string());
+        }
+        if let Some(cs) = self.state.borrow().critical_section.as_ref() {
+            return invalid(format!(
+                "critical section {} is still open (locks cannot be nested); release it before locking again",
+                cs.id
+            ));
+        }
+        let mut sorted = entities;
+        sorted.sort_by_key(|e| e.to_string());
+        sorted.dedup();
+        let lock_set: Vec<String> = sorted.iter().map(EntityId::to_string).collect();
+        let section_id = self.new_uuid().to_string();
+        let slot = {
+            let mut s = self.state.borrow_mut();
+            let kind = OrchestratorActionType::SendEntityMessage(SendEntityMessageAction {
+                entity_message_type: Some(EntityMessageType::EntityLockRequested(EntityLockRequestedEvent {
+                    critical_section_id: section_id.clone(),
+                    lock_set: lock_set.clone(),
+                    position: 0,
+                    parent_instance_id: Some(s.instance_id.clone()),
+                })),
+            });
+            s.critical_section = Some(SectionState { id: section_id.clone(), entities: lock_set, granted: false });
+            s.schedule_lock(kind, &section_id)
+        };
+        let state = Rc::downgrade(&self.state);
+        DurableTask::new(async move {
+            // A grant cannot fail; its payload is empty.
+            let _ = SlotFuture(slot).await;
+            Ok(CriticalSection { id: section_id, entities: sorted, state, released: false })
+        })
+    }
+
+    /// Whether this orchestration holds entity locks now (a critical section was granted and
+    /// not released).
+    pub fn is_in_critical_section(&self) -> bool {
+        self.state.borrow().critical_section.as_ref().is_some_and(|cs| cs.granted)
+    }
+
     /// Waits for all tasks; see [`when_all`](crate::when_all).
     pub fn when_all<T: 'static>(&self, tasks: impl IntoIterator<Item = DurableTask<T>>) -> DurableTask<Vec<T>> {
         task::when_all(tasks)
@@ -446,6 +604,29 @@ impl OrchestrationContext {
     }
 
     // -----------------------------------------------------------------------------------------
+
+    fn send_signal(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: impl Serialize,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), TaskError> {
+        entity.validate().map_err(|e| TaskError::InvalidEntityUse { message: e.to_string() })?;
+        let input = payload::encode(&input)
+            .map_err(|e| TaskError::Serialize { name: format!("{operation} on {entity}"), message: e.to_string() })?;
+        let request_id = self.new_uuid().to_string();
+        self.state.borrow_mut().push_action(OrchestratorActionType::SendEntityMessage(SendEntityMessageAction {
+            entity_message_type: Some(EntityMessageType::EntityOperationSignaled(EntityOperationSignaledEvent {
+                request_id,
+                operation: operation.to_string(),
+                scheduled_time: at.map(time::to_timestamp),
+                input: Some(input),
+                target_instance_id: Some(entity.to_string()),
+            })),
+        }));
+        Ok(())
+    }
 
     fn schedule_activity(&self, name: &str, input_json: &str) -> SlotRef {
         self.state
@@ -576,5 +757,69 @@ impl Drop for EventWait {
                 }
             }
         }
+    }
+}
+
+/// A held set of entity locks, from [`OrchestrationContext::lock_entities`].
+///
+/// Releasing it (dropping it, or [`release`](Self::release)) sends one unlock to each locked
+/// entity at that point of the orchestration; the entities then run other callers' operations
+/// again. Keep it alive for as long as the critical section lasts.
+#[must_use = "dropping the critical section releases its locks at once"]
+pub struct CriticalSection {
+    id: String,
+    entities: Vec<EntityId>,
+    state: Weak<RefCell<ReplayState>>,
+    released: bool,
+}
+
+impl fmt::Debug for CriticalSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CriticalSection").field("id", &self.id).field("entities", &self.entities).finish()
+    }
+}
+
+impl CriticalSection {
+    /// The critical section's id (a deterministic UUID).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The locked entities, sorted.
+    pub fn entities(&self) -> &[EntityId] {
+        &self.entities
+    }
+
+    /// Leaves the critical section: unlocks every entity.
+    pub fn release(mut self) {
+        self.unlock();
+    }
+
+    fn unlock(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        let Some(state) = self.state.upgrade() else { return };
+        let Ok(mut s) = state.try_borrow_mut() else { return };
+        if s.tearing_down || s.critical_section.as_ref().is_none_or(|cs| cs.id != self.id) {
+            return;
+        }
+        s.critical_section = None;
+        let owner = s.instance_id.clone();
+        for entity in &self.entities {
+            s.push_action(OrchestratorActionType::SendEntityMessage(SendEntityMessageAction {
+                entity_message_type: Some(EntityMessageType::EntityUnlockSent(EntityUnlockSentEvent {
+                    critical_section_id: self.id.clone(),
+                    parent_instance_id: Some(owner.clone()),
+                    target_instance_id: Some(entity.to_string()),
+                })),
+            }));
+        }
+    }
+}
+
+impl Drop for CriticalSection {
+    fn drop(&mut self) {
+        self.unlock();
     }
 }

@@ -89,6 +89,8 @@ pub enum TaskKind {
     Activity,
     /// A sub-orchestration (`call_sub_orchestration`).
     SubOrchestration,
+    /// An entity operation (`call_entity`).
+    Entity,
 }
 
 impl fmt::Display for TaskKind {
@@ -96,6 +98,7 @@ impl fmt::Display for TaskKind {
         f.write_str(match self {
             TaskKind::Activity => "activity",
             TaskKind::SubOrchestration => "sub-orchestration",
+            TaskKind::Entity => "entity operation",
         })
     }
 }
@@ -116,12 +119,13 @@ impl fmt::Display for TaskKind {
 /// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaskError {
-    /// The activity or sub-orchestration failed (after all retries, if a policy was given).
+    /// The activity, sub-orchestration or entity operation failed (after all retries, if a
+    /// policy was given).
     #[error("{kind} '{name}' failed: {details}")]
     Failed {
-        /// Activity or sub-orchestration.
+        /// Activity, sub-orchestration or entity operation.
         kind: TaskKind,
-        /// Its registered name.
+        /// Its registered name (for entity operations: `<operation> on @<entity>@<key>`).
         name: String,
         /// The recorded failure.
         details: FailureDetails,
@@ -138,6 +142,14 @@ pub enum TaskError {
         /// The activity, orchestration or event name.
         name: String,
         /// The serde_json message.
+        message: String,
+    },
+    /// An entity id is invalid, or a critical-section rule was broken (calling an entity that
+    /// is not locked from inside a critical section, locking while holding locks, locking
+    /// nothing); nothing was sent.
+    #[error("invalid entity use: {message}")]
+    InvalidEntityUse {
+        /// What was wrong.
         message: String,
     },
     /// The task's result JSON does not fit the requested output type.
@@ -169,6 +181,7 @@ impl TaskError {
                 is_non_retriable: false,
             },
             TaskError::Timeout { .. } => FailureDetails::new("TimeoutError", self.to_string()),
+            TaskError::InvalidEntityUse { .. } => FailureDetails::new("InvalidEntityUse", self.to_string()),
             TaskError::Serialize { .. } | TaskError::Deserialize { .. } => {
                 FailureDetails::new("SerializationError", self.to_string())
             }

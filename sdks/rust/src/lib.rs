@@ -5,9 +5,13 @@
 //!
 //! * [`Client`]: start orchestrations, read their state, wait for them, raise events,
 //!   terminate / suspend / resume / purge / query / restart / rewind.
-//! * [`Worker`]: register orchestrators and activities as async closures and run them.
+//! * [`Worker`]: register orchestrators, activities and entities as async closures and run
+//!   them.
 //! * [`OrchestrationContext`]: what orchestrators use to call activities, sub-orchestrations
-//!   and HTTP endpoints, create durable timers, wait for external events, continue as new…
+//!   and HTTP endpoints, create durable timers, wait for external events, continue as new,
+//!   signal and call entities and lock them in critical sections…
+//! * [`entity`]: durable entities — [`EntityId`], the [`EntityContext`] an operation runs
+//!   with (typed state, input, signals, orchestration starts) and batch execution.
 //! * [`replay`]: the pure replay engine (history in, actions out), with
 //!   [`testing::HistoryBuilder`] to unit-test orchestrators without a sidecar.
 //!
@@ -51,6 +55,7 @@
 mod activity;
 pub mod client;
 mod context;
+pub mod entity;
 mod error;
 pub mod http;
 mod metadata;
@@ -64,11 +69,15 @@ mod time;
 mod worker;
 
 pub use activity::ActivityContext;
-pub use client::{Client, ConnectOptions, InstanceQuery, PurgeFilter, QueryPage, ReusePolicy, StartOptions};
-pub use context::{OrchestrationContext, ParentOrchestration, SubOrchestrationOptions};
+pub use client::{
+    CleanEntityStorageResult, Client, ConnectOptions, EntityQuery, EntityQueryPage, InstanceQuery, PurgeFilter,
+    QueryPage, ReusePolicy, StartOptions,
+};
+pub use context::{CriticalSection, OrchestrationContext, ParentOrchestration, SubOrchestrationOptions};
+pub use entity::{EntityContext, EntityId};
 pub use error::{ClientError, Failure, FailureDetails, TaskError, TaskKind, WorkerError};
 pub use http::{DurableHttpRequest, DurableHttpResponse, HttpHeaders, TokenSource};
-pub use metadata::{OrchestrationMetadata, OrchestrationStatus};
+pub use metadata::{EntityMetadata, OrchestrationMetadata, OrchestrationStatus};
 pub use registry::Registry;
 pub use retry::RetryPolicy;
 pub use task::{when_all, when_any, DurableTask, WhenAny};

@@ -1,13 +1,15 @@
-//! What clients learn about an orchestration instance: its status and metadata.
+//! What clients learn about an orchestration instance (its status and metadata) and about an
+//! entity.
 //!
-//! Plain data converted from the protocol's `OrchestrationState`, plus typed accessors for its
-//! JSON payloads. No RPCs here (see [`crate::client`]).
+//! Plain data converted from the protocol's `OrchestrationState` and `EntityMetadata`, plus
+//! typed accessors for their JSON payloads. No RPCs here (see [`crate::client`]).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
+use crate::entity::EntityId;
 use crate::error::{ClientError, FailureDetails};
 use crate::payload;
 use crate::time;
@@ -163,5 +165,40 @@ impl OrchestrationMetadata {
     /// The custom status, deserialized (`null` if never set).
     pub fn custom_status<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
         Ok(payload::decode(self.serialized_custom_status.as_deref())?)
+    }
+}
+
+/// An entity as the sidecar reports it ([`Client::get_entity`](crate::Client::get_entity),
+/// [`Client::query_entities`](crate::Client::query_entities)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityMetadata {
+    /// The entity.
+    pub id: EntityId,
+    /// When its state last changed.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// Requests queued for it and not yet run.
+    pub backlog_queue_size: u32,
+    /// The orchestration holding its lock, if any.
+    pub locked_by: Option<String>,
+    /// Its state as JSON, if it has one and the request asked for it.
+    pub serialized_state: Option<String>,
+}
+
+impl EntityMetadata {
+    pub(crate) fn from_proto(m: duro_proto::EntityMetadata) -> Result<Self, ClientError> {
+        let id = EntityId::parse(&m.instance_id)
+            .map_err(|e| ClientError::InvalidArgument(format!("the sidecar sent {e}")))?;
+        Ok(EntityMetadata {
+            id,
+            last_modified: m.last_modified_time.as_ref().map(time::from_timestamp),
+            backlog_queue_size: u32::try_from(m.backlog_queue_size).unwrap_or(0),
+            locked_by: m.locked_by.filter(|l| !l.is_empty()),
+            serialized_state: m.serialized_state,
+        })
+    }
+
+    /// The state, deserialized; `None` if it was not fetched or the entity has none.
+    pub fn state<T: DeserializeOwned>(&self) -> Result<Option<T>, ClientError> {
+        Ok(self.serialized_state.as_deref().map(serde_json::from_str).transpose()?)
     }
 }

@@ -1,8 +1,8 @@
-//! The registry of orchestrator and activity functions, by name.
+//! The registry of orchestrator, activity and entity functions, by name.
 //!
 //! Registration turns typed async closures into type-erased functions over JSON payloads. The
-//! worker routes work items through the registry and the replay engine looks orchestrators up
-//! in it; neither needs to know the user's types.
+//! worker routes work items through the registry, the replay engine looks orchestrators up
+//! in it and [`crate::entity::execute_batch`] entities; none needs to know the user's types.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::activity::ActivityContext;
 use crate::context::OrchestrationContext;
+use crate::entity::EntityContext;
 use crate::error::{Failure, FailureDetails};
 use crate::payload;
 
@@ -25,8 +26,9 @@ pub(crate) type OrchestratorFn =
     Arc<dyn Fn(OrchestrationContext, Option<String>) -> LocalBoxFuture<'static, ErasedResult> + Send + Sync>;
 pub(crate) type ActivityFn =
     Arc<dyn Fn(ActivityContext, Option<String>) -> BoxFuture<'static, ErasedResult> + Send + Sync>;
+pub(crate) type EntityFn = Arc<dyn Fn(EntityContext) -> BoxFuture<'static, ErasedResult> + Send + Sync>;
 
-/// Orchestrators and activities by name. Cheap to clone (functions are shared).
+/// Orchestrators, activities and entities by name. Cheap to clone (functions are shared).
 ///
 /// Usually filled through [`Worker::add_orchestrator`](crate::Worker::add_orchestrator) and
 /// [`Worker::add_activity`](crate::Worker::add_activity); build one directly to unit-test an
@@ -45,6 +47,8 @@ pub(crate) type ActivityFn =
 pub struct Registry {
     orchestrators: BTreeMap<String, OrchestratorFn>,
     activities: BTreeMap<String, ActivityFn>,
+    /// By lower-case name (entity names are case-insensitive).
+    entities: BTreeMap<String, EntityFn>,
 }
 
 impl fmt::Debug for Registry {
@@ -52,6 +56,7 @@ impl fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("orchestrators", &self.orchestrators.keys().collect::<Vec<_>>())
             .field("activities", &self.activities.keys().collect::<Vec<_>>())
+            .field("entities", &self.entities.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -103,6 +108,56 @@ impl Registry {
         self
     }
 
+    /// Registers an entity: an async function run once per operation with the operation's
+    /// [`EntityContext`] (its name, input and the entity's state), run on the tokio runtime.
+    /// Its output becomes the operation's result; an error (or a panic) fails that operation
+    /// only and undoes its state changes and actions. Entity names are case-insensitive
+    /// (registering `Account` serves `@account@…`).
+    ///
+    /// ```
+    /// use duro_sdk::{EntityContext, Failure, Registry};
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.add_entity("Counter", |ctx: EntityContext| async move {
+    ///     let n: i64 = ctx.state_or_default()?;
+    ///     match ctx.operation() {
+    ///         "add" => ctx.set_state(&(n + ctx.input::<i64>()?))?,
+    ///         "get" => {}
+    ///         other => return Err(Failure::new("UnknownOperation", other)),
+    ///     }
+    ///     ctx.state_or_default::<i64>()
+    /// });
+    /// assert!(registry.has_entity("counter"));
+    /// ```
+    pub fn add_entity<F, Fut, O>(&mut self, name: impl AsRef<str>, f: F) -> &mut Self
+    where
+        F: Fn(EntityContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+        O: Serialize + Send + 'static,
+    {
+        let erased: EntityFn = Arc::new(move |ctx: EntityContext| {
+            let fut = f(ctx);
+            Box::pin(async move {
+                let out = fut.await.map_err(Failure::into_details)?;
+                payload::encode(&out).map(Some).map_err(|e| {
+                    FailureDetails::new("OutputSerializationError", format!("could not serialize the result: {e}"))
+                })
+            })
+        });
+        self.entities.insert(name.as_ref().to_lowercase(), erased);
+        self
+    }
+
+    /// Whether an entity with this name (case-insensitive) is registered.
+    pub fn has_entity(&self, name: &str) -> bool {
+        self.entities.contains_key(&name.to_lowercase())
+    }
+
+    /// Registered entity names, lower case, sorted.
+    pub fn entity_names(&self) -> impl Iterator<Item = &str> {
+        self.entities.keys().map(String::as_str)
+    }
+
     /// Whether an orchestrator with this name is registered.
     pub fn has_orchestrator(&self, name: &str) -> bool {
         self.orchestrators.contains_key(name)
@@ -129,6 +184,10 @@ impl Registry {
 
     pub(crate) fn activity(&self, name: &str) -> Option<&ActivityFn> {
         self.activities.get(name)
+    }
+
+    pub(crate) fn entity(&self, name: &str) -> Option<&EntityFn> {
+        self.entities.get(&name.to_lowercase())
     }
 }
 

@@ -12,9 +12,13 @@
 //!    it stalls. Each durable call it makes appends an action with the next id (0, 1, 2, … in
 //!    code order).
 //! 3. An action-derived history event (`taskScheduled`, `timerCreated`,
-//!    `subOrchestrationInstanceCreated`, `eventSent`) must match the action the code produced
-//!    with that id (same kind, same name); otherwise the orchestration fails with a
-//!    `NonDeterminismError` naming both.
+//!    `subOrchestrationInstanceCreated`, `eventSent`, and for entities `entityOperationSignaled`,
+//!    `entityOperationCalled`, `entityLockRequested`, `entityUnlockSent`) must match the action
+//!    the code produced with that id (same kind, same name or target); otherwise the
+//!    orchestration fails with a `NonDeterminismError` naming both.
+//!    Entity results are matched by their request id (`entityOperationCompleted` /
+//!    `entityOperationFailed`) and lock grants by critical-section id (`entityLockGranted`);
+//!    both ids come from [`OrchestrationContext::new_uuid`], so they are the same on replay.
 //! 4. Actions not yet in the history are the turn's output, followed by
 //!    `completeOrchestration` once the orchestrator returned, called `continue_as_new`, was
 //!    terminated or failed.
@@ -33,6 +37,7 @@ use std::task::{Context, Poll};
 use chrono::{DateTime, Utc};
 use duro_proto::history_event::EventType;
 use duro_proto::orchestrator_action::OrchestratorActionType;
+use duro_proto::send_entity_message_action::EntityMessageType;
 use duro_proto::{
     CompleteOrchestrationAction, EventRaisedEvent, HistoryEvent, OrchestrationStatus, OrchestratorAction,
     OrchestratorRequest, OrchestratorResponse,
@@ -143,6 +148,15 @@ struct Waiter {
     slot: SlotRef,
 }
 
+/// The orchestration's critical section: the entities it asked to lock (sorted, distinct).
+#[derive(Debug, Clone)]
+pub(crate) struct SectionState {
+    pub(crate) id: String,
+    pub(crate) entities: Vec<String>,
+    /// `entityLockGranted` arrived: every entity of the set is locked.
+    pub(crate) granted: bool,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ContinueAsNew {
     pub(crate) input: Option<String>,
@@ -167,6 +181,15 @@ pub(crate) struct ReplayState {
     buffered_events: VecDeque<BufferedEvent>,
     waiters: VecDeque<Waiter>,
     next_waiter_id: u64,
+    /// Entity calls awaiting `entityOperationCompleted`/`Failed`, by request id.
+    entity_calls: HashMap<String, SlotRef>,
+    /// Lock requests awaiting `entityLockGranted`, by critical-section id.
+    lock_requests: HashMap<String, SlotRef>,
+    /// The critical section requested or held, if any.
+    pub(crate) critical_section: Option<SectionState>,
+    /// The engine is dropping the orchestrator future at the end of the turn: drop handlers
+    /// must not record actions (a critical section's guard would otherwise unlock).
+    pub(crate) tearing_down: bool,
 }
 
 pub(crate) fn event_key(name: &str) -> String {
@@ -192,7 +215,27 @@ impl ReplayState {
             buffered_events: VecDeque::new(),
             waiters: VecDeque::new(),
             next_waiter_id: 0,
+            entity_calls: HashMap::new(),
+            lock_requests: HashMap::new(),
+            critical_section: None,
+            tearing_down: false,
         }
+    }
+
+    /// Records an entity call and opens a slot for its result, keyed by its request id.
+    pub(crate) fn schedule_entity_call(&mut self, kind: OrchestratorActionType, request_id: &str) -> SlotRef {
+        self.push_action(kind);
+        let slot = task::new_slot();
+        self.entity_calls.insert(request_id.to_string(), slot.clone());
+        slot
+    }
+
+    /// Records a lock request and opens a slot for its grant, keyed by the critical section.
+    pub(crate) fn schedule_lock(&mut self, kind: OrchestratorActionType, critical_section_id: &str) -> SlotRef {
+        self.push_action(kind);
+        let slot = task::new_slot();
+        self.lock_requests.insert(critical_section_id.to_string(), slot.clone());
+        slot
     }
 
     /// Records a new action and opens a slot for its result.
@@ -314,6 +357,20 @@ fn describe_event(id: i32, e: &EventType) -> String {
             format!("subOrchestrationInstanceCreated \"{}\" (id {id})", s.name)
         }
         EventType::EventSent(s) => format!("eventSent \"{}\" (id {id})", s.name),
+        EventType::EntityOperationSignaled(e) => format!(
+            "entityOperationSignaled \"{}\" to {} (id {id})",
+            e.operation,
+            e.target_instance_id.as_deref().unwrap_or("?")
+        ),
+        EventType::EntityOperationCalled(e) => format!(
+            "entityOperationCalled \"{}\" on {} (id {id})",
+            e.operation,
+            e.target_instance_id.as_deref().unwrap_or("?")
+        ),
+        EventType::EntityLockRequested(e) => format!("entityLockRequested of {:?} (id {id})", e.lock_set),
+        EventType::EntityUnlockSent(e) => {
+            format!("entityUnlockSent to {} (id {id})", e.target_instance_id.as_deref().unwrap_or("?"))
+        }
         _ => format!("event (id {id})"),
     }
 }
@@ -336,9 +393,19 @@ fn describe_action(a: &OrchestratorAction) -> String {
         Some(OrchestratorActionType::TerminateOrchestration(_)) => {
             format!("terminateOrchestration (id {id})")
         }
-        Some(OrchestratorActionType::SendEntityMessage(_)) => {
-            format!("sendEntityMessage (id {id})")
-        }
+        Some(OrchestratorActionType::SendEntityMessage(m)) => match &m.entity_message_type {
+            Some(EntityMessageType::EntityOperationSignaled(e)) => {
+                format!("signal \"{}\" to {} (id {id})", e.operation, e.target_instance_id.as_deref().unwrap_or("?"))
+            }
+            Some(EntityMessageType::EntityOperationCalled(e)) => {
+                format!("call \"{}\" on {} (id {id})", e.operation, e.target_instance_id.as_deref().unwrap_or("?"))
+            }
+            Some(EntityMessageType::EntityLockRequested(e)) => format!("lock of {:?} (id {id})", e.lock_set),
+            Some(EntityMessageType::EntityUnlockSent(e)) => {
+                format!("unlock of {} (id {id})", e.target_instance_id.as_deref().unwrap_or("?"))
+            }
+            None => format!("sendEntityMessage (id {id})"),
+        },
         Some(OrchestratorActionType::RewindOrchestration(_)) => {
             format!("rewindOrchestration (id {id})")
         }
@@ -357,7 +424,30 @@ fn action_matches(event: &EventType, action: &OrchestratorAction) -> bool {
         (EventType::EventSent(e), Some(OrchestratorActionType::SendEvent(a))) => {
             e.name == a.name && a.instance.as_ref().is_none_or(|i| i.instance_id == e.instance_id)
         }
+        (event, Some(OrchestratorActionType::SendEntityMessage(m))) => match (event, &m.entity_message_type) {
+            (EventType::EntityOperationSignaled(e), Some(EntityMessageType::EntityOperationSignaled(a))) => {
+                e.operation == a.operation && same_target(&e.target_instance_id, &a.target_instance_id)
+            }
+            (EventType::EntityOperationCalled(e), Some(EntityMessageType::EntityOperationCalled(a))) => {
+                e.operation == a.operation && same_target(&e.target_instance_id, &a.target_instance_id)
+            }
+            (EventType::EntityLockRequested(e), Some(EntityMessageType::EntityLockRequested(a))) => {
+                e.lock_set == a.lock_set
+            }
+            (EventType::EntityUnlockSent(e), Some(EntityMessageType::EntityUnlockSent(a))) => {
+                same_target(&e.target_instance_id, &a.target_instance_id)
+            }
+            _ => false,
+        },
         _ => false,
+    }
+}
+
+/// Whether an entity event and an action name the same entity (an absent side matches).
+fn same_target(history: &Option<String>, code: &Option<String>) -> bool {
+    match (history, code) {
+        (Some(h), Some(c)) => h == c,
+        _ => true,
     }
 }
 
@@ -407,7 +497,9 @@ impl<'r> Engine<'r> {
                 self.late_events.push(BufferedEvent { name: r.name.clone(), input: r.input.clone() });
             }
         }
-        // Drop the orchestrator future before reading the state (its drop may unregister waiters).
+        // Drop the orchestrator future before reading the state (its drop may unregister
+        // waiters); a critical section dropped now is not left by the code, so no unlock.
+        self.state.borrow_mut().tearing_down = true;
         self.root = None;
         self.output()
     }
@@ -501,7 +593,19 @@ impl<'r> Engine<'r> {
             EventType::TaskScheduled(_)
             | EventType::TimerCreated(_)
             | EventType::SubOrchestrationInstanceCreated(_)
-            | EventType::EventSent(_) => self.match_action(event.event_id, kind)?,
+            | EventType::EventSent(_)
+            | EventType::EntityOperationSignaled(_)
+            | EventType::EntityOperationCalled(_)
+            | EventType::EntityLockRequested(_)
+            | EventType::EntityUnlockSent(_) => self.match_action(event.event_id, kind)?,
+            EventType::EntityOperationCompleted(c) => self.deliver_entity_result(&c.request_id, Ok(c.output.clone())),
+            EventType::EntityOperationFailed(f) => self.deliver_entity_result(
+                &f.request_id,
+                Err(f.failure_details.clone().map(FailureDetails::from_proto).unwrap_or_else(|| {
+                    FailureDetails::new("EntityOperationFailed", "the entity operation failed without failure details")
+                })),
+            ),
+            EventType::EntityLockGranted(g) => self.deliver_lock_grant(&g.critical_section_id),
             EventType::TaskCompleted(c) => self.deliver(c.task_scheduled_id, Ok(c.result.clone()), "taskCompleted"),
             EventType::TaskFailed(f) => self.deliver(
                 f.task_scheduled_id,
@@ -526,7 +630,7 @@ impl<'r> Engine<'r> {
             EventType::TimerFired(t) => self.deliver(t.timer_id, Ok(None), "timerFired"),
             EventType::EventRaised(r) => self.state.borrow_mut().deliver_event(r.name.clone(), r.input.clone()),
             // orchestratorCompleted, executionCompleted, executionRewound, genericEvent,
-            // historyState, continueAsNew and entity events carry nothing this SDK needs.
+            // historyState and continueAsNew carry nothing this SDK needs.
             other => {
                 tracing::trace!(kind = ?std::mem::discriminant(other), "ignoring history event")
             }
@@ -562,6 +666,32 @@ impl<'r> Engine<'r> {
                 }
             }
             None => tracing::warn!(id, kind, "ignoring a result for a task the orchestrator never scheduled"),
+        }
+    }
+
+    fn deliver_entity_result(&mut self, request_id: &str, outcome: Outcome) {
+        let slot = self.state.borrow_mut().entity_calls.remove(request_id);
+        match slot {
+            Some(slot) => {
+                task::complete(&slot, outcome);
+            }
+            None => tracing::warn!(request_id, "ignoring an entity result for a call the orchestrator never made"),
+        }
+    }
+
+    fn deliver_lock_grant(&mut self, critical_section_id: &str) {
+        let slot = {
+            let mut s = self.state.borrow_mut();
+            if let Some(cs) = s.critical_section.as_mut().filter(|cs| cs.id == critical_section_id) {
+                cs.granted = true;
+            }
+            s.lock_requests.remove(critical_section_id)
+        };
+        match slot {
+            Some(slot) => {
+                task::complete(&slot, Ok(None));
+            }
+            None => tracing::warn!(critical_section_id, "ignoring a lock grant the orchestrator never asked for"),
         }
     }
 

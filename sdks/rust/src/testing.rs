@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use duro_proto::history_event::EventType;
 use duro_proto::orchestrator_action::OrchestratorActionType;
+use duro_proto::send_entity_message_action::EntityMessageType;
 use duro_proto::*;
 
 use crate::error::FailureDetails;
@@ -152,6 +153,37 @@ impl HistoryBuilder {
         self.push(-1, EventType::TimerFired(TimerFiredEvent { fire_at: Some(fire_at), timer_id: id }))
     }
 
+    /// `entityOperationCompleted` for the entity call with this request id (see
+    /// [`entity_message_id`]).
+    pub fn entity_operation_completed(&mut self, request_id: &str, output: Option<&str>) -> &mut Self {
+        self.push(
+            -1,
+            EventType::EntityOperationCompleted(EntityOperationCompletedEvent {
+                request_id: request_id.into(),
+                output: output.map(str::to_string),
+            }),
+        )
+    }
+
+    /// `entityOperationFailed` for the entity call with this request id.
+    pub fn entity_operation_failed(&mut self, request_id: &str, details: FailureDetails) -> &mut Self {
+        self.push(
+            -1,
+            EventType::EntityOperationFailed(EntityOperationFailedEvent {
+                request_id: request_id.into(),
+                failure_details: Some(details.to_proto()),
+            }),
+        )
+    }
+
+    /// `entityLockGranted` for this critical section (see [`entity_message_id`]).
+    pub fn entity_lock_granted(&mut self, critical_section_id: &str) -> &mut Self {
+        self.push(
+            -1,
+            EventType::EntityLockGranted(EntityLockGrantedEvent { critical_section_id: critical_section_id.into() }),
+        )
+    }
+
     /// `eventRaised` with a JSON payload.
     pub fn event_raised(&mut self, name: &str, input: Option<&str>) -> &mut Self {
         self.push(-1, EventType::EventRaised(EventRaisedEvent { name: name.into(), input: input.map(str::to_string) }))
@@ -248,6 +280,44 @@ pub fn action_event(action: &OrchestratorAction) -> Option<EventType> {
             name: a.name.clone(),
             input: a.data.clone(),
         })),
+        OrchestratorActionType::SendEntityMessage(m) => match m.entity_message_type.clone()? {
+            EntityMessageType::EntityOperationSignaled(e) => Some(EventType::EntityOperationSignaled(e)),
+            EntityMessageType::EntityOperationCalled(e) => Some(EventType::EntityOperationCalled(e)),
+            EntityMessageType::EntityLockRequested(e) => Some(EventType::EntityLockRequested(e)),
+            EntityMessageType::EntityUnlockSent(e) => Some(EventType::EntityUnlockSent(e)),
+        },
         _ => None,
     }
+}
+
+/// The id an entity message action is answered by: the request id of a call (or signal),
+/// the critical-section id of a lock request (or unlock). `None` for other actions.
+///
+/// ```
+/// use duro_sdk::testing::{entity_message_id, HistoryBuilder};
+/// use duro_sdk::{replay, EntityId, OrchestrationContext, Registry};
+///
+/// let mut registry = Registry::new();
+/// registry.add_orchestrator("Get", |ctx: OrchestrationContext, _: ()| async move {
+///     Ok(ctx.call_entity::<i64>(&EntityId::new("Counter", "c"), "get", ()).await?)
+/// });
+/// let mut h = HistoryBuilder::new();
+/// let new = h.start_turn().execution_started("Get", None).take_new();
+/// let out = replay::execute(&registry, "i", h.past(), &new);
+/// let request_id = entity_message_id(&out.actions[0]).expect("a call").to_string();
+/// h.commit_turn(&new, &out.actions);
+/// let new = h.start_turn().entity_operation_completed(&request_id, Some("7")).take_new();
+/// let out = replay::execute(&registry, "i", h.past(), &new);
+/// assert_eq!(out.completion().and_then(|c| c.result.as_deref()), Some("7"));
+/// ```
+pub fn entity_message_id(action: &OrchestratorAction) -> Option<&str> {
+    let OrchestratorActionType::SendEntityMessage(m) = action.orchestrator_action_type.as_ref()? else {
+        return None;
+    };
+    Some(match m.entity_message_type.as_ref()? {
+        EntityMessageType::EntityOperationSignaled(e) => &e.request_id,
+        EntityMessageType::EntityOperationCalled(e) => &e.request_id,
+        EntityMessageType::EntityLockRequested(e) => &e.critical_section_id,
+        EntityMessageType::EntityUnlockSent(e) => &e.critical_section_id,
+    })
 }

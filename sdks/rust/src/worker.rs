@@ -1,10 +1,11 @@
-//! The worker: connects to the sidecar's work-item stream and runs orchestrator turns and
-//! activities.
+//! The worker: connects to the sidecar's work-item stream and runs orchestrator turns,
+//! activities and entity batches.
 //!
 //! Owns the connection lifecycle (Hello → GetWorkItems with concurrency caps and name filters,
-//! reconnect with jittered exponential backoff when the stream ends or the sidecar is
-//! unreachable, a silent-stream watchdog), dispatch (orchestrator turns through the pure
-//! [`replay`](crate::replay) engine on blocking threads, activities as tokio tasks, each bounded
+//! entities included, reconnect with jittered exponential backoff when the stream ends or the
+//! sidecar is unreachable, a silent-stream watchdog), dispatch (orchestrator turns through the
+//! pure [`replay`](crate::replay) engine on blocking threads, activities and entity batches
+//! ([`entity::execute_batch`](crate::entity::execute_batch)) as tokio tasks, each kind bounded
 //! by a semaphore), answering every work item with its completion token, and graceful shutdown
 //! (finish in-flight work within a grace period, abandon the rest so the sidecar re-dispatches
 //! it). It holds no orchestration logic.
@@ -17,9 +18,10 @@ use std::time::Duration;
 
 use duro_proto::orchestrator_action::OrchestratorActionType;
 use duro_proto::{
-    work_item, AbandonActivityTaskRequest, AbandonOrchestrationTaskRequest, ActivityFilter, ActivityRequest,
-    ActivityResponse, CompleteOrchestrationAction, GetWorkItemsRequest, OrchestrationFilter, OrchestrationStatus,
-    OrchestratorAction, OrchestratorRequest, OrchestratorResponse, WorkItem, WorkItemFilters,
+    work_item, AbandonActivityTaskRequest, AbandonEntityTaskRequest, AbandonOrchestrationTaskRequest, ActivityFilter,
+    ActivityRequest, ActivityResponse, CompleteOrchestrationAction, EntityFilter, EntityRequest, GetWorkItemsRequest,
+    OrchestrationFilter, OrchestrationStatus, OrchestratorAction, OrchestratorRequest, OrchestratorResponse, WorkItem,
+    WorkItemFilters,
 };
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -31,6 +33,7 @@ use tonic::Streaming;
 use crate::activity::ActivityContext;
 use crate::client;
 use crate::context::OrchestrationContext;
+use crate::entity::{self, EntityContext};
 use crate::error::{full_message, Failure, FailureDetails, WorkerError};
 use crate::registry::Registry;
 use crate::replay;
@@ -50,6 +53,9 @@ pub struct WorkerOptions {
     pub max_concurrent_orchestrations: usize,
     /// Activities in flight at once (also sent to the sidecar as its cap).
     pub max_concurrent_activities: usize,
+    /// Entity batches in flight at once (also sent to the sidecar as its cap). Each entity
+    /// runs one batch at a time whatever this says; it bounds how many entities run at once.
+    pub max_concurrent_entities: usize,
     /// First delay before reconnecting; doubles up to `reconnect_max_delay` (with jitter).
     pub reconnect_initial_delay: Duration,
     /// Longest delay between reconnection attempts.
@@ -65,6 +71,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             max_concurrent_orchestrations: 100,
             max_concurrent_activities: 100,
+            max_concurrent_entities: 100,
             reconnect_initial_delay: Duration::from_millis(200),
             reconnect_max_delay: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(30),
@@ -95,7 +102,7 @@ impl WorkerOptions {
     }
 }
 
-/// Runs registered orchestrators and activities for a sidecar.
+/// Runs registered orchestrators, activities and entities for a sidecar.
 ///
 /// ```no_run
 /// use duro_sdk::{ActivityContext, OrchestrationContext, Worker};
@@ -165,6 +172,17 @@ impl Worker {
         O: Serialize + 'static,
     {
         self.registry.add_orchestrator(name, f);
+        self
+    }
+
+    /// Registers an entity; see [`Registry::add_entity`].
+    pub fn add_entity<F, Fut, O>(&mut self, name: impl AsRef<str>, f: F) -> &mut Self
+    where
+        F: Fn(EntityContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+        O: Serialize + Send + 'static,
+    {
+        self.registry.add_entity(name, f);
         self
     }
 
@@ -252,6 +270,7 @@ impl Drop for WorkerHandle {
 enum Kind {
     Orchestration,
     Activity,
+    Entity,
 }
 
 type InFlight = Arc<Mutex<HashMap<String, Kind>>>;
@@ -263,6 +282,7 @@ struct Runner {
     connected: watch::Sender<bool>,
     orchestration_slots: Arc<Semaphore>,
     activity_slots: Arc<Semaphore>,
+    entity_slots: Arc<Semaphore>,
     in_flight: InFlight,
     tasks: JoinSet<()>,
 }
@@ -298,6 +318,7 @@ impl Runner {
             registry: Arc::new(registry),
             orchestration_slots: Arc::new(Semaphore::new(options.max_concurrent_orchestrations.max(1))),
             activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities.max(1))),
+            entity_slots: Arc::new(Semaphore::new(options.max_concurrent_entities.max(1))),
             options,
             connected,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
@@ -310,7 +331,7 @@ impl Runner {
         GetWorkItemsRequest {
             max_concurrent_orchestration_work_items: cap(self.options.max_concurrent_orchestrations),
             max_concurrent_activity_work_items: cap(self.options.max_concurrent_activities),
-            max_concurrent_entity_work_items: 0,
+            max_concurrent_entity_work_items: cap(self.options.max_concurrent_entities),
             capabilities: Vec::new(),
             work_item_filters: Some(WorkItemFilters {
                 orchestrations: self
@@ -323,7 +344,8 @@ impl Runner {
                     .activity_names()
                     .map(|n| ActivityFilter { name: n.to_string(), versions: Vec::new() })
                     .collect(),
-                entities: Vec::new(),
+                // A worker without entities lists none, so the sidecar offers it none.
+                entities: self.registry.entity_names().map(|n| EntityFilter { name: n.to_string() }).collect(),
             }),
             worker_instance_id: String::new(),
         }
@@ -436,6 +458,7 @@ impl Runner {
         let kind = match item.request {
             Some(work_item::Request::OrchestratorRequest(_)) => Kind::Orchestration,
             Some(work_item::Request::ActivityRequest(_)) => Kind::Activity,
+            Some(work_item::Request::EntityRequestV2(_)) | Some(work_item::Request::EntityRequest(_)) => Kind::Entity,
             _ => return,
         };
         self.abandon(item.completion_token, kind).await;
@@ -450,6 +473,10 @@ impl Runner {
                 .map(|_| ()),
             Kind::Activity => grpc
                 .abandon_task_activity_work_item(AbandonActivityTaskRequest { completion_token: token })
+                .await
+                .map(|_| ()),
+            Kind::Entity => grpc
+                .abandon_task_entity_work_item(AbandonEntityTaskRequest { completion_token: token })
                 .await
                 .map(|_| ()),
         };
@@ -491,13 +518,26 @@ impl Runner {
                 });
             }
             Some(work_item::Request::HealthPing(_)) => tracing::trace!("health ping"),
-            Some(work_item::Request::EntityRequest(_)) | Some(work_item::Request::EntityRequestV2(_)) => {
-                tracing::warn!("this worker has no entities; abandoning an entity work item");
+            Some(work_item::Request::EntityRequestV2(request)) => {
+                let guard = self.track(&token, Kind::Entity);
+                let slots = self.entity_slots.clone();
+                let registry = self.registry.clone();
+                let grpc = self.grpc.clone();
+                self.tasks.spawn(async move {
+                    let _permit = slots.acquire_owned().await;
+                    run_entity_batch(grpc, registry, request, token).await;
+                    drop(guard);
+                });
+            }
+            Some(work_item::Request::EntityRequest(_)) => {
+                // The older DTFx-style batch: Duro never sends it; other sidecars get it back.
+                tracing::warn!(
+                    "abandoning an old-style entity work item (entityRequest); only entityRequestV2 is supported"
+                );
                 let mut grpc = self.grpc.clone();
                 self.tasks.spawn(async move {
-                    let _ = grpc
-                        .abandon_task_entity_work_item(duro_proto::AbandonEntityTaskRequest { completion_token: token })
-                        .await;
+                    let _ =
+                        grpc.abandon_task_entity_work_item(AbandonEntityTaskRequest { completion_token: token }).await;
                 });
             }
             None => tracing::debug!("ignoring an empty work item"),
@@ -539,6 +579,15 @@ async fn run_orchestration(
     if let Err(status) = grpc.complete_orchestrator_task(response).await {
         tracing::warn!(instance = %instance_id, code = ?status.code(), error = %status.message(),
             "the sidecar did not accept the orchestration turn (it will be re-dispatched)");
+    }
+}
+
+async fn run_entity_batch(mut grpc: client::Grpc, registry: Arc<Registry>, request: EntityRequest, token: String) {
+    let mut result = entity::execute_batch(&registry, &request).await;
+    result.completion_token = token;
+    if let Err(status) = grpc.complete_entity_task(result).await {
+        tracing::warn!(entity = %request.instance_id, code = ?status.code(), error = %full_message(&status),
+            "the sidecar did not accept the entity batch result (it will be re-dispatched)");
     }
 }
 

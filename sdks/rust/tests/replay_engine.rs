@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use duro_sdk::proto::history_event::EventType;
 use duro_sdk::proto::orchestrator_action::OrchestratorActionType;
+use duro_sdk::proto::send_entity_message_action::EntityMessageType;
 use duro_sdk::proto::{HistoryEvent, OrchestrationStatus, OrchestratorAction};
 use duro_sdk::replay::{self, ReplayOutput};
-use duro_sdk::testing::HistoryBuilder;
+use duro_sdk::testing::{entity_message_id, HistoryBuilder};
 use duro_sdk::{
-    DurableHttpRequest, DurableHttpResponse, Failure, FailureDetails, OrchestrationContext, Registry, RetryPolicy,
-    SubOrchestrationOptions, TaskError,
+    DurableHttpRequest, DurableHttpResponse, EntityId, Failure, FailureDetails, OrchestrationContext, Registry,
+    RetryPolicy, SubOrchestrationOptions, TaskError, TaskKind,
 };
 
 const ID: &str = "instance-1";
@@ -39,6 +40,18 @@ fn describe_action(a: &OrchestratorAction) -> String {
                 (None, None) => format!("complete {}", status.as_str_name()),
             }
         }
+        OrchestratorActionType::SendEntityMessage(m) => match m.entity_message_type.as_ref().expect("message") {
+            EntityMessageType::EntityOperationSignaled(e) => {
+                format!("signal {} {} #{}", e.target_instance_id.as_deref().unwrap_or("?"), e.operation, a.id)
+            }
+            EntityMessageType::EntityOperationCalled(e) => {
+                format!("call {} {} #{}", e.target_instance_id.as_deref().unwrap_or("?"), e.operation, a.id)
+            }
+            EntityMessageType::EntityLockRequested(e) => format!("lock {} #{}", e.lock_set.join(","), a.id),
+            EntityMessageType::EntityUnlockSent(e) => {
+                format!("unlock {} #{}", e.target_instance_id.as_deref().unwrap_or("?"), a.id)
+            }
+        },
         other => format!("{other:?}"),
     }
 }
@@ -877,4 +890,286 @@ fn rewound_history_reschedules_the_failed_work() {
     let new = h.start_turn().take_new();
     let out = replay::execute(&registry, ID, &past, &new);
     assert_eq!(describe(&out), ["scheduleTask B #1"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entities
+// ---------------------------------------------------------------------------------------------
+
+/// The id (request or critical section) of the output's action number `i`.
+fn message_id(out: &ReplayOutput, i: usize) -> String {
+    entity_message_id(&out.actions[i]).expect("an entity message").to_string()
+}
+
+fn entity_event(out: &ReplayOutput, i: usize) -> EntityMessageType {
+    match &out.actions[i].orchestrator_action_type {
+        Some(OrchestratorActionType::SendEntityMessage(m)) => m.entity_message_type.clone().expect("message"),
+        other => panic!("not an entity message: {other:?}"),
+    }
+}
+
+#[test]
+fn signal_entity_is_recorded_and_matched() {
+    let registry = registry_with("Signal", |r, n| {
+        r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
+            let counter = EntityId::new("Counter", "c1");
+            ctx.signal_entity(&counter, "add", 5)?;
+            let later = ctx.current_utc_datetime() + chrono::Duration::minutes(5);
+            ctx.signal_entity_at(&counter, "add", 1, later)?;
+            ctx.create_timer(Duration::from_secs(1)).await?;
+            ctx.signal_entity(&counter, "reset", ())?;
+            Ok::<_, Failure>(())
+        });
+    });
+    let mut d = Driver::new(registry);
+    let first = d.start("Signal", None);
+    assert_eq!(describe(&first), ["signal @counter@c1 add #0", "signal @counter@c1 add #1", "createTimer #2"]);
+    let EntityMessageType::EntityOperationSignaled(s0) = entity_event(&first, 0) else { panic!("a signal") };
+    assert_eq!(s0.input.as_deref(), Some("5"));
+    assert!(s0.scheduled_time.is_none());
+    assert!(!s0.request_id.is_empty());
+    let EntityMessageType::EntityOperationSignaled(s1) = entity_event(&first, 1) else { panic!("a signal") };
+    let at = d.history.now() + chrono::Duration::minutes(5);
+    assert_eq!(s1.scheduled_time.map(|t| t.seconds), Some(at.timestamp()));
+    assert_ne!(s0.request_id, s1.request_id, "request ids are unique");
+    assert_eq!(
+        describe(&d.turn(|h| {
+            h.timer_fired(2);
+        })),
+        ["signal @counter@c1 reset #3", "complete ORCHESTRATION_STATUS_COMPLETED null"]
+    );
+    d.assert_replay_is_deterministic();
+}
+
+#[test]
+fn call_entity_delivers_results_and_failures_by_request_id() {
+    let registry = registry_with("Calls", |r, n| {
+        r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
+            let counter = EntityId::new("Counter", "c1");
+            // Two calls in flight at once; results may come in any order.
+            let a = ctx.call_entity::<i64>(&counter, "add", 2);
+            let b = ctx.call_entity::<i64>(&EntityId::new("Counter", "c2"), "get", ());
+            let (a, b) = (a.await?, b.await?);
+            let failed = match ctx.call_entity::<i64>(&counter, "fail", ()).await {
+                Err(TaskError::Failed { kind: TaskKind::Entity, name, details }) => {
+                    format!("{name}: {}", details.error_message)
+                }
+                other => format!("unexpected {other:?}"),
+            };
+            Ok::<_, Failure>((a, b, failed))
+        });
+    });
+    let mut d = Driver::new(registry);
+    let first = d.start("Calls", None);
+    assert_eq!(describe(&first), ["call @counter@c1 add #0", "call @counter@c2 get #1"]);
+    let EntityMessageType::EntityOperationCalled(c) = entity_event(&first, 0) else { panic!("a call") };
+    assert_eq!(c.parent_instance_id.as_deref(), Some(ID));
+    assert_eq!(c.input.as_deref(), Some("2"));
+    let (r0, r1) = (message_id(&first, 0), message_id(&first, 1));
+    // The second result arrives first; nothing happens until both are in.
+    assert!(describe(&d.turn(|h| {
+        h.entity_operation_completed(&r1, Some("40"));
+    }))
+    .is_empty());
+    let third = d.turn(|h| {
+        h.entity_operation_completed(&r0, Some("2"))
+            // A result for a request nobody made is ignored.
+            .entity_operation_completed("not-a-request", Some("0"));
+    });
+    assert_eq!(describe(&third), ["call @counter@c1 fail #2"]);
+    let r2 = message_id(&third, 0);
+    assert_eq!(
+        describe(&d.turn(|h| {
+            h.entity_operation_failed(&r2, FailureDetails::new("ValueError", "counter refused"));
+        })),
+        [r#"complete ORCHESTRATION_STATUS_COMPLETED [2,40,"fail on @counter@c1: counter refused"]"#]
+    );
+    d.assert_replay_is_deterministic();
+}
+
+#[test]
+fn an_unhandled_entity_failure_fails_the_orchestration() {
+    let registry = registry_with("Unhandled", |r, n| {
+        r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, Failure>(ctx.call_entity::<i64>(&EntityId::new("Account", "a"), "withdraw", 5).await?)
+        });
+    });
+    let mut d = Driver::new(registry);
+    let first = d.start("Unhandled", None);
+    let r0 = message_id(&first, 0);
+    let out = d.turn(|h| {
+        h.entity_operation_failed(&r0, FailureDetails::new("InsufficientFunds", "balance 0"));
+    });
+    let f = out.completion().unwrap().failure_details.clone().unwrap();
+    assert_eq!(f.error_type, "TaskFailedError");
+    assert!(f.error_message.contains("entity operation 'withdraw on @account@a' failed"), "{}", f.error_message);
+    assert_eq!(f.inner_failure.unwrap().error_type, "InsufficientFunds");
+}
+
+fn transfer_registry() -> Registry {
+    registry_with("Transfer", |r, n| {
+        r.add_orchestrator(n, |ctx: OrchestrationContext, amount: i64| async move {
+            let (from, to) = (EntityId::new("Account", "b"), EntityId::new("Account", "a"));
+            assert!(!ctx.is_in_critical_section());
+            // Locks are requested in sorted order, each entity once.
+            let section = ctx.lock_entities([&from, &to, &from]).await?;
+            assert!(ctx.is_in_critical_section());
+            assert_eq!(section.entities(), &[to.clone(), from.clone()]);
+            let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
+            if balance < amount {
+                return Ok::<_, Failure>(false); // dropping the section unlocks
+            }
+            let withdraw = ctx.call_entity::<i64>(&from, "withdraw", amount);
+            let deposit = ctx.call_entity::<i64>(&to, "deposit", amount);
+            ctx.when_all([withdraw, deposit]).await?;
+            section.release();
+            assert!(!ctx.is_in_critical_section());
+            ctx.signal_entity(&to, "audit", ())?;
+            Ok(true)
+        });
+    })
+}
+
+#[test]
+fn lock_entities_opens_a_critical_section_and_release_unlocks_every_entity() {
+    let mut d = Driver::new(transfer_registry());
+    let first = d.start("Transfer", Some("30"));
+    assert_eq!(describe(&first), ["lock @account@a,@account@b #0"]);
+    let EntityMessageType::EntityLockRequested(l) = entity_event(&first, 0) else { panic!("a lock request") };
+    assert_eq!((l.position, l.parent_instance_id.as_deref()), (0, Some(ID)));
+    let section = message_id(&first, 0);
+    // Waiting for the grant: nothing else happens, and the end of the turn sends no unlock.
+    assert!(describe(&d.turn(|h| {
+        h.event_raised("noise", None);
+    }))
+    .is_empty());
+    let granted = d.turn(|h| {
+        h.entity_lock_granted(&section);
+    });
+    assert_eq!(describe(&granted), ["call @account@b balance #1"]);
+    let balance = message_id(&granted, 0);
+    let moves = d.turn(|h| {
+        h.entity_operation_completed(&balance, Some("100"));
+    });
+    assert_eq!(describe(&moves), ["call @account@b withdraw #2", "call @account@a deposit #3"]);
+    let (w, dep) = (message_id(&moves, 0), message_id(&moves, 1));
+    assert!(describe(&d.turn(|h| {
+        h.entity_operation_completed(&dep, Some("30"));
+    }))
+    .is_empty());
+    let done = d.turn(|h| {
+        h.entity_operation_completed(&w, Some("70"));
+    });
+    assert_eq!(
+        describe(&done),
+        [
+            "unlock @account@a #4",
+            "unlock @account@b #5",
+            "signal @account@a audit #6",
+            "complete ORCHESTRATION_STATUS_COMPLETED true"
+        ]
+    );
+    let EntityMessageType::EntityUnlockSent(u) = entity_event(&done, 0) else { panic!("an unlock") };
+    assert_eq!((u.critical_section_id.as_str(), u.parent_instance_id.as_deref()), (section.as_str(), Some(ID)));
+    d.assert_replay_is_deterministic();
+}
+
+#[test]
+fn leaving_a_critical_section_early_unlocks_before_completing() {
+    let mut d = Driver::new(transfer_registry());
+    let section = message_id(&d.start("Transfer", Some("30")), 0);
+    let balance = message_id(
+        &d.turn(|h| {
+            h.entity_lock_granted(&section);
+        }),
+        0,
+    );
+    assert_eq!(
+        describe(&d.turn(|h| {
+            h.entity_operation_completed(&balance, Some("10"));
+        })),
+        ["unlock @account@a #2", "unlock @account@b #3", "complete ORCHESTRATION_STATUS_COMPLETED false"]
+    );
+    d.assert_replay_is_deterministic();
+}
+
+#[test]
+fn critical_section_rules_are_enforced() {
+    let registry = registry_with("Rules", |r, n| {
+        r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
+            let (a, b) = (EntityId::new("Account", "a"), EntityId::new("Account", "b"));
+            let mut errors = Vec::new();
+            let mut note = |r: Result<(), TaskError>| {
+                errors.push(match r {
+                    Err(TaskError::InvalidEntityUse { message }) => message,
+                    other => format!("unexpected {other:?}"),
+                })
+            };
+            note(ctx.lock_entities(&Vec::new()).await.map(drop));
+            note(ctx.lock_entities([&EntityId::new("", "x")]).await.map(drop));
+            note(ctx.call_entity::<()>(&EntityId::new("a@b", "x"), "op", ()).await);
+            note(ctx.signal_entity(&EntityId::new("", "x"), "op", ()));
+            let section = ctx.lock_entities([&a]).await?;
+            note(ctx.call_entity::<()>(&b, "balance", ()).await);
+            note(ctx.lock_entities([&b]).await.map(drop));
+            drop(section);
+            // After the section, anything goes again.
+            ctx.call_entity::<()>(&b, "balance", ()).await?;
+            Ok::<_, Failure>(errors)
+        });
+    });
+    let mut d = Driver::new(registry);
+    let section = message_id(&d.start("Rules", None), 0);
+    let out = d.turn(|h| {
+        h.entity_lock_granted(&section);
+    });
+    assert_eq!(describe(&out), ["unlock @account@a #1", "call @account@b balance #2"]);
+    let call = message_id(&out, 1);
+    let out = d.turn(|h| {
+        h.entity_operation_completed(&call, None);
+    });
+    let result: Vec<String> =
+        serde_json::from_str(out.completion().unwrap().result.as_deref().unwrap()).expect("errors");
+    assert_eq!(result.len(), 6, "{result:?}");
+    assert!(result[0].contains("at least one entity"), "{result:?}");
+    assert!(result[1].contains("name is empty"), "{result:?}");
+    assert!(result[2].contains("contains '@'"), "{result:?}");
+    assert!(result[3].contains("name is empty"), "{result:?}");
+    assert!(result[4].contains("@account@b is not locked"), "{result:?}");
+    assert!(result[5].contains("cannot be nested"), "{result:?}");
+    d.assert_replay_is_deterministic();
+}
+
+#[test]
+fn non_determinism_in_entity_messages_is_detected() {
+    let registry = registry_with("E", |r, n| {
+        r.add_orchestrator(n, |ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, Failure>(ctx.call_entity::<i64>(&EntityId::new("Counter", "c"), "add", 1).await?)
+        });
+    });
+    let mut d = Driver::new(registry);
+    let first = d.start("E", None);
+    let request = message_id(&first, 0);
+    // The recorded call was to another operation.
+    let mut h = HistoryBuilder::new();
+    let recorded = duro_sdk::proto::EntityOperationCalledEvent {
+        request_id: request.clone(),
+        operation: "get".into(),
+        target_instance_id: Some("@counter@c".into()),
+        ..Default::default()
+    };
+    let past = h
+        .start_turn()
+        .execution_started("E", None)
+        .event(0, EventType::EntityOperationCalled(recorded))
+        .orchestrator_completed()
+        .take_new();
+    let new = h.start_turn().entity_operation_completed(&request, Some("1")).take_new();
+    let out = replay::execute(&d.registry, ID, &past, &new);
+    let (kind, msg) = failure_message(&out);
+    assert_eq!(kind, "NonDeterminismError");
+    assert!(
+        msg.contains(r#"history has entityOperationCalled "get" on @counter@c (id 0) but the orchestrator code produced call "add" on @counter@c (id 0)"#),
+        "{msg}"
+    );
 }
