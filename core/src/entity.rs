@@ -268,8 +268,15 @@ impl EntityState {
             return Step::Wait;
         }
         let owner = self.lock.owner();
-        // A locked entity serves only its owner; other requests keep their place.
-        let mut eligible = self.queue.iter().filter(|q| owner.is_none_or(|o| q.request.is_from(o)));
+        // A locked entity serves only its owner; other requests keep their place. An unlock for
+        // a section that does not hold the lock changes nothing whenever it runs, so it never
+        // waits (under contention these would pile up behind later holders).
+        let stale_unlock = |r: &Request| {
+            matches!(r, Request::Unlock { critical_section_id, .. }
+                if !matches!(&self.lock, Lock::Held { critical_section_id: c, .. } if c == critical_section_id))
+        };
+        let mut eligible =
+            self.queue.iter().filter(|q| owner.is_none_or(|o| q.request.is_from(o)) || stale_unlock(&q.request));
         let Some(first) = eligible.next() else { return Step::Wait };
         match &first.request {
             Request::Operation { .. } => {
@@ -746,6 +753,22 @@ mod tests {
         run_all(&mut e, Some("v2"));
         let Step::Apply(fx) = e.next_step() else { panic!() };
         assert_eq!(fx.lock.owner(), Some("p"));
+    }
+
+    #[test]
+    fn a_stale_unlock_is_consumed_at_once_even_while_another_section_holds_the_lock() {
+        let mut e = entity(vec![lock(1, "o", &["@a@1"], 0)]);
+        let Step::Apply(fx) = e.next_step() else { panic!() };
+        e.applied(&fx);
+        // "p" held the lock earlier (its section was released when it ended); its unlock
+        // arrives now, while "o" holds the lock, behind a signal that must wait.
+        e.enqueue(signal(2, "waits"));
+        e.enqueue(unlock(3, "p"));
+        let Step::Apply(fx) = e.next_step() else { panic!("the stale unlock runs") };
+        assert_eq!(fx.consumed, vec![3]);
+        assert_eq!(fx.lock.owner(), Some("o"), "it releases nothing");
+        e.applied(&fx);
+        assert_eq!(e.next_step(), Step::Wait, "the signal still waits for o's section");
     }
 
     #[test]
