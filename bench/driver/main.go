@@ -87,6 +87,7 @@ func main() {
 	timerMs := flag.Int("timer-ms", 10, "timers: length of each timer")
 	timeout := flag.Duration("timeout", 4*time.Minute, "give up (and fail the run) after this long")
 	out := flag.String("out", "", "also write the JSON to this file")
+	hold := flag.String("hold", "", "after the run (JSON written), keep the worker connections open until this file exists (several drivers on one task hub: work the others' sidecars hold still needs workers)")
 	prefix := flag.String("prefix", "", "instance ids are <prefix>-<i> (default: <scenario>-<start time in ns>); several drivers on one task hub need distinct prefixes")
 	flag.Parse()
 	if !scenarios[*scenario] {
@@ -131,6 +132,12 @@ func main() {
 	fmt.Println(string(js))
 	if *out != "" {
 		must(os.WriteFile(*out, append(js, '\n'), 0o644))
+	}
+	for *hold != "" && ctx.Err() == nil {
+		if _, err := os.Stat(*hold); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if res.Failed > 0 || res.Completed != res.N {
 		os.Exit(1)
