@@ -44,6 +44,7 @@ type Result struct {
 	OrchPerSec      float64 `json:"orchestrations_per_sec"`
 	WorkItems       int64   `json:"work_items"` // orchestrator turns + activity executions seen by the worker
 	WorkItemsPerSec float64 `json:"work_items_per_sec"`
+	ActivityRuns    int64   `json:"activity_runs"` // activity executions alone (n·m when none ran twice)
 	// With -workers > 1: the work items each worker connection ran, in the order they were opened.
 	WorkItemsPerWorker []int64 `json:"work_items_per_worker,omitempty"`
 	// End-to-end latency per orchestration, as the client sees it: start call to completion returned.
@@ -86,6 +87,8 @@ func main() {
 	timerMs := flag.Int("timer-ms", 10, "timers: length of each timer")
 	timeout := flag.Duration("timeout", 4*time.Minute, "give up (and fail the run) after this long")
 	out := flag.String("out", "", "also write the JSON to this file")
+	hold := flag.String("hold", "", "after the run (JSON written), keep the worker connections open until this file exists (several drivers on one task hub: work the others' sidecars hold still needs workers)")
+	prefix := flag.String("prefix", "", "instance ids are <prefix>-<i> (default: <scenario>-<start time in ns>); several drivers on one task hub need distinct prefixes")
 	flag.Parse()
 	if !scenarios[*scenario] {
 		log.Fatalf("unknown scenario %q", *scenario)
@@ -110,8 +113,10 @@ func main() {
 		}
 	}
 
-	r := &run{c: cl, scenario: *scenario, n: *n, m: *m, conc: *concurrency, timerMs: *timerMs,
-		prefix: fmt.Sprintf("%s-%d", *scenario, time.Now().UnixNano()), pid: *pid}
+	if *prefix == "" {
+		*prefix = fmt.Sprintf("%s-%d", *scenario, time.Now().UnixNano())
+	}
+	r := &run{c: cl, scenario: *scenario, n: *n, m: *m, conc: *concurrency, timerMs: *timerMs, prefix: *prefix, pid: *pid}
 	res := r.execute(ctx)
 	res.Sidecar, res.Name, res.Workers = *label, *name, *workers
 	if *workers > 1 {
@@ -127,6 +132,12 @@ func main() {
 	fmt.Println(string(js))
 	if *out != "" {
 		must(os.WriteFile(*out, append(js, '\n'), 0o644))
+	}
+	for *hold != "" && ctx.Err() == nil {
+		if _, err := os.Stat(*hold); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if res.Failed > 0 || res.Completed != res.N {
 		os.Exit(1)
@@ -412,6 +423,7 @@ func (r *run) execute(ctx context.Context) Result {
 	res.WallSeconds = round(wall, 3)
 	res.OrchPerSec = round(float64(res.Completed)/wall, 1)
 	res.WorkItems = orchTurns.Load() + activityRuns.Load()
+	res.ActivityRuns = activityRuns.Load()
 	res.WorkItemsPerSec = round(float64(res.WorkItems)/wall, 1)
 	res.LatencyMs = percentiles(r.latencies)
 	// VmHWM is updated lazily by the kernel and can trail a VmRSS read earlier.
