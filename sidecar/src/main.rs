@@ -44,7 +44,7 @@ struct Cli {
     task_hub: String,
     /// How long a sidecar's lease on an instance lasts without renewal (PostgreSQL). A dead
     /// sidecar's instances move to the others within about this long; renewals run every third
-    /// of it, two statements each.
+    /// of it, four statements each (entity lease, heartbeat, instances, activities).
     #[arg(long, env = "DURO_LEASE_SECONDS", default_value_t = 6.0)]
     lease_seconds: f64,
     /// Connections to PostgreSQL this sidecar opens at most.

@@ -192,3 +192,27 @@ fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
     assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_whose_last_worker_leaves_gives_its_work_to_the_others() {
+    let pg = Postgres::start();
+    let hub = pg.fresh_hub();
+    let left = on_hub(&pg, &hub).start();
+    let other = on_hub(&pg, &hub).start();
+    // Only `left` has a worker at first, with slow activities: it claims the instances and
+    // holds them, with work queued, when its worker goes away for good.
+    let slow = |req: &duro_proto::ActivityRequest| {
+        std::thread::sleep(Duration::from_millis(50));
+        add_activity(req)
+    };
+    let leaving = RawWorker::start(left.endpoint(), sum_orchestrator(4), slow);
+    let client = other.client().await;
+    let ids = start_all(&client, "left", 20).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    leaving.stop().await;
+    let staying = RawWorker::start(other.endpoint(), sum_orchestrator(4), add_activity);
+    // Within a renewal or two (2 s leases: every 0.67 s) `left` gives everything back.
+    assert_all_sums(&client, &ids, 4, Duration::from_secs(30)).await;
+    assert_histories_exact(&client, &ids, 4).await;
+    staying.stop().await;
+}

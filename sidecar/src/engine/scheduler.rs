@@ -1250,14 +1250,25 @@ impl Scheduler {
         self.instances.keys().cloned().collect()
     }
 
-    /// Activities queued here that no connected stream accepts (to give back to the hub).
+    /// Activities queued here that no connected stream accepts (to give back to the hub):
+    /// the parked ones, and with no stream connected at all every queued one but the
+    /// built-ins (which wait in the ready queue rather than parking then).
     pub fn unserved_activities(&self) -> Vec<i64> {
-        self.parked_activities.clone()
+        let mut out = self.parked_activities.clone();
+        if self.streams.is_empty() {
+            out.extend(self.ready_activities.iter().copied());
+        }
+        out
     }
 
-    /// Instances with pending events that no connected stream accepts.
+    /// Instances with pending events that no connected stream accepts: the parked ones, and
+    /// with no stream connected at all every ready one (they wait in the ready queue then).
     pub fn unserved_instances(&self) -> Vec<String> {
-        self.parked.clone()
+        let mut out = self.parked.clone();
+        if self.streams.is_empty() {
+            out.extend(self.ready.iter().cloned());
+        }
+        out
     }
 
     /// The orchestration and activity names the connected streams serve, for claiming shared

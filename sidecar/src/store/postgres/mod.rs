@@ -152,6 +152,19 @@ impl PgStore {
     }
 }
 
+/// Runs one write transaction and records it like a group commit of one write
+/// (`duro_store_commit_*`): PostgreSQL groups concurrent commits' WAL flushes itself.
+async fn timed<T>(write: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let result = write.await;
+    crate::metrics::store_commit(
+        1,
+        started.elapsed(),
+        !matches!(&result, Err(e) if !matches!(e, StoreError::Conflict(_) | StoreError::LeaseLost(_))),
+    );
+    result
+}
+
 /// The notification channel of a hub (channels are per database, so the hub names it).
 pub fn channel_of(hub: &str) -> String {
     format!("duro_{hub}")
@@ -169,19 +182,19 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 #[async_trait]
 impl Store for PgStore {
     async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
-        write::create_instance(self, new, reuse).await
+        timed(write::create_instance(self, new, reuse)).await
     }
 
     async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError> {
-        write::enqueue(self, message).await
+        timed(write::enqueue(self, message)).await
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<CommitResult, StoreError> {
-        write::commit_turn(self, commit).await
+        timed(write::commit_turn(self, commit)).await
     }
 
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
-        write::complete_activity(self, activity_id, result).await
+        timed(write::complete_activity(self, activity_id, result)).await
     }
 
     async fn record_attempts(&self, counts: Vec<Attempts>) -> Result<(), StoreError> {
