@@ -136,7 +136,13 @@ impl PgStore {
         q(&format!("CREATE SCHEMA IF NOT EXISTS {}", opts.hub)).execute(&mut *tx).await?;
         tx.commit().await?;
         admin.close().await;
-        let with_hub = base.options([("search_path", opts.hub.as_str())]).application_name("duro");
+        // A sidecar frozen inside a transaction (SIGSTOP, a stalled VM) would keep its row locks
+        // and stall the others past its lease: the server ends such a session once it has been
+        // idle in a transaction for a lease (no transaction of Duro waits on its client that long).
+        let idle_ms = opts.lease.as_millis().max(1000).to_string();
+        let with_hub = base
+            .options([("search_path", opts.hub.as_str()), ("idle_in_transaction_session_timeout", idle_ms.as_str())])
+            .application_name("duro");
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(Duration::from_secs(10))
