@@ -84,34 +84,28 @@ type Points = fn(&Snapshot) -> Vec<(u64, Vec<KeyValue>)>;
 
 /// One observable instrument per figure of the snapshot; each reports the latest snapshot.
 fn register(meter: &Meter, latest: &Arc<Mutex<Option<Snapshot>>>) {
-    let gauge = |name: &'static str, what: &'static str, read: Points| {
-        let latest = latest.clone();
-        meter
-            .u64_observable_gauge(name)
-            .with_description(what)
-            .with_callback(move |o| {
-                if let Some(s) = latest.lock().as_ref() {
-                    for (v, attrs) in read(s) {
-                        o.observe(v, &attrs);
+    // Gauges and counters differ only in the builder; the callback reads the latest snapshot.
+    macro_rules! observable {
+        ($builder:ident, $name:expr, $what:expr, $read:expr) => {{
+            let latest = latest.clone();
+            let read: Points = $read;
+            meter
+                .$builder($name)
+                .with_description($what)
+                .with_callback(move |o| {
+                    if let Some(s) = latest.lock().as_ref() {
+                        for (v, attrs) in read(s) {
+                            o.observe(v, &attrs);
+                        }
                     }
-                }
-            })
-            .build();
-    };
-    let counter = |name: &'static str, what: &'static str, read: Points| {
-        let latest = latest.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(what)
-            .with_callback(move |o| {
-                if let Some(s) = latest.lock().as_ref() {
-                    for (v, attrs) in read(s) {
-                        o.observe(v, &attrs);
-                    }
-                }
-            })
-            .build();
-    };
+                })
+                .build();
+        }};
+    }
+    let gauge =
+        |name: &'static str, what: &'static str, read: Points| observable!(u64_observable_gauge, name, what, read);
+    let counter =
+        |name: &'static str, what: &'static str, read: Points| observable!(u64_observable_counter, name, what, read);
     gauge("duro.instances", "Instances in the store by runtime status", |s| {
         s.instances.iter().map(|(status, n)| (*n, vec![KeyValue::new("status", *status)])).collect()
     });

@@ -696,30 +696,7 @@ fn run_schedule(seed: u64, steps: usize, verbose: bool) -> Result<(), String> {
 #[test]
 fn cluster_schedules_hold_their_invariants() {
     let steps = 80;
-    if let Some(seed) = std::env::var("DURO_SIM_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
-        if let Err(e) = run_schedule(seed, steps, true) {
-            panic!("seed {seed}: {e}");
-        }
-        return;
-    }
-    let schedules: u64 = std::env::var("DURO_SIM_CLUSTER_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(3_000);
-    let base: u64 = std::env::var("DURO_SIM_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-    let failures: Vec<(u64, String)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|k| {
-                scope.spawn(move || {
-                    (base + k..base + schedules)
-                        .step_by(threads as usize)
-                        .find_map(|seed| run_schedule(seed, steps, false).err().map(|e| (seed, e)))
-                })
-            })
-            .collect();
-        workers.into_iter().filter_map(|w| w.join().ok().flatten()).collect()
-    });
-    if let Some((seed, e)) = failures.into_iter().min_by_key(|(seed, _)| *seed) {
-        panic!("seed {seed} (replay: DURO_SIM_SEED={seed} cargo test -p duro --lib engine::sim::cluster): {e}");
-    }
+    let schedules = super::explore("DURO_SIM_CLUSTER_SCHEDULES", 3_000, "engine::sim::cluster", steps, run_schedule);
     eprintln!(
         "{schedules} cluster schedules of {steps} steps explored, every invariant held after every step \
          ({} instances claimed, {} turn commits fenced, {} instances completed)",

@@ -577,18 +577,25 @@ fn run_schedule(seed: u64, steps: usize, verbose: bool) -> Result<(), String> {
     })
 }
 
-#[test]
-fn random_schedules_keep_every_committed_event_in_exactly_one_place() {
-    let steps = 60;
+/// Runs `schedule(seed, steps, verbose)` for many seeds split over the cores (each schedule
+/// has its own single-threaded runtime) and panics with the smallest failing seed: how many
+/// from `$count_var` (default `default_count`), from `$DURO_SIM_BASE`; with `$DURO_SIM_SEED`
+/// only that seed, its steps printed. Returns how many schedules ran.
+pub(super) fn explore(
+    count_var: &str,
+    default_count: u64,
+    replay_filter: &str,
+    steps: usize,
+    schedule: fn(u64, usize, bool) -> Result<(), String>,
+) -> u64 {
     if let Some(seed) = std::env::var("DURO_SIM_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
-        if let Err(e) = run_schedule(seed, steps, true) {
+        if let Err(e) = schedule(seed, steps, true) {
             panic!("seed {seed}: {e}");
         }
-        return;
+        return 1;
     }
-    let schedules: u64 = std::env::var("DURO_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let schedules: u64 = std::env::var(count_var).ok().and_then(|s| s.parse().ok()).unwrap_or(default_count);
     let base: u64 = std::env::var("DURO_SIM_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    // Seeds are split over the cores; each schedule has its own single-threaded runtime.
     let threads = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let failures: Vec<(u64, String)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -596,15 +603,22 @@ fn random_schedules_keep_every_committed_event_in_exactly_one_place() {
                 scope.spawn(move || {
                     (base + k..base + schedules)
                         .step_by(threads as usize)
-                        .find_map(|seed| run_schedule(seed, steps, false).err().map(|e| (seed, e)))
+                        .find_map(|seed| schedule(seed, steps, false).err().map(|e| (seed, e)))
                 })
             })
             .collect();
         workers.into_iter().filter_map(|w| w.join().ok().flatten()).collect()
     });
     if let Some((seed, e)) = failures.into_iter().min_by_key(|(seed, _)| *seed) {
-        panic!("seed {seed} (replay: DURO_SIM_SEED={seed} cargo test -p duro --lib engine::sim): {e}");
+        panic!("seed {seed} (replay: DURO_SIM_SEED={seed} cargo test -p duro --lib {replay_filter}): {e}");
     }
+    schedules
+}
+
+#[test]
+fn random_schedules_keep_every_committed_event_in_exactly_one_place() {
+    let steps = 60;
+    let schedules = explore("DURO_SIM_SCHEDULES", 10_000, "engine::sim", steps, run_schedule);
     eprintln!("{schedules} random schedules of {steps} steps explored, every invariant held after every step");
 }
 
