@@ -99,7 +99,9 @@ def expected_output(name, inp):
 
 
 def check(url, hub):
-    instances = psql(url, f"SELECT instance_id, name, status, coalesce(input, ''), coalesce(output, '') FROM {hub}.instances")
+    instances = psql(
+        url, f"SELECT instance_id, name, status, coalesce(input, ''), coalesce(output, '') FROM {hub}.instances"
+    )
     histories = {}
     for iid, seq, hexev in psql(url, f"SELECT instance_id, seq, encode(event, 'hex') FROM {hub}.history ORDER BY 1, 2"):
         histories.setdefault(iid, []).append((int(seq), decode(bytes.fromhex(hexev))))
@@ -150,13 +152,17 @@ def check(url, hub):
             bad("wrong_output", iid, f"output {out!r}, want {want}")
             continue
         res["completed_correctly"] += 1
-    res["ok"] = res["instances"] > 0 and res["completed_correctly"] == res["instances"] and not any(
-        res[k]
-        for k in (
-            "duplicated_task_scheduled",
-            "duplicated_task_completed",
-            "duplicated_execution_completed",
-            "history_seq_gaps",
+    res["ok"] = (
+        res["instances"] > 0
+        and res["completed_correctly"] == res["instances"]
+        and not any(
+            res[k]
+            for k in (
+                "duplicated_task_scheduled",
+                "duplicated_task_completed",
+                "duplicated_execution_completed",
+                "history_seq_gaps",
+            )
         )
     )
     return res
@@ -188,7 +194,7 @@ def watch(url, hub, snap_file, t0, timeout):
         now = time.time()
         for iid, hlen, status, owner in psql(
             url,
-            f"SELECT instance_id, history_len, status, coalesce(lease_owner, '') FROM {hub}.instances WHERE instance_id IN ({ids})",
+            f"SELECT instance_id, history_len, status, coalesce(lease_owner, '') FROM {hub}.instances WHERE instance_id IN ({ids})",  # noqa: E501 (one row of a markdown table or one SQL statement)
         ):
             if iid in progressed:
                 continue
@@ -225,7 +231,7 @@ def delta_pair(v):
     """'x0 a0|x1 a1' (pg_xacts before|after) -> (transactions, active ms)."""
     before, after = v.split("|")
     b, a = [float(x) for x in before.split()], [float(x) for x in after.split()]
-    return [y - x for x, y in zip(b, a)]
+    return [y - x for x, y in zip(b, a, strict=False)]
 
 
 def value(key, v):
@@ -315,12 +321,12 @@ def report(out_dir, md_path, meta_args):
     L = [
         "# Duro on a shared PostgreSQL task hub: cluster benchmark",
         "",
-        f"Written by `bash bench/cluster.sh` (see [NOTES.md](../NOTES.md), \"PostgreSQL: several sidecars\"). "
+        f'Written by `bash bench/cluster.sh` (see [NOTES.md](../NOTES.md), "PostgreSQL: several sidecars"). '
         f"Date: {meta.get('date')}. Machine: {meta.get('machine')}. Commit: `{meta.get('commit')}`. "
         f"PostgreSQL {meta.get('postgres')}, on the same machine. Load average before: {meta.get('load')}.",
         "",
         "> Everything shares the machine's cores: PostgreSQL, every duro and every driver (Go SDK client and worker). "
-        "Figures with 2 or 3 sidecars show how the work spreads, not how a real cluster with a core per sidecar scales.",
+        "Figures with 2 or 3 sidecars show how the work spreads, not how a real cluster with a core per sidecar scales.",  # noqa: E501 (one row of a markdown table or one SQL statement)
         "",
         "## Throughput",
         "",
@@ -329,7 +335,7 @@ def report(out_dir, md_path, meta_args):
         "of the drivers' p50s, p99 the largest driver p99. CPU seconds during the run: all duros, all drivers, "
         "the whole PostgreSQL server; busy cores = machine-wide busy CPU ÷ elapsed.",
         "",
-        "| Scenario | Store | Sidecars | Orchestrations | orch/s | activities/s | p50 ms | p99 ms | duro CPU s | driver CPU s | PG CPU s | busy cores | PG write xacts / orch | PG ms / xact | commit ms (per sidecar) | checks |",
+        "| Scenario | Store | Sidecars | Orchestrations | orch/s | activities/s | p50 ms | p99 ms | duro CPU s | driver CPU s | PG CPU s | busy cores | PG write xacts / orch | PG ms / xact | commit ms (per sidecar) | checks |",  # noqa: E501 (one row of a markdown table or one SQL statement)
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     tp = [r for r in recs if r.get("phase") == "throughput"]
@@ -339,13 +345,15 @@ def report(out_dir, md_path, meta_args):
         chk = r.get("check") or {}
         checks = "ok" if r.get("ok") else "FAILED"
         if chk:
-            checks += f" ({chk['completed_correctly']}/{chk['instances']} correct, 0 dup)" if chk.get("ok") else f" {chk}"
+            checks += (
+                f" ({chk['completed_correctly']}/{chk['instances']} correct, 0 dup)" if chk.get("ok") else f" {chk}"
+            )
         L.append(
-            f"| {r['scenario']} {r['n']}×{r['m']} | {'PostgreSQL' if r['backend'] == 'pg' else 'SQLite'} | {r['sidecars']} "
+            f"| {r['scenario']} {r['n']}×{r['m']} | {'PostgreSQL' if r['backend'] == 'pg' else 'SQLite'} | {r['sidecars']} "  # noqa: E501 (one row of a markdown table or one SQL statement)
             f"| {a.get('completed')} | **{a.get('orchestrations_per_sec')}** | {a.get('activities_per_sec')} "
             f"| {a.get('latency_p50_ms_mean')} | {a.get('latency_p99_ms_max')} | {a.get('duro_cpu_seconds')} "
             f"| {a.get('driver_cpu_seconds')} | {r.get('pg_cpu_seconds') if r['backend'] == 'pg' else '—'} "
-            f"| {a.get('busy_cores')} | {a.get('pg_write_transactions_per_orchestration', '—') if r['backend'] == 'pg' else '—'} "
+            f"| {a.get('busy_cores')} | {a.get('pg_write_transactions_per_orchestration', '—') if r['backend'] == 'pg' else '—'} "  # noqa: E501 (one row of a markdown table or one SQL statement)
             f"| {a.get('pg_active_ms_per_transaction', '—') if r['backend'] == 'pg' else '—'} "
             f"| {', '.join('—' if c is None else str(c) for c in r.get('commit_sum_count', []))} | {checks} |"
         )
@@ -363,18 +371,20 @@ def report(out_dir, md_path, meta_args):
             "`taskScheduledId` twice, one executionCompleted, contiguous seq). Idle traffic: PostgreSQL "
             "transactions per sidecar and second with three idle sidecars and no worker (renewals only).",
             "",
-            "| Lease s | Instances leased at kill | activities leased | progress median s | progress max s | not progressed | instances in hub | lost | wrong | duplicated events | activity runs (n·m of finished) | idle xacts/s per sidecar | checks |",
+            "| Lease s | Instances leased at kill | activities leased | progress median s | progress max s | not progressed | instances in hub | lost | wrong | duplicated events | activity runs (n·m of finished) | idle xacts/s per sidecar | checks |",  # noqa: E501 (one row of a markdown table or one SQL statement)
             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for r in sorted(fo, key=lambda r: -r["lease_seconds"]):
             w, c = r.get("watch", {}), r.get("check", {})
-            dup = c.get("duplicated_task_scheduled", 0) + c.get("duplicated_task_completed", 0) + c.get(
-                "duplicated_execution_completed", 0
+            dup = (
+                c.get("duplicated_task_scheduled", 0)
+                + c.get("duplicated_task_completed", 0)
+                + c.get("duplicated_execution_completed", 0)
             )
             L.append(
                 f"| {r['lease_seconds']} | {w.get('instances_leased_at_kill')} | {r.get('activities_leased_at_kill')} "
-                f"| {w.get('seconds_to_progress', {}).get('median')} | **{w.get('seconds_to_progress', {}).get('max')}** "
-                f"| {w.get('not_progressed')} | {c.get('instances')} | **{c.get('not_completed')}** | {c.get('wrong_output')} "
+                f"| {w.get('seconds_to_progress', {}).get('median')} | **{w.get('seconds_to_progress', {}).get('max')}** "  # noqa: E501 (one row of a markdown table or one SQL statement)
+                f"| {w.get('not_progressed')} | {c.get('instances')} | **{c.get('not_completed')}** | {c.get('wrong_output')} "  # noqa: E501 (one row of a markdown table or one SQL statement)
                 f"| **{dup}** | {r.get('aggregate', {}).get('activity_runs', '—')} (survivors' drivers) "
                 f"| {r.get('idle_transactions_per_sidecar_per_sec')} | {'ok' if r.get('ok') else 'FAILED'} |"
             )
@@ -385,24 +395,26 @@ def report(out_dir, md_path, meta_args):
             "## Split brain: one sidecar frozen past its lease",
             "",
             "Three sidecars under `sequence` load; the third is stopped with SIGSTOP (its driver keeps running) for "
-            "three lease lengths, then resumed with SIGCONT. \"lease lost\" lines in its log (each a fenced commit or a "
+            'three lease lengths, then resumed with SIGCONT. "lease lost" lines in its log (each a fenced commit or a '
             "renewal that found the lease taken), `duro_leases_lost` on its `/metrics`.",
             "",
-            "| Lease s | frozen s | leased at freeze | activities leased | taken over while frozen | \"lease lost\" log lines | duro_leases_lost | activity leases lost | instances | lost | wrong | duplicated events | all drivers ok | checks |",
+            '| Lease s | frozen s | leased at freeze | activities leased | taken over while frozen | "lease lost" log lines | duro_leases_lost | activity leases lost | instances | lost | wrong | duplicated events | all drivers ok | checks |',  # noqa: E501 (one row of a markdown table or one SQL statement)
             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
         ]
         for r in sb:
             c = r.get("check", {})
-            dup = c.get("duplicated_task_scheduled", 0) + c.get("duplicated_task_completed", 0) + c.get(
-                "duplicated_execution_completed", 0
+            dup = (
+                c.get("duplicated_task_scheduled", 0)
+                + c.get("duplicated_task_completed", 0)
+                + c.get("duplicated_execution_completed", 0)
             )
             L.append(
-                f"| {r['lease_seconds']} | {r['frozen_seconds']} | {r['leased_at_freeze']} | {r.get('activities_leased_at_freeze')} "
+                f"| {r['lease_seconds']} | {r['frozen_seconds']} | {r['leased_at_freeze']} | {r.get('activities_leased_at_freeze')} "  # noqa: E501 (one row of a markdown table or one SQL statement)
                 f"| {r['taken_over_while_frozen']} | {r['lease_lost_log_lines']} | {r['duro_leases_lost']} "
-                f"| {r['activity_leases_lost']} | {c.get('instances')} | **{c.get('not_completed')}** | {c.get('wrong_output')} "
+                f"| {r['activity_leases_lost']} | {c.get('instances')} | **{c.get('not_completed')}** | {c.get('wrong_output')} "  # noqa: E501 (one row of a markdown table or one SQL statement)
                 f"| **{dup}** | {'yes' if r.get('drivers_ok') == 1 else 'no'} | {'ok' if r.get('ok') else 'FAILED'} |"
             )
-    L += ["", f"Raw figures: `bench/results/cluster/*.json`."]
+    L += ["", "Raw figures: `bench/results/cluster/*.json`."]
     with open(md_path, "w") as fh:
         fh.write("\n".join(L) + "\n")
 
