@@ -376,13 +376,6 @@ def ent_kill_transfer(ctx: task.OrchestrationContext, args: dict):
 
 
 @pytest.mark.restarts
-@pytest.mark.xfail(
-    os.environ.get("DURO_TEST_STORE") == "postgres", strict=False,
-    reason="PostgreSQL store: recover_entities, run on every entity notice, reads a snapshot and then "
-           "rebuilds the slot of any entity not in memory from it; an entity that went idle after the "
-           "snapshot (its slot and its seen-row floor dropped in applied()) gets its already-consumed "
-           "requests back, so each later commit of it is a Conflict and it never runs again (found by "
-           "this test)")
 def test_kill_9_during_entity_batches_and_lock_hand_offs(isolated_sidecar):
     """kill -9 several times at random moments while a client signals a tally entity without
     pause and transfers between three accounts (each locking two of them, so locks pass from

@@ -224,7 +224,7 @@ impl Engine {
             self.reload_inbox(&id).await;
         }
         if entities && self.dispatches_entities() {
-            if let Err(e) = self.recover_entities().await {
+            if let Err(e) = self.recover_entities(false).await {
                 tracing::warn!(error = %e, "could not read new entity requests; the next notice retries");
             }
         }

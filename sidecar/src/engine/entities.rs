@@ -86,7 +86,6 @@ pub enum EntityRole {
 }
 
 /// In-memory entity dispatch state (behind the engine's mutex).
-#[derive(Default)]
 pub(super) struct EntityDispatch {
     slots: HashMap<String, Slot>,
     streams: BTreeMap<StreamId, EntityStream>,
@@ -101,9 +100,30 @@ pub(super) struct EntityDispatch {
     /// Deliveries without a result after which a batch's operations fail (poison).
     max_attempts: u32,
     /// The newest queue row added per entity in memory, so a refresh from the store (a
-    /// shared task hub, where other sidecars queue requests) adds only rows not seen yet.
-    /// An entity leaves it with its slot, once every row it had was consumed.
-    seen: HashMap<String, i64>,
+    /// shared task hub, where other sidecars queue requests) adds only rows not seen yet. It
+    /// outlives the entity's slot: a refresh whose snapshot was read before the entity
+    /// consumed its rows and went idle must not bring those rows back. Rows of one entity
+    /// commit in id order (every insert holds the entity's row lock), so a floor is enough.
+    /// Bounded: an entity evicted from it is one whose rows were consumed long ago.
+    seen: lru::LruCache<String, i64>,
+}
+
+/// Entities whose newest seen queue row is remembered, at most (see `EntityDispatch::seen`).
+const SEEN_ENTITIES: usize = 100_000;
+
+impl Default for EntityDispatch {
+    fn default() -> Self {
+        EntityDispatch {
+            slots: HashMap::new(),
+            streams: BTreeMap::new(),
+            leases: HashMap::new(),
+            delayed: BTreeMap::new(),
+            ended_sections: HashSet::new(),
+            armed_at: None,
+            max_attempts: 0,
+            seen: lru::LruCache::new(std::num::NonZeroUsize::new(SEEN_ENTITIES).unwrap_or(std::num::NonZeroUsize::MIN)),
+        }
+    }
 }
 
 /// Work `assign` found that needs an async commit.
@@ -141,7 +161,7 @@ impl EntityDispatch {
     /// Adds committed queue rows (delayed ones wait for their time).
     fn add_messages(&mut self, messages: Vec<QueuedEntityMessage>, now: i64) {
         for m in messages {
-            let seen = self.seen.entry(m.entity_id.clone()).or_insert(0);
+            let seen = self.seen.get_or_insert_mut(m.entity_id.clone(), || 0);
             *seen = (*seen).max(m.id);
             if m.visible_at_ms > now {
                 self.delayed.insert((m.visible_at_ms, m.id), m);
@@ -322,9 +342,6 @@ impl EntityDispatch {
         let e = &slot.entity;
         if e.queue.is_empty() && e.lock == Lock::Free && e.batch == entity::BatchState::Idle {
             self.slots.remove(entity_id);
-            if !self.delayed.values().any(|m| m.entity_id == entity_id) {
-                self.seen.remove(entity_id);
-            }
         }
         self.add_messages(result.queued, now);
         for owner in &result.gone_owners {
@@ -436,10 +453,10 @@ fn operation_event(request: &Request) -> HistoryEvent {
 }
 
 impl Engine {
-    /// Rebuilds entity dispatch from the store (or, when it runs already, adds the queue
-    /// rows it has not seen: other sidecars of a shared hub queue requests too) and finds
-    /// locks held by ended owners.
-    pub(super) async fn recover_entities(&self) -> Result<(), StoreError> {
+    /// Rebuilds entity dispatch from the store (`initial`: nothing runs yet, the snapshot is
+    /// the truth) or, when it runs already, adds the queue rows it has not seen (other
+    /// sidecars of a shared hub queue requests too), and finds locks held by ended owners.
+    pub(super) async fn recover_entities(&self, initial: bool) -> Result<(), StoreError> {
         let recovered = self.inner.store.recover_entities().await?;
         let now = self.now();
         // Every lock and lock request: (owner, critical section, sent at; `None` for a held lock).
@@ -459,7 +476,9 @@ impl Engine {
                         sections.push((owner, critical_section_id, Some(requested_at_ms)));
                     }
                 }
-                if !d.slots.contains_key(&id) {
+                let floor = d.seen.peek(&id).copied().unwrap_or(0);
+                let fresh: Vec<QueuedEntityMessage> = r.messages.into_iter().filter(|m| m.id > floor).collect();
+                if initial {
                     let slot = d.slot(&id);
                     slot.load = Load::Yes;
                     slot.attempts = r.delivery_attempts;
@@ -467,9 +486,12 @@ impl Engine {
                     if let (Some(owner), Some(section)) = (r.record.lock_owner.clone(), r.record.lock_section.clone()) {
                         slot.entity.lock = Lock::Held { owner, critical_section_id: section };
                     }
+                } else if fresh.is_empty() {
+                    // Nothing new: the snapshot's state and lock may be older than memory.
+                    continue;
                 }
-                let floor = d.seen.get(&id).copied().unwrap_or(0);
-                let fresh: Vec<QueuedEntityMessage> = r.messages.into_iter().filter(|m| m.id > floor).collect();
+                // A refresh creates a slot for new rows only, and reads the entity's state and
+                // lock again before it runs (`Load::No`): the snapshot may predate commits.
                 d.add_messages(fresh, now);
             }
         }
@@ -520,7 +542,7 @@ impl Engine {
             (EntityRole::Follower, true) => {
                 tracing::info!("this sidecar now dispatches the task hub's entities");
                 self.inner.entities.lock().reset();
-                if let Err(e) = self.recover_entities().await {
+                if let Err(e) = self.recover_entities(true).await {
                     tracing::warn!(error = %e, "could not read entities; retrying at the next renewal");
                     *self.inner.entity_role.lock() = EntityRole::Follower;
                 }
@@ -705,6 +727,24 @@ impl Engine {
         self.pump_entities();
     }
 
+    /// A step of the entity found its queue different from memory (`Conflict`: a consumed
+    /// row is gone): its in-memory view is dropped and read again from the store. Safe then:
+    /// nothing of it is in flight, and only this dispatcher consumes its rows.
+    async fn reload_entity(&self, entity_id: &str) {
+        {
+            let mut d = self.inner.entities.lock();
+            if d.leases.values().any(|l| l.entity_id == entity_id) {
+                return;
+            }
+            d.slots.remove(entity_id);
+            d.seen.pop(entity_id);
+            d.delayed.retain(|_, m| m.entity_id != entity_id);
+        }
+        if let Err(e) = self.recover_entities(false).await {
+            tracing::warn!(entity = %entity_id, error = %e, "could not read an entity again; the next notice retries");
+        }
+    }
+
     async fn commit_lock_step(&self, step: LockStep) {
         let now = self.now();
         let commit = EntityCommit {
@@ -717,11 +757,15 @@ impl Engine {
             Ok(result) => self.after_entity_commit(&step.entity_id, &step.effects, result),
             Err(e) => {
                 tracing::warn!(entity = %step.entity_id, error = %e, "entity lock step not committed; retrying later");
-                let mut d = self.inner.entities.lock();
-                let slot = d.slot(&step.entity_id);
-                slot.applying = false;
-                slot.retry_at = now + RETRY_MS;
-                drop(d);
+                {
+                    let mut d = self.inner.entities.lock();
+                    let slot = d.slot(&step.entity_id);
+                    slot.applying = false;
+                    slot.retry_at = now + RETRY_MS;
+                }
+                if matches!(e, StoreError::Conflict(_)) {
+                    self.reload_entity(&step.entity_id).await;
+                }
                 self.inner.entity_timer.notify_one();
             }
         }
@@ -858,6 +902,9 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(entity = %entity_id, error = %e, "entity batch not committed; it runs again");
                 self.inner.entities.lock().give_back(&token, now, RETRY_MS, false);
+                if matches!(e, StoreError::Conflict(_)) {
+                    self.reload_entity(&entity_id).await;
+                }
                 self.inner.entity_timer.notify_one();
                 Err(e.into())
             }

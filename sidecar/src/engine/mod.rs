@@ -158,7 +158,7 @@ impl Engine {
         }
         if !shared {
             // On a shared hub the entity leader reads them (see `cluster`).
-            engine.recover_entities().await?;
+            engine.recover_entities(true).await?;
         }
         tokio::spawn(engine.clone().entity_timer_loop());
         engine.pump_entities();
