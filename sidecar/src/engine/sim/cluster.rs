@@ -41,7 +41,7 @@ use super::{event_name, expected_output, options, ManualClock, Sim, Worker, MAX_
 use crate::core::{is_terminal, NewInstance};
 use crate::engine::scheduler::{Audit, StreamRules};
 use crate::engine::{Clock, Engine, Outgoing};
-use crate::store::{IdReuse, Leases, Notice};
+use crate::store::{Leases, Notice};
 
 /// Instances completed over all schedules (reported with the fencing counts).
 static COMPLETED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -270,17 +270,7 @@ impl Cluster {
                 self.instances.insert(id.clone());
                 let execution_id = format!("{id}-e{}", self.rng.lock().gen::<u32>());
                 let new = NewInstance::simple(&id, &execution_id, "Sim", Some(input.to_string()), self.now());
-                let reuse = if self.roll(2) == 0 {
-                    IdReuse::terminal()
-                } else {
-                    IdReuse::Replace(vec![
-                        OrchestrationStatus::Pending,
-                        OrchestrationStatus::Running,
-                        OrchestrationStatus::Suspended,
-                        OrchestrationStatus::Completed,
-                        OrchestrationStatus::Terminated,
-                    ])
-                };
+                let reuse = super::random_reuse(self.roll(2) == 0);
                 tokio::spawn(async move {
                     let _ = engine.create_instance(new, reuse).await;
                 });

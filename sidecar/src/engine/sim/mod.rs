@@ -293,17 +293,7 @@ impl Sim {
                 let new = self.new_instance(&id, input);
                 // Half the restarts also replace a live instance (terminated first): its
                 // turn or activity in flight must then fail to commit.
-                let reuse = if self.roll(2) == 0 {
-                    IdReuse::terminal()
-                } else {
-                    IdReuse::Replace(vec![
-                        OrchestrationStatus::Pending,
-                        OrchestrationStatus::Running,
-                        OrchestrationStatus::Suspended,
-                        OrchestrationStatus::Completed,
-                        OrchestrationStatus::Terminated,
-                    ])
-                };
+                let reuse = random_reuse(self.roll(2) == 0);
                 tokio::spawn(async move {
                     let _ = engine.create_instance(new, reuse).await;
                 });
@@ -575,6 +565,22 @@ fn run_schedule(seed: u64, steps: usize, verbose: bool) -> Result<(), String> {
         }
         sim.finish().await.map_err(|e| format!("after {steps} steps: {e}"))
     })
+}
+
+/// The id-reuse policy of a random start: the default (finished ids only), or one that also
+/// replaces a live instance (terminating it first), whose turn or activity in flight must
+/// then fail to commit.
+pub(super) fn random_reuse(default: bool) -> IdReuse {
+    if default {
+        return IdReuse::terminal();
+    }
+    IdReuse::Replace(vec![
+        OrchestrationStatus::Pending,
+        OrchestrationStatus::Running,
+        OrchestrationStatus::Suspended,
+        OrchestrationStatus::Completed,
+        OrchestrationStatus::Terminated,
+    ])
 }
 
 /// Runs `schedule(seed, steps, verbose)` for many seeds split over the cores (each schedule
