@@ -343,20 +343,8 @@ class EntKillTally(entities.DurableEntity):
         return len(seen)
 
 
-class EntKillAccount(entities.DurableEntity):
-    def deposit(self, amount: int) -> int:
-        self.set_state(self.get_state(int, 0) + amount)
-        return self.get_state(int, 0)
-
-    def withdraw(self, amount: int) -> int:
-        balance = self.get_state(int, 0)
-        if balance < amount:
-            raise ValueError("insufficient funds")
-        self.set_state(balance - amount)
-        return balance - amount
-
-    def balance(self, _: Any = None) -> int:
-        return self.get_state(int, 0)
+class EntKillAccount(EntAccount):
+    """The account of the crash test: EntAccount's operations under an entity name of its own."""
 
 
 def ent_kill_transfer(ctx: task.OrchestrationContext, args: dict):

@@ -309,6 +309,64 @@ pub(crate) fn child_id_taken(new: &NewInstance, status: OrchestrationStatus, now
     ))
 }
 
+/// The new instance a restart starts: the stored name, version, input and tags of `rec`,
+/// under `instance_id` with a new execution.
+pub(crate) fn restarted(rec: InstanceRecord, instance_id: &str, execution_id: String, now_ms: i64) -> NewInstance {
+    NewInstance {
+        spec: crate::core::StartSpec {
+            instance_id: instance_id.to_string(),
+            execution_id,
+            name: rec.name,
+            version: rec.version,
+            input: rec.input,
+            parent: None,
+            scheduled_start_ms: None,
+            parent_trace_context: None,
+            tags: rec.tags,
+        },
+        created_at_ms: now_ms,
+        visible_at_ms: now_ms,
+        parent_task: None,
+    }
+}
+
+/// An entity step's outgoing message, as the store writes it (both backends the same way).
+pub(crate) enum EntityOutgoing {
+    /// An event for an orchestration's inbox; `grant`: a lock grant (an owner that is gone
+    /// or ended must then release its locks).
+    Orchestration { message: Message, grant: bool },
+    /// A request for another entity's queue (never scheduled before the step).
+    Entity(crate::core::entity::EntityMessage),
+    /// Starts are committed from [`EntityCommit::starts`].
+    Start,
+}
+
+impl EntityOutgoing {
+    pub(crate) fn of(o: &crate::core::entity::Outgoing, now_ms: i64) -> EntityOutgoing {
+        use crate::core::entity::Outgoing;
+        match o {
+            Outgoing::ToOrchestration { instance_id, execution_id, event } => {
+                let mut event = event.clone();
+                event.timestamp = Some(crate::core::time::from_ms(now_ms));
+                let grant =
+                    matches!(event.event_type, Some(duro_proto::history_event::EventType::EntityLockGranted(_)));
+                EntityOutgoing::Orchestration {
+                    message: Message::now(instance_id.clone(), execution_id.clone(), event, now_ms),
+                    grant,
+                }
+            }
+            Outgoing::ToEntity { entity_id, visible_at_ms, event } => {
+                EntityOutgoing::Entity(crate::core::entity::EntityMessage {
+                    entity_id: entity_id.clone(),
+                    visible_at_ms: (*visible_at_ms).max(now_ms),
+                    event: event.clone(),
+                })
+            }
+            Outgoing::StartOrchestration { .. } => EntityOutgoing::Start,
+        }
+    }
+}
+
 /// One turn's changes for [`Store::commit_turn`].
 #[derive(Debug, Clone)]
 pub struct TurnCommit {

@@ -1048,22 +1048,7 @@ fn restart(c: &Connection, id: &str, new_id: Option<String>, now_ms: i64) -> Res
         return Ok(RestartResult::NotTerminal(rec.status));
     }
     let instance_id = new_id.unwrap_or_else(|| rec.instance_id.clone());
-    let new = NewInstance {
-        spec: core::StartSpec {
-            instance_id: instance_id.clone(),
-            execution_id: crate::ambient::new_execution_id(),
-            name: rec.name,
-            version: rec.version,
-            input: rec.input,
-            parent: None,
-            scheduled_start_ms: None,
-            parent_trace_context: None,
-            tags: rec.tags,
-        },
-        created_at_ms: now_ms,
-        visible_at_ms: now_ms,
-        parent_task: None,
-    };
+    let new = restarted(rec, &instance_id, crate::ambient::new_execution_id(), now_ms);
     match create(c, &new, &IdReuse::terminal())? {
         CreateResult::Created(created) => Ok(RestartResult::Restarted(Box::new(created.start))),
         CreateResult::Kept | CreateResult::AlreadyExists(_) => Err(StoreError::Conflict(instance_id)),

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 
-use duro_proto::history_event::EventType;
 use sqlx_core::query::query;
 use sqlx_core::query_builder::QueryBuilder;
 use sqlx_core::row::Row;
@@ -101,27 +100,16 @@ pub(super) async fn commit_entity(s: &PgStore, t: EntityCommit) -> Result<Entity
 
     let mut out = EntityCommitResult::default();
     for o in &fx.outgoing {
-        match o {
-            Outgoing::ToOrchestration { instance_id, execution_id, event } => {
-                let mut event = event.clone();
-                event.timestamp = Some(crate::core::time::from_ms(t.now_ms));
-                let grant = matches!(event.event_type, Some(EventType::EntityLockGranted(_)));
-                let m = Message::now(instance_id.clone(), execution_id.clone(), event, t.now_ms);
-                match write::deliver(&mut tx, &mut notes, &m).await? {
+        match EntityOutgoing::of(o, t.now_ms) {
+            EntityOutgoing::Orchestration { message, grant } => {
+                match write::deliver(&mut tx, &mut notes, &message).await? {
                     Some(d) => out.delivered.push(d),
-                    None if grant => out.gone_owners.push(instance_id.clone()),
+                    None if grant => out.gone_owners.push(message.target.clone()),
                     None => {}
                 }
             }
-            Outgoing::ToEntity { entity_id, visible_at_ms, event } => {
-                let m = EntityMessage {
-                    entity_id: entity_id.clone(),
-                    visible_at_ms: (*visible_at_ms).max(t.now_ms),
-                    event: event.clone(),
-                };
-                out.queued.push(insert_message(&mut tx, &m, &mut notes).await?);
-            }
-            Outgoing::StartOrchestration { .. } => {}
+            EntityOutgoing::Entity(m) => out.queued.push(insert_message(&mut tx, &m, &mut notes).await?),
+            EntityOutgoing::Start => {}
         }
     }
     for new in &t.starts {
@@ -305,6 +293,7 @@ mod tests {
     use super::*;
     use crate::core::events;
     use crate::core::Priority;
+    use duro_proto::history_event::EventType;
 
     const NOW: i64 = 1_700_000_000_000;
 

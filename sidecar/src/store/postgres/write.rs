@@ -359,22 +359,7 @@ async fn restart_once(
     if new_id.is_none() && !is_terminal(rec.status) {
         return Ok(RestartResult::NotTerminal(rec.status));
     }
-    let new = NewInstance {
-        spec: core::StartSpec {
-            instance_id: target_id.clone(),
-            execution_id: execution_id.to_string(),
-            name: rec.name,
-            version: rec.version,
-            input: rec.input,
-            parent: None,
-            scheduled_start_ms: None,
-            parent_trace_context: None,
-            tags: rec.tags,
-        },
-        created_at_ms: now_ms,
-        visible_at_ms: now_ms,
-        parent_task: None,
-    };
+    let new = restarted(rec, &target_id, execution_id.to_string(), now_ms);
     let result = match create(&mut tx, &mut notices, &new, &IdReuse::terminal()).await? {
         CreateResult::Created(created) => RestartResult::Restarted(Box::new(created.start)),
         CreateResult::Kept | CreateResult::AlreadyExists(_) => return Err(StoreError::Conflict(target_id)),

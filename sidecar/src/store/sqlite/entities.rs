@@ -2,12 +2,10 @@
 //! `entity_messages` queue. Every function runs inside the writer's transaction (or on a
 //! read connection) of its caller; none commits by itself.
 
-use duro_proto::history_event::EventType;
 use rusqlite::{params, Connection, Row};
 
 use super::{blob, decode_event, deliver, encode_event, insert_instance, target_of, DynQuery};
-use crate::core::entity::{EntityMessage, Lock, Outgoing};
-use crate::core::Message;
+use crate::core::entity::{EntityMessage, Lock};
 use crate::store::*;
 
 /// Makes sure the entity has a row (a request to a new entity creates it).
@@ -55,27 +53,14 @@ pub(super) fn commit(c: &Connection, t: &EntityCommit) -> Result<EntityCommitRes
     .execute(params![fx.state, t.now_ms, fx.state, owner, section, t.entity_id])?;
     let mut out = EntityCommitResult::default();
     for o in &fx.outgoing {
-        match o {
-            Outgoing::ToOrchestration { instance_id, execution_id, event } => {
-                let mut event = event.clone();
-                event.timestamp = Some(crate::core::time::from_ms(t.now_ms));
-                let grant = matches!(event.event_type, Some(EventType::EntityLockGranted(_)));
-                let m = Message::now(instance_id.clone(), execution_id.clone(), event, t.now_ms);
-                match deliver(c, &m)? {
-                    Some(d) => out.delivered.push(d),
-                    None if grant => out.gone_owners.push(instance_id.clone()),
-                    None => {}
-                }
-            }
-            Outgoing::ToEntity { entity_id, visible_at_ms, event } => {
-                let m = EntityMessage {
-                    entity_id: entity_id.clone(),
-                    visible_at_ms: (*visible_at_ms).max(t.now_ms),
-                    event: event.clone(),
-                };
-                out.queued.push(insert_message(c, &m, t.now_ms)?);
-            }
-            Outgoing::StartOrchestration { .. } => {}
+        match EntityOutgoing::of(o, t.now_ms) {
+            EntityOutgoing::Orchestration { message, grant } => match deliver(c, &message)? {
+                Some(d) => out.delivered.push(d),
+                None if grant => out.gone_owners.push(message.target.clone()),
+                None => {}
+            },
+            EntityOutgoing::Entity(m) => out.queued.push(insert_message(c, &m, t.now_ms)?),
+            EntityOutgoing::Start => {}
         }
     }
     for new in &t.starts {
