@@ -231,6 +231,9 @@ pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[Histo
 /// the execution's life, from its start to now, a child of the client's context (a sibling of
 /// the turn spans), with the final status.
 pub fn orchestration_ended(token: &str, status: duro_proto::OrchestrationStatus) {
+    if !configured_now() {
+        return;
+    }
     let Some(turn) = TURNS.lock().remove(token) else { return };
     let tracer = global::tracer("duro");
     let mut builder = tracer.span_builder(format!("orchestration {}", turn.name)).with_kind(SpanKind::Server);
@@ -292,6 +295,9 @@ fn system_time(t: &prost_types::Timestamp) -> std::time::SystemTime {
 /// A child span of a work item's span over committing its answer to the store (waiting for
 /// the group commit included); ends when dropped.
 pub fn commit_span(token: &str, writes: &'static str) -> Option<global::BoxedSpan> {
+    if !configured_now() {
+        return None;
+    }
     let in_flight = IN_FLIGHT.lock();
     let parent = in_flight.get(token)?;
     let cx = Context::new().with_remote_span_context(parent.span_context().clone());
@@ -308,6 +314,9 @@ pub fn commit_span(token: &str, writes: &'static str) -> Option<global::BoxedSpa
 /// The trace id of a work item's span, for log lines (`None` when tracing is off or the
 /// item has no span).
 pub fn trace_id(token: &str) -> Option<String> {
+    if !configured_now() {
+        return None;
+    }
     let in_flight = IN_FLIGHT.lock();
     let sc = in_flight.get(token)?.span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
@@ -353,6 +362,9 @@ pub fn activity_dispatched(token: &str, request: &mut ActivityRequest) {
 
 /// A work item's answer committed (`ok`: not a failure).
 pub fn completed(token: &str, ok: bool) {
+    if !configured_now() {
+        return;
+    }
     TURNS.lock().remove(token);
     if let Some(mut span) = IN_FLIGHT.lock().remove(token) {
         if !ok {
@@ -364,6 +376,9 @@ pub fn completed(token: &str, ok: bool) {
 
 /// A lease ended without a committed answer.
 pub fn released(token: &str) {
+    if !configured_now() {
+        return;
+    }
     TURNS.lock().remove(token);
     if let Some(mut span) = IN_FLIGHT.lock().remove(token) {
         span.set_status(Status::error("abandoned or redelivered"));
