@@ -729,17 +729,13 @@ impl Engine {
         };
         let committed = {
             let _span = crate::otel::commit_span(token, "turn");
-            self.inner.store.commit_turn(commit.clone()).await
+            self.inner.store.commit_turn_pipelined(commit.clone()).await
         };
         match committed {
-            Ok(result) => {
+            Ok((result, durable)) => {
                 self.update_cache(info, history_len, &commit.outcome);
                 if commit.outcome.is_terminal() {
                     crate::otel::orchestration_ended(token, commit.outcome.status);
-                }
-                self.entity_messages_committed(result.entity_messages.clone());
-                if commit.outcome.is_terminal() {
-                    self.entity_owner_ended(&info.instance_id);
                 }
                 let admitted: Vec<Delivered> =
                     result.delivered.into_iter().filter(|d| self.admits(&d.instance_id)).collect();
@@ -758,11 +754,27 @@ impl Engine {
                         s.add_event(d, now);
                     }
                 }
+                // What the turn scheduled is dispatched now, while its commit is on its way
+                // to disk; whoever waits for the status hears of it only once it is durable.
+                self.pump();
+                if let Err(e) = durable.wait().await {
+                    tracing::error!(instance = %info.instance_id, error = %e, "a pipelined turn commit failed; the store stops");
+                    return;
+                }
+                // Entity dispatch reads entities from the store: it learns of the turn's
+                // requests (and of a finished owner's locks) once they are there.
+                let entity_work = !result.entity_messages.is_empty() || commit.outcome.is_terminal();
+                self.entity_messages_committed(result.entity_messages);
+                if commit.outcome.is_terminal() {
+                    self.entity_owner_ended(&info.instance_id);
+                }
+                if entity_work {
+                    self.pump();
+                }
                 if status_changed {
                     self.inner.waiters.notify(&info.instance_id);
                     self.announce_status(&info.instance_id);
                 }
-                self.pump();
             }
             Err(e) if cluster::is_lease_lost(&e) && self.holds_again(&info.instance_id) => {
                 // The turn was fenced by an older epoch, but a claim of this sidecar took the
@@ -1027,10 +1039,10 @@ impl Engine {
         let msg = Message::now(instance.instance_id, instance.execution_id, event, now);
         let committed = {
             let _span = crate::otel::commit_span(&token, "activity result");
-            self.inner.store.complete_activity(activity_id, msg).await
+            self.inner.store.complete_activity_pipelined(activity_id, msg).await
         };
         match committed {
-            Ok(delivered) => {
+            Ok((delivered, durable)) => {
                 crate::metrics::completed(crate::metrics::ACTIVITY, &request.name, &token, ok);
                 if let Some(leases) = &self.inner.leases {
                     leases.activity_done(activity_id);
@@ -1042,8 +1054,10 @@ impl Engine {
                         s.add_event(d, now);
                     }
                 }
+                // The next turn is dispatched while the result's commit is on its way to
+                // disk; the worker hears "done" only once it is durable.
                 self.pump();
-                Ok(())
+                Ok(durable.wait().await?)
             }
             Err(e) => {
                 self.inner.sched.lock().finish_activity(&token, false, now);
@@ -1071,7 +1085,7 @@ impl Engine {
         // A new instance's state is known without a read: seed the cache with it, so its
         // first turn does not go to the store.
         let fresh = new.info();
-        let result = self.inner.store.create_instance(new, reuse).await?;
+        let (result, durable) = self.inner.store.create_instance_pipelined(new, reuse).await?;
         if let CreateResult::Created(created) = &result {
             // Entity locks and lock requests under this id belong to an execution that has
             // ended (a replaced one, or one purged earlier): the new execution is a new owner.
@@ -1095,8 +1109,11 @@ impl Engine {
                 s.add_event(d.clone(), now);
             }
         }
-        self.inner.waiters.notify(&id);
+        // The first turn is dispatched while the start's commit is on its way to disk; the
+        // client (and whoever waits for the instance) hears of it only once it is durable.
         self.pump();
+        durable.wait().await?;
+        self.inner.waiters.notify(&id);
         Ok(result)
     }
 
@@ -1142,12 +1159,15 @@ impl Engine {
 
     async fn send_message_now(&self, message: Message) -> Result<bool, EngineError> {
         let target = message.target.clone();
-        match self.inner.store.enqueue(message).await? {
+        let (delivered, durable) = self.inner.store.enqueue_pipelined(message).await?;
+        match delivered {
             Some(d) => {
                 if self.admits(&d.instance_id) {
                     self.inner.sched.lock().add_event(d, self.now());
                     self.pump();
                 }
+                // Acknowledged only once durable (the turn it starts may already run).
+                durable.wait().await?;
                 Ok(true)
             }
             None => {

@@ -547,6 +547,36 @@ pub struct RecoveredEntity {
     pub delivery_attempts: u32,
 }
 
+/// When a pipelined write becomes durable (see [`Store::commit_turn_pipelined`]).
+///
+/// A pipelined write answers as soon as its statements ran in the single writer's open
+/// transaction: its result is final (every later write is ordered after it and sees it),
+/// but it is not yet on disk. Awaiting this says whether its transaction committed. A
+/// store that cannot pipeline answers after the commit, with an already durable value.
+#[must_use = "a pipelined write must not be acknowledged before it is durable"]
+pub struct Durable(Option<tokio::sync::oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Durable {
+    /// A write that was committed before it answered.
+    pub fn already() -> Durable {
+        Durable(None)
+    }
+
+    /// Completed by the writer once the write's transaction has committed (or failed).
+    pub fn pending(rx: tokio::sync::oneshot::Receiver<Result<(), StoreError>>) -> Durable {
+        Durable(Some(rx))
+    }
+
+    /// Waits until the write is durable. An error means it never will be: the writer
+    /// failed to commit it (and, having handed its result on, stops the store).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates an instance (client start) and its `executionStarted` inbox row.
@@ -564,6 +594,36 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a finished activity and delivers its result in the same transaction.
     /// `None` when the activity is gone (duplicate or its instance moved on).
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError>;
+
+    /// [`Store::create_instance`], answered before its commit is durable (pipelined): the
+    /// result may be acted on at once (the engine dispatches the first turn), but nothing
+    /// may be acknowledged to a client before `Durable` resolves. The default commits first.
+    async fn create_instance_pipelined(
+        &self,
+        new: NewInstance,
+        reuse: IdReuse,
+    ) -> Result<(CreateResult, Durable), StoreError> {
+        Ok((self.create_instance(new, reuse).await?, Durable::already()))
+    }
+
+    /// [`Store::enqueue`], pipelined (see [`Store::create_instance_pipelined`]).
+    async fn enqueue_pipelined(&self, message: Message) -> Result<(Option<Delivered>, Durable), StoreError> {
+        Ok((self.enqueue(message).await?, Durable::already()))
+    }
+
+    /// [`Store::commit_turn`], pipelined (see [`Store::create_instance_pipelined`]).
+    async fn commit_turn_pipelined(&self, commit: TurnCommit) -> Result<(CommitResult, Durable), StoreError> {
+        Ok((self.commit_turn(commit).await?, Durable::already()))
+    }
+
+    /// [`Store::complete_activity`], pipelined (see [`Store::create_instance_pipelined`]).
+    async fn complete_activity_pipelined(
+        &self,
+        activity_id: i64,
+        result: Message,
+    ) -> Result<(Option<Delivered>, Durable), StoreError> {
+        Ok((self.complete_activity(activity_id, result).await?, Durable::already()))
+    }
 
     /// Raises stored delivery-attempt counts (never lowers them), so poison detection
     /// survives a restart. Unknown instances and activities are skipped.

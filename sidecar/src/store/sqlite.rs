@@ -224,7 +224,18 @@ fn lock_database(path: &Path) -> Result<Option<std::fs::File>, StoreError> {
 
 struct WriteJob {
     op: WriteOp,
-    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+    /// Taken when answered: after the group's COMMIT, or, for a pipelined write, as soon
+    /// as the group's statements ran (before the COMMIT).
+    reply: Option<oneshot::Sender<Result<WriteResult, StoreError>>>,
+    /// Pipelined writes only: answered after the COMMIT, saying whether it is durable.
+    durable: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl WriteJob {
+    /// Whether the write's result was handed on before its group committed.
+    fn answered_early(&self) -> bool {
+        self.durable.is_some() && self.reply.is_none()
+    }
 }
 
 // One value per write crosses the channel; boxing would only add allocations.
@@ -266,6 +277,8 @@ enum WriteResult {
     Rewind(RewindResult),
     EntityQueued(Vec<QueuedEntityMessage>),
     EntityCommitted(EntityCommitResult),
+    /// Stands in for a pipelined write's result once it was handed on.
+    HandedOn,
 }
 
 fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection, StoreError> {
@@ -323,8 +336,32 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How far the writer got with pipelined writes. Reads wait until every group whose
+/// results were handed on before they started has committed, so nothing the engine acted
+/// on is missing from what it reads back (a read connection sees committed data only).
+#[derive(Default)]
+struct Pipeline {
+    /// The last group whose results were handed on before its COMMIT.
+    handed: std::sync::atomic::AtomicU64,
+    /// The last group whose COMMIT finished (or failed: then the store stops).
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Pipeline {
+    /// Waits until every result handed on so far is durable.
+    async fn settled(&self) {
+        let target = self.handed.load(std::sync::atomic::Ordering::Acquire);
+        if *self.committed.borrow() >= target {
+            return;
+        }
+        let mut committed = self.committed.subscribe();
+        let _ = committed.wait_for(|c| *c >= target).await;
+    }
+}
+
 /// Read-only connections used on blocking threads; opened on demand up to the limit.
 struct ReadPool {
+    pipeline: std::sync::Arc<Pipeline>,
     path: PathBuf,
     options: SqliteOptions,
     idle: std::sync::Arc<Mutex<Vec<Connection>>>,
@@ -337,6 +374,7 @@ impl ReadPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.pipeline.settled().await;
         let permit = self.permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
         let idle = self.idle.clone();
         let path = self.path.clone();
@@ -382,12 +420,21 @@ impl SqliteStore {
         };
         let (tx, rx) = mpsc::channel(4096);
         let (died_tx, died) = tokio::sync::watch::channel(None);
+        let pipeline = std::sync::Arc::new(Pipeline::default());
+        let writer_pipeline = pipeline.clone();
         let writer_thread = std::thread::Builder::new()
             .name("duro-sqlite-writer".into())
             .spawn(move || {
                 // A panic ends the loop (and closes the connection); say so before the
                 // thread ends, so the process can exit instead of failing every write.
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer_loop(opened, rx)));
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    writer_loop(opened, rx, &writer_pipeline)
+                }));
+                // No read may wait for a group that will never commit.
+                writer_pipeline.committed.send_replace(u64::MAX);
+                if let Ok(Err(why)) = &run {
+                    let _ = died_tx.send(Some(why.clone()));
+                }
                 if let Err(panic) = run {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -399,6 +446,7 @@ impl SqliteStore {
             })
             .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         let reads = ReadPool {
+            pipeline,
             path,
             permits: std::sync::Arc::new(Semaphore::new(options.read_connections.max(1) as usize)),
             options,
@@ -425,16 +473,35 @@ impl SqliteStore {
     async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        writer.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        writer.send(WriteJob { op, reply: Some(reply), durable: None }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A write answered once its statements ran in the writer's open transaction, with
+    /// the signal of its COMMIT (see [`Store::commit_turn_pipelined`]).
+    async fn write_pipelined(&self, op: WriteOp) -> Result<(WriteResult, Durable), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer
+            .send(WriteJob { op, reply: Some(reply), durable: Some(durable) })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let result = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok((result, Durable::pending(durable_rx)))
     }
 }
 
 /// The writer thread: takes every write waiting, runs them in one transaction, answers.
-/// Ends (closing the connection) when the store is dropped.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
+/// Ends (closing the connection) when the store is dropped, or with the reason when a
+/// group whose results were already handed on (pipelined writes) failed to commit: the
+/// engine has acted on state that is not stored, and only a restart, which rebuilds
+/// everything from the store, makes the two agree again.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pipeline: &Pipeline) -> Result<(), String> {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    let mut group: u64 = 0;
     while let Some(first) = rx.blocking_recv() {
+        group += 1;
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -443,11 +510,38 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
             }
         }
         let started = std::time::Instant::now();
-        let results = run_group(&mut conn, &batch);
-        crate::metrics::store_commit(batch.len(), started.elapsed(), results.iter().all(Result::is_ok));
-        for (job, r) in batch.drain(..).zip(results) {
-            let _ = job.reply.send(r);
+        let results = run_group(&mut conn, &mut batch, &Handoff { pipeline, group });
+        pipeline.committed.send_replace(group);
+        let committed = results.iter().all(Result::is_ok);
+        crate::metrics::store_commit(batch.len(), started.elapsed(), committed);
+        let mut fatal = None;
+        for (mut job, r) in batch.drain(..).zip(results) {
+            if job.answered_early() {
+                if let Err(e) = &r {
+                    fatal.get_or_insert_with(|| e.to_string());
+                }
+            }
+            if let Some(durable) = job.durable.take() {
+                let _ = durable.send(r.as_ref().map(|_| ()).map_err(copy_failure));
+            }
+            if let Some(reply) = job.reply.take() {
+                let _ = reply.send(r);
+            }
         }
+        if let Some(cause) = fatal {
+            tracing::error!(error = %cause, "a group commit failed after its results were handed on; stopping the store so that a restart recovers from what is stored");
+            return Err(format!("a group commit failed after its results were handed on (pipelined commit): {cause}"));
+        }
+    }
+    Ok(())
+}
+
+/// The same failure again, for the second answer of a pipelined write (its durability).
+fn copy_failure(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Broken(cause) => StoreError::Broken(cause.clone()),
+        e if e.is_transient() => StoreError::CommitFailed(e.to_string()),
+        e => StoreError::Broken(e.to_string()),
     }
 }
 
@@ -474,9 +568,12 @@ enum GroupRun {
 /// when a statement fails (`SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_BUSY`, `SQLITE_NOMEM`);
 /// then, as when the final COMMIT fails, nothing of the group is stored and every write
 /// in it is answered with a failure.
-fn run_group(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<WriteResult, StoreError>> {
-    let run = match try_group(conn, batch, false) {
-        GroupRun::WriteFailed(..) => try_group(conn, batch, true),
+///
+/// Pipelined writes are answered just before the COMMIT (once every statement of the
+/// group ran); their entry in the returned answers then only says whether they committed.
+fn run_group(conn: &mut Connection, batch: &mut [WriteJob], handoff: &Handoff) -> Vec<Result<WriteResult, StoreError>> {
+    let run = match try_group(conn, batch, false, handoff) {
+        GroupRun::WriteFailed(..) => try_group(conn, batch, true, handoff),
         run => run,
     };
     let (mut failed, cause, transient) = match run {
@@ -498,9 +595,30 @@ fn run_group(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<WriteResul
         .collect()
 }
 
+/// The group being written, for [`answer_early`].
+struct Handoff<'a> {
+    pipeline: &'a Pipeline,
+    group: u64,
+}
+
+/// Hands the results of the group's pipelined writes on, before the COMMIT: every
+/// statement ran, so each result is final unless the COMMIT itself fails.
+fn answer_early(batch: &mut [WriteJob], results: &mut [Result<WriteResult, StoreError>], handoff: &Handoff) {
+    for (job, r) in batch.iter_mut().zip(results.iter_mut()) {
+        if job.durable.is_none() || r.is_err() {
+            continue;
+        }
+        // Before the answer: a read made after it waits for this group's COMMIT.
+        handoff.pipeline.handed.store(handoff.group, std::sync::atomic::Ordering::Release);
+        if let Some(reply) = job.reply.take() {
+            let _ = reply.send(std::mem::replace(r, Ok(WriteResult::HandedOn)));
+        }
+    }
+}
+
 /// One attempt at running a group of writes in one transaction, with or without a
 /// savepoint per write. Leaves the connection outside any transaction.
-fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> GroupRun {
+fn try_group(conn: &mut Connection, batch: &mut [WriteJob], savepoints: bool, handoff: &Handoff) -> GroupRun {
     let lost = |e: rusqlite::Error| {
         let e = StoreError::from(e);
         GroupRun::Lost { failed: None, cause: e.to_string(), transient: e.is_transient() }
@@ -540,6 +658,7 @@ fn try_group(conn: &mut Connection, batch: &[WriteJob], savepoints: bool) -> Gro
             r => results.push(r),
         }
     }
+    answer_early(batch, &mut results, handoff);
     match tx.commit() {
         Ok(()) => GroupRun::Committed(results),
         // A failed COMMIT left the transaction open (busy) or rolled it back; dropping
@@ -1213,6 +1332,34 @@ impl Store for SqliteStore {
 
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
         expect_result!(self.write(WriteOp::CompleteActivity(activity_id, result)).await?, Enqueue)
+    }
+
+    async fn create_instance_pipelined(
+        &self,
+        new: NewInstance,
+        reuse: IdReuse,
+    ) -> Result<(CreateResult, Durable), StoreError> {
+        let (r, durable) = self.write_pipelined(WriteOp::Create(new, reuse)).await?;
+        Ok((expect_result!(r, Create)?, durable))
+    }
+
+    async fn enqueue_pipelined(&self, message: Message) -> Result<(Option<Delivered>, Durable), StoreError> {
+        let (r, durable) = self.write_pipelined(WriteOp::Enqueue(message)).await?;
+        Ok((expect_result!(r, Enqueue)?, durable))
+    }
+
+    async fn commit_turn_pipelined(&self, commit: TurnCommit) -> Result<(CommitResult, Durable), StoreError> {
+        let (r, durable) = self.write_pipelined(WriteOp::Commit(commit)).await?;
+        Ok((expect_result!(r, Commit)?, durable))
+    }
+
+    async fn complete_activity_pipelined(
+        &self,
+        activity_id: i64,
+        result: Message,
+    ) -> Result<(Option<Delivered>, Durable), StoreError> {
+        let (r, durable) = self.write_pipelined(WriteOp::CompleteActivity(activity_id, result)).await?;
+        Ok((expect_result!(r, Enqueue)?, durable))
     }
 
     async fn record_attempts(&self, counts: Vec<Attempts>) -> Result<(), StoreError> {
