@@ -93,6 +93,10 @@ struct Cli {
     /// large files). A damaged database is refused.
     #[arg(long, env = "DURO_SQLITE_CHECK", value_enum, default_value = "quick")]
     sqlite_check: StartupCheck,
+    /// Fault injection for crash tests: the process aborts right before about one in N group
+    /// commits that handed results on early (pipelined), as a power cut would end it.
+    #[arg(long, env = "DURO_FAULT_ABORT_BEFORE_COMMIT", hide = true)]
+    fault_abort_before_commit: Option<u32>,
     #[command(flatten)]
     http: duro::http::HttpArgs,
     #[command(flatten)]
@@ -242,6 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             synchronous_full: !cli.sqlite_relaxed_sync,
             secure_delete: !cli.sqlite_no_secure_delete,
             check: cli.sqlite_check,
+            abort_before_commit: cli.fault_abort_before_commit.filter(|n| *n > 0),
             ..Default::default()
         },
         engine: EngineOptions {

@@ -62,6 +62,9 @@ pub struct SqliteOptions {
     pub secure_delete: bool,
     /// The integrity check run when the store opens.
     pub check: StartupCheck,
+    /// Fault injection for crash tests: abort the process right before about one in this
+    /// many COMMITs of groups that handed results on early (the state a power cut leaves).
+    pub abort_before_commit: Option<u32>,
 }
 
 /// How thoroughly the database is checked when the store opens: a damaged file is refused
@@ -85,6 +88,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(30),
             secure_delete: true,
             check: StartupCheck::default(),
+            abort_before_commit: None,
         }
     }
 }
@@ -422,13 +426,14 @@ impl SqliteStore {
         let (died_tx, died) = tokio::sync::watch::channel(None);
         let pipeline = std::sync::Arc::new(Pipeline::default());
         let writer_pipeline = pipeline.clone();
+        let abort_one_in = options.abort_before_commit;
         let writer_thread = std::thread::Builder::new()
             .name("duro-sqlite-writer".into())
             .spawn(move || {
                 // A panic ends the loop (and closes the connection); say so before the
                 // thread ends, so the process can exit instead of failing every write.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    writer_loop(opened, rx, &writer_pipeline)
+                    writer_loop(opened, rx, &writer_pipeline, abort_one_in)
                 }));
                 // No read may wait for a group that will never commit.
                 writer_pipeline.committed.send_replace(u64::MAX);
@@ -497,7 +502,12 @@ impl SqliteStore {
 /// group whose results were already handed on (pipelined writes) failed to commit: the
 /// engine has acted on state that is not stored, and only a restart, which rebuilds
 /// everything from the store, makes the two agree again.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pipeline: &Pipeline) -> Result<(), String> {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriteJob>,
+    pipeline: &Pipeline,
+    abort_one_in: Option<u32>,
+) -> Result<(), String> {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     let mut group: u64 = 0;
     while let Some(first) = rx.blocking_recv() {
@@ -510,7 +520,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pipeline:
             }
         }
         let started = std::time::Instant::now();
-        let results = run_group(&mut conn, &mut batch, &Handoff { pipeline, group });
+        let results = run_group(&mut conn, &mut batch, &Handoff { pipeline, group, abort_one_in });
         pipeline.committed.send_replace(group);
         let committed = results.iter().all(Result::is_ok);
         crate::metrics::store_commit(batch.len(), started.elapsed(), committed);
@@ -599,11 +609,32 @@ fn run_group(conn: &mut Connection, batch: &mut [WriteJob], handoff: &Handoff) -
 struct Handoff<'a> {
     pipeline: &'a Pipeline,
     group: u64,
+    /// `--fault-abort-before-commit`: one in how many handed-on groups ends the process.
+    abort_one_in: Option<u32>,
+}
+
+impl Handoff<'_> {
+    /// Fault injection: ends the process between a hand-off and its COMMIT, pseudo-randomly
+    /// (a hash of the group number and the process id).
+    fn maybe_abort(&self) {
+        let Some(n) = self.abort_one_in else { return };
+        let mut x = self.group ^ (u64::from(std::process::id()) << 32);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        if x % u64::from(n) == 0 {
+            // About one fsync's time: the engine acts on what was handed on meanwhile.
+            std::thread::sleep(Duration::from_millis(2));
+            eprintln!("fault injection: aborting before the COMMIT of group {}", self.group);
+            std::process::abort();
+        }
+    }
 }
 
 /// Hands the results of the group's pipelined writes on, before the COMMIT: every
 /// statement ran, so each result is final unless the COMMIT itself fails.
 fn answer_early(batch: &mut [WriteJob], results: &mut [Result<WriteResult, StoreError>], handoff: &Handoff) {
+    let mut handed = false;
     for (job, r) in batch.iter_mut().zip(results.iter_mut()) {
         if job.durable.is_none() || r.is_err() {
             continue;
@@ -612,7 +643,11 @@ fn answer_early(batch: &mut [WriteJob], results: &mut [Result<WriteResult, Store
         handoff.pipeline.handed.store(handoff.group, std::sync::atomic::Ordering::Release);
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(std::mem::replace(r, Ok(WriteResult::HandedOn)));
+            handed = true;
         }
+    }
+    if handed {
+        handoff.maybe_abort();
     }
 }
 
