@@ -622,7 +622,7 @@ impl Handoff<'_> {
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
         x ^= x >> 33;
-        if x % u64::from(n) == 0 {
+        if x.is_multiple_of(u64::from(n)) {
             // About one fsync's time: the engine acts on what was handed on meanwhile.
             std::thread::sleep(Duration::from_millis(2));
             eprintln!("fault injection: aborting before the COMMIT of group {}", self.group);
