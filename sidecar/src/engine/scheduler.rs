@@ -99,6 +99,9 @@ pub struct StreamRules {
     pub max_orchestrations: usize,
     pub max_activities: usize,
     pub filters: Option<WorkItemFilters>,
+    /// The worker declared `WORKER_CAPABILITY_HISTORY_STREAMING`: it can fetch a turn's
+    /// history with `StreamInstanceHistory`, so large histories are not sent in the work item.
+    pub history_streaming: bool,
 }
 
 /// Most work items of one kind a stream may hold at once, whatever the worker asks for.
@@ -115,6 +118,7 @@ impl StreamRules {
             max_orchestrations: cap(req.max_concurrent_orchestration_work_items),
             max_activities: cap(req.max_concurrent_activity_work_items),
             filters: req.work_item_filters.clone(),
+            history_streaming: req.capabilities.contains(&(duro_proto::WorkerCapability::HistoryStreaming as i32)),
         }
     }
 
@@ -333,6 +337,9 @@ pub struct TurnContext {
     pub deferred: Vec<EventKey>,
     /// Inbox rows consumed whatever the worker answers (stale results, wake-ups).
     pub always_consumed: Vec<i64>,
+    /// The history the turn was built on (a snapshot sharing the cache's segments), served
+    /// to the worker by `StreamInstanceHistory` when the work item did not carry it.
+    pub history: super::cache::SharedHistory,
 }
 
 /// Whether a lease's result is being committed. `Out → Completing` when a completion (or
@@ -1487,6 +1494,21 @@ impl Scheduler {
         true
     }
 
+    /// Whether a stream's worker fetches large histories with `StreamInstanceHistory`.
+    pub fn streams_history(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.rules.history_streaming)
+    }
+
+    /// The history a dispatched, not yet completing turn of the instance was built on, with
+    /// its execution id.
+    pub fn turn_history(&self, instance_id: &str) -> Option<(String, super::cache::SharedHistory)> {
+        let token = self.instances.get(instance_id)?.dispatch.token()?;
+        match self.leases.get(token) {
+            Some(Lease::Turn { context: Some(ctx), .. }) => Some((ctx.info.execution_id.clone(), ctx.history.clone())),
+            _ => None,
+        }
+    }
+
     /// The live turn token of an instance (for workers that send no completion token).
     pub fn turn_token_of(&self, instance_id: &str) -> Option<String> {
         self.instances.get(instance_id).and_then(|s| s.dispatch.token()).map(str::to_string)
@@ -1842,7 +1864,7 @@ mod tests {
     }
 
     fn rules(cap: usize) -> StreamRules {
-        StreamRules { max_orchestrations: cap, max_activities: cap, filters: None }
+        StreamRules { max_orchestrations: cap, max_activities: cap, filters: None, ..Default::default() }
     }
 
     fn turns(a: &[Assignment]) -> Vec<&TurnLease> {
@@ -2001,6 +2023,7 @@ mod tests {
                 activities: vec![],
                 entities: vec![],
             }),
+            history_streaming: false,
         };
         let (sid, _rx) = stream(&mut s, only_b);
         s.add_event(delivered(1, "a", "A", NOW, events::event_raised(NOW, "e".into(), None)), NOW);
@@ -2035,6 +2058,7 @@ mod tests {
                 activities: vec![],
                 entities: vec![],
             }),
+            history_streaming: false,
         };
         let (_sid, _rx) = stream(&mut s, only_b);
         for i in 0..5 {
@@ -2133,6 +2157,7 @@ mod tests {
             shown: vec![],
             deferred: vec![],
             always_consumed: vec![],
+            history: Default::default(),
         };
         assert!(s.send_turn(&lease.token, sid, ctx, duro_proto::WorkItem::default()));
     }
@@ -2409,6 +2434,7 @@ mod tests {
                 activities: vec![duro_proto::ActivityFilter { name: "A".into(), versions: vec![] }],
                 entities: vec![],
             }),
+            history_streaming: false,
         };
         let (_sid, _rx) = stream(&mut s, declared);
         s.add_activity(activity(1, "A"));
