@@ -69,7 +69,7 @@ async fn main() -> Result<(), Error> {
                 .split(',')
                 .map(str::parse)
                 .collect::<Result<_, _>>()?;
-            println!("| target events | history events | history MB | ms per step (turn + activity) | sidecar CPU ms per step | growth phase s |");
+            println!("| target events | history events at the end | history MB | ms per step (turn + activity) | sidecar CPU ms per step | growth phase s |");
             println!("|---:|---:|---:|---:|---:|---:|");
             for n in sizes {
                 curve_point(&client, address, pid, n).await?;

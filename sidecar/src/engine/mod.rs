@@ -65,6 +65,9 @@ pub struct EngineOptions {
     pub cache_bytes: usize,
     /// Largest orchestrator work item sent; larger ones fail the instance.
     pub max_work_item_bytes: usize,
+    /// History bytes above which a worker that declared history streaming gets the history
+    /// by `StreamInstanceHistory` rather than in the work item.
+    pub stream_history_above: usize,
     /// Interval of health pings on an idle work-item stream.
     pub ping_interval: Duration,
     /// Longest a `WaitFor*` call blocks before answering DEADLINE_EXCEEDED.
@@ -84,6 +87,7 @@ impl Default for EngineOptions {
             cache_instances: 10_000,
             cache_bytes: 128 * 1024 * 1024,
             max_work_item_bytes: 4 * 1024 * 1024 - 64 * 1024,
+            stream_history_above: STREAM_HISTORY_ABOVE,
             ping_interval: Duration::from_secs(30),
             max_wait: Duration::from_secs(3600),
             max_inbox_events: 10_000,
@@ -92,8 +96,8 @@ impl Default for EngineOptions {
     }
 }
 
-/// A worker that declared `WORKER_CAPABILITY_HISTORY_STREAMING` gets a turn's history by
-/// `StreamInstanceHistory` once it is larger than this (as the .NET host does), or whenever
+/// By default, a worker that declared `WORKER_CAPABILITY_HISTORY_STREAMING` gets a turn's history
+/// by `StreamInstanceHistory` once it is larger than this (as the .NET host does), or whenever
 /// it would not fit in the work item; smaller histories travel in the work item, which saves
 /// the worker a round trip.
 pub const STREAM_HISTORY_ABOVE: usize = 1024 * 1024;
@@ -598,7 +602,8 @@ impl Engine {
                 // Streamed when large, or when carrying it would crowd the new events out of
                 // the work item (or not fit at all).
                 let streaming = self.inner.sched.lock().streams_history(stream)
-                    && (past_bytes > STREAM_HISTORY_ABOVE || size + past_bytes + fields.iter().sum::<usize>() > limit);
+                    && (past_bytes > self.inner.opts.stream_history_above
+                        || size + past_bytes + fields.iter().sum::<usize>() > limit);
                 if streaming {
                     // The worker fetches the history with StreamInstanceHistory, served from
                     // this turn's snapshot (`TurnContext::history`).
@@ -663,7 +668,8 @@ impl Engine {
                     deferred,
                     new_events: request.new_events.clone(),
                     always_consumed,
-                    history,
+                    // Kept for the worker to stream (see `history_for`), else not at all.
+                    history: if streaming { history } else { SharedHistory::default() },
                 };
                 let item = WorkItem {
                     request: Some(work_item::Request::OrchestratorRequest(request)),
@@ -1142,9 +1148,10 @@ impl Engine {
     }
 
     /// The history `StreamInstanceHistory` serves: for a worker processing a work item, the
-    /// snapshot its dispatched turn was built on (what `pastEvents` would have carried);
-    /// otherwise the current execution's committed history, from the cache when it holds
-    /// the instance. `Ok(None)`: no such instance; `NotFound` when `execution_id` names an
+    /// snapshot its dispatched turn was built on (what `pastEvents` would have carried; the
+    /// first request takes it); otherwise the current execution's committed history, from the
+    /// cache when it holds the instance (while a turn is out, that is the same history: only
+    /// its commit changes it). `Ok(None)`: no such instance; `NotFound` when `execution_id` names an
     /// execution that is not current.
     pub async fn history_for(
         &self,
@@ -1156,11 +1163,9 @@ impl Engine {
             EngineError::NotFound(format!("execution '{exec}' of instance '{instance_id}' is no longer current"))
         };
         if for_work_item {
-            let turn = self.inner.sched.lock().turn_history(instance_id);
-            if let Some((current, history)) = turn {
-                if execution_id.is_none_or(|e| e == current) {
-                    return Ok(Some(history));
-                }
+            let turn = self.inner.sched.lock().take_turn_history(instance_id, execution_id);
+            if let Some(history) = turn {
+                return Ok(Some(history));
             }
         }
         let cached = self.inner.cache.lock().get(instance_id);

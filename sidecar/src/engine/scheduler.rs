@@ -337,8 +337,9 @@ pub struct TurnContext {
     pub deferred: Vec<EventKey>,
     /// Inbox rows consumed whatever the worker answers (stale results, wake-ups).
     pub always_consumed: Vec<i64>,
-    /// The history the turn was built on (a snapshot sharing the cache's segments), served
-    /// to the worker by `StreamInstanceHistory` when the work item did not carry it.
+    /// The history the turn was built on (a snapshot sharing the cache's segments) when the
+    /// work item did not carry it, until the worker's `StreamInstanceHistory` takes it
+    /// (empty otherwise: a turn keeps no history it does not need).
     pub history: super::cache::SharedHistory,
 }
 
@@ -1499,12 +1500,22 @@ impl Scheduler {
         self.streams.get(&stream).is_some_and(|s| s.rules.history_streaming)
     }
 
-    /// The history a dispatched, not yet completing turn of the instance was built on, with
-    /// its execution id.
-    pub fn turn_history(&self, instance_id: &str) -> Option<(String, super::cache::SharedHistory)> {
+    /// Hands out, once, the history snapshot a dispatched turn of the instance keeps for its
+    /// worker to stream (`execution_id`: only if the turn is for that execution). Later calls
+    /// find none: the store and cache hold the same history until the turn commits, so the
+    /// snapshot need not outlive its one use.
+    pub fn take_turn_history(
+        &mut self,
+        instance_id: &str,
+        execution_id: Option<&str>,
+    ) -> Option<super::cache::SharedHistory> {
         let token = self.instances.get(instance_id)?.dispatch.token()?;
-        match self.leases.get(token) {
-            Some(Lease::Turn { context: Some(ctx), .. }) => Some((ctx.info.execution_id.clone(), ctx.history.clone())),
+        match self.leases.get_mut(token) {
+            Some(Lease::Turn { context: Some(ctx), .. })
+                if execution_id.is_none_or(|e| e == ctx.info.execution_id) && !ctx.history.is_empty() =>
+            {
+                Some(std::mem::take(&mut ctx.history))
+            }
             _ => None,
         }
     }
@@ -2140,6 +2151,10 @@ mod tests {
     }
 
     fn dispatch(s: &mut Scheduler, lease: &TurnLease, sid: StreamId) {
+        dispatch_with(s, lease, sid, Default::default());
+    }
+
+    fn dispatch_with(s: &mut Scheduler, lease: &TurnLease, sid: StreamId, history: super::super::cache::SharedHistory) {
         let ctx = TurnContext {
             info: crate::core::InstanceInfo {
                 instance_id: lease.instance_id.clone(),
@@ -2157,9 +2172,29 @@ mod tests {
             shown: vec![],
             deferred: vec![],
             always_consumed: vec![],
-            history: Default::default(),
+            history,
         };
         assert!(s.send_turn(&lease.token, sid, ctx, duro_proto::WorkItem::default()));
+    }
+
+    #[test]
+    fn a_streaming_turns_history_is_handed_out_once_for_its_execution() {
+        let mut s = Scheduler::new(opts());
+        let streaming = StreamRules { history_streaming: true, ..rules(10) };
+        let (sid, _rx) = stream(&mut s, streaming);
+        assert!(s.streams_history(sid));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let lease = turns(&a)[0].clone();
+        assert_eq!(s.take_turn_history("a", None), None, "not dispatched yet");
+        let history = super::super::cache::SharedHistory::from(vec![events::event_raised(NOW, "x".into(), None)]);
+        dispatch_with(&mut s, &lease, sid, history.clone());
+        assert_eq!(s.take_turn_history("a", Some("other")), None, "another execution");
+        assert_eq!(s.take_turn_history("a", Some("e")), Some(history));
+        assert_eq!(s.take_turn_history("a", Some("e")), None, "taken once; later requests read the store");
+        assert_eq!(s.take_turn_history("b", None), None);
+        let (plain, _rx2) = stream(&mut s, rules(10));
+        assert!(!s.streams_history(plain));
     }
 
     #[test]
