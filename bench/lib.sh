@@ -12,11 +12,12 @@ free_port() {
   done
 }
 
-# start_sidecar KIND DIR PORT: starts duro or dtgo on a fresh SQLite file in DIR; sets SIDECAR_PID.
+# start_sidecar KIND DIR PORT [ARGS...]: starts duro or dtgo on a fresh SQLite file in DIR; sets
+# SIDECAR_PID. ARGS go to duro.
 start_sidecar() {
   local kind=$1 dir=$2 port=$3
   case $kind in
-    duro) "$DURO_BIN" --listen "127.0.0.1:$port" --db "$dir/duro.db" --log-level warn 2>"$dir/sidecar.log" & ;;
+    duro) "$DURO_BIN" --listen "127.0.0.1:$port" --db "$dir/duro.db" --log-level warn "${@:4}" 2>"$dir/sidecar.log" & ;;
     dtgo) bench/bin/dtgo-sidecar -listen "127.0.0.1:$port" -db "$dir/dtgo.db" 2>"$dir/sidecar.log" & ;;
     *) echo "unknown sidecar $kind" >&2; return 1 ;;
   esac

@@ -63,6 +63,10 @@ struct Cli {
     /// (most SDKs receive at most 4 MiB by default).
     #[arg(long, env = "DURO_MAX_WORK_ITEM_BYTES", default_value_t = 4 * 1024 * 1024 - 64 * 1024)]
     max_work_item_bytes: usize,
+    /// Histories above this many bytes are not sent in the work item to workers that declare
+    /// WORKER_CAPABILITY_HISTORY_STREAMING; they fetch them with StreamInstanceHistory.
+    #[arg(long, env = "DURO_STREAM_HISTORY_ABOVE_BYTES", default_value_t = duro::engine::STREAM_HISTORY_ABOVE)]
+    stream_history_above_bytes: usize,
     /// Deliveries of one work item without a result before it is failed as poison.
     #[arg(long, env = "DURO_MAX_DELIVERY_ATTEMPTS", default_value_t = 10)]
     max_delivery_attempts: u32,
@@ -254,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cache_instances: cli.cache_instances,
             cache_bytes: cli.cache_mib.saturating_mul(1024 * 1024),
             max_work_item_bytes: cli.max_work_item_bytes,
+            stream_history_above: cli.stream_history_above_bytes,
             ping_interval: Duration::from_secs(cli.ping_seconds.max(1)),
             max_inbox_events: cli.max_inbox_events.max(1),
             ..Default::default()

@@ -177,8 +177,11 @@ fn remember(token: &str, span: global::BoxedSpan) {
 
 /// The client's trace context of an execution: its `executionStarted` event's (found near the
 /// start of the history or of the new events).
-fn client_trace_context<'a>(past: &'a [HistoryEvent], new: &'a [HistoryEvent]) -> Option<&'a TraceContext> {
-    past.iter().take(3).chain(new.iter().take(3)).find_map(|e| match &e.event_type {
+fn client_trace_context<'a>(
+    past: impl Iterator<Item = &'a HistoryEvent>,
+    new: &'a [HistoryEvent],
+) -> Option<&'a TraceContext> {
+    past.take(3).chain(new.iter().take(3)).find_map(|e| match &e.event_type {
         Some(EventType::ExecutionStarted(s)) => s.parent_trace_context.as_ref(),
         _ => None,
     })
@@ -186,20 +189,29 @@ fn client_trace_context<'a>(past: &'a [HistoryEvent], new: &'a [HistoryEvent]) -
 
 /// The trace id of an orchestration: the one of the client's `parentTraceContext` on start
 /// (so log lines carry it whether or not Duro exports spans).
-pub fn orchestration_trace_id(past: &[HistoryEvent], new: &[HistoryEvent]) -> Option<String> {
+pub fn orchestration_trace_id<'a>(
+    past: impl Iterator<Item = &'a HistoryEvent>,
+    new: &'a [HistoryEvent],
+) -> Option<String> {
     let tp = &client_trace_context(past, new)?.trace_parent;
     let id = tp.split('-').nth(1)?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
         .then(|| id.to_ascii_lowercase())
 }
 
-/// A turn was sent to a worker.
-pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[HistoryEvent], new: &[HistoryEvent]) {
+/// A turn was sent to a worker (`past`: its history, walked only when exporting).
+pub fn turn_dispatched<'a>(
+    token: &str,
+    name: &str,
+    instance_id: &str,
+    past: impl Iterator<Item = &'a HistoryEvent> + Clone,
+    new: &'a [HistoryEvent],
+) {
     if !configured_now() {
         return;
     }
     let tracer = global::tracer("duro");
-    let parent = context_of(client_trace_context(past, new));
+    let parent = context_of(client_trace_context(past.clone(), new));
     let span = tracer
         .span_builder(format!("turn {name}"))
         .with_kind(SpanKind::Server)
@@ -210,8 +222,8 @@ pub fn turn_dispatched(token: &str, name: &str, instance_id: &str, past: &[Histo
             KeyValue::new("durabletask.turn.new_events", new.len() as i64),
         ])
         .start_with_context(&tracer, &parent);
-    timers_fired(&tracer, &parent, instance_id, past, new);
-    let started = past.iter().chain(new).find_map(|e| match (&e.event_type, &e.timestamp) {
+    timers_fired(&tracer, &parent, instance_id, past.clone(), new);
+    let started = past.chain(new).find_map(|e| match (&e.event_type, &e.timestamp) {
         (Some(EventType::ExecutionStarted(_)), Some(t)) => Some(system_time(t)),
         _ => None,
     });
@@ -256,17 +268,17 @@ pub fn orchestration_ended(token: &str, status: duro_proto::OrchestrationStatus)
 
 /// One `timer` span per durable timer that fires in this turn: from the turn that created it
 /// (`timerCreated`) to its firing (`timerFired`), a sibling of the turn spans.
-fn timers_fired(
+fn timers_fired<'a>(
     tracer: &global::BoxedTracer,
     parent: &Context,
     instance_id: &str,
-    past: &[HistoryEvent],
-    new: &[HistoryEvent],
+    past: impl Iterator<Item = &'a HistoryEvent> + Clone,
+    new: &'a [HistoryEvent],
 ) {
     for fired in new {
         let Some(EventType::TimerFired(f)) = &fired.event_type else { continue };
         let created = past
-            .iter()
+            .clone()
             .chain(new)
             .find(|e| e.event_id == f.timer_id && matches!(e.event_type, Some(EventType::TimerCreated(_))));
         let (Some(start), Some(end)) = (created.and_then(|c| c.timestamp.as_ref()), f.fire_at.as_ref()) else {

@@ -20,8 +20,8 @@ use duro_proto::orchestrator_action::OrchestratorActionType;
 use duro_proto::{
     work_item, AbandonActivityTaskRequest, AbandonEntityTaskRequest, AbandonOrchestrationTaskRequest, ActivityFilter,
     ActivityRequest, ActivityResponse, CompleteOrchestrationAction, EntityFilter, EntityRequest, GetWorkItemsRequest,
-    OrchestrationFilter, OrchestrationStatus, OrchestratorAction, OrchestratorRequest, OrchestratorResponse, WorkItem,
-    WorkItemFilters,
+    OrchestrationFilter, OrchestrationStatus, OrchestratorAction, OrchestratorRequest, OrchestratorResponse,
+    StreamInstanceHistoryRequest, WorkItem, WorkItemFilters, WorkerCapability,
 };
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -332,7 +332,9 @@ impl Runner {
             max_concurrent_orchestration_work_items: cap(self.options.max_concurrent_orchestrations),
             max_concurrent_activity_work_items: cap(self.options.max_concurrent_activities),
             max_concurrent_entity_work_items: cap(self.options.max_concurrent_entities),
-            capabilities: Vec::new(),
+            // Large histories come by StreamInstanceHistory rather than in the work item
+            // (see `fetch_history`), so they are not bounded by the work-item size limit.
+            capabilities: vec![WorkerCapability::HistoryStreaming as i32],
             work_item_filters: Some(WorkItemFilters {
                 orchestrations: self
                     .registry
@@ -545,13 +547,46 @@ impl Runner {
     }
 }
 
+/// Fills a work item's `pastEvents` from `StreamInstanceHistory` when the sidecar sent it
+/// without them (`requiresHistoryStreaming`): the history of the execution the turn is for.
+async fn fetch_history(grpc: &mut client::Grpc, request: &mut OrchestratorRequest) -> Result<(), tonic::Status> {
+    let mut stream = grpc
+        .stream_instance_history(StreamInstanceHistoryRequest {
+            instance_id: request.instance_id.clone(),
+            execution_id: request.execution_id.clone(),
+            for_work_item_processing: true,
+        })
+        .await?
+        .into_inner();
+    let mut past = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        past.extend(chunk.events);
+    }
+    request.past_events = past;
+    request.requires_history_streaming = false;
+    Ok(())
+}
+
 async fn run_orchestration(
     mut grpc: client::Grpc,
     registry: Arc<Registry>,
-    request: OrchestratorRequest,
+    mut request: OrchestratorRequest,
     token: String,
 ) {
     let instance_id = request.instance_id.clone();
+    if request.requires_history_streaming {
+        if let Err(status) = fetch_history(&mut grpc, &mut request).await {
+            // Without its history the turn cannot run: give it back (the sidecar redelivers
+            // it after a back-off, and counts the delivery).
+            tracing::warn!(instance = %instance_id, code = ?status.code(), error = %status.message(),
+                "could not fetch the orchestration's history; abandoning the turn");
+            let abandon = AbandonOrchestrationTaskRequest { completion_token: token };
+            if let Err(status) = grpc.abandon_task_orchestrator_work_item(abandon).await {
+                tracing::debug!(code = ?status.code(), error = %status.message(), "abandon failed");
+            }
+            return;
+        }
+    }
     let turn = tokio::task::spawn_blocking(move || replay::execute_request(&registry, &request)).await;
     let mut response = match turn {
         Ok(r) => r,

@@ -6,8 +6,14 @@
 //! Bounded twice: by instances and by bytes (an estimate of the events' in-memory size), so
 //! a few instances with huge histories cannot take the sidecar's memory. Least recently
 //! used entries go first. Pure bookkeeping, no I/O.
+//!
+//! A history is a [`SharedHistory`]: sealed segments shared by reference plus a short open
+//! tail, so a turn takes a snapshot of it without copying the events, and applying a
+//! committed turn copies at most one segment. A turn's cost does not grow with the history
+//! it is built on (the events are encoded only when a worker is sent them).
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use duro_proto::{HistoryEvent, OrchestrationStatus};
 use lru::LruCache;
@@ -21,9 +27,145 @@ const EVENT_OVERHEAD: usize = 96;
 /// Bytes counted per entry for its key, info and bookkeeping.
 const ENTRY_OVERHEAD: usize = 256;
 
+/// A segment is sealed when it holds this many events...
+const SEGMENT_EVENTS: usize = 256;
+/// ...or this many encoded bytes, whichever comes first: so copying the open tail (when a
+/// snapshot shares it) stays small whatever the history holds.
+const SEGMENT_BYTES: usize = 256 * 1024;
+
+/// An execution's history, cheap to clone: sealed segments behind one shared pointer and an
+/// open tail of fewer than [`SEGMENT_EVENTS`] events and [`SEGMENT_BYTES`] bytes. A clone is
+/// a snapshot: appending to one copy never changes another.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedHistory {
+    sealed: Arc<Vec<Arc<[HistoryEvent]>>>,
+    tail: Arc<Vec<HistoryEvent>>,
+    tail_bytes: usize,
+    len: usize,
+    wire_bytes: usize,
+}
+
+/// Bytes an event adds to a repeated message field (field numbers below 16): tag, length, body.
+pub fn field_bytes(e: &HistoryEvent) -> usize {
+    let len = e.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+impl SharedHistory {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Encoded bytes of the events as a repeated field (`pastEvents`), kept as events are
+    /// added so that sizing a work item does not walk the history.
+    pub fn wire_bytes(&self) -> usize {
+        self.wire_bytes
+    }
+
+    /// Appends an event. Copies at most the open tail (when a snapshot shares it).
+    pub fn push(&mut self, e: HistoryEvent) {
+        let bytes = field_bytes(&e);
+        self.len += 1;
+        self.wire_bytes += bytes;
+        self.tail_bytes += bytes;
+        Arc::make_mut(&mut self.tail).push(e);
+        if self.tail.len() >= SEGMENT_EVENTS || self.tail_bytes >= SEGMENT_BYTES {
+            let tail = std::mem::take(&mut self.tail);
+            let segment: Vec<HistoryEvent> = Arc::try_unwrap(tail).unwrap_or_else(|shared| (*shared).clone());
+            Arc::make_mut(&mut self.sealed).push(Arc::from(segment));
+            self.tail_bytes = 0;
+        }
+    }
+
+    /// The events in order.
+    pub fn iter(&self) -> impl Iterator<Item = &HistoryEvent> + Clone {
+        self.sealed.iter().flat_map(|s| s.iter()).chain(self.tail.iter())
+    }
+
+    /// The events as one vector (a deep copy: for work items that carry the history).
+    pub fn to_vec(&self) -> Vec<HistoryEvent> {
+        let mut v = Vec::with_capacity(self.len);
+        v.extend(self.iter().cloned());
+        v
+    }
+
+    /// The first events, up to the end of the first segment (or all): enough to find the
+    /// `executionStarted` event, which is among the first two.
+    pub fn head(&self) -> &[HistoryEvent] {
+        match self.sealed.first() {
+            Some(s) => s,
+            None => &self.tail,
+        }
+    }
+
+    /// The events in chunks of at most `max_bytes` encoded bytes each (a larger event is a
+    /// chunk of its own), copied one chunk at a time as the iterator advances.
+    pub fn chunks(&self, max_bytes: usize) -> HistoryChunks {
+        HistoryChunks { history: self.clone(), segment: 0, offset: 0, max_bytes }
+    }
+
+    fn event_at(&self, segment: usize, offset: usize) -> Option<&HistoryEvent> {
+        match self.sealed.get(segment) {
+            Some(s) => s.get(offset),
+            None if segment == self.sealed.len() => self.tail.get(offset),
+            None => None,
+        }
+    }
+}
+
+impl From<Vec<HistoryEvent>> for SharedHistory {
+    fn from(events: Vec<HistoryEvent>) -> SharedHistory {
+        let mut h = SharedHistory::default();
+        for e in events {
+            h.push(e);
+        }
+        h
+    }
+}
+
+/// Owned chunks of a [`SharedHistory`] snapshot, see [`SharedHistory::chunks`].
+pub struct HistoryChunks {
+    history: SharedHistory,
+    segment: usize,
+    offset: usize,
+    max_bytes: usize,
+}
+
+impl Iterator for HistoryChunks {
+    type Item = Vec<HistoryEvent>;
+
+    fn next(&mut self) -> Option<Vec<HistoryEvent>> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let Some(e) = self.history.event_at(self.segment, self.offset) else {
+                if self.segment < self.history.sealed.len() {
+                    self.segment += 1;
+                    self.offset = 0;
+                    continue;
+                }
+                break;
+            };
+            let b = field_bytes(e);
+            if !chunk.is_empty() && bytes + b > self.max_bytes {
+                break;
+            }
+            bytes += b;
+            chunk.push(e.clone());
+            self.offset += 1;
+        }
+        (!chunk.is_empty()).then_some(chunk)
+    }
+}
+
 struct Entry {
     info: InstanceInfo,
-    history: Vec<HistoryEvent>,
+    history: SharedHistory,
     bytes: usize,
 }
 
@@ -47,14 +189,15 @@ impl HistoryCache {
         HistoryCache { lru: LruCache::new(cap), bytes: 0, max_bytes }
     }
 
-    /// A copy of the instance's cached state, marking it recently used.
-    pub fn get(&mut self, instance_id: &str) -> Option<(InstanceInfo, Vec<HistoryEvent>)> {
+    /// The instance's cached state (the history as a snapshot, not copied), marking it
+    /// recently used.
+    pub fn get(&mut self, instance_id: &str) -> Option<(InstanceInfo, SharedHistory)> {
         self.lru.get(instance_id).map(|e| (e.info.clone(), e.history.clone()))
     }
 
     /// Caches an instance's state as read from the store (or just created). A state larger
     /// than the whole budget is not cached.
-    pub fn put(&mut self, info: InstanceInfo, history: Vec<HistoryEvent>) {
+    pub fn put(&mut self, info: InstanceInfo, history: SharedHistory) {
         let bytes = info_bytes(&info) + history.iter().map(event_bytes).sum::<usize>();
         self.remove(&info.instance_id);
         if bytes > self.max_bytes {
@@ -100,14 +243,16 @@ impl HistoryCache {
             e.info.status = OrchestrationStatus::Running;
             // A new execution: the worker starts a new orchestration span.
             e.info.trace_context = None;
-            e.history.clear();
+            e.history = SharedHistory::default();
             e.bytes = info_bytes(&e.info);
         } else {
             e.info.status = outcome.status;
             if outcome.trace_context.is_some() {
                 e.info.trace_context = outcome.trace_context.clone();
             }
-            e.history.extend(outcome.append.iter().cloned());
+            for ev in &outcome.append {
+                e.history.push(ev.clone());
+            }
             e.bytes += outcome.append.iter().map(event_bytes).sum::<usize>();
         }
         let after = e.bytes;
@@ -179,7 +324,7 @@ mod tests {
     #[test]
     fn a_committed_turn_extends_the_entry_it_ran_against() {
         let mut c = HistoryCache::new(10, 1 << 20);
-        c.put(info("a", "x1"), history(2, 10));
+        c.put(info("a", "x1"), history(2, 10).into());
         c.apply(&info("a", "x1"), 2, &appended(3, 10));
         let (i, h) = c.get("a").unwrap();
         assert_eq!((i.execution_id.as_str(), h.len()), ("x1", 5));
@@ -189,7 +334,7 @@ mod tests {
     #[test]
     fn the_workers_trace_context_is_kept_until_it_sends_another() {
         let mut c = HistoryCache::new(10, 1 << 20);
-        c.put(info("a", "x1"), history(1, 10));
+        c.put(info("a", "x1"), history(1, 10).into());
         let tc = OrchestrationTraceContext { span_id: Some("00f067aa0ba902b7".into()), span_start_time: None };
         let mut o = appended(1, 10);
         o.trace_context = Some(tc.clone());
@@ -203,11 +348,11 @@ mod tests {
     #[test]
     fn an_outcome_for_another_state_drops_the_entry() {
         let mut c = HistoryCache::new(10, 1 << 20);
-        c.put(info("a", "x1"), history(2, 10));
+        c.put(info("a", "x1"), history(2, 10).into());
         // Ran against 1 event, but 2 are cached: something else changed it.
         c.apply(&info("a", "x1"), 1, &appended(1, 10));
         assert!(c.get("a").is_none());
-        c.put(info("b", "x1"), history(2, 10));
+        c.put(info("b", "x1"), history(2, 10).into());
         // Another execution (restarted or replaced meanwhile).
         c.apply(&info("b", "x2"), 2, &appended(1, 10));
         assert!(c.get("b").is_none());
@@ -217,7 +362,7 @@ mod tests {
     #[test]
     fn a_finished_instance_leaves_the_cache() {
         let mut c = HistoryCache::new(10, 1 << 20);
-        c.put(info("a", "x1"), history(1, 10));
+        c.put(info("a", "x1"), history(1, 10).into());
         let mut done = appended(1, 10);
         done.status = OrchestrationStatus::Completed;
         c.apply(&info("a", "x1"), 1, &done);
@@ -230,11 +375,11 @@ mod tests {
         let one = info_bytes(&info("a", "x")) + history(10, 1000).iter().map(event_bytes).sum::<usize>();
         let mut c = HistoryCache::new(100, one * 3);
         for id in ["a", "b", "c"] {
-            c.put(info(id, "x"), history(10, 1000));
+            c.put(info(id, "x"), history(10, 1000).into());
         }
         assert_eq!(c.len(), 3);
         c.get("a"); // a is now the most recently used
-        c.put(info("d", "x"), history(10, 1000));
+        c.put(info("d", "x"), history(10, 1000).into());
         assert!(c.get("b").is_none(), "b was least recently used");
         assert!(c.get("a").is_some() && c.get("c").is_some() && c.get("d").is_some());
         assert!(c.bytes() <= one * 3);
@@ -247,10 +392,10 @@ mod tests {
         let entry = info_bytes(&info("a", "x"));
         // Room for a (1 event) and b (16 events) less one byte.
         let mut c = HistoryCache::new(100, 2 * entry + 17 * ev - 1);
-        c.put(info("big", "x"), history(100, 1000));
+        c.put(info("big", "x"), history(100, 1000).into());
         assert!(c.get("big").is_none(), "larger than the whole budget");
-        c.put(info("a", "x"), history(1, 1000));
-        c.put(info("b", "x"), history(1, 1000));
+        c.put(info("a", "x"), history(1, 1000).into());
+        c.put(info("b", "x"), history(1, 1000).into());
         // b grows until the two no longer fit: a (least recently used) goes.
         c.get("b");
         c.apply(&info("b", "x"), 1, &appended(15, 1000));
@@ -267,14 +412,67 @@ mod tests {
     fn the_instance_count_bound_holds_and_keeps_bytes_consistent() {
         let mut c = HistoryCache::new(2, 1 << 20);
         for id in ["a", "b", "c"] {
-            c.put(info(id, "x"), history(1, 10));
+            c.put(info(id, "x"), history(1, 10).into());
         }
         assert_eq!(c.len(), 2);
         assert!(c.get("a").is_none());
         assert!(consistent(&c));
-        c.put(info("b", "x"), history(3, 10)); // replacing an entry recounts it
+        c.put(info("b", "x"), history(3, 10).into()); // replacing an entry recounts it
         assert!(consistent(&c));
         c.clear();
         assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_snapshot_does_not_see_later_appends_and_shares_sealed_segments() {
+        let mut h = SharedHistory::from(history(SEGMENT_EVENTS + 10, 10));
+        let snap = h.clone();
+        for e in history(SEGMENT_EVENTS, 10) {
+            h.push(e);
+        }
+        assert_eq!(snap.len(), SEGMENT_EVENTS + 10);
+        assert_eq!(snap.iter().count(), SEGMENT_EVENTS + 10);
+        assert_eq!(h.len(), 2 * SEGMENT_EVENTS + 10);
+        assert_eq!(h.iter().count(), h.len());
+        // The first segment is the same allocation in both: appending copied no sealed events.
+        assert!(Arc::ptr_eq(&snap.sealed[0], &h.sealed[0]));
+        assert!(h.tail.len() < SEGMENT_EVENTS);
+        assert_eq!(h.to_vec()[..snap.len()], snap.to_vec()[..]);
+    }
+
+    #[test]
+    fn large_events_seal_segments_by_bytes() {
+        let mut h = SharedHistory::default();
+        for e in history(10, SEGMENT_BYTES / 3) {
+            h.push(e);
+            assert!(h.tail_bytes < SEGMENT_BYTES, "the open tail stays under the byte bound");
+        }
+        assert!(h.sealed.len() >= 3);
+    }
+
+    #[test]
+    fn wire_bytes_is_the_encoded_size_of_the_events_as_a_repeated_field() {
+        let events = history(600, 700);
+        let h = SharedHistory::from(events.clone());
+        let request = duro_proto::OrchestratorRequest { past_events: events, ..Default::default() };
+        assert_eq!(h.wire_bytes(), request.encoded_len());
+    }
+
+    #[test]
+    fn chunks_are_bounded_by_bytes_and_keep_every_event_in_order() {
+        let mut events = history(700, 900);
+        // One event larger than a chunk: a chunk of its own.
+        events.insert(300, events::event_raised(-1, "big".into(), Some("y".repeat(400_000))));
+        let h = SharedHistory::from(events.clone());
+        let chunks: Vec<Vec<HistoryEvent>> = h.chunks(64 * 1024).collect();
+        for c in &chunks {
+            let bytes: usize = c.iter().map(field_bytes).sum();
+            assert!(bytes <= 64 * 1024 || c.len() == 1, "a chunk of {bytes} bytes");
+            assert!(!c.is_empty());
+        }
+        assert!(chunks.iter().any(|c| c.len() == 1 && field_bytes(&c[0]) > 64 * 1024));
+        let flat: Vec<HistoryEvent> = chunks.into_iter().flatten().collect();
+        assert_eq!(flat, events);
+        assert_eq!(SharedHistory::default().chunks(1024).count(), 0);
     }
 }

@@ -1028,7 +1028,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("duro.db"), SqliteOptions::default()).await.expect("store");
         let engine = Engine::start(Arc::new(store), EngineOptions::default(), Vec::new()).await.expect("engine");
-        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None, ..Default::default() };
         let (stream, rx) = engine.open_stream_with_entities(rules, 10);
         Harness { engine, rx, stream, _dir: dir }
     }
@@ -1230,7 +1230,7 @@ mod tests {
         h.signal("@c@k", "add", "1").await;
         let (_, token) = h.next_batch().await;
         h.engine.close_stream(h.stream);
-        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None, ..Default::default() };
         let (stream, rx) = h.engine.open_stream_with_entities(rules, 10);
         (h.stream, h.rx) = (stream, rx);
         let (req, token2) = h.next_batch().await;
@@ -1256,7 +1256,8 @@ mod tests {
             entities: vec![duro_proto::EntityFilter { name: "Cart".into() }],
             ..WorkItemFilters::default()
         };
-        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: Some(filters) };
+        let rules =
+            StreamRules { max_orchestrations: 10, max_activities: 10, filters: Some(filters), ..Default::default() };
         let (stream, rx) = h.engine.open_stream_with_entities(rules, 10);
         (h.stream, h.rx) = (stream, rx);
         h.signal("@counter@k", "add", "1").await;
@@ -1296,7 +1297,7 @@ mod tests {
         let path = dir.path().join("duro.db");
         let mut opts = EngineOptions::default();
         opts.scheduler.max_attempts = 3;
-        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None, ..Default::default() };
         {
             let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("store");
             let engine = Engine::start(Arc::new(store), opts.clone(), Vec::new()).await.expect("engine");

@@ -30,6 +30,7 @@ use crate::ambient::now_ms;
 use crate::core::turn::{self, TurnError, TurnInput, WorkerDecision};
 use crate::core::{self, control, events, is_terminal, InstanceInfo, Message, NewInstance, TurnOutcome};
 use crate::store::*;
+use cache::SharedHistory;
 use scheduler::*;
 use waiters::Waiters;
 
@@ -64,6 +65,9 @@ pub struct EngineOptions {
     pub cache_bytes: usize,
     /// Largest orchestrator work item sent; larger ones fail the instance.
     pub max_work_item_bytes: usize,
+    /// History bytes above which a worker that declared history streaming gets the history
+    /// by `StreamInstanceHistory` rather than in the work item.
+    pub stream_history_above: usize,
     /// Interval of health pings on an idle work-item stream.
     pub ping_interval: Duration,
     /// Longest a `WaitFor*` call blocks before answering DEADLINE_EXCEEDED.
@@ -83,6 +87,7 @@ impl Default for EngineOptions {
             cache_instances: 10_000,
             cache_bytes: 128 * 1024 * 1024,
             max_work_item_bytes: 4 * 1024 * 1024 - 64 * 1024,
+            stream_history_above: STREAM_HISTORY_ABOVE,
             ping_interval: Duration::from_secs(30),
             max_wait: Duration::from_secs(3600),
             max_inbox_events: 10_000,
@@ -90,6 +95,12 @@ impl Default for EngineOptions {
         }
     }
 }
+
+/// By default, a worker that declared `WORKER_CAPABILITY_HISTORY_STREAMING` gets a turn's history
+/// by `StreamInstanceHistory` once it is larger than this (as the .NET host does), or whenever
+/// it would not fit in the work item; smaller histories travel in the work item, which saves
+/// the worker a round trip.
+pub const STREAM_HISTORY_ABOVE: usize = 1024 * 1024;
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -458,13 +469,14 @@ impl Engine {
 
     // ----- instance state and cache -----------------------------------------------------
 
-    /// The instance's current execution and history, from the cache or the store.
-    async fn instance_state(&self, instance_id: &str) -> Result<Option<(InstanceInfo, Vec<HistoryEvent>)>, StoreError> {
+    /// The instance's current execution and history, from the cache or the store. The
+    /// history is a snapshot sharing the cache's memory: no event is copied.
+    async fn instance_state(&self, instance_id: &str) -> Result<Option<(InstanceInfo, SharedHistory)>, StoreError> {
         if let Some(state) = self.inner.cache.lock().get(instance_id) {
             return Ok(Some(state));
         }
         let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(None) };
-        let history = self.inner.store.load_history(instance_id).await?;
+        let history = SharedHistory::from(self.inner.store.load_history(instance_id).await?);
         let info = rec.info();
         self.inner.cache.lock().put(info.clone(), history.clone());
         Ok(Some((info, history)))
@@ -545,7 +557,7 @@ impl Engine {
         };
         match lease.kind {
             TurnKind::Control => {
-                let outcome = control::apply_control(&info, &history, &bodies, now);
+                let outcome = control::apply_control(&info, &history.to_vec(), &bodies, now);
                 let mut consumed = always_consumed;
                 consumed.extend(live.iter().map(|(_, p)| p.inbox_id));
                 self.commit(&lease.token, &info, history.len(), outcome, consumed, now).await;
@@ -574,7 +586,7 @@ impl Engine {
                 let mut request = OrchestratorRequest {
                     instance_id: info.instance_id.clone(),
                     execution_id: Some(info.execution_id.clone()),
-                    past_events: history,
+                    past_events: Vec::new(),
                     new_events: vec![events::orchestrator_started(now)],
                     entity_parameters: None,
                     requires_history_streaming: false,
@@ -582,15 +594,30 @@ impl Engine {
                     // The worker's orchestration span (id, start) from earlier turns: one span per execution.
                     orchestration_trace_context: info.trace_context.clone(),
                 };
+                let limit = self.inner.opts.max_work_item_bytes;
+                // The history's encoded size is kept by the cache: sizing walks no history.
+                let past_bytes = history.wire_bytes();
+                let fields: Vec<usize> = bodies.iter().map(cache::field_bytes).collect();
+                let mut size = request.encoded_len();
+                // Streamed when large, or when carrying it would crowd the new events out of
+                // the work item (or not fit at all).
+                let streaming = self.inner.sched.lock().streams_history(stream)
+                    && (past_bytes > self.inner.opts.stream_history_above
+                        || size + past_bytes + fields.iter().sum::<usize>() > limit);
+                if streaming {
+                    // The worker fetches the history with StreamInstanceHistory, served from
+                    // this turn's snapshot (`TurnContext::history`).
+                    request.requires_history_streaming = true;
+                } else {
+                    // The one copy of the history a turn makes: the work item carries it.
+                    request.past_events = history.to_vec();
+                    size += past_bytes;
+                }
                 // A burst of large events is split across turns: this one takes the events
                 // that fit (at least one); the rest wait for the next turn.
-                let limit = self.inner.opts.max_work_item_bytes;
-                let mut size = request.encoded_len();
                 let mut shown = Vec::with_capacity(live.len());
                 let mut deferred = Vec::new();
-                for ((key, _), event) in live.iter().zip(bodies) {
-                    let len = event.encoded_len();
-                    let field = 1 + prost::length_delimiter_len(len) + len;
+                for (((key, _), event), field) in live.iter().zip(bodies).zip(fields) {
                     if shown.is_empty() || (deferred.is_empty() && size + field <= limit) {
                         size += field;
                         shown.push(*key);
@@ -600,40 +627,49 @@ impl Engine {
                     }
                 }
                 if size > limit {
+                    let why = if streaming {
+                        "its new events (the first of them alone) are too large".to_string()
+                    } else {
+                        format!(
+                            "its history is {past_bytes} bytes and the worker did not declare \
+                             WORKER_CAPABILITY_HISTORY_STREAMING (workers that do, such as Duro's Rust SDK and .NET, \
+                             fetch large histories with StreamInstanceHistory)"
+                        )
+                    };
                     let failure = events::failure(
                         "DuroWorkItemTooLarge",
                         format!(
-                            "the orchestration's work item is {size} bytes, above the limit of {} bytes \
-                             (--max-work-item-bytes); its history or payloads are too large",
-                            self.inner.opts.max_work_item_bytes
+                            "the orchestration's work item is {size} bytes, above the limit of {limit} bytes \
+                             (--max-work-item-bytes); {why}"
                         ),
                         true,
                     );
-                    let history_len = request.past_events.len();
-                    self.fail_turn(&lease.token, &info, history_len, failure, now).await;
+                    self.fail_turn(&lease.token, &info, history.len(), failure, now).await;
                     return;
                 }
                 if !deferred.is_empty() {
                     tracing::debug!(instance = %info.instance_id, shown = shown.len(), deferred = deferred.len(), "events split across turns to stay under the work-item limit");
                 }
                 let name = info.name.clone();
-                if let Some(id) = crate::otel::orchestration_trace_id(&request.past_events, &request.new_events) {
+                if let Some(id) = crate::otel::orchestration_trace_id(history.iter(), &request.new_events) {
                     tracing::Span::current().record("trace_id", tracing::field::display(&id));
                 }
                 crate::otel::turn_dispatched(
                     &lease.token,
                     &name,
                     &info.instance_id,
-                    &request.past_events,
+                    history.iter(),
                     &request.new_events,
                 );
                 let ctx = TurnContext {
                     info,
-                    history_len: request.past_events.len(),
+                    history_len: history.len(),
                     shown,
                     deferred,
                     new_events: request.new_events.clone(),
                     always_consumed,
+                    // Kept for the worker to stream (see `history_for`), else not at all.
+                    history: if streaming { history } else { SharedHistory::default() },
                 };
                 let item = WorkItem {
                     request: Some(work_item::Request::OrchestratorRequest(request)),
@@ -645,7 +681,7 @@ impl Engine {
                 } else {
                     crate::otel::released(&lease.token);
                 }
-                tracing::debug!(instance = %lease.instance_id, stream, sent, "orchestrator work item sent");
+                tracing::debug!(instance = %lease.instance_id, stream, sent, streaming, "orchestrator work item sent");
             }
         }
     }
@@ -922,8 +958,8 @@ impl Engine {
             return Ok(());
         }
         if requires_history {
-            // Duro always sends the full history: a worker that still asks for it is
-            // broken. Redeliver after a back-off, counted, so it cannot spin the sidecar
+            // Duro sends the full history, or has the worker stream it
+            // (`requiresHistoryStreaming`): a worker that still asks for it is broken. Redeliver after a back-off, counted, so it cannot spin the sidecar
             // and ends as a poison work item if it never stops.
             tracing::warn!(instance = %ctx.info.instance_id, "the worker asked for history it was already sent; redelivering after a back-off");
             self.release(&token, Release::Failed);
@@ -968,6 +1004,9 @@ impl Engine {
         }
         unconsumed.extend(ctx.deferred.iter().filter_map(|key| by_key.get(key).map(|p| (*key, p.clone()))));
         crate::otel::stamp_activities(&token, &mut outcome.activities);
+        // The turn's history snapshot is done with: dropping it leaves the cache's open
+        // segment unshared, so applying the outcome appends in place.
+        let ctx = TurnContext { history: SharedHistory::default(), ..*ctx };
         self.commit_owned(&token, &ctx.info, ctx.history_len, outcome, consumed, unconsumed, now).await;
         crate::metrics::completed(crate::metrics::ORCHESTRATION, &ctx.info.name, &token, true);
         Ok(())
@@ -1094,7 +1133,7 @@ impl Engine {
             } else {
                 self.entity_owner_ended(&id);
             }
-            self.inner.cache.lock().put(fresh, Vec::new());
+            self.inner.cache.lock().put(fresh, SharedHistory::default());
             let now = self.now();
             let mut s = self.inner.sched.lock();
             if self.inner.leases.is_none() {
@@ -1123,6 +1162,41 @@ impl Engine {
 
     pub async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, EngineError> {
         Ok(self.inner.store.load_history(instance_id).await?)
+    }
+
+    /// The history `StreamInstanceHistory` serves: for a worker processing a work item, the
+    /// snapshot its dispatched turn was built on (what `pastEvents` would have carried; the
+    /// first request takes it); otherwise the current execution's committed history, from the
+    /// cache when it holds the instance (while a turn is out, that is the same history: only
+    /// its commit changes it). `Ok(None)`: no such instance; `NotFound` when `execution_id` names an
+    /// execution that is not current.
+    pub async fn history_for(
+        &self,
+        instance_id: &str,
+        execution_id: Option<&str>,
+        for_work_item: bool,
+    ) -> Result<Option<SharedHistory>, EngineError> {
+        let wrong = |exec: &str| {
+            EngineError::NotFound(format!("execution '{exec}' of instance '{instance_id}' is no longer current"))
+        };
+        if for_work_item {
+            let turn = self.inner.sched.lock().take_turn_history(instance_id, execution_id);
+            if let Some(history) = turn {
+                return Ok(Some(history));
+            }
+        }
+        let cached = self.inner.cache.lock().get(instance_id);
+        let (current, history) = match cached {
+            Some((info, history)) => (info.execution_id, history),
+            None => {
+                let Some(rec) = self.inner.store.load_instance(instance_id).await? else { return Ok(None) };
+                (rec.execution_id, SharedHistory::from(self.inner.store.load_history(instance_id).await?))
+            }
+        };
+        match execution_id {
+            Some(e) if e != current => Err(wrong(e)),
+            _ => Ok(Some(history)),
+        }
     }
 
     /// Blocks until `done(status)` holds, the instance is missing (`None`), or the
@@ -1418,7 +1492,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("duro.db"), SqliteOptions::default()).await.expect("store");
         let engine = Engine::start(Arc::new(store), opts, Vec::new()).await.expect("engine");
-        let (_, rx) = engine.open_stream(StreamRules { max_orchestrations: 100, max_activities: 100, filters: None });
+        let (_, rx) = engine.open_stream(StreamRules {
+            max_orchestrations: 100,
+            max_activities: 100,
+            filters: None,
+            ..Default::default()
+        });
         Harness { engine, rx, _dir: dir }
     }
 
@@ -1576,7 +1655,7 @@ mod tests {
         opts.scheduler.max_attempts = 3;
         opts.scheduler.backoff_base_ms = 1;
         opts.scheduler.backoff_max_ms = 1;
-        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None, ..Default::default() };
         {
             let store = SqliteStore::open(&path, SqliteOptions::default()).await.expect("store");
             let engine = Engine::start(Arc::new(store), opts.clone(), Vec::new()).await.expect("engine");

@@ -99,6 +99,9 @@ pub struct StreamRules {
     pub max_orchestrations: usize,
     pub max_activities: usize,
     pub filters: Option<WorkItemFilters>,
+    /// The worker declared `WORKER_CAPABILITY_HISTORY_STREAMING`: it can fetch a turn's
+    /// history with `StreamInstanceHistory`, so large histories are not sent in the work item.
+    pub history_streaming: bool,
 }
 
 /// Most work items of one kind a stream may hold at once, whatever the worker asks for.
@@ -115,6 +118,7 @@ impl StreamRules {
             max_orchestrations: cap(req.max_concurrent_orchestration_work_items),
             max_activities: cap(req.max_concurrent_activity_work_items),
             filters: req.work_item_filters.clone(),
+            history_streaming: req.capabilities.contains(&(duro_proto::WorkerCapability::HistoryStreaming as i32)),
         }
     }
 
@@ -333,6 +337,10 @@ pub struct TurnContext {
     pub deferred: Vec<EventKey>,
     /// Inbox rows consumed whatever the worker answers (stale results, wake-ups).
     pub always_consumed: Vec<i64>,
+    /// The history the turn was built on (a snapshot sharing the cache's segments) when the
+    /// work item did not carry it, until the worker's `StreamInstanceHistory` takes it
+    /// (empty otherwise: a turn keeps no history it does not need).
+    pub history: super::cache::SharedHistory,
 }
 
 /// Whether a lease's result is being committed. `Out → Completing` when a completion (or
@@ -1487,6 +1495,31 @@ impl Scheduler {
         true
     }
 
+    /// Whether a stream's worker fetches large histories with `StreamInstanceHistory`.
+    pub fn streams_history(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.rules.history_streaming)
+    }
+
+    /// Hands out, once, the history snapshot a dispatched turn of the instance keeps for its
+    /// worker to stream (`execution_id`: only if the turn is for that execution). Later calls
+    /// find none: the store and cache hold the same history until the turn commits, so the
+    /// snapshot need not outlive its one use.
+    pub fn take_turn_history(
+        &mut self,
+        instance_id: &str,
+        execution_id: Option<&str>,
+    ) -> Option<super::cache::SharedHistory> {
+        let token = self.instances.get(instance_id)?.dispatch.token()?;
+        match self.leases.get_mut(token) {
+            Some(Lease::Turn { context: Some(ctx), .. })
+                if execution_id.is_none_or(|e| e == ctx.info.execution_id) && !ctx.history.is_empty() =>
+            {
+                Some(std::mem::take(&mut ctx.history))
+            }
+            _ => None,
+        }
+    }
+
     /// The live turn token of an instance (for workers that send no completion token).
     pub fn turn_token_of(&self, instance_id: &str) -> Option<String> {
         self.instances.get(instance_id).and_then(|s| s.dispatch.token()).map(str::to_string)
@@ -1842,7 +1875,7 @@ mod tests {
     }
 
     fn rules(cap: usize) -> StreamRules {
-        StreamRules { max_orchestrations: cap, max_activities: cap, filters: None }
+        StreamRules { max_orchestrations: cap, max_activities: cap, filters: None, ..Default::default() }
     }
 
     fn turns(a: &[Assignment]) -> Vec<&TurnLease> {
@@ -2001,6 +2034,7 @@ mod tests {
                 activities: vec![],
                 entities: vec![],
             }),
+            history_streaming: false,
         };
         let (sid, _rx) = stream(&mut s, only_b);
         s.add_event(delivered(1, "a", "A", NOW, events::event_raised(NOW, "e".into(), None)), NOW);
@@ -2035,6 +2069,7 @@ mod tests {
                 activities: vec![],
                 entities: vec![],
             }),
+            history_streaming: false,
         };
         let (_sid, _rx) = stream(&mut s, only_b);
         for i in 0..5 {
@@ -2116,6 +2151,10 @@ mod tests {
     }
 
     fn dispatch(s: &mut Scheduler, lease: &TurnLease, sid: StreamId) {
+        dispatch_with(s, lease, sid, Default::default());
+    }
+
+    fn dispatch_with(s: &mut Scheduler, lease: &TurnLease, sid: StreamId, history: super::super::cache::SharedHistory) {
         let ctx = TurnContext {
             info: crate::core::InstanceInfo {
                 instance_id: lease.instance_id.clone(),
@@ -2133,8 +2172,29 @@ mod tests {
             shown: vec![],
             deferred: vec![],
             always_consumed: vec![],
+            history,
         };
         assert!(s.send_turn(&lease.token, sid, ctx, duro_proto::WorkItem::default()));
+    }
+
+    #[test]
+    fn a_streaming_turns_history_is_handed_out_once_for_its_execution() {
+        let mut s = Scheduler::new(opts());
+        let streaming = StreamRules { history_streaming: true, ..rules(10) };
+        let (sid, _rx) = stream(&mut s, streaming);
+        assert!(s.streams_history(sid));
+        s.add_event(raised(1, "a"), NOW);
+        let a = s.assign(NOW);
+        let lease = turns(&a)[0].clone();
+        assert_eq!(s.take_turn_history("a", None), None, "not dispatched yet");
+        let history = super::super::cache::SharedHistory::from(vec![events::event_raised(NOW, "x".into(), None)]);
+        dispatch_with(&mut s, &lease, sid, history.clone());
+        assert_eq!(s.take_turn_history("a", Some("other")), None, "another execution");
+        assert_eq!(s.take_turn_history("a", Some("e")), Some(history));
+        assert_eq!(s.take_turn_history("a", Some("e")), None, "taken once; later requests read the store");
+        assert_eq!(s.take_turn_history("b", None), None);
+        let (plain, _rx2) = stream(&mut s, rules(10));
+        assert!(!s.streams_history(plain));
     }
 
     #[test]
@@ -2409,6 +2469,7 @@ mod tests {
                 activities: vec![duro_proto::ActivityFilter { name: "A".into(), versions: vec![] }],
                 entities: vec![],
             }),
+            history_streaming: false,
         };
         let (_sid, _rx) = stream(&mut s, declared);
         s.add_activity(activity(1, "A"));

@@ -25,8 +25,9 @@ use crate::store::*;
 /// Default and largest page of QueryInstances / ListInstanceIds.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
-/// Events per StreamInstanceHistory chunk.
-const HISTORY_CHUNK: usize = 100;
+/// Encoded bytes per StreamInstanceHistory chunk, at most (an event larger than this is a
+/// chunk of its own); the .NET host uses the same.
+const HISTORY_CHUNK_BYTES: usize = 256 * 1024;
 /// The refusal of a `replaceableStatus` list that replaces live instances but excludes
 /// TERMINATED; the text is the Durable Task Scheduler's (the JS SDK's tests expect it).
 const REUSE_WITHOUT_TERMINATED: &str =
@@ -506,20 +507,13 @@ impl TaskHubSidecarService for SidecarService {
     ) -> Result<Response<Self::StreamInstanceHistoryStream>, Status> {
         let r = request.into_inner();
         validate::instance_id(&r.instance_id)?;
-        let Some(rec) = self.engine.get_instance(&r.instance_id).await? else {
+        let execution = r.execution_id.as_deref().filter(|e| !e.is_empty());
+        let Some(history) = self.engine.history_for(&r.instance_id, execution, r.for_work_item_processing).await?
+        else {
             return Err(Status::not_found(format!("no orchestration instance '{}'", r.instance_id)));
         };
-        if let Some(exec) = r.execution_id.as_ref().filter(|e| !e.is_empty()) {
-            if *exec != rec.execution_id {
-                return Err(Status::not_found(format!(
-                    "execution '{exec}' of instance '{}' is no longer current",
-                    r.instance_id
-                )));
-            }
-        }
-        let history = self.engine.history(&r.instance_id).await?;
-        let chunks: Vec<Result<HistoryChunk, Status>> =
-            history.chunks(HISTORY_CHUNK).map(|c| Ok(HistoryChunk { events: c.to_vec() })).collect();
+        // Chunks are copied one at a time as the client reads them.
+        let chunks = history.chunks(HISTORY_CHUNK_BYTES).map(|events| Ok(HistoryChunk { events }));
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 

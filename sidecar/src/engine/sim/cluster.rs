@@ -152,8 +152,12 @@ impl Cluster {
     }
 
     fn connect(&mut self, n: usize) {
-        let rules =
-            StreamRules { max_orchestrations: 1 + self.roll(3), max_activities: 1 + self.roll(3), filters: None };
+        let rules = StreamRules {
+            max_orchestrations: 1 + self.roll(3),
+            max_activities: 1 + self.roll(3),
+            filters: None,
+            ..Default::default()
+        };
         let (id, rx) = self.nodes[n].engine.open_stream(rules);
         self.nodes[n].workers.push(Worker { id, rx, held: Vec::new() });
     }

@@ -217,8 +217,12 @@ impl Sim {
     }
 
     fn connect(&mut self) {
-        let rules =
-            StreamRules { max_orchestrations: 1 + self.roll(3), max_activities: 1 + self.roll(3), filters: None };
+        let rules = StreamRules {
+            max_orchestrations: 1 + self.roll(3),
+            max_activities: 1 + self.roll(3),
+            filters: None,
+            ..Default::default()
+        };
         let (id, rx) = self.engine.open_stream(rules);
         self.workers.push(Worker { id, rx, held: Vec::new() });
     }
@@ -647,7 +651,7 @@ fn a_poison_activity_whose_failure_cannot_be_recorded_is_retried() {
                 tokio::task::yield_now().await;
             }
         };
-        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None };
+        let rules = StreamRules { max_orchestrations: 10, max_activities: 10, filters: None, ..Default::default() };
         let (first, mut rx) = engine.open_stream(rules.clone());
         let now = clock.now_ms();
         let new = NewInstance::simple("p", "p-e", "Sim", Some("1".into()), now);
