@@ -9,6 +9,12 @@
 //! (owner, expiry by the database clock, an epoch raised by every claim and replacement),
 //! `commit_turn` fenced by the epoch a sidecar holds, and the notices every commit sends,
 //! queued per listening engine for the simulation to deliver, drop or lose.
+//!
+//! On a store of one engine it also models the SQLite writer's pipelined commits: a
+//! pipelined write is applied and answered at once, but stays lost-on-crash until a later
+//! "COMMIT" ([`MemDb::sync`]: at random pauses, before any other write or read, as the
+//! writer's next group and `Pipeline::settled` do). A crash ([`MemDb::lose_unsynced`])
+//! puts the tables back to their last durable state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +74,7 @@ pub struct InboxRow {
     pub origin: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Tables {
     pub instances: BTreeMap<String, Instance>,
     pub inbox: BTreeMap<i64, InboxRow>,
@@ -113,6 +119,16 @@ pub struct MemDb {
     clock: Option<Arc<dyn Clock>>,
     /// How long a lease lasts without renewal.
     lease_ms: i64,
+    /// Pipelined writes not yet durable (stores of one engine only).
+    unsynced: Mutex<Unsynced>,
+}
+
+/// What a crash would take back: the tables as last made durable (`None`: nothing is
+/// pending), and the pipelined writes waiting to hear they are durable.
+#[derive(Default)]
+struct Unsynced {
+    durable: Option<Tables>,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
 }
 
 impl MemDb {
@@ -124,6 +140,7 @@ impl MemDb {
             fail_writes: Default::default(),
             clock: None,
             lease_ms: 0,
+            unsynced: Default::default(),
         })
     }
 
@@ -136,10 +153,34 @@ impl MemDb {
             fail_writes: Default::default(),
             clock: Some(clock),
             lease_ms,
+            unsynced: Default::default(),
         })
     }
 
     /// A handle for a new engine; handles of earlier epochs stop working.
+    /// The writer's COMMIT: every pipelined write handed on so far is durable.
+    pub fn sync(&self) {
+        let mut u = self.unsynced.lock();
+        u.durable = None;
+        for w in u.waiting.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+    }
+
+    /// A crash: the pipelined writes not yet durable are lost (the tables go back to their
+    /// last durable state, keeping the epoch that fences dead handles). Returns whether
+    /// anything was lost.
+    pub fn lose_unsynced(&self) -> bool {
+        let mut u = self.unsynced.lock();
+        u.waiting.clear();
+        let Some(durable) = u.durable.take() else { return false };
+        let mut t = self.tables.lock();
+        let epoch = t.epoch;
+        *t = durable;
+        t.epoch = epoch;
+        true
+    }
+
     pub fn handle(self: &Arc<MemDb>) -> MemStore {
         let mut t = self.tables.lock();
         t.epoch += 1;
@@ -205,10 +246,203 @@ impl MemStore {
     }
 
     async fn interleave(&self) {
-        let n = self.db.rng.lock().gen_range(0..=self.db.max_yields);
+        let (n, commit) = {
+            let mut rng = self.db.rng.lock();
+            (rng.gen_range(0..=self.db.max_yields), rng.gen_range(0..3) == 0)
+        };
         for _ in 0..n {
             tokio::task::yield_now().await;
         }
+        if commit {
+            self.db.sync();
+        }
+    }
+
+    /// A write, pipelined or not.
+    async fn write_mode<T>(
+        &self,
+        pipelined: bool,
+        f: impl FnOnce(&mut Tables) -> Result<T, StoreError>,
+    ) -> Result<(T, Durable), StoreError> {
+        if pipelined {
+            self.write_pipelined(f).await
+        } else {
+            Ok((self.write(f).await?, Durable::already()))
+        }
+    }
+
+    async fn create_with(
+        &self,
+        new: NewInstance,
+        reuse: IdReuse,
+        pipelined: bool,
+    ) -> Result<(CreateResult, Durable), StoreError> {
+        let origin = self.origin();
+        let replaced_epoch = std::sync::Mutex::new(None);
+        let result = self
+            .write_mode(pipelined, |t| {
+                let s = &new.spec;
+                let mut replaced = None;
+                // Replaced in place: the lease is dropped and its epoch keeps rising.
+                let epoch = t.instances.get(&s.instance_id).map(|i| i.lease.epoch + 1).unwrap_or(0);
+                if let Some(existing) = t.instances.get(&s.instance_id) {
+                    match reuse.decide(existing.status) {
+                        ReuseDecision::Refuse => return Ok(CreateResult::AlreadyExists(existing.status)),
+                        ReuseDecision::Keep => return Ok(CreateResult::Kept),
+                        // Simulated instances have no parent to tell.
+                        ReuseDecision::Replace => replaced = Some(existing.status),
+                    }
+                    delete_instance(t, &s.instance_id);
+                }
+                t.instances.insert(
+                    s.instance_id.clone(),
+                    Instance {
+                        execution_id: s.execution_id.clone(),
+                        name: s.name.clone(),
+                        status: OrchestrationStatus::Pending,
+                        input: s.input.clone(),
+                        output: None,
+                        history: Vec::new(),
+                        created_at_ms: new.created_at_ms,
+                        lease: Lease { owner: None, until_ms: 0, epoch },
+                    },
+                );
+                let start = Message {
+                    target: s.instance_id.clone(),
+                    execution_id: Some(s.execution_id.clone()),
+                    priority: Priority::Start,
+                    visible_at_ms: new.visible_at_ms,
+                    event: new.started_event(),
+                };
+                let target = Target { name: s.name.clone(), version: None, status: OrchestrationStatus::Pending };
+                let start = insert_inbox(t, &start, target, &origin);
+                if replaced.is_some() {
+                    *replaced_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
+                }
+                Ok(CreateResult::Created(Box::new(Created { start, replaced, delivered: Vec::new() })))
+            })
+            .await;
+        // Like `PgStore` (`AfterCommit`): a lease held on the replaced instance is void.
+        let epoch = *replaced_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(epoch), Some(node)) = (epoch, self.node.as_ref()) {
+            let mut held = node.held.lock();
+            if held.get(&new.spec.instance_id).is_some_and(|e| *e < epoch) {
+                held.remove(&new.spec.instance_id);
+            }
+        }
+        result
+    }
+
+    async fn commit_with(&self, c: TurnCommit, pipelined: bool) -> Result<(CommitResult, Durable), StoreError> {
+        let origin = self.origin();
+        // Like `PgStore`: the epoch held when the commit starts fences it.
+        let held = self.node.as_ref().map(|n| n.held.lock().get(&c.instance_id).copied());
+        let db_now = self.db.now_ms();
+        let result = self
+            .write_mode(pipelined, |t| {
+                let conflict = || StoreError::Conflict(c.instance_id.clone());
+                let inst = t.instances.get(&c.instance_id).ok_or_else(conflict)?;
+                // The lease first (PostgreSQL's `fence`, with `require_lease` as sidecars run
+                // it): the row must still name this engine and the epoch it holds; a commit for
+                // an instance it holds no lease on is refused.
+                if let Some(held) = held {
+                    let mine = inst.lease.owner.is_some() && inst.lease.owner.as_deref() == Some(origin.as_str());
+                    let leased = match held {
+                        Some(epoch) => mine && inst.lease.epoch == epoch,
+                        None => false,
+                    };
+                    if !leased {
+                        FENCED.fetch_add(1, Ordering::Relaxed);
+                        return Err(StoreError::LeaseLost(c.instance_id.clone()));
+                    }
+                }
+                if inst.execution_id != c.execution_id
+                    || is_terminal(inst.status)
+                    || inst.history.len() != c.history_len
+                {
+                    return Err(conflict());
+                }
+                if !c.consumed.iter().all(|id| t.inbox.get(id).is_some_and(|r| r.instance_id == c.instance_id)) {
+                    return Err(conflict());
+                }
+                let o = &c.outcome;
+                if !o.children.is_empty() || o.continue_as_new.is_some() {
+                    return Err(not_simulated("sub-orchestrations and continue-as-new"));
+                }
+                for id in &c.consumed {
+                    t.inbox.remove(id);
+                }
+                let terminal = o.is_terminal();
+                let lease_ms = self.db.lease_ms;
+                let inst = t.instances.get_mut(&c.instance_id).ok_or_else(conflict)?;
+                if matches!(held, Some(Some(_))) {
+                    inst.lease.until_ms = db_now + lease_ms;
+                }
+                inst.history.extend(o.append.iter().cloned());
+                inst.status = o.status;
+                if terminal {
+                    inst.output = o.output.clone();
+                }
+                let mut result = CommitResult::default();
+                if terminal {
+                    t.inbox.retain(|_, r| r.instance_id != c.instance_id);
+                    delete_activities_of(t, &c.instance_id);
+                    result.finished_through = Some(t.last_inbox);
+                }
+                let mut names = BTreeSet::new();
+                for a in &o.activities {
+                    t.last_activity += 1;
+                    t.activities.insert(t.last_activity, a.clone());
+                    result.activities.push(QueuedActivity { id: t.last_activity, request: a.clone(), progress: None });
+                    names.insert(a.name.clone());
+                }
+                for name in names {
+                    t.notify(Notice::Activity { name });
+                }
+                for m in &o.messages {
+                    if let Some(d) = deliver(t, m, &origin) {
+                        result.delivered.push(d);
+                    }
+                }
+                Ok(result)
+            })
+            .await;
+        if let (Err(StoreError::LeaseLost(_)), Some(node), Some(Some(epoch))) = (&result, &self.node, held) {
+            // The lease is gone: forget it (unless a newer claim replaced the entry meanwhile).
+            let mut held = node.held.lock();
+            if held.get(&c.instance_id) == Some(&epoch) {
+                held.remove(&c.instance_id);
+            }
+        }
+        result
+    }
+
+    /// A pipelined write (see the module doc); on a shared store, an ordinary one.
+    async fn write_pipelined<T>(
+        &self,
+        f: impl FnOnce(&mut Tables) -> Result<T, StoreError>,
+    ) -> Result<(T, Durable), StoreError> {
+        if self.node.is_some() || self.db.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok((self.write(f).await?, Durable::already()));
+        }
+        self.interleave().await;
+        let r = {
+            let mut u = self.db.unsynced.lock();
+            let mut t = self.db.tables.lock();
+            if t.epoch != self.epoch {
+                return Err(StoreError::Closed);
+            }
+            if u.durable.is_none() {
+                u.durable = Some(t.clone());
+            }
+            f(&mut t).map(|v| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                u.waiting.push(tx);
+                (v, Durable::pending(rx))
+            })
+        };
+        self.interleave().await;
+        r
     }
 
     /// A write: refused while the database is set to fail.
@@ -232,6 +466,8 @@ impl MemStore {
             // error leaves the tables as they were, like a rolled-back transaction.
             f(&mut t)
         };
+        // Any other write commits after the pipelined ones before it; a read waits for them.
+        self.db.sync();
         self.interleave().await;
         r
     }
@@ -323,60 +559,15 @@ fn not_simulated(what: &str) -> StoreError {
 #[async_trait]
 impl Store for MemStore {
     async fn create_instance(&self, new: NewInstance, reuse: IdReuse) -> Result<CreateResult, StoreError> {
-        let origin = self.origin();
-        let replaced_epoch = std::sync::Mutex::new(None);
-        let result = self
-            .write(|t| {
-                let s = &new.spec;
-                let mut replaced = None;
-                // Replaced in place: the lease is dropped and its epoch keeps rising.
-                let epoch = t.instances.get(&s.instance_id).map(|i| i.lease.epoch + 1).unwrap_or(0);
-                if let Some(existing) = t.instances.get(&s.instance_id) {
-                    match reuse.decide(existing.status) {
-                        ReuseDecision::Refuse => return Ok(CreateResult::AlreadyExists(existing.status)),
-                        ReuseDecision::Keep => return Ok(CreateResult::Kept),
-                        // Simulated instances have no parent to tell.
-                        ReuseDecision::Replace => replaced = Some(existing.status),
-                    }
-                    delete_instance(t, &s.instance_id);
-                }
-                t.instances.insert(
-                    s.instance_id.clone(),
-                    Instance {
-                        execution_id: s.execution_id.clone(),
-                        name: s.name.clone(),
-                        status: OrchestrationStatus::Pending,
-                        input: s.input.clone(),
-                        output: None,
-                        history: Vec::new(),
-                        created_at_ms: new.created_at_ms,
-                        lease: Lease { owner: None, until_ms: 0, epoch },
-                    },
-                );
-                let start = Message {
-                    target: s.instance_id.clone(),
-                    execution_id: Some(s.execution_id.clone()),
-                    priority: Priority::Start,
-                    visible_at_ms: new.visible_at_ms,
-                    event: new.started_event(),
-                };
-                let target = Target { name: s.name.clone(), version: None, status: OrchestrationStatus::Pending };
-                let start = insert_inbox(t, &start, target, &origin);
-                if replaced.is_some() {
-                    *replaced_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
-                }
-                Ok(CreateResult::Created(Box::new(Created { start, replaced, delivered: Vec::new() })))
-            })
-            .await;
-        // Like `PgStore` (`AfterCommit`): a lease held on the replaced instance is void.
-        let epoch = *replaced_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let (Some(epoch), Some(node)) = (epoch, self.node.as_ref()) {
-            let mut held = node.held.lock();
-            if held.get(&new.spec.instance_id).is_some_and(|e| *e < epoch) {
-                held.remove(&new.spec.instance_id);
-            }
-        }
-        result
+        self.create_with(new, reuse, false).await.map(|(r, _)| r)
+    }
+
+    async fn create_instance_pipelined(
+        &self,
+        new: NewInstance,
+        reuse: IdReuse,
+    ) -> Result<(CreateResult, Durable), StoreError> {
+        self.create_with(new, reuse, true).await
     }
 
     async fn enqueue(&self, message: Message) -> Result<Option<Delivered>, StoreError> {
@@ -384,88 +575,26 @@ impl Store for MemStore {
         self.write(|t| Ok(deliver(t, &message, &origin))).await
     }
 
-    async fn commit_turn(&self, c: TurnCommit) -> Result<CommitResult, StoreError> {
+    async fn enqueue_pipelined(&self, message: Message) -> Result<(Option<Delivered>, Durable), StoreError> {
         let origin = self.origin();
-        // Like `PgStore`: the epoch held when the commit starts fences it.
-        let held = self.node.as_ref().map(|n| n.held.lock().get(&c.instance_id).copied());
-        let db_now = self.db.now_ms();
-        let result = self
-            .write(|t| {
-                let conflict = || StoreError::Conflict(c.instance_id.clone());
-                let inst = t.instances.get(&c.instance_id).ok_or_else(conflict)?;
-                // The lease first (PostgreSQL's `fence`, with `require_lease` as sidecars run
-                // it): the row must still name this engine and the epoch it holds; a commit for
-                // an instance it holds no lease on is refused.
-                if let Some(held) = held {
-                    let mine = inst.lease.owner.is_some() && inst.lease.owner.as_deref() == Some(origin.as_str());
-                    let leased = match held {
-                        Some(epoch) => mine && inst.lease.epoch == epoch,
-                        None => false,
-                    };
-                    if !leased {
-                        FENCED.fetch_add(1, Ordering::Relaxed);
-                        return Err(StoreError::LeaseLost(c.instance_id.clone()));
-                    }
-                }
-                if inst.execution_id != c.execution_id
-                    || is_terminal(inst.status)
-                    || inst.history.len() != c.history_len
-                {
-                    return Err(conflict());
-                }
-                if !c.consumed.iter().all(|id| t.inbox.get(id).is_some_and(|r| r.instance_id == c.instance_id)) {
-                    return Err(conflict());
-                }
-                let o = &c.outcome;
-                if !o.children.is_empty() || o.continue_as_new.is_some() {
-                    return Err(not_simulated("sub-orchestrations and continue-as-new"));
-                }
-                for id in &c.consumed {
-                    t.inbox.remove(id);
-                }
-                let terminal = o.is_terminal();
-                let lease_ms = self.db.lease_ms;
-                let inst = t.instances.get_mut(&c.instance_id).ok_or_else(conflict)?;
-                if matches!(held, Some(Some(_))) {
-                    inst.lease.until_ms = db_now + lease_ms;
-                }
-                inst.history.extend(o.append.iter().cloned());
-                inst.status = o.status;
-                if terminal {
-                    inst.output = o.output.clone();
-                }
-                let mut result = CommitResult::default();
-                if terminal {
-                    t.inbox.retain(|_, r| r.instance_id != c.instance_id);
-                    delete_activities_of(t, &c.instance_id);
-                    result.finished_through = Some(t.last_inbox);
-                }
-                let mut names = BTreeSet::new();
-                for a in &o.activities {
-                    t.last_activity += 1;
-                    t.activities.insert(t.last_activity, a.clone());
-                    result.activities.push(QueuedActivity { id: t.last_activity, request: a.clone(), progress: None });
-                    names.insert(a.name.clone());
-                }
-                for name in names {
-                    t.notify(Notice::Activity { name });
-                }
-                for m in &o.messages {
-                    if let Some(d) = deliver(t, m, &origin) {
-                        result.delivered.push(d);
-                    }
-                }
-                Ok(result)
-            })
-            .await;
-        if let (Err(StoreError::LeaseLost(_)), Some(node), Some(Some(epoch))) = (&result, &self.node, held) {
-            // The lease is gone: forget it (unless a newer claim replaced the entry meanwhile).
-            let mut held = node.held.lock();
-            if held.get(&c.instance_id) == Some(&epoch) {
-                held.remove(&c.instance_id);
-            }
-        }
-        result
+        self.write_pipelined(|t| Ok(deliver(t, &message, &origin))).await
+    }
+
+    async fn complete_activity_pipelined(
+        &self,
+        activity_id: i64,
+        result: Message,
+    ) -> Result<(Option<Delivered>, Durable), StoreError> {
+        let origin = self.origin();
+        self.write_pipelined(|t| Ok(t.remove_activity(activity_id).and_then(|_| deliver(t, &result, &origin)))).await
+    }
+
+    async fn commit_turn(&self, c: TurnCommit) -> Result<CommitResult, StoreError> {
+        self.commit_with(c, false).await.map(|(r, _)| r)
+    }
+
+    async fn commit_turn_pipelined(&self, c: TurnCommit) -> Result<(CommitResult, Durable), StoreError> {
+        self.commit_with(c, true).await
     }
 
     async fn complete_activity(&self, activity_id: i64, result: Message) -> Result<Option<Delivered>, StoreError> {
