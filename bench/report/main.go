@@ -290,7 +290,12 @@ func rustTable(rs []*result) string {
 			busy = fmt.Sprintf("%.2f", (r.CPU+r.DriverCPU)/r.WallSeconds)
 		}
 		p("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, workload(r), max(1, r.Workers),
-			cell(r, func(r *result) string { return num(r.OrchPerSec) }),
+			cell(r, func(r *result) string {
+				if r.Scenario == "entity-signals" { // no orchestrations
+					return "—"
+				}
+				return num(r.OrchPerSec)
+			}),
 			cell(r, func(r *result) string { return num(r.WorkItemsPerSec) }),
 			cell(r, func(*result) string { return ops }),
 			cell(r, func(r *result) string {
