@@ -10,7 +10,8 @@
 //! Flags are the Go driver's, written `-flag value`, `--flag value` or `--flag=value`: `-addr`,
 //! `-scenario`, `-n`, `-m`, `-concurrency`, `-workers`, `-sidecar-pid`, `-sidecar`, `-name`,
 //! `-timer-ms`, `-timeout` (seconds, or with a unit: `20s`, `3m`), `-prefix`, `-out`, and
-//! `-max-work-items` (the workers' caps on orchestrator turns and on activities in flight).
+//! `-max-work-items` (the workers' caps on orchestrator turns and on activities in flight) and
+//! `-threads` (the driver's tokio worker threads; default one per core).
 //!
 //! Scenarios (instance `I`'s output is a value only that instance can produce):
 //!
@@ -60,6 +61,8 @@ struct Args {
     prefix: String,
     out: Option<String>,
     max_work_items: usize,
+    /// Tokio worker threads of the driver (0: one per core).
+    threads: usize,
 }
 
 impl Args {
@@ -79,6 +82,7 @@ impl Args {
             prefix: String::new(),
             out: None,
             max_work_items: 1000,
+            threads: 0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -106,6 +110,7 @@ impl Args {
                 "prefix" => a.prefix = value,
                 "out" => a.out = Some(value),
                 "max-work-items" => a.max_work_items = num(&value)?,
+                "threads" => a.threads = num(&value)?,
                 _ => return Err(format!("unknown flag {arg}\n{USAGE}")),
             }
         }
@@ -133,7 +138,7 @@ impl Args {
 const USAGE: &str =
     "usage: duro-bench -addr HOST:PORT -scenario sequence|fanout|timers|events|start-burst|entities|entity-signals \
 -n N -m M -concurrency C [-workers K] [-sidecar-pid PID] [-sidecar LABEL] [-name RUN] [-timer-ms MS] [-timeout 4m] \
-[-prefix P] [-out FILE] [-max-work-items 1000]";
+[-prefix P] [-out FILE] [-max-work-items 1000] [-threads 0]";
 
 fn parse_duration(v: &str) -> Result<Duration, String> {
     let bad = |e: std::num::ParseFloatError| format!("-timeout {v}: {e}");
@@ -550,8 +555,7 @@ async fn execute(run: &Arc<Run>, out: &mut Output) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match Args::parse() {
         Ok(a) => a,
         Err(e) => {
@@ -559,6 +563,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        rt.worker_threads(args.threads);
+    }
+    match rt.enable_all().build() {
+        Ok(rt) => rt.block_on(drive(args)),
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn drive(args: Args) -> ExitCode {
     let addr = if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
     let counters = Arc::new(Counters {
         per_worker: (0..args.workers).map(|_| AtomicU64::new(0)).collect(),
