@@ -40,6 +40,10 @@ trap 'stop_sidecar; rm -rf "$work"' EXIT
 cp "$DURO_BIN" "$work/duro" # a rebuild by someone else during the run must not swap the binary
 cp "$target/release/duro-bench" "$work/duro-bench"
 DURO_BIN=$work/duro
+# A target directory shared between worktrees can hold another checkout's build by now.
+for b in duro duro-bench; do
+  grep -qaF "$PWD" "$work/$b" || echo "!! $work/$b does not name $PWD: built from another checkout?" >&2
+done
 mkdir -p bench/results
 status=0
 for line in "${PLAN[@]}"; do
