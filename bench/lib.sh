@@ -22,14 +22,19 @@ start_sidecar() {
     *) echo "unknown sidecar $kind" >&2; return 1 ;;
   esac
   SIDECAR_PID=$!
-  local i
+  wait_listening "$port" "$dir/sidecar.log"
+}
+
+# wait_listening PORT LOG: waits until $SIDECAR_PID listens on PORT; prints LOG and fails if it exits first.
+wait_listening() {
+  local port=$1 log=$2 i
   for i in $(seq 200); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     if ! kill -0 "$SIDECAR_PID" 2>/dev/null; then break; fi
     sleep 0.05
   done
-  echo "$kind did not start listening on $port:" >&2
-  cat "$dir/sidecar.log" >&2
+  echo "the sidecar did not start listening on $port:" >&2
+  cat "$log" >&2
   return 1
 }
 

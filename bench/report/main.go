@@ -17,6 +17,7 @@ import (
 // result is the part of the driver's JSON the report reads.
 type result struct {
 	Name, Sidecar, Scenario string
+	Driver                  string // "rust-sdk" from bench/rust-driver; empty from the Go driver
 	N, M, Concurrency       int
 	Workers                 int // worker connections (0 in files written before the driver had -workers: 1)
 	Completed, Failed       int
@@ -34,6 +35,8 @@ type result struct {
 	CPU                     float64                              `json:"sidecar_cpu_seconds"`
 	RunqueueWait            float64                              `json:"sidecar_runqueue_wait_seconds"`
 	DriverCPU               float64                              `json:"driver_cpu_seconds"`
+	EntityOps               int64                                `json:"entity_operations"`  // Rust driver, entity scenarios
+	OpsPerSec               float64                              `json:"operations_per_sec"` // Rust driver, entity scenarios
 }
 
 const ref, duro = "dtgo", "duro"
@@ -56,6 +59,7 @@ func main() {
 		log.Fatalf("no results in %s", *dir)
 	}
 	runs := map[string]map[string]*result{}
+	var rust []*result // written by bench/rust-driver (the Rust SDK as client and worker): their own table
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -64,6 +68,10 @@ func main() {
 		var r result
 		if err := json.Unmarshal(b, &r); err != nil {
 			log.Fatalf("%s: %v", f, err)
+		}
+		if r.Driver == "rust-sdk" {
+			rust = append(rust, &r)
+			continue
 		}
 		if runs[r.Name] == nil {
 			runs[r.Name] = map[string]*result{}
@@ -99,6 +107,9 @@ func main() {
 	}
 
 	text := markdown(compared, scale, runs, *date, *machine, *commit, *load)
+	if len(rust) > 0 {
+		text += rustTable(rust)
+	}
 	if *notes != "" {
 		extra, err := os.ReadFile(*notes)
 		must(err)
@@ -125,6 +136,10 @@ func workload(r *result) string {
 		w = fmt.Sprintf("%d starts (%d activity each), then drain", r.N, r.M)
 	case "waiting":
 		w = fmt.Sprintf("%d waiting on events, then raise all", r.N)
+	case "entities":
+		w = fmt.Sprintf("%d × %d sequential entity calls", r.N, r.M)
+	case "entity-signals":
+		w = fmt.Sprintf("%d client signals over %d entities", r.N, r.M)
 	}
 	return fmt.Sprintf("%s; %d in flight", w, r.Concurrency)
 }
@@ -250,6 +265,48 @@ func scaling(p func(string, ...any), names []string, runs map[string]map[string]
 				return fmt.Sprintf("%.2f", (r.CPU+r.DriverCPU)/r.WallSeconds)
 			}))
 	}
+}
+
+// rustTable writes the runs of bench/rust-driver: the same sidecar driven by the Rust SDK (client and
+// worker in one process), in the order of bench/rust.sh's plan (by name otherwise).
+func rustTable(rs []*result) string {
+	slices.SortStableFunc(rs, func(a, b *result) int { return strings.Compare(a.Name, b.Name) })
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("\n## Rust SDK driver\n\n")
+	p("Runs of `bash bench/rust.sh`: Duro driven by `bench/rust-driver` (`duro-bench`, the Rust SDK `duro-sdk` as client and worker in one process) instead of the Go SDK. Work items: orchestrator turns + activity executions + entity operations run by the worker. Entity ops/s: entity operations checked ÷ wall s (`entities`: calls from orchestrations; `entity-signals`: client signals, each counter read until it holds its sum). Latency: per orchestration, start → completion returned (`entity-signals`: per signal call). Sidecar µs per work item: sidecar CPU ÷ work items. Cores busy: (sidecar + driver CPU s) ÷ wall s.\n\n")
+	p("| Run | Workload | Worker connections | orch/s | work items/s | entity ops/s | p50 / p95 / p99 ms | sidecar CPU s (run-queue wait) | sidecar µs per work item | driver CPU s | cores busy |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range rs {
+		ops := "—"
+		if r.OpsPerSec > 0 {
+			ops = num(r.OpsPerSec)
+		}
+		perItem, busy := "—", "—"
+		if r.WorkItems > 0 {
+			perItem = fmt.Sprintf("%.0f", r.CPU/float64(r.WorkItems)*1e6)
+		}
+		if r.WallSeconds > 0 {
+			busy = fmt.Sprintf("%.2f", (r.CPU+r.DriverCPU)/r.WallSeconds)
+		}
+		p("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, workload(r), max(1, r.Workers),
+			cell(r, func(r *result) string {
+				if r.Scenario == "entity-signals" { // no orchestrations
+					return "—"
+				}
+				return num(r.OrchPerSec)
+			}),
+			cell(r, func(r *result) string { return num(r.WorkItemsPerSec) }),
+			cell(r, func(*result) string { return ops }),
+			cell(r, func(r *result) string {
+				return fmt.Sprintf("%s / %s / %s", num(r.LatencyMs.P50), num(r.LatencyMs.P95), num(r.LatencyMs.P99))
+			}),
+			cell(r, func(r *result) string { return fmt.Sprintf("%.2f (%.2f)", r.CPU, r.RunqueueWait) }),
+			cell(r, func(*result) string { return perItem }),
+			cell(r, func(r *result) string { return fmt.Sprintf("%.2f", r.DriverCPU) }),
+			cell(r, func(*result) string { return busy }))
+	}
+	return b.String()
 }
 
 func sideName(s string) string {

@@ -4,7 +4,7 @@
 //! Owns the connection lifecycle (Hello → GetWorkItems with concurrency caps and name filters,
 //! entities included, reconnect with jittered exponential backoff when the stream ends or the
 //! sidecar is unreachable, a silent-stream watchdog), dispatch (orchestrator turns through the
-//! pure [`replay`](crate::replay) engine on blocking threads, activities and entity batches
+//! pure [`replay`](crate::replay) engine (short histories on the runtime thread, long ones on blocking threads), activities and entity batches
 //! ([`entity::execute_batch`](crate::entity::execute_batch)) as tokio tasks, each kind bounded
 //! by a semaphore), answering every work item with its completion token, and graceful shutdown
 //! (finish in-flight work within a grace period, abandon the rest so the sidecar re-dispatches
@@ -567,6 +567,19 @@ async fn fetch_history(grpc: &mut client::Grpc, request: &mut OrchestratorReques
     Ok(())
 }
 
+/// Turns whose history (past and new events) is at most this long are replayed on the runtime's
+/// thread instead of the blocking pool.
+const INLINE_REPLAY_EVENTS: usize = 100;
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
+}
+
 async fn run_orchestration(
     mut grpc: client::Grpc,
     registry: Arc<Registry>,
@@ -587,7 +600,17 @@ async fn run_orchestration(
             return;
         }
     }
-    let turn = tokio::task::spawn_blocking(move || replay::execute_request(&registry, &request)).await;
+    // A short history replays in microseconds: run it here rather than pay a hand-off to the
+    // blocking pool and back (two thread wake-ups per turn). A long one goes to the blocking pool
+    // so that it does not hold up the runtime's other tasks.
+    let turn = if request.past_events.len() + request.new_events.len() <= INLINE_REPLAY_EVENTS {
+        std::panic::catch_unwind(AssertUnwindSafe(|| replay::execute_request(&registry, &request)))
+            .map_err(|panic| panic_message(&*panic))
+    } else {
+        tokio::task::spawn_blocking(move || replay::execute_request(&registry, &request))
+            .await
+            .map_err(|e| e.to_string())
+    };
     let mut response = match turn {
         Ok(r) => r,
         Err(e) => {
@@ -642,11 +665,7 @@ async fn run_activity(mut grpc: client::Grpc, registry: Arc<Registry>, request: 
         Some(f) => match AssertUnwindSafe(f(ctx, request.input)).catch_unwind().await {
             Ok(r) => r,
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic payload".into());
+                let msg = panic_message(&*panic);
                 Err(FailureDetails::new("ActivityPanic", format!("the activity panicked: {msg}")))
             }
         },

@@ -12,7 +12,6 @@ use duro_proto::task_hub_sidecar_service_server::TaskHubSidecarService;
 use duro_proto::*;
 use futures::Stream;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::ambient::now_ms;
@@ -186,6 +185,63 @@ async fn wait_with_cap(
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// One `GetWorkItems` response stream, read by tonic directly (no relay task and channel in
+/// between: one task wake-up and channel hop less per work item): the engine's work items for the
+/// stream, a health ping after `ping_every` without any, and `unavailable` at shutdown, after
+/// which it ends. Dropping it (the worker went away, or it ended) closes the engine's stream.
+struct WorkItemStream {
+    /// Held for its `Drop`.
+    _close: CloseStream,
+    items: mpsc::UnboundedReceiver<Outgoing>,
+    ping: Pin<Box<tokio::time::Sleep>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    v1: bool,
+    ping_every: Duration,
+    ended: bool,
+}
+
+impl WorkItemStream {
+    async fn next(mut self) -> Option<(Result<WorkItem, Status>, Self)> {
+        if self.ended {
+            return None;
+        }
+        let item = tokio::select! {
+            item = self.items.recv() => match item {
+                Some(Outgoing::Item(w)) => Ok(if self.v1 { entities::to_v1(*w) } else { *w }),
+                None => return None,
+            },
+            _ = &mut self.ping => Ok(WorkItem {
+                request: Some(work_item::Request::HealthPing(HealthPing {})),
+                completion_token: String::new(),
+            }),
+            _ = self.shutdown.changed() => {
+                self.ended = true;
+                Err(Status::unavailable("the Duro sidecar is shutting down; reconnect"))
+            }
+        };
+        let at = tokio::time::Instant::now() + self.ping_every;
+        self.ping.as_mut().reset(at);
+        Some((item, self))
+    }
+}
+
+/// Closes a work-item stream in the engine when dropped (its leases go back to the queues).
+struct CloseStream {
+    engine: Engine,
+    id: crate::engine::scheduler::StreamId,
+}
+
+impl Drop for CloseStream {
+    fn drop(&mut self) {
+        // Closing dispatches the stream's work elsewhere, which spawns tasks: do it on the
+        // runtime (a stream dropped while the runtime itself shuts down has nothing to hand over).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (engine, id) = (self.engine.clone(), self.id);
+            rt.spawn(async move { engine.close_stream(id) });
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl TaskHubSidecarService for SidecarService {
@@ -440,39 +496,18 @@ impl TaskHubSidecarService for SidecarService {
             n if n > 0 => (n as usize).min(crate::engine::scheduler::MAX_STREAM_CAP),
             _ => default_cap,
         };
-        let (id, mut items) = self.engine.open_stream_with_entities(rules, max_entities);
-        let (out, out_rx) = mpsc::channel::<Result<WorkItem, Status>>(64);
-        let engine = self.engine.clone();
-        let ping_every = engine.options().ping_interval;
-        let mut shutdown = engine.shutdown_signal();
-        tokio::spawn(async move {
-            let ping = tokio::time::sleep(ping_every);
-            tokio::pin!(ping);
-            loop {
-                tokio::select! {
-                    item = items.recv() => match item {
-                        Some(Outgoing::Item(w)) => {
-                            let w = if v1 { entities::to_v1(*w) } else { *w };
-                            if out.send(Ok(w)).await.is_err() { break; }
-                            ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
-                        }
-                        None => break,
-                    },
-                    _ = &mut ping => {
-                        let item = WorkItem { request: Some(work_item::Request::HealthPing(HealthPing {})), completion_token: String::new() };
-                        if out.send(Ok(item)).await.is_err() { break; }
-                        ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
-                    }
-                    _ = out.closed() => break,
-                    _ = shutdown.changed() => {
-                        let _ = out.send(Err(Status::unavailable("the Duro sidecar is shutting down; reconnect"))).await;
-                        break;
-                    }
-                }
-            }
-            engine.close_stream(id);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        let (id, items) = self.engine.open_stream_with_entities(rules, max_entities);
+        let ping_every = self.engine.options().ping_interval;
+        let state = WorkItemStream {
+            _close: CloseStream { engine: self.engine.clone(), id },
+            ping: Box::pin(tokio::time::sleep(ping_every)),
+            shutdown: self.engine.shutdown_signal(),
+            items,
+            v1,
+            ping_every,
+            ended: false,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(state, WorkItemStream::next))))
     }
 
     async fn complete_activity_task(
