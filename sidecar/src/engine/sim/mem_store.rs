@@ -594,8 +594,36 @@ impl Store for MemStore {
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
+        self.recover_with(i64::MAX).await
+    }
+
+    async fn recover_through(&self, through_ms: i64) -> Result<Option<Recovered>, StoreError> {
+        self.recover_with(through_ms).await.map(Some)
+    }
+
+    async fn load_timers(&self, after_ms: i64, through_ms: i64) -> Result<Option<InboxSnapshot>, StoreError> {
         self.apply(|t| {
-            let inbox = t.inbox.iter().filter_map(|(id, r)| delivered(t, *id, r)).collect();
+            let rows = t
+                .inbox
+                .iter()
+                .filter(|(_, r)| r.visible_at_ms > after_ms && r.visible_at_ms <= through_ms)
+                .filter_map(|(id, r)| delivered(t, *id, r))
+                .collect();
+            Ok(Some(InboxSnapshot { rows, watermark: t.last_inbox }))
+        })
+        .await
+    }
+}
+
+impl MemStore {
+    async fn recover_with(&self, through_ms: i64) -> Result<Recovered, StoreError> {
+        self.apply(|t| {
+            let inbox = t
+                .inbox
+                .iter()
+                .filter(|(_, r)| r.visible_at_ms <= through_ms)
+                .filter_map(|(id, r)| delivered(t, *id, r))
+                .collect();
             let activities = t
                 .activities
                 .iter()
