@@ -2203,6 +2203,30 @@ mod tests {
         assert!(s.audit().problems.is_empty(), "{:?}", s.audit().problems);
     }
 
+    /// What one instance with one pending event costs in the scheduler (a burst of raised events
+    /// waiting for their turns): RSS growth over 300,000 of them. A measurement, not a check:
+    /// `cargo test -p duro --lib scheduler::tests::pending_cost -- --ignored --nocapture --test-threads 1`.
+    #[test]
+    #[ignore]
+    fn pending_cost() {
+        let rss = || -> usize {
+            let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("VmRSS")
+        };
+        let n = 300_000;
+        let mut s = Scheduler::new(SchedulerOptions { max_payload_bytes: 0, ..opts() });
+        let before = rss();
+        for i in 0..n {
+            s.add_event(raised(i + 1, &format!("idle-e-{i}")), NOW);
+        }
+        let grown = (rss() - before) * 1024;
+        println!("{n} pending instances: {} B each (payloads not held)", grown / n as usize);
+    }
+
     #[test]
     fn without_a_horizon_every_timer_is_held() {
         let mut s = Scheduler::new(opts());
