@@ -161,11 +161,72 @@ impl StreamSlot {
     }
 }
 
+/// An instance's pending events in key order: a sorted vector, the map operations the
+/// scheduler uses. An instance rarely has more than a few events pending, and a burst of
+/// raised events leaves many instances with one each: a `BTreeMap` allocates a whole node
+/// (about 700 bytes) for one entry, this one allocation of its size.
+#[derive(Debug, Default)]
+struct Pending(Vec<(EventKey, PendingEvent)>);
+
+impl Pending {
+    /// Adds an event, replacing one with the same key.
+    fn insert(&mut self, key: EventKey, event: PendingEvent) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = event,
+            Err(i) => self.0.insert(i, (key, event)),
+        }
+    }
+
+    fn remove(&mut self, key: &EventKey) -> Option<PendingEvent> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn extend(&mut self, events: impl IntoIterator<Item = (EventKey, PendingEvent)>) {
+        for (k, e) in events {
+            self.insert(k, e);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&EventKey, &PendingEvent) -> bool) {
+        self.0.retain(|(k, e)| keep(k, e));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&EventKey, &PendingEvent)> {
+        self.0.iter().map(|(k, e)| (k, e))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &EventKey> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &PendingEvent> {
+        self.0.iter().map(|(_, e)| e)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for Pending {
+    type Item = (EventKey, PendingEvent);
+    type IntoIter = std::vec::IntoIter<(EventKey, PendingEvent)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 #[derive(Default)]
 struct InstanceSlot {
     name: String,
     version: Option<String>,
-    pending: BTreeMap<EventKey, PendingEvent>,
+    pending: Pending,
     dispatch: Dispatch,
     gate: Gate,
     /// Every inbox row of this instance up to this id is accounted for (registered, or
