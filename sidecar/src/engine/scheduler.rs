@@ -2286,6 +2286,15 @@ mod tests {
         }
         let grown = (rss() - before) * 1024;
         println!("{n} pending instances: {} B each (payloads not held)", grown / n as usize);
+        // The same number of instances waiting on a 30-day timer, held (no horizon: PostgreSQL,
+        // or SQLite before the horizon), with the timer's payload in memory as the budget allows.
+        let mut s = Scheduler::new(SchedulerOptions { max_payload_bytes: 64 << 20, ..opts() });
+        let before = rss();
+        for i in 0..n {
+            s.add_event(timer(i + 1, &format!("idle-t-{i}"), NOW + 30 * 86_400_000), NOW);
+        }
+        let grown = (rss() - before) * 1024;
+        println!("{n} held timers: {} B each; beyond a horizon: none held", grown / n as usize);
     }
 
     #[test]
