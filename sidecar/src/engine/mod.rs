@@ -77,6 +77,11 @@ pub struct EngineOptions {
     pub max_inbox_events: usize,
     /// Sharing the store with other sidecars (used only with [`Engine::start_shared`]).
     pub cluster: cluster::ClusterOptions,
+    /// Durable timers due within this are held in memory; later ones stay in the store and
+    /// are read as their time comes near (half this ahead), when the store can
+    /// ([`Store::recover_through`]; SQLite). Instances waiting on long timers then cost
+    /// nothing in memory.
+    pub timer_horizon: Duration,
 }
 
 impl Default for EngineOptions {
@@ -92,6 +97,7 @@ impl Default for EngineOptions {
             max_wait: Duration::from_secs(3600),
             max_inbox_events: 10_000,
             cluster: cluster::ClusterOptions::default(),
+            timer_horizon: Duration::from_secs(60),
         }
     }
 }
@@ -163,6 +169,9 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let engine = Engine::start_inner(store, leases.clone(), opts, builtins, Arc::new(SystemClock)).await?;
         tokio::spawn(engine.clone().timer_loop());
+        if engine.inner.sched.lock().timer_horizon().is_some() {
+            tokio::spawn(engine.clone().horizon_loop());
+        }
         let shared = leases.is_some();
         if let Some(leases) = leases {
             tokio::spawn(engine.clone().cluster_loop(leases));
@@ -209,15 +218,22 @@ impl Engine {
         builtins: Vec<Arc<dyn builtin::BuiltinActivity>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, EngineError> {
+        let mut sched = Scheduler::new(opts.scheduler.clone());
         // On a shared store, work enters by claims only; recovering everything would run
-        // other sidecars' instances.
+        // other sidecars' instances. Timers due after the horizon stay in the store.
+        let horizon = clock.now_ms().saturating_add(i64::try_from(opts.timer_horizon.as_millis()).unwrap_or(i64::MAX));
         let recovered = match &leases {
-            None => store.recover().await?,
+            None => match store.recover_through(horizon).await? {
+                Some(r) => {
+                    sched.set_timer_horizon(horizon);
+                    r
+                }
+                None => store.recover().await?,
+            },
             Some(_) => Recovered::default(),
         };
         let builtins: std::collections::HashMap<String, Arc<dyn builtin::BuiltinActivity>> =
             builtins.into_iter().map(|b| (b.name().to_string(), b)).collect();
-        let mut sched = Scheduler::new(opts.scheduler.clone());
         sched.set_builtin_names(builtins.keys().cloned());
         let now = clock.now_ms();
         let (inbox, activities) = (recovered.inbox.len(), recovered.activities.len());
@@ -313,6 +329,56 @@ impl Engine {
                 _ = shutdown.changed() => return,
             }
             self.fire_due_timers();
+        }
+    }
+
+    /// Reads durable timers from the store window by window, half a horizon ahead of their
+    /// time (see [`EngineOptions::timer_horizon`]).
+    async fn horizon_loop(self) {
+        let mut shutdown = self.shutdown_signal();
+        let span = i64::try_from(self.inner.opts.timer_horizon.as_millis()).unwrap_or(i64::MAX).max(2);
+        loop {
+            let Some(horizon) = self.inner.sched.lock().timer_horizon() else { return };
+            let wait = u64::try_from(horizon - span / 2 - self.now()).unwrap_or(0);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !self.load_timers(span).await {
+                return;
+            }
+        }
+    }
+
+    /// Advances the timer horizon and reads the timers of the new window; `false` at shutdown.
+    pub(crate) async fn load_timers(&self, span_ms: i64) -> bool {
+        let Some((after, through)) = self.inner.sched.lock().begin_timer_load(self.now(), span_ms) else {
+            return true;
+        };
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            match self.inner.store.load_timers(after, through).await {
+                Ok(snapshot) => {
+                    let snapshot = snapshot.unwrap_or_default();
+                    let rows = snapshot.rows.len();
+                    self.inner.sched.lock().finish_timer_load(snapshot.rows, snapshot.watermark, self.now());
+                    tracing::debug!(after, through, rows, "read durable timers due soon");
+                    // Also re-arms the timer task if a row is due before what it sleeps until.
+                    self.pump();
+                    return true;
+                }
+                // Shutting down, or the store is gone (its writer stopped): nothing to retry.
+                Err(StoreError::Closed) => return false,
+                Err(_) if *shutdown.borrow() => return false,
+                Err(e) => {
+                    // The window stays open (rows of it registered meanwhile wait); try again.
+                    tracing::warn!(error = %e, "could not read durable timers; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return false,
+                    }
+                }
+            }
         }
     }
 

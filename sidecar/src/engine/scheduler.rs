@@ -165,11 +165,72 @@ impl StreamSlot {
     }
 }
 
+/// An instance's pending events in key order: a sorted vector, the map operations the
+/// scheduler uses. An instance rarely has more than a few events pending, and a burst of
+/// raised events leaves many instances with one each: a `BTreeMap` allocates a whole node
+/// (about 700 bytes) for one entry, this one allocation of its size.
+#[derive(Debug, Default)]
+struct Pending(Vec<(EventKey, PendingEvent)>);
+
+impl Pending {
+    /// Adds an event, replacing one with the same key.
+    fn insert(&mut self, key: EventKey, event: PendingEvent) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = event,
+            Err(i) => self.0.insert(i, (key, event)),
+        }
+    }
+
+    fn remove(&mut self, key: &EventKey) -> Option<PendingEvent> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn extend(&mut self, events: impl IntoIterator<Item = (EventKey, PendingEvent)>) {
+        for (k, e) in events {
+            self.insert(k, e);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&EventKey, &PendingEvent) -> bool) {
+        self.0.retain(|(k, e)| keep(k, e));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&EventKey, &PendingEvent)> {
+        self.0.iter().map(|(k, e)| (k, e))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &EventKey> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &PendingEvent> {
+        self.0.iter().map(|(_, e)| e)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for Pending {
+    type Item = (EventKey, PendingEvent);
+    type IntoIter = std::vec::IntoIter<(EventKey, PendingEvent)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 #[derive(Default)]
 struct InstanceSlot {
     name: String,
     version: Option<String>,
-    pending: BTreeMap<EventKey, PendingEvent>,
+    pending: Pending,
     dispatch: Dispatch,
     gate: Gate,
     /// Every inbox row of this instance up to this id is accounted for (registered, or
@@ -273,6 +334,35 @@ const RECENT_SLOTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4
     Some(n) => n,
     None => std::num::NonZeroUsize::MIN,
 };
+
+/// How many timer windows read from the store are remembered (see `loaded_windows`).
+const LOADED_WINDOWS: usize = 64;
+
+/// Where a registration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A commit's rows, added after it (possibly late: another path may have added them).
+    Commit,
+    /// A snapshot of the instance's rows that replaces the scheduler's view of them.
+    Resync,
+    /// A window of timers read from the store as the horizon advanced.
+    Load,
+}
+
+/// A window of timers `(after_ms, through_ms]` being read from the store.
+struct TimerLoad {
+    after_ms: i64,
+    through_ms: i64,
+    /// Rows of the window registered while it is read: added with the read's rows
+    /// (the read may hold them too).
+    gap: Vec<Delivered>,
+}
+
+impl TimerLoad {
+    fn holds(&self, at_ms: i64) -> bool {
+        at_ms > self.after_ms && at_ms <= self.through_ms
+    }
+}
 
 /// The pseudo-stream of activities the sidecar runs itself (real streams start at 1).
 pub const BUILTIN_STREAM: StreamId = 0;
@@ -477,6 +567,19 @@ pub struct Scheduler {
     payload_meter: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Turn leases that timed out, since start (metrics).
     leases_expired: u64,
+    /// Inbox rows visible after this (durable timers due later) are not held: the store
+    /// keeps them and the engine reads them window by window as the horizon advances
+    /// (`begin_timer_load`), so instances waiting on long timers cost no memory.
+    /// `i64::MAX`: every row is held (a store that cannot read by due time).
+    horizon_ms: i64,
+    /// The window being read from the store, if any.
+    timer_load: Option<TimerLoad>,
+    /// Recently read windows `(after_ms, through_ms, watermark)`: a commit's row in one of
+    /// them at or below its watermark was read by it, so a late registration is a copy.
+    loaded_windows: VecDeque<(i64, i64, i64)>,
+    /// Rows beyond the horizon held because they were visible already (the horizon lagged
+    /// behind the clock), by inbox id with their time: their window's read leaves them out.
+    held_early: HashMap<i64, i64>,
 }
 
 /// A completion that matched a live lease.
@@ -526,6 +629,10 @@ impl Scheduler {
             attempt_log: Vec::new(),
             payload_meter: Default::default(),
             leases_expired: 0,
+            horizon_ms: i64::MAX,
+            timer_load: None,
+            loaded_windows: VecDeque::new(),
+            held_early: HashMap::new(),
         }
     }
 
@@ -610,10 +717,35 @@ impl Scheduler {
             // Registered already by a resync, or deleted: this copy arrives late.
             return;
         }
-        self.register(d, now_ms);
+        self.register(d, now_ms, Origin::Commit);
     }
 
-    fn register(&mut self, d: Delivered, now_ms: i64) {
+    fn register(&mut self, d: Delivered, now_ms: i64, origin: Origin) {
+        let at = d.visible_at_ms;
+        if origin != Origin::Load {
+            if let Some(load) = self.timer_load.as_mut().filter(|l| l.holds(at)) {
+                load.gap.push(d);
+                return;
+            }
+        }
+        if origin == Origin::Commit
+            && self
+                .loaded_windows
+                .iter()
+                .any(|(after, through, mark)| at > *after && at <= *through && d.inbox_id <= *mark)
+        {
+            // Its window's read found it (or it is gone): this copy arrives late.
+            return;
+        }
+        if at > self.horizon_ms {
+            if at > now_ms {
+                // Due after the horizon: the store keeps it until its window is read.
+                return;
+            }
+            // Visible already while the horizon lags behind the clock (its read is late):
+            // held now, and left out of its window's read.
+            self.held_early.insert(d.inbox_id, at);
+        }
         let key = (d.priority, d.inbox_id);
         let kind = EventKind::of(&d.event);
         let payload = self.charge(d.event);
@@ -716,6 +848,75 @@ impl Scheduler {
         self.wake_seq += 1;
         self.wakeups.insert((at_ms, self.wake_seq), wake);
         self.wake_seq
+    }
+
+    // ----- timers beyond the horizon ----------------------------------------------------
+
+    /// Holds only timers due by `horizon_ms`; later ones stay in the store until
+    /// [`Scheduler::begin_timer_load`] reads their window. Set once, at start-up, to the
+    /// time the store's recovery read through.
+    pub fn set_timer_horizon(&mut self, horizon_ms: i64) {
+        self.horizon_ms = horizon_ms;
+    }
+
+    /// Timers due after this are in the store only; `None` when every timer is held.
+    pub fn timer_horizon(&self) -> Option<i64> {
+        (self.horizon_ms != i64::MAX).then_some(self.horizon_ms)
+    }
+
+    /// Moves the horizon to `now_ms + span_ms` and returns the window `(after, through]`
+    /// the engine must read from the store ([`Scheduler::finish_timer_load`]); `None` when
+    /// every timer is held, a read is under way, or the horizon is that far already.
+    pub fn begin_timer_load(&mut self, now_ms: i64, span_ms: i64) -> Option<(i64, i64)> {
+        if self.horizon_ms == i64::MAX || self.timer_load.is_some() {
+            return None;
+        }
+        let after = self.horizon_ms;
+        let through = now_ms.saturating_add(span_ms);
+        if through <= after {
+            return None;
+        }
+        self.horizon_ms = through;
+        self.timer_load = Some(TimerLoad { after_ms: after, through_ms: through, gap: Vec::new() });
+        Some((after, through))
+    }
+
+    /// Adds a window's rows as read from the store (with the newest inbox id of that read),
+    /// and the rows of the window registered while it was read, each once. Rows of
+    /// instances whose rows up to theirs were deleted meanwhile are left out.
+    pub fn finish_timer_load(&mut self, rows: Vec<Delivered>, watermark: i64, now_ms: i64) {
+        let Some(load) = self.timer_load.take() else { return };
+        let mut seen = HashSet::new();
+        let (after, through) = (load.after_ms, load.through_ms);
+        let in_window = |d: &Delivered| d.visible_at_ms > after && d.visible_at_ms <= through;
+        let read = rows.into_iter().filter(|d| in_window(d) && !self.held_early.contains_key(&d.inbox_id));
+        let rows: Vec<Delivered> = read.chain(load.gap).collect();
+        self.held_early.retain(|_, at| *at > load.through_ms);
+        for d in rows {
+            if !seen.insert(d.inbox_id) || d.inbox_id <= self.deleted_through(&d.instance_id) {
+                continue;
+            }
+            self.register(d, now_ms, Origin::Load);
+        }
+        self.loaded_windows.push_back((load.after_ms, load.through_ms, watermark));
+        if self.loaded_windows.len() > LOADED_WINDOWS {
+            self.loaded_windows.pop_front();
+        }
+    }
+
+    /// Every row visible by this time is held (pending, leased, waiting, or waiting for the
+    /// read of its window); later ones may be in the store only.
+    #[cfg(test)]
+    pub(crate) fn held_through(&self) -> i64 {
+        self.timer_load.as_ref().map_or(self.horizon_ms, |l| l.after_ms)
+    }
+
+    /// Inbox ids of the instance up to this one are deleted; see `deleted_through`.
+    fn deleted_through(&self, instance_id: &str) -> i64 {
+        match self.instances.get(instance_id) {
+            Some(slot) => slot.deleted_through,
+            None => self.recent_through.peek(instance_id).map_or(0, |(_, deleted)| *deleted),
+        }
     }
 
     /// When the next wake-up is due, if any.
@@ -1176,8 +1377,23 @@ impl Scheduler {
         self.settle(instance_id);
     }
 
-    /// Drops an instance's timer wake-ups matching `what(inbox id, event)`.
+    /// Drops an instance's timer wake-ups matching `what(inbox id, event)` (also those
+    /// waiting for a timer window's read).
     fn forget_wakes(&mut self, instance_id: &str, what: impl Fn(i64, &PendingEvent) -> bool) {
+        if let Some(load) = self.timer_load.as_mut() {
+            load.gap.retain(|d| {
+                if d.instance_id != instance_id {
+                    return true;
+                }
+                let p = PendingEvent {
+                    inbox_id: d.inbox_id,
+                    execution_id: d.execution_id.clone(),
+                    kind: EventKind::Other,
+                    payload: None,
+                };
+                !what(d.inbox_id, &p)
+            });
+        }
         let Some(keys) = self.instance_wakes.get_mut(instance_id) else { return };
         keys.retain(|k| match self.wakeups.get(k) {
             Some(Wake::Event(e)) if what((e.2).1, &e.3) => {
@@ -1373,10 +1589,11 @@ impl Scheduler {
         self.forget_wakes(instance_id, |id, _| id <= watermark);
         for d in rows {
             if d.instance_id == instance_id && d.inbox_id > floor && !leased.contains(&d.inbox_id) {
-                self.register(d, now_ms);
+                self.register(d, now_ms, Origin::Resync);
             }
         }
-        // Every row up to the watermark is registered now; later copies arrive late.
+        // Every row up to the watermark is registered now (or left in the store beyond the
+        // timer horizon); later copies arrive late.
         let slot = self.slot(instance_id);
         slot.known_through = slot.known_through.max(watermark);
         self.settle(instance_id);
@@ -1765,6 +1982,9 @@ impl Scheduler {
                 _ => {}
             }
         }
+        for d in self.timer_load.iter().flat_map(|l| &l.gap) {
+            place(&mut a, &d.instance_id, d.inbox_id, "loading");
+        }
         for (id, slot) in &self.instances {
             for p in slot.pending.values() {
                 place(&mut a, id, p.inbox_id, "pending");
@@ -1956,6 +2176,167 @@ mod tests {
         assert!(s.assign(NOW + 499).is_empty());
         s.fire_due(NOW + 500);
         assert_eq!(turns(&s.assign(NOW + 500)).len(), 1);
+    }
+
+    fn timer(id: i64, instance: &str, at: i64) -> Delivered {
+        delivered(id, instance, "Orch", at, events::event_raised(NOW, "t".into(), None))
+    }
+
+    /// Inbox ids held as timer wake-ups.
+    fn waiting(s: &Scheduler) -> Vec<i64> {
+        let mut ids: Vec<i64> = s
+            .wakeups
+            .values()
+            .filter_map(|w| match w {
+                Wake::Event(e) => Some((e.2).1),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn timers_beyond_the_horizon_stay_in_the_store_until_their_window_is_read() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.set_timer_horizon(NOW + 60_000);
+        s.add_event(timer(1, "a", NOW + 30_000), NOW);
+        s.add_event(timer(2, "b", NOW + 86_400_000), NOW);
+        assert_eq!(waiting(&s), [1], "only the timer due within the horizon is held");
+        assert_eq!(s.stats().instances_in_memory, 0);
+        // Not yet: the horizon is that far already.
+        assert_eq!(s.begin_timer_load(NOW, 60_000), None);
+        let window = s.begin_timer_load(NOW + 86_400_000 - 1000, 60_000);
+        assert_eq!(window, Some((NOW + 60_000, NOW + 86_400_000 + 59_000)));
+        assert_eq!(s.begin_timer_load(NOW + 86_400_000, 60_000), None, "one read at a time");
+        // The store's read finds row 2 (and row 9 of a finished window's neighbour is outside it).
+        s.finish_timer_load(vec![timer(2, "b", NOW + 86_400_000), timer(9, "c", NOW + 90_000_000)], 2, NOW);
+        assert_eq!(waiting(&s), [1, 2]);
+        s.fire_due(NOW + 86_400_000);
+        let a = s.assign(NOW + 86_400_000);
+        let mut fired: Vec<&str> = turns(&a).iter().map(|t| t.instance_id.as_str()).collect();
+        fired.sort_unstable();
+        assert_eq!(fired, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_row_committed_while_its_window_is_read_is_held_once() {
+        let mut s = Scheduler::new(opts());
+        s.set_timer_horizon(NOW + 60_000);
+        let (after, through) = s.begin_timer_load(NOW + 30_000, 60_000).expect("a window");
+        assert_eq!((after, through), (NOW + 60_000, NOW + 90_000));
+        // Registered while the read runs: row 3 was committed before it (the read has it
+        // too), row 4 after it (the read does not).
+        s.add_event(timer(3, "a", NOW + 70_000), NOW);
+        s.add_event(timer(4, "b", NOW + 80_000), NOW);
+        assert!(waiting(&s).is_empty(), "they wait for the read");
+        s.finish_timer_load(vec![timer(3, "a", NOW + 70_000)], 3, NOW);
+        assert_eq!(waiting(&s), [3, 4]);
+        // A late registration of a row the read found is a copy; a later row is not.
+        s.add_event(timer(3, "a", NOW + 70_000), NOW);
+        s.add_event(timer(5, "c", NOW + 75_000), NOW);
+        assert_eq!(waiting(&s), [3, 4, 5]);
+        assert!(s.audit().problems.is_empty(), "{:?}", s.audit().problems);
+    }
+
+    #[test]
+    fn rows_deleted_while_their_window_is_read_do_not_come_back() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.set_timer_horizon(NOW + 60_000);
+        s.add_event(raised(1, "a"), NOW);
+        s.begin_timer_load(NOW + 30_000, 60_000).expect("a window");
+        s.add_event(timer(2, "a", NOW + 70_000), NOW);
+        // The instance finishes meanwhile: its rows up to 2 are deleted.
+        let t = turns(&s.assign(NOW))[0].token.clone();
+        s.finish_turn(&t, Vec::new(), false, Some(2));
+        // The read ran before the deletion and still holds row 2.
+        s.finish_timer_load(vec![timer(2, "a", NOW + 70_000)], 2, NOW);
+        assert!(waiting(&s).is_empty(), "{:?}", waiting(&s));
+    }
+
+    #[test]
+    fn a_resync_holds_the_timers_within_the_horizon_and_leaves_the_rest_to_the_store() {
+        let mut s = Scheduler::new(opts());
+        s.set_timer_horizon(NOW + 60_000);
+        s.add_event(timer(1, "a", NOW + 10_000), NOW);
+        s.resync("a", vec![timer(1, "a", NOW + 10_000), timer(2, "a", NOW + 3_600_000)], 2, NOW);
+        assert_eq!(waiting(&s), [1]);
+        // The far row is read with its window even though the resync accounted for it.
+        s.begin_timer_load(NOW + 3_600_000, 60_000).expect("a window");
+        s.finish_timer_load(vec![timer(2, "a", NOW + 3_600_000)], 2, NOW);
+        assert_eq!(waiting(&s), [1, 2]);
+    }
+
+    #[test]
+    fn an_event_visible_while_the_horizon_lags_is_held_at_once_and_not_read_again() {
+        let mut s = Scheduler::new(opts());
+        let (_sid, _rx) = stream(&mut s, rules(10));
+        s.set_timer_horizon(NOW + 1000);
+        // The clock ran past the horizon (its read is late): a raised event is visible now.
+        let later = NOW + 5000;
+        s.add_event(delivered(1, "a", "Orch", later, events::event_raised(later, "e".into(), None)), later);
+        s.add_event(timer(2, "a", later + 500), later);
+        assert_eq!(s.pending_count("a"), 1, "visible: held although beyond the horizon");
+        assert!(waiting(&s).is_empty(), "the timer is not visible yet: the store keeps it");
+        s.begin_timer_load(later, 1000).expect("a window");
+        // The read finds both rows.
+        s.finish_timer_load(
+            vec![
+                delivered(1, "a", "Orch", later, events::event_raised(later, "e".into(), None)),
+                timer(2, "a", later + 500),
+            ],
+            2,
+            later,
+        );
+        assert_eq!(s.pending_count("a"), 1);
+        assert_eq!(waiting(&s), [2]);
+        let a = s.assign(later);
+        assert_eq!(turns(&a)[0].events.len(), 1, "the event is held once");
+        assert!(s.audit().problems.is_empty(), "{:?}", s.audit().problems);
+    }
+
+    /// What one instance with one pending event costs in the scheduler (a burst of raised events
+    /// waiting for their turns): RSS growth over 300,000 of them. A measurement, not a check:
+    /// `cargo test -p duro --lib scheduler::tests::pending_cost -- --ignored --nocapture --test-threads 1`.
+    #[test]
+    #[ignore]
+    fn pending_cost() {
+        let rss = || -> usize {
+            let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("VmRSS")
+        };
+        let n = 300_000;
+        let mut s = Scheduler::new(SchedulerOptions { max_payload_bytes: 0, ..opts() });
+        let before = rss();
+        for i in 0..n {
+            s.add_event(raised(i + 1, &format!("idle-e-{i}")), NOW);
+        }
+        let grown = (rss() - before) * 1024;
+        println!("{n} pending instances: {} B each (payloads not held)", grown / n as usize);
+        // The same number of instances waiting on a 30-day timer, held (no horizon: PostgreSQL,
+        // or SQLite before the horizon), with the timer's payload in memory as the budget allows.
+        let mut s = Scheduler::new(SchedulerOptions { max_payload_bytes: 64 << 20, ..opts() });
+        let before = rss();
+        for i in 0..n {
+            s.add_event(timer(i + 1, &format!("idle-t-{i}"), NOW + 30 * 86_400_000), NOW);
+        }
+        let grown = (rss() - before) * 1024;
+        println!("{n} held timers: {} B each; beyond a horizon: none held", grown / n as usize);
+    }
+
+    #[test]
+    fn without_a_horizon_every_timer_is_held() {
+        let mut s = Scheduler::new(opts());
+        s.add_event(timer(1, "a", NOW + 86_400_000), NOW);
+        assert_eq!(waiting(&s), [1]);
+        assert_eq!(s.timer_horizon(), None);
+        assert_eq!(s.begin_timer_load(NOW, 60_000), None);
     }
 
     #[test]

@@ -671,6 +671,21 @@ pub trait Store: Send + Sync + 'static {
     /// All pending inbox rows and activities, for rebuilding dispatch state at start-up.
     async fn recover(&self) -> Result<Recovered, StoreError>;
 
+    /// Like [`Store::recover`], but inbox rows visible after `through_ms` (durable timers
+    /// due later) stay in the store: the engine reads them with [`Store::load_timers`] as
+    /// their time comes near. `None`: this store cannot (the engine then holds every timer).
+    async fn recover_through(&self, _through_ms: i64) -> Result<Option<Recovered>, StoreError> {
+        Ok(None)
+    }
+
+    /// Inbox rows (of existing instances) visible in `(after_ms, through_ms]`, in id order,
+    /// with the newest inbox id when they were read as the watermark; every row at or below
+    /// it that the window holds is in `rows` (ids grow in commit order). `None`: this store
+    /// cannot (see [`Store::recover_through`]).
+    async fn load_timers(&self, _after_ms: i64, _through_ms: i64) -> Result<Option<InboxSnapshot>, StoreError> {
+        Ok(None)
+    }
+
     /// Queues requests for entities (creating their rows), in one transaction.
     async fn enqueue_entity(
         &self,

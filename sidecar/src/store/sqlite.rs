@@ -39,6 +39,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_delivery_attempts", include_str!("../../migrations/sqlite/0003_delivery_attempts.sql")),
     ("0004_entities", include_str!("../../migrations/sqlite/0004_entities.sql")),
     ("0005_entity_delivery_attempts", include_str!("../../migrations/sqlite/0005_entity_delivery_attempts.sql")),
+    ("0006_inbox_visible", include_str!("../../migrations/sqlite/0006_inbox_visible.sql")),
 ];
 
 /// Most writes grouped into one transaction.
@@ -1291,6 +1292,22 @@ fn load_inbox_with(c: &Connection, id: &str) -> Result<InboxSnapshot, StoreError
     read
 }
 
+fn load_timers_with(c: &Connection, after_ms: i64, through_ms: i64) -> Result<InboxSnapshot, StoreError> {
+    // One read transaction: the rows and the watermark come from the same snapshot.
+    c.execute_batch("BEGIN")?;
+    let read = (|| {
+        let mut q = DynQuery::new(
+            "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
+             FROM inbox i JOIN instances s ON s.instance_id = i.instance_id",
+        );
+        q.push(" WHERE i.visible_at > ?", after_ms).push(" AND i.visible_at <= ? ORDER BY i.id", through_ms);
+        let rows = q.rows(c, delivered_from_row)?;
+        Ok(InboxSnapshot { rows, watermark: inbox_watermark(c)? })
+    })();
+    c.execute_batch("COMMIT")?;
+    read
+}
+
 fn gauges_with(c: &Connection, now_ms: i64) -> Result<StoreGauges, StoreError> {
     let mut g = StoreGauges::default();
     let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM instances GROUP BY status")?;
@@ -1315,12 +1332,18 @@ fn gauges_with(c: &Connection, now_ms: i64) -> Result<StoreGauges, StoreError> {
     Ok(g)
 }
 
-fn recover_with(c: &Connection) -> Result<Recovered, StoreError> {
-    let inbox = DynQuery::new(
+/// Start-up's view of the store: every inbox row, or (with `through_ms`) those visible by then.
+fn recover_with(c: &Connection, through_ms: Option<i64>) -> Result<Recovered, StoreError> {
+    let mut q = DynQuery::new(
         "SELECT i.id, i.instance_id, i.execution_id, i.priority, i.visible_at, i.event, s.name, s.version, s.status \
-         FROM inbox i JOIN instances s ON s.instance_id = i.instance_id ORDER BY i.id",
-    )
-    .rows(c, delivered_from_row)?;
+         FROM inbox i JOIN instances s ON s.instance_id = i.instance_id",
+    );
+    if let Some(through) = through_ms {
+        // `inbox_visible`: timers due later are neither read nor held.
+        q.push(" WHERE i.visible_at <= ?", through);
+    }
+    q.sql.push_str(" ORDER BY i.id");
+    let inbox = q.rows(c, delivered_from_row)?;
     let activities = DynQuery::new("SELECT id, request, progress FROM activities ORDER BY id").rows(c, |r| {
         let request = ActivityRequest::decode(blob(r, "request")?)
             .map_err(|e| StoreError::Corrupt(format!("activity request: {e}")))?;
@@ -1552,7 +1575,15 @@ impl Store for SqliteStore {
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
-        self.reads.run(recover_with).await
+        self.reads.run(|c| recover_with(c, None)).await
+    }
+
+    async fn recover_through(&self, through_ms: i64) -> Result<Option<Recovered>, StoreError> {
+        self.reads.run(move |c| recover_with(c, Some(through_ms))).await.map(Some)
+    }
+
+    async fn load_timers(&self, after_ms: i64, through_ms: i64) -> Result<Option<InboxSnapshot>, StoreError> {
+        self.reads.run(move |c| load_timers_with(c, after_ms, through_ms)).await.map(Some)
     }
 }
 
@@ -1597,6 +1628,26 @@ mod tests {
         let c = Connection::open(path).unwrap();
         c.execute_batch("BEGIN IMMEDIATE").unwrap();
         c
+    }
+
+    #[tokio::test]
+    async fn start_up_reads_only_rows_due_by_the_horizon_and_windows_read_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        // Start rows visible at 10, 100 and 1,000 (scheduled starts are inbox rows like timers).
+        for (id, at) in [("soon", 10), ("later", 100), ("much-later", 1000)] {
+            let mut new = new_instance(id, 1);
+            new.visible_at_ms = at;
+            store.create_instance(new, IdReuse::terminal()).await.unwrap();
+        }
+        let ids = |rows: &[Delivered]| rows.iter().map(|d| d.instance_id.clone()).collect::<Vec<_>>();
+        let recovered = store.recover_through(50).await.unwrap().expect("SQLite reads by due time");
+        assert_eq!(ids(&recovered.inbox), ["soon"]);
+        assert_eq!(ids(&store.recover().await.unwrap().inbox), ["soon", "later", "much-later"]);
+        let window = store.load_timers(50, 1000).await.unwrap().expect("SQLite reads by due time");
+        assert_eq!(ids(&window.rows), ["later", "much-later"], "(after, through]");
+        assert_eq!(window.watermark, 3, "the newest inbox id");
+        assert!(store.load_timers(1000, 5000).await.unwrap().expect("a window").rows.is_empty());
     }
 
     #[tokio::test]

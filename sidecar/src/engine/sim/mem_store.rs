@@ -12,8 +12,8 @@
 //!
 //! On a store of one engine it also models the SQLite writer's pipelined commits: a
 //! pipelined write is applied and answered at once, but stays lost-on-crash until a later
-//! "COMMIT" ([`MemDb::sync`]: at random pauses, before any other write or read, as the
-//! writer's next group and `Pipeline::settled` do). A crash ([`MemDb::lose_unsynced`])
+//! "COMMIT" ([`MemDb::sync`]: a seeded number of yields later, at random pauses, and before
+//! any other write or read, as the writer's next group and `Pipeline::settled` do). A crash ([`MemDb::lose_unsynced`])
 //! puts the tables back to their last durable state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -441,6 +441,16 @@ impl MemStore {
                 (v, Durable::pending(rx))
             })
         };
+        if r.is_ok() {
+            // The writer's COMMIT comes, a seeded while later (unless a crash comes first).
+            let (db, pause) = (self.db.clone(), self.db.rng.lock().gen_range(0..=2 * self.db.max_yields + 2));
+            tokio::spawn(async move {
+                for _ in 0..pause {
+                    tokio::task::yield_now().await;
+                }
+                db.sync();
+            });
+        }
         self.interleave().await;
         r
     }
@@ -723,8 +733,36 @@ impl Store for MemStore {
     }
 
     async fn recover(&self) -> Result<Recovered, StoreError> {
+        self.recover_with(i64::MAX).await
+    }
+
+    async fn recover_through(&self, through_ms: i64) -> Result<Option<Recovered>, StoreError> {
+        self.recover_with(through_ms).await.map(Some)
+    }
+
+    async fn load_timers(&self, after_ms: i64, through_ms: i64) -> Result<Option<InboxSnapshot>, StoreError> {
         self.apply(|t| {
-            let inbox = t.inbox.iter().filter_map(|(id, r)| delivered(t, *id, r)).collect();
+            let rows = t
+                .inbox
+                .iter()
+                .filter(|(_, r)| r.visible_at_ms > after_ms && r.visible_at_ms <= through_ms)
+                .filter_map(|(id, r)| delivered(t, *id, r))
+                .collect();
+            Ok(Some(InboxSnapshot { rows, watermark: t.last_inbox }))
+        })
+        .await
+    }
+}
+
+impl MemStore {
+    async fn recover_with(&self, through_ms: i64) -> Result<Recovered, StoreError> {
+        self.apply(|t| {
+            let inbox = t
+                .inbox
+                .iter()
+                .filter(|(_, r)| r.visible_at_ms <= through_ms)
+                .filter_map(|(id, r)| delivered(t, *id, r))
+                .collect();
             let activities = t
                 .activities
                 .iter()

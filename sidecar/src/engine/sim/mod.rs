@@ -72,6 +72,9 @@ struct Sim {
     payload_budget: usize,
     /// Starts whose caller was told "created": they must survive every crash.
     acknowledged: Arc<Mutex<Vec<String>>>,
+    /// Timers due within this are held in memory, later ones read from the store as the
+    /// clock advances (short ones leave most timers in the store until near their time).
+    horizon_ms: u64,
 }
 
 /// Crashes, across the schedules of a run, that took back pipelined writes not yet durable.
@@ -180,7 +183,8 @@ impl Sim {
         let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
         let db = MemDb::new(rng.clone(), 3);
         let payload_budget = [0, 400, 64 << 20][rng.lock().gen_range(0..3)];
-        let engine = Sim::boot(&db, &clock, payload_budget).await?;
+        let horizon_ms = [300, 700, 86_400_000][rng.lock().gen_range(0..3)];
+        let engine = Sim::boot(&db, &clock, payload_budget, horizon_ms).await?;
         let mut sim = Sim {
             rng,
             clock,
@@ -195,15 +199,22 @@ impl Sim {
             verbose,
             payload_budget,
             acknowledged: Default::default(),
+            horizon_ms,
         };
         sim.connect();
         Ok(sim)
     }
 
-    async fn boot(db: &Arc<MemDb>, clock: &Arc<ManualClock>, payload_budget: usize) -> Result<Engine, String> {
+    async fn boot(
+        db: &Arc<MemDb>,
+        clock: &Arc<ManualClock>,
+        payload_budget: usize,
+        horizon_ms: u64,
+    ) -> Result<Engine, String> {
         let store: Arc<dyn Store> = Arc::new(db.handle());
         let mut opts = options();
         opts.scheduler.max_payload_bytes = payload_budget;
+        opts.timer_horizon = std::time::Duration::from_millis(horizon_ms);
         Engine::start_with_clock(store, opts, Vec::new(), clock.clone()).await.map_err(|e| e.to_string())
     }
 
@@ -387,6 +398,7 @@ impl Sim {
                 let ms = 1 + self.roll(3_000) as i64;
                 self.clock.0.fetch_add(ms, Ordering::SeqCst);
                 self.note(format!("clock +{ms} ms"));
+                self.advance_horizon().await;
                 engine.fire_due_timers();
             }
             84..=87 => {
@@ -416,6 +428,22 @@ impl Sim {
         Ok(())
     }
 
+    /// What the engine's horizon task does when its time comes: reads the timers of the next
+    /// window from the store, at once or (to interleave with commits) on a task of its own.
+    async fn advance_horizon(&mut self) {
+        let engine = self.engine.clone();
+        let span = i64::try_from(self.horizon_ms).unwrap_or(i64::MAX);
+        if self.roll(2) == 0 {
+            self.note("read the next timer window".into());
+            engine.load_timers(span).await;
+        } else {
+            self.note("read the next timer window (concurrently)".into());
+            tokio::spawn(async move {
+                engine.load_timers(span).await;
+            });
+        }
+    }
+
     /// Kills the engine at an arbitrary point and starts a new one on the same store.
     async fn crash(&mut self) -> Result<(), String> {
         self.engine.shutdown();
@@ -432,7 +460,7 @@ impl Sim {
             }
         }
         self.workers.clear();
-        self.engine = Sim::boot(&self.db, &self.clock, self.payload_budget).await?;
+        self.engine = Sim::boot(&self.db, &self.clock, self.payload_budget, self.horizon_ms).await?;
         self.connect();
         Ok(())
     }
@@ -458,10 +486,13 @@ impl Sim {
         if let Some(p) = audit.problems.first() {
             return Err(format!("scheduler: {p} (and {} more)", audit.problems.len() - 1));
         }
+        // Timers after the horizon (or in the window being read) are in the store only.
+        let held_through = self.engine.inner.sched.lock().held_through();
         let t = self.db.tables.lock();
         for (id, row) in &t.inbox {
             match audit.events.get(id) {
                 Some((instance, places)) if places.len() == 1 && *instance == row.instance_id => {}
+                None if row.visible_at_ms > held_through => {}
                 Some((_, places)) => return Err(format!("inbox row {id} of '{}' is held {places:?}", row.instance_id)),
                 None => {
                     return Err(format!(
@@ -533,6 +564,7 @@ impl Sim {
             }
             self.settle().await?;
             self.clock.0.fetch_add(5_000, Ordering::SeqCst);
+            self.advance_horizon().await;
             self.engine.fire_due_timers();
             self.settle().await?;
             self.check()?;
