@@ -250,7 +250,7 @@ async fn no_client_sees_an_acknowledged_state_a_crash_takes_back() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = test_dir();
-    let mut sidecar = Sidecar::builder().dir(dir.path()).env("DURO_FAULT_ABORT_BEFORE_COMMIT", "60").start();
+    let mut sidecar = Sidecar::builder().dir(dir.path()).env("DURO_FAULT_ABORT_BEFORE_COMMIT", "150").start();
     let client = Client::connect_lazy(sidecar.endpoint()).expect("client");
     let handle = worker(sidecar.endpoint()).start().expect("worker");
     let shared = Arc::new(Shared {

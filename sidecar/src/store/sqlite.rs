@@ -7,8 +7,11 @@
 //! transaction back, or the COMMIT fails, every write of the group is answered with a
 //! failure. The whole group runs on that thread with cached prepared
 //! statements, so a write costs one hand-off to the thread and one back, not one per
-//! statement. Reads use a small pool of read-only connections on blocking threads and
-//! never wait for the writer (WAL readers see the last commit).
+//! statement. The writer does not wait for the disk: a syncer thread fsyncs the WAL once
+//! for every group written meanwhile and only then answers them, while the writer runs
+//! the next group; pipelined writes are even answered before their COMMIT (see
+//! ARCHITECTURE.md, "Pipelined commits"). Reads use a small pool of read-only connections
+//! on blocking threads; they wait only for groups already handed on to become durable.
 //!
 //! One store per database file: an exclusive lock on `<db>.lock` (which names the holder's
 //! pid) is held until the writer has closed its connection. A panic of the writer thread
@@ -404,9 +407,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub async fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
-        let (opened, lock) = {
+        let (opened, lock, wal) = {
             let (path, options) = (path.clone(), options.clone());
-            tokio::task::spawn_blocking(move || -> Result<(Connection, Option<std::fs::File>), StoreError> {
+            type Opened = (Connection, Option<std::fs::File>, Option<std::fs::File>);
+            tokio::task::spawn_blocking(move || -> Result<Opened, StoreError> {
                 // Before anything touches the database: a second process must not migrate
                 // it, recover its inbox or write to it.
                 check_directory(&path)?;
@@ -418,7 +422,8 @@ impl SqliteStore {
                     Ok(conn)
                 })();
                 let conn = opened.map_err(|e| opening_error(&path, e))?;
-                Ok((conn, lock))
+                let wal = if options.synchronous_full { separate_wal_sync(&conn, &path) } else { None };
+                Ok((conn, lock, wal))
             })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??
@@ -434,7 +439,7 @@ impl SqliteStore {
                 // A panic ends the loop (and closes the connection); say so before the
                 // thread ends, so the process can exit instead of failing every write.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    writer_loop(opened, rx, &writer_pipeline, abort_one_in)
+                    writer_loop(opened, rx, wal, &writer_pipeline, abort_one_in)
                 }));
                 // No read may wait for a group that will never commit.
                 writer_pipeline.committed.send_replace(u64::MAX);
@@ -498,53 +503,138 @@ impl SqliteStore {
     }
 }
 
-/// The writer thread: takes every write waiting, runs them in one transaction, answers.
-/// Ends (closing the connection) when the store is dropped, or with the reason when a
-/// group whose results were already handed on (pipelined writes) failed to commit: the
+/// Moves the `fsync` of commits off the writer thread: the writer's connection commits with
+/// `synchronous=NORMAL` (the WAL frames are written, not synced) and the syncer thread syncs
+/// the WAL file before any of those commits is answered. In WAL mode a transaction is
+/// durable once its frames are on disk, so this is `synchronous=FULL` with the sync done
+/// once for every group written meanwhile, while the writer goes on with the next group.
+/// `None` (keep `FULL`) when the WAL file cannot be opened (an in-memory or URI database).
+fn separate_wal_sync(conn: &Connection, path: &Path) -> Option<std::fs::File> {
+    let name = path.to_string_lossy();
+    if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
+        return None;
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let file = std::fs::File::open(&wal).ok()?;
+    conn.pragma_update(None, "synchronous", "NORMAL").ok()?;
+    Some(file)
+}
+
+/// A group the writer has run, waiting for the WAL's sync before its answers go out.
+struct Written {
+    group: u64,
+    answers: Vec<(WriteJob, Result<WriteResult, StoreError>)>,
+}
+
+/// Answers one write: its durability (pipelined writes) and its result (unless handed on).
+fn answer(mut job: WriteJob, r: Result<WriteResult, StoreError>) {
+    if let Some(durable) = job.durable.take() {
+        let _ = durable.send(r.as_ref().map(|_| ()).map_err(copy_failure));
+    }
+    if let Some(reply) = job.reply.take() {
+        let _ = reply.send(r);
+    }
+}
+
+/// The syncer thread: takes every written group waiting, syncs the WAL once for all of them
+/// (frames written before the sync started are on disk when it returns), then marks them
+/// durable for reads and answers them. A failed sync leaves it unknown what is on disk: every
+/// waiting write is answered with a failure and the store stops (reported as `fatal`).
+fn syncer_loop(
+    wal: Option<std::fs::File>,
+    rx: std::sync::mpsc::Receiver<Written>,
+    pipeline: &Pipeline,
+    fatal: &Mutex<Option<String>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let synced = match &wal {
+            Some(file) if batch.iter().any(|w| w.answers.iter().any(|(_, r)| r.is_ok())) => file.sync_data(),
+            _ => Ok(()),
+        };
+        let last = batch.iter().map(|w| w.group).max().unwrap_or(0);
+        if let Err(e) = &synced {
+            let cause = format!("syncing the write-ahead log failed: {e}");
+            tracing::error!(error = %cause, "commits may not be on disk; stopping the store");
+            fatal.lock().get_or_insert(cause);
+        }
+        pipeline.committed.send_replace(last);
+        for written in batch {
+            for (job, r) in written.answers {
+                let r = match (&synced, r) {
+                    (Err(e), Ok(_)) => Err(StoreError::Broken(format!("syncing the write-ahead log failed: {e}"))),
+                    (_, r) => r,
+                };
+                answer(job, r);
+            }
+        }
+    }
+}
+
+/// The writer thread: takes every write waiting, runs them in one transaction and hands
+/// them to the syncer thread, which answers them once they are durable. Ends (closing the
+/// connection) when the store is dropped, or with the reason when a group whose results
+/// were already handed on (pipelined writes) failed to commit or its sync failed: the
 /// engine has acted on state that is not stored, and only a restart, which rebuilds
 /// everything from the store, makes the two agree again.
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriteJob>,
+    wal: Option<std::fs::File>,
     pipeline: &Pipeline,
     abort_one_in: Option<u32>,
 ) -> Result<(), String> {
-    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
-    let mut group: u64 = 0;
-    while let Some(first) = rx.blocking_recv() {
-        group += 1;
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        let results = run_group(&mut conn, &mut batch, &Handoff { pipeline, group, abort_one_in });
-        pipeline.committed.send_replace(group);
-        let committed = results.iter().all(Result::is_ok);
-        crate::metrics::store_commit(batch.len(), started.elapsed(), committed);
-        let mut fatal = None;
-        for (mut job, r) in batch.drain(..).zip(results) {
-            if job.answered_early() {
-                if let Err(e) = &r {
-                    fatal.get_or_insert_with(|| e.to_string());
+    let fatal: Mutex<Option<String>> = Mutex::new(None);
+    let (to_syncer, written) = std::sync::mpsc::channel::<Written>();
+    std::thread::scope(|scope| {
+        let syncer = std::thread::Builder::new()
+            .name("duro-sqlite-syncer".into())
+            .spawn_scoped(scope, || syncer_loop(wal, written, pipeline, &fatal))
+            .map_err(|e| format!("cannot start the WAL syncer thread: {e}"))?;
+        let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+        let mut group: u64 = 0;
+        let mut ended = Ok(());
+        let writer_started = std::time::Instant::now();
+        while let Some(first) = rx.blocking_recv() {
+            group += 1;
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
                 }
             }
-            if let Some(durable) = job.durable.take() {
-                let _ = durable.send(r.as_ref().map(|_| ()).map_err(copy_failure));
+            let started = std::time::Instant::now();
+            let results =
+                run_group(&mut conn, &mut batch, &Handoff { pipeline, group, abort_one_in, started: writer_started });
+            let committed = results.iter().all(Result::is_ok);
+            crate::metrics::store_commit(batch.len(), started.elapsed(), committed);
+            let lost_hand_off = batch.iter().zip(&results).find_map(|(job, r)| match r {
+                Err(e) if job.answered_early() => Some(e.to_string()),
+                _ => None,
+            });
+            let answers: Vec<_> = batch.drain(..).zip(results).collect();
+            if to_syncer.send(Written { group, answers }).is_err() {
+                ended = Err("the WAL syncer thread ended".to_string());
+                break;
             }
-            if let Some(reply) = job.reply.take() {
-                let _ = reply.send(r);
+            if let Some(cause) = lost_hand_off {
+                tracing::error!(error = %cause, "a group commit failed after its results were handed on; stopping the store so that a restart recovers from what is stored");
+                ended =
+                    Err(format!("a group commit failed after its results were handed on (pipelined commit): {cause}"));
+                break;
+            }
+            if let Some(cause) = fatal.lock().clone() {
+                ended = Err(cause);
+                break;
             }
         }
-        if let Some(cause) = fatal {
-            tracing::error!(error = %cause, "a group commit failed after its results were handed on; stopping the store so that a restart recovers from what is stored");
-            return Err(format!("a group commit failed after its results were handed on (pipelined commit): {cause}"));
-        }
-    }
-    Ok(())
+        drop(to_syncer);
+        let _ = syncer.join();
+        ended.and_then(|()| fatal.lock().take().map_or(Ok(()), Err))
+    })
 }
 
 /// The same failure again, for the second answer of a pipelined write (its durability).
@@ -612,6 +702,8 @@ struct Handoff<'a> {
     group: u64,
     /// `--fault-abort-before-commit`: one in how many handed-on groups ends the process.
     abort_one_in: Option<u32>,
+    /// When the writer started: no fault in its first 100 ms (the process is seen serving).
+    started: std::time::Instant,
 }
 
 impl Handoff<'_> {
@@ -619,6 +711,9 @@ impl Handoff<'_> {
     /// (a hash of the group number and the process id).
     fn maybe_abort(&self) {
         let Some(n) = self.abort_one_in else { return };
+        if self.started.elapsed() < Duration::from_millis(100) {
+            return;
+        }
         let mut x = self.group ^ (u64::from(std::process::id()) << 32);
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
