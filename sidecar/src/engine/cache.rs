@@ -289,7 +289,7 @@ impl HistoryCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::core::events;
     use duro_proto::OrchestrationTraceContext;
@@ -410,7 +410,8 @@ mod tests {
         assert_eq!(c.bytes(), 0);
     }
 
-    fn rss_kib() -> usize {
+    /// The process's resident set in KiB (for the measurements that are not checks).
+    pub(in crate::engine) fn rss_kib() -> usize {
         let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
         status
             .lines()

@@ -2303,14 +2303,7 @@ mod tests {
     #[test]
     #[ignore]
     fn pending_cost() {
-        let rss = || -> usize {
-            let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .expect("VmRSS")
-        };
+        let rss = crate::engine::cache::tests::rss_kib;
         let n = 300_000;
         let mut s = Scheduler::new(SchedulerOptions { max_payload_bytes: 0, ..opts() });
         let before = rss();
