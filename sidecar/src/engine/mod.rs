@@ -1251,7 +1251,9 @@ impl Engine {
                 return Ok(Some(history));
             }
         }
-        let cached = self.inner.cache.lock().get(instance_id);
+        // A client reads the store: the cache may be ahead of it (a pipelined turn not yet
+        // durable) or behind it (an instance another sidecar of a shared hub moved on).
+        let cached = if for_work_item { self.inner.cache.lock().get(instance_id) } else { None };
         let (current, history) = match cached {
             Some((info, history)) => (info.execution_id, history),
             None => {
