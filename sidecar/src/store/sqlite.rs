@@ -547,13 +547,20 @@ fn syncer_loop(
     pipeline: &Pipeline,
     fatal: &Mutex<Option<String>>,
 ) {
+    // After a failed sync a later one may report success although the earlier frames are
+    // lost (the kernel dropped them): no group is answered as durable any more.
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let synced = match &wal {
-            Some(file) if batch.iter().any(|w| w.answers.iter().any(|(_, r)| r.is_ok())) => file.sync_data(),
+        let synced = match (&failed, &wal) {
+            (Some(cause), _) => Err(std::io::Error::other(cause.clone())),
+            (None, Some(file)) if batch.iter().any(|w| w.answers.iter().any(|(_, r)| r.is_ok())) => file.sync_data(),
             _ => Ok(()),
         };
+        if let Err(e) = &synced {
+            failed.get_or_insert_with(|| e.to_string());
+        }
         let last = batch.iter().map(|w| w.group).max().unwrap_or(0);
         if let Err(e) = &synced {
             let cause = format!("syncing the write-ahead log failed: {e}");
