@@ -344,12 +344,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// How far the writer got with pipelined writes. Reads wait until every group whose
-/// results were handed on before they started has committed, so nothing the engine acted
-/// on is missing from what it reads back (a read connection sees committed data only).
+/// How far the writer got. Reads wait until every group handed on or committed before they
+/// started is durable: nothing the engine acted on is missing from what it reads back, and
+/// a committed group is not shown before its WAL frames are synced.
 #[derive(Default)]
 struct Pipeline {
-    /// The last group whose results were handed on before its COMMIT.
+    /// The last group whose results were handed on before its COMMIT, or that committed.
     handed: std::sync::atomic::AtomicU64,
     /// The last group whose COMMIT finished (or failed: then the store stops).
     committed: tokio::sync::watch::Sender<u64>,
@@ -616,6 +616,8 @@ fn writer_loop(
             let started = std::time::Instant::now();
             let results =
                 run_group(&mut conn, &mut batch, &Handoff { pipeline, group, abort_one_in, started: writer_started });
+            // Committed and visible to readers, not yet synced: a read waits for the sync.
+            pipeline.handed.store(group, std::sync::atomic::Ordering::Release);
             let committed = results.iter().all(Result::is_ok);
             crate::metrics::store_commit(batch.len(), started.elapsed(), committed);
             let lost_hand_off = batch.iter().zip(&results).find_map(|(job, r)| match r {
