@@ -836,9 +836,6 @@ impl Engine {
         match committed {
             Ok((result, durable)) => {
                 self.update_cache(info, history_len, &commit.outcome);
-                if commit.outcome.is_terminal() {
-                    crate::otel::orchestration_ended(token, commit.outcome.status);
-                }
                 let admitted: Vec<Delivered> =
                     result.delivered.into_iter().filter(|d| self.admits(&d.instance_id)).collect();
                 {
@@ -862,6 +859,9 @@ impl Engine {
                 if let Err(e) = durable.wait().await {
                     tracing::error!(instance = %info.instance_id, error = %e, "a pipelined turn commit failed; the store stops");
                     return;
+                }
+                if commit.outcome.is_terminal() {
+                    crate::otel::orchestration_ended(token, commit.outcome.status);
                 }
                 // Entity dispatch reads entities from the store: it learns of the turn's
                 // requests (and of a finished owner's locks) once they are there.
